@@ -1,0 +1,153 @@
+"""Shard sets in img2dataset's layout: ``00000.tar`` + ``00000.parquet`` + ``00000_stats.json``.
+
+Each sample is ``{key}.jpg|png`` + ``{key}.txt`` + ``{key}.json``; the json carries img2dataset's
+fields (url, caption, key, status, width, height, original_width, original_height, sha256, ...)
+plus DataComp's 128-bit ``uid`` as 32 hex characters. Files are written under a temporary name
+and renamed, so a crash never leaves a half-written shard that looks finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from braceexpand import braceexpand
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def expand(patterns: str | Path | Iterable[str | Path]) -> list[str]:
+    """Expand shard patterns: braces (``pool/{00000..00009}.tar``), folders, globs, lists."""
+    if isinstance(patterns, (str, Path)):
+        patterns = [str(patterns)]
+    out: list[str] = []
+    for pat in patterns:
+        for p in braceexpand(str(pat)):
+            path = Path(p)
+            if path.is_dir():
+                out.extend(sorted(str(x) for x in path.glob("*.tar")))
+            elif any(c in p for c in "*?["):
+                out.extend(sorted(str(x) for x in Path().glob(p)) if not Path(p).is_absolute()
+                           else sorted(str(x) for x in Path("/").glob(p.lstrip("/"))))
+            else:
+                out.append(p)
+    missing = [p for p in out if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} shard(s) not found, first: {missing[0]}")
+    if not out:
+        raise FileNotFoundError(f"no shards match {patterns!r}")
+    return out
+
+
+def shard_id(path: str | Path) -> str:
+    """The shard's name without ``.tar`` (``00012``), the id used for per-shard outputs."""
+    name = Path(path).name
+    return re.sub(r"\.tar$", "", name)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_table(path: str | Path, table: pa.Table) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+class ShardWriter:
+    """Write samples into numbered shards of ``samples_per_shard`` in img2dataset's layout."""
+
+    def __init__(self, out_dir: str | Path, samples_per_shard: int = 10_000, start: int = 0):
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.per_shard = samples_per_shard
+        self.index = start
+        self.rows: list[dict[str, Any]] = []
+        self.tar: tarfile.TarFile | None = None
+        self.t0 = time.time()
+        self.paths: list[str] = []
+
+    def write(self, key: str, image: bytes | None, ext: str, caption: str, meta: dict[str, Any],
+              extra: dict[str, bytes] | None = None) -> None:
+        """Add one sample. ``meta`` fills the json; ``extra`` adds more members (``{key}.ext``)."""
+        if self.tar is None:
+            self._open()
+        members = {"txt": caption.encode("utf-8")}
+        if image is not None:
+            members[ext] = image
+        row = {"key": key, "caption": caption, "status": "success", "error_message": None, **meta}
+        members["json"] = json.dumps(row, ensure_ascii=False).encode("utf-8")
+        members.update(extra or {})
+        for suffix, data in members.items():
+            info = tarfile.TarInfo(f"{key}.{suffix}")
+            info.size = len(data)
+            info.mtime = 0  # deterministic bytes
+            self.tar.addfile(info, io.BytesIO(data))
+        self.rows.append(row)
+        if len(self.rows) >= self.per_shard:
+            self.close_shard()
+
+    def _open(self) -> None:
+        name = f"{self.index:05d}"
+        self._tmp = self.out / f".{name}.tar.tmp"
+        self.tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.t0 = time.time()
+
+    def close_shard(self) -> None:
+        if self.tar is None:
+            return
+        self.tar.close()
+        name = f"{self.index:05d}"
+        os.replace(self._tmp, self.out / f"{name}.tar")
+        table = pa.Table.from_pylist(self.rows)
+        atomic_write_table(self.out / f"{name}.parquet", table)
+        stats = {"count": len(self.rows), "successes": len(self.rows), "failed_to_download": 0,
+                 "failed_to_resize": 0, "duration": round(time.time() - self.t0, 3),
+                 "status_dict": {"success": len(self.rows)}}
+        atomic_write_bytes(self.out / f"{name}_stats.json", json.dumps(stats, indent=2).encode())
+        self.paths.append(str(self.out / f"{name}.tar"))
+        self.tar, self.rows = None, []
+        self.index += 1
+
+    def close(self) -> list[str]:
+        self.close_shard()
+        return self.paths
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+        elif self.tar is not None:
+            self.tar.close()
+            self._tmp.unlink(missing_ok=True)
+
+
+def iter_tar_samples(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Yield ``{"__key__": key, ext: bytes, ...}`` per sample, with webdataset's tar grouping.
+
+    Raises ``tarfile.ReadError``/``EOFError`` if the tar itself is broken; callers record that.
+    """
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    with open(path, "rb") as f:
+        files = ({**member, "__url__": str(path)} for member in tar_file_iterator(f))
+        yield from group_by_keys(files)
