@@ -87,14 +87,27 @@ class ShardWriter:
     def write(self, key: str, image: bytes | None, ext: str, caption: str, meta: dict[str, Any],
               extra: dict[str, bytes] | None = None) -> None:
         """Add one sample. ``meta`` fills the json; ``extra`` adds more members (``{key}.ext``)."""
-        if self.tar is None:
-            self._open()
         members = {"txt": caption.encode("utf-8")}
         if image is not None:
             members[ext] = image
         row = {"key": key, "caption": caption, "status": "success", "error_message": None, **meta}
         members["json"] = json.dumps(row, ensure_ascii=False).encode("utf-8")
         members.update(extra or {})
+        self._add(key, members, row)
+
+    def write_raw(self, key: str, members: dict[str, bytes]) -> None:
+        """Add one sample's members verbatim (export copies samples unchanged)."""
+        row: dict[str, Any] = {"key": key}
+        if "json" in members:
+            try:
+                row.update(json.loads(members["json"]))
+            except (ValueError, UnicodeDecodeError):
+                pass
+        self._add(key, members, row)
+
+    def _add(self, key: str, members: dict[str, bytes], row: dict[str, Any]) -> None:
+        if self.tar is None:
+            self._open()
         for suffix, data in members.items():
             info = tarfile.TarInfo(f"{key}.{suffix}")
             info.size = len(data)
@@ -116,7 +129,11 @@ class ShardWriter:
         self.tar.close()
         name = f"{self.index:05d}"
         os.replace(self._tmp, self.out / f"{name}.tar")
-        table = pa.Table.from_pylist(self.rows)
+        try:
+            table = pa.Table.from_pylist(self.rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed json types: keep them as text
+            table = pa.Table.from_pylist([{k: None if v is None else str(v) for k, v in r.items()}
+                                          for r in self.rows])
         atomic_write_table(self.out / f"{name}.parquet", table)
         stats = {"count": len(self.rows), "successes": len(self.rows), "failed_to_download": 0,
                  "failed_to_resize": 0, "duration": round(time.time() - self.t0, 3),

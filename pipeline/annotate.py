@@ -1,0 +1,142 @@
+"""The per-shard pass: read and decode each image once, feed every stage, write one file per stage.
+
+Outputs, per shard ``S`` under the run folder:
+  columns/ingest/S.parquet                 ingest columns (schemas/columns.json)
+  columns/<clip column>/S.parquet          uid, row, <clip column>
+  embeddings/<clip column>/S.img.npy|.txt.npy   float16, row-aligned with the ingest table
+Each parquet is written last and atomically; it is the stage's completion marker and carries a
+cache key (input identity + stage config) in its metadata, so reruns skip finished work.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import schemas
+from pipeline.clip_stage import get_scorer
+from pipeline.decode import decode_image
+from pipeline.ingest import INGEST_COLUMNS, ingest_row, read_shard
+from pipeline.shards import atomic_write_table, shard_id
+from schemas.config import ClipModel
+
+CACHE_KEY = b"curate_cache_key"
+INGEST_VERSION = 1
+
+
+def input_identity(shard: str | Path) -> dict:
+    st = os.stat(shard)
+    return {"path": str(Path(shard).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def cache_key(stage: str, stage_config: dict, shard: str | Path) -> str:
+    blob = json.dumps({"stage": stage, "config": stage_config, "input": input_identity(shard)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def is_done(path: Path, key: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception:  # noqa: BLE001 - an unreadable marker means "not done"
+        return False
+    return meta.get(CACHE_KEY) == key.encode()
+
+
+def _write(path: Path, tbl: pa.Table, key: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schemas.validate(tbl)
+    atomic_write_table(path, tbl.replace_schema_metadata({CACHE_KEY: key.encode()}))
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]) -> dict:
+    """Run the ingest and CLIP stages on one shard; return what ran and the row count."""
+    run = Path(run_dir)
+    sid = shard_id(shard)
+    ingest_path = run / "columns" / "ingest" / f"{sid}.parquet"
+    ingest_key = cache_key("ingest", {"version": INGEST_VERSION}, shard)
+    todo_clip = []
+    for spec in clip:
+        cfg = spec.model_dump(exclude={"batch_size", "device"})
+        cfg["weights"] = _weights_identity(spec)
+        key = cache_key(spec.column, cfg, shard)
+        if not is_done(run / "columns" / spec.column / f"{sid}.parquet", key):
+            todo_clip.append((spec, key))
+    need_ingest = not is_done(ingest_path, ingest_key)
+    if not need_ingest and not todo_clip:
+        return {"shard": sid, "ran": [], "rows": pq.read_metadata(ingest_path).num_rows}
+
+    rows: list[dict] = []
+    embs = {spec.column: ([], [], []) for spec, _ in todo_clip}
+    batch: list[tuple[int, object, str]] = []  # (row, image, caption)
+
+    def flush():
+        if not batch:
+            return
+        for spec, _ in todo_clip:
+            img, txt, score = get_scorer(spec.model_dump_json()).embed([b[1] for b in batch], [b[2] for b in batch])
+            e = embs[spec.column]
+            e[0].append(np.array([b[0] for b in batch])), e[1].append(np.stack([img, txt])), e[2].append(score)
+        batch.clear()
+
+    bs = min([s.batch_size for s, _ in todo_clip] or [256])
+    for i, s in enumerate(read_shard(shard)):
+        im, err = (None, None) if s.error else decode_image(s.image)
+        rows.append(ingest_row(s, im.width if im else None, im.height if im else None, err))
+        if im is not None and todo_clip:
+            batch.append((i, im, s.caption))
+            if len(batch) >= bs:
+                flush()
+    flush()
+
+    ran = []
+    if need_ingest:
+        _write(ingest_path, schemas.table({c: [r[c] for r in rows] for c in INGEST_COLUMNS}, INGEST_COLUMNS),
+               ingest_key)
+        ran.append("ingest")
+    n = len(rows)
+    for spec, key in todo_clip:
+        idx, pairs, scores = embs[spec.column]
+        dim = get_scorer(spec.model_dump_json()).dim
+        img = np.zeros((n, dim), np.float16)
+        txt = np.zeros((n, dim), np.float16)
+        score = np.full(n, np.nan, np.float32)
+        if idx:
+            idx_all = np.concatenate(idx)
+            stacked = np.concatenate(pairs, axis=1)
+            img[idx_all], txt[idx_all], score[idx_all] = stacked[0], stacked[1], np.concatenate(scores)
+        edir = run / "embeddings" / spec.column
+        _save_npy(edir / f"{sid}.img.npy", img)
+        _save_npy(edir / f"{sid}.txt.npy", txt)
+        tbl = pa.table({"uid": pa.array([r["uid"] for r in rows], pa.string()),
+                        "row": pa.array(np.arange(n), pa.int64()),
+                        spec.column: pa.array(score, pa.float32())})
+        _write(run / "columns" / spec.column / f"{sid}.parquet", tbl, key)
+        ran.append(spec.column)
+    return {"shard": sid, "ran": ran, "rows": n}
+
+
+def _weights_identity(spec: ClipModel) -> dict:
+    """Which weights: a checkpoint file/folder's size and mtime, so retraining invalidates scores."""
+    from training.model import CONFIG_FILE, WEIGHTS_FILE
+
+    out = {}
+    for p in (spec.checkpoint, spec.model):
+        if p and Path(p).exists():
+            path = Path(p)
+            files = [path / WEIGHTS_FILE, path / CONFIG_FILE] if path.is_dir() else [path]
+            out[str(path.resolve())] = [(f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
+    return out

@@ -1,0 +1,62 @@
+"""CLIP stage: image and text embeddings and the image-text score, with open_clip.
+
+The score is DataComp's: cosine similarity of the L2-normalised image and text embeddings.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image
+
+from schemas.config import ClipModel
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use 'auto' or 'cpu'")
+    return device
+
+
+class ClipScorer:
+    """Holds one open_clip model; ``embed`` returns (image_emb, text_emb, scores) as numpy."""
+
+    def __init__(self, spec: ClipModel):
+        from training.model import load_clip
+
+        self.spec = spec
+        self.device = pick_device(spec.device)
+        self.clip = load_clip(spec.model, spec.checkpoint, device=self.device)
+        self.clip.model.eval()
+        self.dim = int(self.clip.model_cfg["embed_dim"])
+
+    @torch.no_grad()
+    def embed(self, images: list[Image.Image], captions: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not images:
+            z = np.zeros((0, self.dim), np.float32)
+            return z, z.copy(), np.zeros(0, np.float32)
+        pixels = torch.stack([self.clip.preprocess_val(im) for im in images]).to(self.device)
+        tokens = self.clip.tokenizer(captions).to(self.device)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda" else _null()
+        with autocast:
+            img = self.clip.model.encode_image(pixels, normalize=True).float()
+            txt = self.clip.model.encode_text(tokens, normalize=True).float()
+        scores = (img * txt).sum(-1)
+        return img.cpu().numpy(), txt.cpu().numpy(), scores.cpu().numpy()
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+@lru_cache(maxsize=4)
+def get_scorer(spec_json: str) -> ClipScorer:
+    """One model per process (per spec), reused across shards."""
+    return ClipScorer(ClipModel.model_validate_json(spec_json))

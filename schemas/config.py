@@ -1,0 +1,108 @@
+"""Curation config: what the scorer is, which filters decide, how export writes.
+
+A config file (YAML or JSON) is validated here; errors name the field and what is wrong.
+``schemas/curate_config.schema.json`` is the JSON Schema generated from these models
+(``python -m schemas.config`` rewrites it; a test checks it is current).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClipModel(_Strict):
+    """An open_clip scorer: a name / JSON config / checkpoint folder, plus an optional weights file."""
+    model: str = Field(description="open_clip name, project preset, JSON config, or checkpoint folder")
+    checkpoint: str | None = Field(None, description="local weights file for a named model (offline)")
+    column: str = Field("clip_score", pattern=r"^clip_score(_[a-z0-9]+)?$",
+                        description="score column written: clip_score or clip_score_<tag>")
+    batch_size: int = Field(256, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ClipScoreFilter(_Strict):
+    """Keep samples whose CLIP score is in the top ``fraction`` of the pool, or >= ``threshold``.
+
+    The fraction uses one global threshold over the whole pool, as DataComp does:
+    ``t = sorted(scores, descending)[int(n * fraction)]``, keep ``score >= t``.
+    """
+    type: Literal["clip_score"]
+    column: str = "clip_score"
+    fraction: float | None = Field(None, gt=0, le=1)
+    threshold: float | None = Field(None, ge=-1, le=1)
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.fraction is None) == (self.threshold is None):
+            raise ValueError("clip_score filter needs exactly one of 'fraction' or 'threshold'")
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"clip_score_top{self.fraction:g}" if self.fraction is not None else f"clip_score>={self.threshold:g}"
+
+
+Filter = Annotated[Union[ClipScoreFilter], Field(discriminator="type")]
+
+
+class ExportConfig(_Strict):
+    samples_per_shard: int = Field(10_000, gt=0)
+
+
+class CurateConfig(_Strict):
+    clip: list[ClipModel] = Field(default_factory=list, description="scorers; the first writes clip_score")
+    filters: list[Filter] = Field(default_factory=list, description="applied in order; undecodable images always drop first")
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @model_validator(mode="after")
+    def _columns_exist(self):
+        provided = {c.column for c in self.clip}
+        if len(provided) != len(self.clip):
+            raise ValueError("two clip scorers write the same column; give each its own 'column'")
+        for f in self.filters:
+            if f.type == "clip_score" and f.column not in provided:
+                raise ValueError(f"filter {f.name!r} needs column {f.column!r}, but no clip scorer writes it "
+                                 f"(scorers write: {sorted(provided) or 'nothing'})")
+        return self
+
+
+def load_config(source: str | Path | dict) -> CurateConfig:
+    """Load and validate a config from a YAML/JSON file or a dict; raise ValueError in plain words."""
+    if isinstance(source, dict):
+        data, where = source, "config"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        where = str(path)
+    try:
+        return CurateConfig.model_validate(data)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()]
+        raise ValueError(f"invalid curation config {where}:\n" + "\n".join(lines)) from None
+
+
+SCHEMA_FILE = Path(__file__).parent / "curate_config.schema.json"
+
+
+def json_schema() -> str:
+    return json.dumps(CurateConfig.model_json_schema(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    SCHEMA_FILE.write_text(json_schema())
+    print(f"wrote {SCHEMA_FILE}")
