@@ -33,7 +33,7 @@ def derive_uid(shard: str, key: str) -> str:
     return hashlib.sha256(f"{shard}/{key}".encode()).hexdigest()[:32]
 
 
-def _to_sample(raw: dict[str, Any], shard: str) -> Sample:
+def _to_sample(raw: dict[str, Any], shard: str, listed: dict[str, dict]) -> Sample:
     key = raw["__key__"].rsplit("/", 1)[-1]
     meta: dict[str, Any] = {}
     error = None
@@ -44,17 +44,35 @@ def _to_sample(raw: dict[str, Any], shard: str) -> Sample:
                 meta, error = {}, "bad_json: sample json is not an object"
         except (ValueError, UnicodeDecodeError) as e:
             error = f"bad_json: {e}"
+    if not meta and key in listed:  # json lost or broken: the shard parquet still knows the sample
+        meta = listed[key]
     caption = None
     if "txt" in raw:
         caption = raw["txt"].decode("utf-8", errors="replace")
     elif isinstance(meta.get("caption"), str):
         caption = meta["caption"]
     ext = next((e for e in IMAGE_EXTS if e in raw), None)
-    uid = meta.get("uid")
-    if not (isinstance(uid, str) and len(uid) == 32 and all(c in "0123456789abcdef" for c in uid.lower())):
-        uid = derive_uid(shard, key)
-    return Sample(uid.lower(), key, shard, caption if caption is not None else "",
+    return Sample(_uid(meta, shard, key), key, shard, caption if caption is not None else "",
                   raw.get(ext) if ext else None, ext, meta, error)
+
+
+def _uid(meta: dict, shard: str, key: str) -> str:
+    uid = meta.get("uid")
+    if isinstance(uid, str) and len(uid) == 32 and all(c in "0123456789abcdef" for c in uid.lower()):
+        return uid.lower()
+    return derive_uid(shard, key)
+
+
+def _sidecar(path: str | Path) -> dict[str, dict]:
+    """img2dataset's per-shard parquet, by key (empty if absent or unreadable)."""
+    side = Path(str(path)[:-4] + ".parquet") if str(path).endswith(".tar") else None
+    if side is None or not side.is_file():
+        return {}
+    try:
+        rows = pq.read_table(side).to_pylist()
+    except Exception:  # noqa: BLE001 - a bad sidecar is not the samples' fault
+        return {}
+    return {str(r["key"]): r for r in rows if r.get("key") and r.get("status", "success") == "success"}
 
 
 def read_shard(path: str | Path) -> Iterator[Sample]:
@@ -64,27 +82,20 @@ def read_shard(path: str | Path) -> Iterator[Sample]:
     yielded too, with ``error="missing_from_tar"``, so nothing listed is silently lost.
     """
     sid = shard_id(path)
+    listed = _sidecar(path)
     seen: set[str] = set()
     try:
         for raw in iter_tar_samples(path):
-            s = _to_sample(raw, sid)
+            s = _to_sample(raw, sid, listed)
             seen.add(s.key)
             yield s
     except Exception as e:  # noqa: BLE001 - tar damage is recorded, the run goes on
-        yield Sample(derive_uid(sid, f"__tar_error_{len(seen)}"), f"__tar_error_{len(seen)}", sid, "",
-                     None, None, {}, f"broken_tar: {type(e).__name__}: {e}")
-    sidecar = Path(str(path)[:-4] + ".parquet") if str(path).endswith(".tar") else None
-    if sidecar is not None and sidecar.is_file():
-        try:
-            listed = pq.read_table(sidecar).to_pylist()
-        except Exception:  # noqa: BLE001 - a bad sidecar is not the samples' fault
-            listed = []
-        for row in listed:
-            key = str(row.get("key") or "")
-            if key and key not in seen and row.get("status", "success") == "success":
-                uid = row.get("uid") or derive_uid(sid, key)
-                yield Sample(str(uid).lower(), key, sid, str(row.get("caption") or ""), None, None, row,
-                             "missing_from_tar: listed in the shard parquet but not in the tar")
+        key = f"__tar_error_{len(seen)}"
+        yield Sample(derive_uid(sid, key), key, sid, "", None, None, {}, f"broken_tar: {type(e).__name__}: {e}")
+    for key, row in listed.items():
+        if key not in seen:
+            yield Sample(_uid(row, sid, key), key, sid, str(row.get("caption") or ""), None, None, row,
+                         "missing_from_tar: listed in the shard parquet but not in the tar")
 
 
 def ingest_row(s: Sample, width: int | None, height: int | None, decode_error: str | None) -> dict:

@@ -16,9 +16,11 @@ from pipeline.shards import expand, shard_id
 from schemas.config import CurateConfig, load_config
 
 
-def decide_and_export(shards: list[str], out: str | Path, config: CurateConfig, extra: dict | None = None) -> dict:
+def decide_and_export(shards: list[str], out: str | Path, config: CurateConfig, extra: dict | None = None,
+                      work: str | Path | None = None) -> dict:
+    """Decide on the columns in ``work`` (default ``out``) and export into ``out``."""
     t0 = time.time()
-    df = load_columns(out, [shard_id(s) for s in shards], config)
+    df = load_columns(work or out, [shard_id(s) for s in shards], config)
     df, thresholds = decide(df, config)
     manifest = {**summarize(df), "thresholds": thresholds, "input_shards": shards,
                 "config": config.model_dump(), **(extra or {})}
@@ -28,8 +30,12 @@ def decide_and_export(shards: list[str], out: str | Path, config: CurateConfig, 
 
 
 def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | str | dict,
-                 progress: bool = True) -> dict:
-    """Curate ``pool`` (paths, braced patterns or folders of .tar) into ``out``; return the manifest."""
+                 progress: bool = True, work: str | Path | None = None) -> dict:
+    """Curate ``pool`` (paths, braced patterns or folders of .tar) into ``out``; return the manifest.
+
+    Per-shard columns and embeddings go to ``work`` (default: ``out``); several configs can share
+    one ``work`` folder and so score the pool once.
+    """
     config = config if isinstance(config, CurateConfig) else load_config(config)
     shards = expand(pool)
     sids = [shard_id(s) for s in shards]
@@ -38,12 +44,12 @@ def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | 
     t0 = time.time()
     ran = []
     for s in tqdm(shards, desc="annotate", unit="shard", disable=not progress):
-        ran.append(annotate_shard(s, out, config.clip))
+        ran.append(annotate_shard(s, work or out, config.clip))
     t_annotate = time.time() - t0
     rows = sum(r["rows"] for r in ran)
     manifest = decide_and_export(shards, out, config, {
         "annotate_seconds": round(t_annotate, 2),
         "annotate_samples_per_s": round(rows / t_annotate, 1) if t_annotate > 0 else None,
         "stage_runs": sum(len(r["ran"]) for r in ran),
-    })
+    }, work=work)
     return manifest

@@ -1,0 +1,59 @@
+"""Tiny real shards for tests, with planted problems whose uids the test knows."""
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.shards import ShardWriter
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
+
+
+def image_bytes(colour: str, size=(40, 40), fmt="JPEG", seed=0) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(COLOURS[colour])[None, None] + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint8)).save(buf, fmt)
+    return buf.getvalue()
+
+
+def uid(i: int) -> str:
+    return f"{i:032x}"
+
+
+def make_pool(out: Path, n: int = 60, per_shard: int = 25, plant: dict[int, str] | None = None) -> dict[int, str]:
+    """Write ``n`` samples of coloured squares captioned by colour; ``plant`` maps index -> problem:
+    ``corrupt`` (garbage bytes), ``truncated`` (half a JPEG), ``empty`` (0 bytes), ``noimage`` (no image
+    member), ``missing`` (listed in the shard parquet, absent from the tar). Returns ``plant``."""
+    plant = plant or {}
+    names = list(COLOURS)
+    missing = []
+    with ShardWriter(out, per_shard) as w:
+        for i in range(n):
+            colour = names[i % len(names)]
+            data = image_bytes(colour, seed=i)
+            problem = plant.get(i)
+            if problem == "corrupt":
+                data = b"\x00not an image at all" * 5
+            elif problem == "truncated":
+                data = data[: len(data) // 2]
+            elif problem == "empty":
+                data = b""
+            key = f"{i // per_shard:05d}{i % per_shard:04d}"
+            meta = {"uid": uid(i), "url": f"https://example.com/{i}.jpg", "width": 40, "height": 40,
+                    "original_width": 40, "original_height": 40, "sha256": None}
+            w.write(key, None if problem == "noimage" else data, "jpg", f"a {colour} square", meta)
+            if problem == "missing":
+                missing.append((f"{i // per_shard:05d}.tar", key))
+    for tar_name, key in missing:  # rewrite the tar without that sample's members
+        path = out / tar_name
+        with tarfile.open(path) as t:
+            members = [(m, t.extractfile(m).read()) for m in t.getmembers() if not m.name.startswith(key + ".")]
+        with tarfile.open(path, "w") as t:
+            for m, data in members:
+                t.addfile(m, io.BytesIO(data))
+    return plant
