@@ -33,8 +33,8 @@ def decide_export_task(shards: list[str], out: str, config_path: str, stage_runs
 @flow(name="curate", log_prints=True)
 def curate(pool: str = DEFAULT_POOL, out: str = DEFAULT_OUT, config: str = DEFAULT_CONFIG) -> dict:
     """Curate a pool of webdataset shards into filtered shards + uid list + metadata + manifest."""
-    log = get_run_logger()
     load_config(config)  # fail fast, with a readable message
+    log = get_run_logger()
     shards = expand(pool)
     log.info("curating %d shards from %s into %s", len(shards), pool, out)
     Path(out).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,146 @@
+"""``curate``: one entry point for people who do not drive Prefect directly.
+
+    curate build-pool   write the built-in sample pool (real data, synthetic fallback)
+    curate run          curate shards: CLIP scores, filters, filtered shards + uids + manifest
+    curate train        CLIP contrastive training on shards, fixed samples seen
+    curate eval         zero-shot evaluation of a checkpoint on a CLIP_benchmark-layout task
+    curate demo         the whole loop on the sample pool, with and without filtering
+    curate serve        serve the Prefect deployments (curate/laion-subset, ...)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def cmd_build_pool(a) -> None:
+    from pipeline.pool import build_pool
+
+    info = build_pool(a.out, a.samples, seed=a.seed, samples_per_shard=a.samples_per_shard,
+                      n_trusted=a.trusted, data=a.data)
+    print(json.dumps({k: info[k] for k in info if k in ("data", "counts", "noise_counts", "eval_task")}, indent=2))
+
+
+def cmd_run(a) -> None:
+    from pipeline.run import run_curation
+
+    m = run_curation(a.pool, a.out, a.config, work=a.work)
+    print(json.dumps({k: m[k] for k in ("samples_in", "kept", "dropped", "dropped_by_reason", "thresholds")}, indent=2))
+    print(f"filtered shards: {a.out}/shards   uids: {m['uids']}   manifest: {a.out}/manifest.json")
+
+
+def cmd_train(a) -> None:
+    from training.train import TrainConfig, train
+
+    cfg = TrainConfig(train_data=a.data, model=a.model, out_dir=a.out, samples_seen=a.samples_seen,
+                      batch_size=a.batch_size, seed=a.seed, device=a.device,
+                      **({"lr": a.lr} if a.lr is not None else {}),
+                      **({"init_checkpoint": a.init} if a.init else {}),
+                      **({"workers": a.workers} if a.workers is not None else {}))
+    r = train(cfg)
+    print(json.dumps({k: v for k, v in r.items() if not isinstance(v, (dict, list))}, indent=2, default=str))
+
+
+def cmd_eval(a) -> None:
+    from training.zeroshot import append_result, evaluate_zeroshot
+
+    r = evaluate_zeroshot(a.checkpoint, a.task)
+    if a.results:
+        append_result(a.results, r)
+    print(json.dumps(r, indent=2, default=str))
+
+
+def cmd_demo(a) -> None:
+    from pipeline.demo import run_demo
+
+    run_demo(a.root, samples=a.samples, trusted=a.trusted, samples_seen=a.samples_seen,
+             scorer_samples_seen=a.scorer_samples_seen, fraction=a.fraction, seed=a.seed, data=a.data)
+
+
+def cmd_serve(a) -> None:
+    from flows.serve import main as serve_main
+
+    serve_main(a.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="curate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("build-pool", help="write the built-in sample pool", description="Write the sample pool "
+                       "(img2dataset-layout shards, a trusted clean split, eval tasks, ground truth).")
+    b.add_argument("--out", default="data/sample_pool", help="output folder (default: data/sample_pool)")
+    b.add_argument("--samples", type=int, default=20_000, help="pool samples (default: 20000; ~80000 is all data)")
+    b.add_argument("--trusted", type=int, default=10_000, help="trusted clean samples (default: 10000)")
+    b.add_argument("--samples-per-shard", type=int, default=1000, help="samples per shard (default: 1000)")
+    b.add_argument("--seed", type=int, default=0, help="noise and sampling seed (default: 0)")
+    b.add_argument("--data", choices=["auto", "real", "synthetic"], default="auto",
+                   help="real Debian data, synthetic images, or real when installed (default: auto)")
+    b.set_defaults(func=cmd_build_pool)
+
+    r = sub.add_parser("run", help="curate shards", description="Score, filter and export a pool of webdataset shards.")
+    r.add_argument("--pool", required=True, help="shards: a folder, a braced pattern (pool/{00000..00009}.tar) or a glob")
+    r.add_argument("--out", required=True, help="output folder (shards/, uids.npy, metadata.parquet, manifest.json)")
+    r.add_argument("--config", required=True, help="curation config, YAML or JSON (see configs/, schemas/)")
+    r.add_argument("--work", default=None, help="folder for per-shard columns/embeddings (default: --out)")
+    r.set_defaults(func=cmd_run)
+
+    t = sub.add_parser("train", help="train a CLIP model", description="CLIP contrastive training at a fixed samples-seen budget.")
+    t.add_argument("--data", required=True, help="training shards (folder, braced pattern or glob)")
+    t.add_argument("--out", required=True, help="run folder (checkpoints/, final/, metrics.jsonl)")
+    t.add_argument("--model", default="curate-tiny", help="open_clip name, preset, JSON config or checkpoint folder")
+    t.add_argument("--samples-seen", type=int, required=True, help="training budget in samples")
+    t.add_argument("--batch-size", type=int, default=256, help="global batch size (default: 256)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
+    t.add_argument("--init", default=None, help="start from this checkpoint folder")
+    t.add_argument("--workers", type=int, default=None, help="data loader worker processes")
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    t.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="zero-shot evaluation", description="Zero-shot classification of a checkpoint.")
+    e.add_argument("--checkpoint", required=True, help="checkpoint folder (or open_clip model spec)")
+    e.add_argument("--task", required=True, help="task folder in CLIP_benchmark's wds layout")
+    e.add_argument("--results", default=None, help="append the result to this jsonl")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="the whole loop on the sample pool",
+                       description="Build the sample pool, bootstrap a scorer on its trusted split, curate with and "
+                                   "without CLIP-score filtering, train both at equal samples seen, evaluate both.")
+    d.add_argument("--root", default="runs/demo", help="run folder (default: runs/demo)")
+    d.add_argument("--samples", type=int, default=20_000, help="pool samples (default: 20000)")
+    d.add_argument("--trusted", type=int, default=10_000, help="trusted samples for the scorer (default: 10000)")
+    d.add_argument("--samples-seen", type=int, default=60_000, help="training budget per model (default: 60000)")
+    d.add_argument("--scorer-samples-seen", type=int, default=40_000, help="scorer training budget (default: 40000)")
+    d.add_argument("--fraction", type=float, default=0.5, help="CLIP-score top fraction kept (default: 0.5)")
+    d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    d.add_argument("--data", choices=["auto", "real", "synthetic"], default="auto", help="pool data (default: auto)")
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("serve", help="serve the Prefect deployments", add_help=False,
+                       description="Same as `python -m flows.serve`; its options follow.")
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    _offline()
+    a = build_parser().parse_args(argv)
+    try:
+        a.func(a)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"curate {a.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

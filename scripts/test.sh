@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# README command two: set up, then run the default (fast) test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest -q "$@"
