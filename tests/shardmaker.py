@@ -57,3 +57,20 @@ def make_pool(out: Path, n: int = 60, per_shard: int = 25, plant: dict[int, str]
             for m, data in members:
                 t.addfile(m, io.BytesIO(data))
     return plant
+
+
+def make_task(root: Path, per_class: int = 10, templates=("a {c} square.", "a photo of a {c} thing.")) -> Path:
+    """A zero-shot task in CLIP_benchmark's wds layout: coloured squares, classes = colour names."""
+    names = list(COLOURS)
+    (root / "test").mkdir(parents=True, exist_ok=True)
+    (root / "classnames.txt").write_text("\n".join(names) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
+    with tarfile.open(root / "test" / "0.tar", "w") as t:
+        for i in range(per_class * len(names)):
+            for ext, data in (("png", image_bytes(names[i % len(names)], fmt="PNG", seed=1000 + i)),
+                              ("cls", str(i % len(names)).encode())):
+                info = tarfile.TarInfo(f"s{i:07d}.{ext}")
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    (root / "test" / "nshards.txt").write_text("1\n")
+    return root

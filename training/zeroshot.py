@@ -1,0 +1,107 @@
+"""Zero-shot classification the way CLIP_benchmark does it, on a task in its webdataset layout.
+
+Task folder: ``classnames.txt``, ``zeroshot_classification_templates.txt`` (``{c}`` marks the class),
+``test/nshards.txt`` and ``test/{0..n-1}.tar`` holding ``{key}.png|jpg|webp`` + ``{key}.cls``.
+Classifier = mean of the normalised template embeddings per class, renormalised; metrics are top-1,
+top-5 (top-k capped at the class count) and mean per-class recall (balanced accuracy).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.decode import decode_image
+from pipeline.shards import IMAGE_EXTS, iter_tar_samples
+
+
+def read_task(task_root: str | Path) -> tuple[list[str], list[str], list[Path]]:
+    root = Path(task_root)
+    need = [root / "classnames.txt", root / "zeroshot_classification_templates.txt", root / "test" / "nshards.txt"]
+    missing = [str(p) for p in need if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{root} is not a task in CLIP_benchmark's wds layout: missing {', '.join(missing)}")
+    classnames = [c.strip() for c in need[0].read_text().splitlines() if c.strip()]
+    templates = [t.strip() for t in need[1].read_text().splitlines() if t.strip()]
+    bad = [t for t in templates if "{c}" not in t]
+    if bad:
+        raise ValueError(f"templates without {{c}} in {need[1]}: {bad}")
+    n = int(need[2].read_text().strip())
+    shards = [root / "test" / f"{i}.tar" for i in range(n)]
+    missing = [str(p) for p in shards if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"task {root}: nshards.txt says {n} but missing {', '.join(missing)}")
+    return classnames, templates, shards
+
+
+@torch.no_grad()
+def classifier(model, tokenizer, classnames: list[str], templates: list[str], device: str) -> torch.Tensor:
+    weights = []
+    for c in classnames:
+        emb = model.encode_text(tokenizer([t.format(c=c) for t in templates]).to(device), normalize=True)
+        emb = emb.mean(0)
+        weights.append(emb / emb.norm())
+    return torch.stack(weights, dim=1)  # (dim, classes)
+
+
+def iter_batches(shards: list[Path], preprocess, batch_size: int):
+    images, labels = [], []
+    for shard in shards:
+        for s in iter_tar_samples(shard):
+            data = next((s[e] for e in IMAGE_EXTS if e in s), None)
+            img, reason = decode_image(data)
+            if img is None or "cls" not in s:
+                raise ValueError(f"{shard}: sample {s['__key__']} unusable ({reason or 'no .cls label'})")
+            images.append(preprocess(img))
+            labels.append(int(s["cls"]))
+            if len(images) == batch_size:
+                yield torch.stack(images), torch.tensor(labels)
+                images, labels = [], []
+    if images:
+        yield torch.stack(images), torch.tensor(labels)
+
+
+def metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> dict[str, float]:
+    k = min(5, n_classes)
+    topk = logits.topk(k, dim=1).indices
+    correct = topk == target[:, None]
+    pred = topk[:, 0]
+    recalls = [float((pred[target == c] == c).float().mean()) for c in range(n_classes) if (target == c).any()]
+    return {"acc1": float(correct[:, 0].float().mean()), "acc5": float(correct.any(1).float().mean()),
+            "mean_per_class_recall": float(np.mean(recalls))}
+
+
+def evaluate_zeroshot(checkpoint: str, task_root: str | Path, batch_size: int = 256, device: str = "auto") -> dict:
+    from pipeline.clip_stage import pick_device
+    from training.model import load_clip
+
+    t0 = time.time()
+    device = pick_device(device)
+    classnames, templates, shards = read_task(task_root)
+    clip = load_clip(checkpoint, device=device)
+    clip.model.eval()
+    w = classifier(clip.model, clip.tokenizer, classnames, templates, device)
+    logits, target = [], []
+    for images, labels in iter_batches(shards, clip.preprocess_val, batch_size):
+        with torch.no_grad():
+            img = clip.model.encode_image(images.to(device), normalize=True)
+        logits.append((100.0 * img @ w).float().cpu())
+        target.append(labels)
+    logits_t, target_t = torch.cat(logits), torch.cat(target)
+    return {"task": Path(task_root).name, "checkpoint": str(checkpoint), "n": int(len(target_t)),
+            "metrics": metrics(logits_t, target_t, len(classnames)), "templates": len(templates),
+            "seconds": round(time.time() - t0, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def append_result(path: str | Path, record: dict) -> None:
+    """Append one json line and fsync, so a crash never leaves a half-written result."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
