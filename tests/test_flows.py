@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.shardmaker import make_pool
+from tests.shardmaker import make_pool, make_task
 
 CONFIG = "clip:\n  - {model: curate-tiny, batch_size: 16}\nfilters:\n  - {type: clip_score, fraction: 0.5}\n"
 
@@ -30,6 +30,21 @@ def test_bad_config_fails_the_flow_with_a_clear_message(tmp_path):
     (tmp_path / "c.yaml").write_text("filters:\n  - {type: clip_score, fraction: 2}\n")
     with pytest.raises(ValueError, match="fraction"):
         curate.fn(pool=str(tmp_path), out=str(tmp_path / "out"), config=str(tmp_path / "c.yaml"))
+
+
+def test_curate_then_train_eval_records_lineage(tmp_path):
+    from flows.curate import curate
+    from flows.train_eval import train_eval
+
+    make_pool(tmp_path / "pool", n=40, per_shard=20)
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    curate(pool=str(tmp_path / "pool"), out=str(tmp_path / "out"), config=str(tmp_path / "c.yaml"))
+    lineage = train_eval(curated=str(tmp_path / "out"), samples_seen=64, batch_size=16,
+                         task=str(make_task(tmp_path / "task", per_class=2)))
+    assert lineage["train"]["samples_seen"] == 64
+    assert lineage["curation"]["kept"] == 21 and lineage["curation"]["config"]["filters"][0]["fraction"] == 0.5
+    assert (tmp_path / "out" / "train" / "final" / "open_clip_config.json").is_file()
+    assert json.loads((tmp_path / "out" / "train" / "results.jsonl").read_text())["n"] == 8
 
 
 @pytest.mark.slow

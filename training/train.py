@@ -42,7 +42,8 @@ class TrainConfig(BaseModel):
     grad_checkpointing: bool = False
     checkpoints: int = Field(4, ge=1, description="save resumable state every 1/N of the run")
     init_checkpoint: str | None = Field(None, description="start from this checkpoint folder's weights")
-    workers: int = Field(1, ge=0, description="data loader worker processes per rank")
+    workers: int | None = Field(None, ge=0, description="loader worker processes per rank; default: 0 on CPU "
+                                "(measured no faster on 2 cores), 4 on GPU")
     device: str = "auto"
     seed: int = 0
     log_every: int = Field(10, ge=1)
@@ -124,7 +125,8 @@ def train(cfg: TrainConfig) -> dict:
 
     per_rank = cfg.batch_size // world
     loader = iter(train_loader(cfg.train_data, clip.preprocess_train, clip.tokenizer, per_rank,
-                               seed=cfg.seed * 7919 + rank * 104729 + start, workers=cfg.workers))
+                               seed=cfg.seed * 7919 + rank * 104729 + start,
+                               workers=cfg.workers if cfg.workers is not None else (4 if device.startswith("cuda") else 0)))
     every = max(1, cfg.steps // cfg.checkpoints)
     stop = min(cfg.steps, cfg.max_steps or cfg.steps)
     bad: dict[str, int] = {}
@@ -159,6 +161,7 @@ def train(cfg: TrainConfig) -> dict:
                 _save_state(ckpt_dir / "state_latest.pt", model, opt, done, cfg)
     bar.close()
     seconds = time.time() - t0
+    _close(loader)
     result = {"steps": stop, "total_steps": cfg.steps, "samples_seen": stop * cfg.batch_size,
               "final_loss": loss_v, "samples_per_s": round((stop - start) * cfg.batch_size / max(seconds, 1e-9), 1),
               "train_seconds": round(seconds, 1), "resumed_from_step": start, "bad_samples": bad,
@@ -222,6 +225,15 @@ def _progress(rank: int, start: int, total: int):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=start, disable=rank != 0, unit="step", desc="train", mininterval=2)
+
+
+def _close(loader) -> None:
+    """Stop loader workers now; a worker that dies on the way out does not fail a finished run."""
+    try:
+        if hasattr(loader, "_shutdown_workers"):
+            loader._shutdown_workers()
+    except RuntimeError as e:
+        print(f"warning: data loader shutdown: {e}", flush=True)
 
 
 def _unwrap(model):
