@@ -22,7 +22,7 @@ def _offline() -> None:
 
 
 def cmd_build_pool(a) -> None:
-    from pipeline.pool import build_pool
+    from pipeline.sample_pool import build_pool
 
     info = build_pool(a.out, a.samples, seed=a.seed, samples_per_shard=a.samples_per_shard,
                       n_trusted=a.trusted, data=a.data)
@@ -62,7 +62,7 @@ def cmd_demo(a) -> None:
     from pipeline.demo import run_demo
 
     run_demo(a.root, samples=a.samples, trusted=a.trusted, samples_seen=a.samples_seen,
-             scorer_samples_seen=a.scorer_samples_seen, fraction=a.fraction, seed=a.seed, data=a.data)
+             scorer_samples_seen=a.scorer_samples_seen, fraction=a.fraction, seed=a.seed, data=a.data, pool_dir=a.pool)
 
 
 def cmd_serve(a) -> None:
@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--scorer-samples-seen", type=int, default=40_000, help="scorer training budget (default: 40000)")
     d.add_argument("--fraction", type=float, default=0.5, help="CLIP-score top fraction kept (default: 0.5)")
     d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    d.add_argument("--pool", default="data/sample_pool", help="sample pool folder, built if missing or "
+                   "built with other settings (default: data/sample_pool)")
     d.add_argument("--data", choices=["auto", "real", "synthetic"], default="auto", help="pool data (default: auto)")
     d.set_defaults(func=cmd_demo)
 

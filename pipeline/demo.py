@@ -38,15 +38,19 @@ def _step(name: str, timings: dict):
 
 def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int = 10_000,
              samples_seen: int = 60_000, scorer_samples_seen: int = 40_000, fraction: float = 0.5,
-             seed: int = 0, data: str = "auto", pool_dir: str | Path | None = None) -> dict:
-    from pipeline.pool import build_pool
+             seed: int = 0, data: str = "auto", pool_dir: str | Path = "data/sample_pool") -> dict:
+    from pipeline.sample_pool import build_pool
     from training.train import TrainConfig, train
     from training.zeroshot import append_result, evaluate_zeroshot
 
     t0 = time.time()
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    pool_dir = Path(pool_dir or root / "pool")
+    if root.exists():  # a demo is one fresh run; the pool is reused when its settings match
+        import shutil
+
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    pool_dir = Path(pool_dir)
     timings: dict[str, float] = {}
 
     with _step("1. sample pool", timings):

@@ -1,0 +1,195 @@
+"""Build the sample pool: noisy web-like shards, a disjoint trusted split, an eval task, ground truth.
+
+    out/shards/       the pool (img2dataset layout: tar + parquet + _stats.json per shard)
+    out/trusted/      clean, disjoint samples (to bootstrap a scorer, the DFN recipe)
+    out/eval/<task>/  Fashion-MNIST test (or the synthetic task) in CLIP_benchmark's wds layout
+    out/ground_truth.parquet   per pool uid: source, label, caption, clean caption, planted noise
+    out/pool.json     arguments, counts; a rebuild with the same arguments is skipped
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.sample_pool import sources as src
+from pipeline.sample_pool.evaltask import write_task
+from pipeline.sample_pool.noise import ADDED, counts_for, plant
+from pipeline.shards import ShardWriter, atomic_write_bytes
+
+SHARE = {"openclipart": 0.12, "emoji": 0.08}  # the rest is Fashion-MNIST
+TEMPLATES = ["a photo of a {c}.", "a product photo of a {c}.", "a photo of the {c}.", "a {c}.",
+             "a black and white photo of a {c}.", "a low resolution photo of a {c}.", "a cropped photo of a {c}."]
+
+
+def resolve_data(data: str) -> str:
+    status = src.real_data_status()
+    if data not in ("auto", "real", "synthetic"):
+        raise ValueError(f"data must be auto, real or synthetic, not {data!r}")
+    if data == "synthetic":
+        return data
+    if status["fashion_mnist"]:
+        missing = [k for k, v in status.items() if not v]
+        if missing:
+            print(f"note: {', '.join(missing)} not installed; the pool is built without them", file=sys.stderr)
+        return "real"
+    if data == "real":
+        raise FileNotFoundError(f"Fashion-MNIST not found in {src.FMNIST_DIR}: install the Debian packages "
+                                f"{src.PACKAGES} (scripts/setup.sh does it as root)")
+    print(f"real data not installed (Debian packages {src.PACKAGES}; run scripts/setup.sh as root): "
+          "building a SYNTHETIC pool of drawn shapes", file=sys.stderr)
+    return "synthetic"
+
+
+def build_pool(out: str | Path, n: int, seed: int = 0, samples_per_shard: int = 1000, n_trusted: int = 10_000,
+               data: str = "auto") -> dict:
+    out = Path(out)
+    if n < 10 or n_trusted < 0 or not 0 < samples_per_shard <= 10_000:
+        raise ValueError("need n >= 10, n_trusted >= 0 and 0 < samples_per_shard <= 10000")
+    args = {"n": n, "seed": seed, "samples_per_shard": samples_per_shard, "n_trusted": n_trusted,
+            "data": resolve_data(data)}
+    if (out / "pool.json").is_file():
+        info = json.loads((out / "pool.json").read_text())
+        if info.get("args") == args:
+            print(f"pool up to date: {out} ({n} samples, seed {seed})")
+            return info
+    t0 = time.time()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    counts = counts_for(n)
+    n_base = n - sum(counts[k] for k in ADDED)
+    make = _real if args["data"] == "real" else _synthetic
+    base, trusted, eval_copies, task, skipped = make(n_base, n_trusted, counts["eval_copy"], rng, tmp / "eval")
+    records = plant(base, counts, rng, eval_copies)
+    for r in records + trusted:
+        r["uid"] = _uid(seed, r)
+    for r in records:  # duplicates point at their original's uid
+        if isinstance(r.get("noise_of"), int):
+            r["noise_of"] = records[r["noise_of"]]["uid"]
+    records = [records[int(i)] for i in rng.permutation(len(records))]
+    truth = _write(records, tmp / "shards", samples_per_shard, seed)
+    _write(trusted, tmp / "trusted", samples_per_shard, seed)
+    truth.to_parquet(tmp / "ground_truth.parquet", index=False)
+    info = {"args": args, "data": args["data"], "eval_task": task,
+            "counts": {"pool": len(records), "trusted": len(trusted),
+                       "shards": len(list((tmp / "shards").glob("*.tar"))),
+                       "by_source": truth["source"].value_counts().sort_index().to_dict(),
+                       "skipped_sources": skipped},
+            "noise_counts": truth["noise"].fillna("clean").value_counts().sort_index().to_dict(),
+            "paths": {"shards": str(out / "shards"), "trusted": str(out / "trusted"),
+                      "ground_truth": str(out / "ground_truth.parquet"), "eval": str(out / "eval" / task)},
+            "seconds": round(time.time() - t0, 1)}
+    atomic_write_bytes(tmp / "pool.json", json.dumps(info, indent=2).encode())
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(f"sample pool: {len(records)} samples ({args['data']} data) + {len(trusted)} trusted in {out} "
+          f"({info['seconds']} s)")
+    return info
+
+
+def _uid(seed: int, r: dict) -> str:
+    return hashlib.sha256(f"{seed}/{r['source']}/{r['item']}/{r.get('copy', '')}".encode()).hexdigest()[:32]
+
+
+def _write(records: list[dict], folder: Path, per_shard: int, seed: int) -> pd.DataFrame:
+    rows = []
+    with ShardWriter(folder, per_shard) as w:
+        for i, r in enumerate(records):
+            key = f"{i // per_shard:05d}{i % per_shard:04d}"
+            uid = r["uid"]
+            size = _size(r["image"])
+            meta = {"uid": uid, "url": r["url"], "source": r["source"], "original_width": r["orig_w"],
+                    "original_height": r["orig_h"], "width": size[0], "height": size[1],
+                    "sha256": hashlib.sha256(r["image"]).hexdigest()}
+            w.write(key, r["image"], r["ext"], r["caption"], meta)
+            rows.append({"uid": uid, "key": key, "shard": f"{i // per_shard:05d}", "source": r["source"],
+                         "label": r["label"], "caption": r["caption"], "clean_caption": r["clean_caption"],
+                         "noise": r.get("noise"), "noise_detail": r.get("detail"), "noise_of": r.get("noise_of")})
+    return pd.DataFrame(rows)
+
+
+def _size(data: bytes) -> tuple[int | None, int | None]:
+    import io
+
+    from PIL import Image
+
+    try:
+        return Image.open(io.BytesIO(data)).size
+    except Exception:  # noqa: BLE001 - corrupt bytes have no size
+        return None, None
+
+
+def _rec(source, item, label, caption, image, ext, orig, url) -> dict:
+    return {"source": source, "item": item, "label": label, "clean_caption": caption, "caption": caption,
+            "image": image, "ext": ext, "orig_w": orig[0], "orig_h": orig[1], "url": url}
+
+
+def _real(n_base, n_trusted, n_eval_copy, rng, eval_dir):
+    status = src.real_data_status()
+    oc = [p for p in src.openclipart_items() if not src.is_holdout("openclipart:" + p)] if status["openclipart"] else []
+    em = [c for c in src.emoji_items() if not src.is_holdout("emoji:" + c)] if status["emoji"] else []
+    want = {k: min(int(round(SHARE[k] * n_base)), len(v)) for k, v in (("openclipart", oc), ("emoji", em))}
+    n_fm = n_base - sum(want.values())
+    images, labels = src.fmnist("train")
+    if n_fm + n_trusted > len(images):
+        raise ValueError(f"{n_fm} Fashion-MNIST pool samples + {n_trusted} trusted > {len(images)} available: "
+                         "ask for fewer samples or a smaller trusted split")
+    perm = rng.permutation(len(images))
+
+    def fm(i: int) -> dict:
+        label = src.FMNIST_CLASSES[labels[i]]
+        return _rec("fashion_mnist", f"train/{i}", label, src.product_caption(label, rng),
+                    src.encode(src.fmnist_image(images[i])), "jpg", (28, 28), f"fashion-mnist:train/{i}")
+
+    base = [fm(int(i)) for i in perm[:n_fm]]
+    trusted = [fm(int(i)) for i in perm[n_fm:n_fm + n_trusted]]
+    skipped = 0
+    for p in (oc[int(i)] for i in rng.permutation(len(oc))):
+        if want["openclipart"] == 0:
+            break
+        im, size = src.openclipart_image(p)
+        if im is None:
+            skipped += 1
+            continue
+        base.append(_rec("openclipart", p, p.split("/")[0], src.openclipart_caption(p), src.encode(im, "PNG"),
+                         "png", size, f"file://{src.OPENCLIPART_DIR / 'png' / p}"))
+        want["openclipart"] -= 1
+    for i in rng.choice(len(em), want["emoji"], replace=False) if want["emoji"] else []:
+        ch = em[int(i)]
+        name = src.emoji_name(ch)
+        base.append(_rec("emoji", ch, name, name, src.encode(src.emoji_image(ch), "PNG"), "png", (136, 128),
+                         f"emoji:U+{ord(ch):04X}"))
+    test_x, test_y = src.fmnist("test")
+    write_task(eval_dir / "fashion_mnist", src.FMNIST_CLASSES, TEMPLATES,
+               ((src.encode(src.fmnist_image(x), "PNG"), int(y)) for x, y in zip(test_x, test_y)))
+    copies = []
+    for i in rng.choice(len(test_x), n_eval_copy, replace=False) if n_eval_copy else []:
+        label = src.FMNIST_CLASSES[test_y[i]]
+        copies.append({**_rec("fashion_mnist_test", f"test/{i}", label, src.product_caption(label, rng),
+                               src.encode(src.fmnist_image(test_x[i])), "jpg", (28, 28), f"fashion-mnist:test/{i}"),
+                       "noise_of": f"fashion_mnist_test:{i}"})
+    return base, trusted, copies, "fashion_mnist", skipped
+
+
+def _synthetic(n_base, n_trusted, n_eval_copy, rng, eval_dir):
+    def shape(i: int, split: str) -> dict:
+        label = int(rng.integers(len(src.SHAPES)))
+        return _rec("synthetic", f"{split}/{i}", src.SHAPES[label], src.shape_caption(label, rng),
+                    src.encode(src.shape_image(label, rng)), "jpg", (64, 64), f"synthetic:{split}/{i}")
+
+    base = [shape(i, "pool") for i in range(n_base)]
+    trusted = [shape(i, "trusted") for i in range(n_trusted)]
+    test = [shape(i, "test") for i in range(2000)]
+    write_task(eval_dir / "synthetic_shapes", src.SHAPES, TEMPLATES,
+               ((r["image"], src.SHAPES.index(r["label"])) for r in test))
+    copies = [{**test[i], "source": "synthetic_test", "noise_of": f"synthetic_test:{i}"} for i in range(n_eval_copy)]
+    return base, trusted, copies, "synthetic_shapes", 0
