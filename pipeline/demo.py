@@ -116,7 +116,7 @@ def _noise_caught(pool_dir: Path, curated: Path) -> dict:
     gt_path = pool_dir / "ground_truth.parquet"
     if not gt_path.is_file():
         return {}
-    gt = pd.read_parquet(gt_path, columns=["uid", "noise"])
+    gt = pd.read_parquet(gt_path, columns=["uid", "noise"]).fillna({"noise": "clean"})
     meta = pd.read_parquet(curated / "metadata.parquet", columns=["uid", "keep"])
     df = gt.merge(meta, on="uid", how="left")
     out = {}
