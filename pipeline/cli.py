@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build-pool", help="write the built-in sample pool", description="Write the sample pool "
                        "(img2dataset-layout shards, a trusted clean split, eval tasks, ground truth).")
     b.add_argument("--out", default="data/sample_pool", help="output folder (default: data/sample_pool)")
-    b.add_argument("--samples", type=int, default=20_000, help="pool samples (default: 20000; ~80000 is all data)")
+    b.add_argument("--samples", type=int, default=20_000,
+                   help="pool samples (default: 20000; ~70000 uses all the real data)")
     b.add_argument("--trusted", type=int, default=10_000, help="trusted clean samples (default: 10000)")
     b.add_argument("--samples-per-shard", type=int, default=1000, help="samples per shard (default: 1000)")
     b.add_argument("--seed", type=int, default=0, help="noise and sampling seed (default: 0)")
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--trusted", type=int, default=10_000, help="trusted samples for the scorer (default: 10000)")
     d.add_argument("--samples-seen", type=int, default=60_000, help="training budget per model (default: 60000)")
     d.add_argument("--scorer-samples-seen", type=int, default=40_000, help="scorer training budget (default: 40000)")
-    d.add_argument("--fraction", type=float, default=0.5, help="CLIP-score top fraction kept (default: 0.5)")
+    d.add_argument("--fraction", type=float, default=0.7, help="CLIP-score top fraction kept (default: 0.7; the pool is ~71%% clean)")
     d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     d.add_argument("--pool", default="data/sample_pool", help="sample pool folder, built if missing or "
                    "built with other settings (default: data/sample_pool)")

@@ -152,7 +152,7 @@ def train(cfg: TrainConfig) -> dict:
         rate = (done * cfg.batch_size - seen0) / max(time.time() - t0, 1e-9)
         if rank == 0:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_v:.3f}", samples_s=f"{rate:,.0f}")
+            bar.set_postfix(loss=f"{loss_v:.3f}", samples_s=f"{rate:,.0f}", refresh=False)
             if done % cfg.log_every == 0 or done == cfg.steps:
                 _log(out, {"step": done, "samples_seen": done * cfg.batch_size, "loss": round(loss_v, 5),
                            "lr": lr_at(step, cfg), "logit_scale": float(_unwrap(model).logit_scale.detach().exp()),
