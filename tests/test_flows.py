@@ -10,7 +10,7 @@ from tests.shardmaker import make_pool, make_task
 CONFIG = "clip:\n  - {model: curate-tiny, batch_size: 16}\nfilters:\n  - {type: clip_score, fraction: 0.5}\n"
 
 
-def test_curate_flow_runs_under_prefect(tmp_path):
+def test_curate_flow_runs_under_prefect(tmp_path, prefect_server):
     from flows.curate import curate
 
     make_pool(tmp_path / "pool", n=40, per_shard=20, plant={4: "corrupt"})
@@ -32,7 +32,7 @@ def test_bad_config_fails_the_flow_with_a_clear_message(tmp_path):
         curate.fn(pool=str(tmp_path), out=str(tmp_path / "out"), config=str(tmp_path / "c.yaml"))
 
 
-def test_curate_then_train_eval_records_lineage(tmp_path):
+def test_curate_then_train_eval_records_lineage(tmp_path, prefect_server):
     from flows.curate import curate
     from flows.train_eval import train_eval
 
