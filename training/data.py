@@ -18,16 +18,10 @@ from pipeline.shards import IMAGE_EXTS, expand
 log = logging.getLogger(__name__)
 
 
-class TarErrors:
-    """webdataset handler: log a broken tar member or stream and go on (counted per process)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, exn: Exception) -> bool:
-        self.count += 1
-        log.warning("skipping unreadable shard data: %r", exn)
-        return True
+def _warn_tar_error(exn: Exception) -> bool:
+    """webdataset handler: a broken tar member or stream is logged and skipped, never fatal."""
+    log.warning("skipping unreadable shard data: %r", exn)
+    return True
 
 
 def _batches(src: Iterator[dict], preprocess: Callable, tokenizer: Callable, batch_size: int):
@@ -59,7 +53,7 @@ def train_loader(data: str | list[str], preprocess: Callable, tokenizer: Callabl
     urls = expand(data)
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed, deterministic=True),
-        wds.tarfile_to_samples(handler=TarErrors()),
+        wds.tarfile_to_samples(handler=_warn_tar_error),
         wds.shuffle(shuffle, initial=min(shuffle, 500), seed=seed),
         _Stage(_batches, preprocess, tokenizer, batch_size),
     )

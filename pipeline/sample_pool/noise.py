@@ -52,15 +52,13 @@ def plant(base: list[dict], counts: dict[str, int], rng: np.random.Generator, ev
         return got
 
     # swapped captions: pairs of different labels exchange captions
-    pool = take(len(order), lambda r: True)
-    taken.difference_update(pool)
     pairs, used = [], set()
-    for i in pool:
+    for i in order:
         if len(pairs) * 2 >= counts["swapped_caption"]:
             break
         if i in used:
             continue
-        j = next((j for j in pool if j not in used and j != i and recs[j]["label"] != recs[i]["label"]), None)
+        j = next((j for j in order if j not in used and j != i and recs[j]["label"] != recs[i]["label"]), None)
         if j is None:
             break
         used.update((i, j))
