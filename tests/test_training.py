@@ -81,3 +81,26 @@ def test_metrics_match_hand_computed():
 def test_missing_task_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="classnames.txt"):
         evaluate_zeroshot("curate-tiny", tmp_path)
+
+
+def test_fast_transform_matches_open_clip_transform():
+    import random
+
+    from PIL import Image
+
+    from tests.shardmaker import image_bytes
+    from training.model import load_clip
+    from training.transforms import fast_train_transform
+
+    pre = load_clip("curate-tiny").preprocess_train
+    fast = fast_train_transform(pre)
+    assert fast is not None and fast.size == 32
+    im = Image.open(__import__("io").BytesIO(image_bytes("blue", size=(64, 48)))).convert("RGB")
+    fast.scale, fast.log_ratio = (1.0, 1.0), (0.0, 0.0)  # deterministic crop: the largest centred square
+    pre.transforms[0].scale, pre.transforms[0].ratio = (1.0, 1.0), (1.0, 1.0)
+    ours = fast.batch([fast.image(im, random.Random(0))])[0]
+    box = fast.crop_box(64, 48, random.Random(0))
+    assert box[3] - box[1] == 48 and box[2] - box[0] == 48
+    ref = pre(im.crop(box))  # same crop, open_clip's resize + ToTensor + Normalize
+    diff = (ours - ref).abs() * 0.28 * 255  # in grey levels (at most)
+    assert diff.max() <= 2.2 and diff.mean() < 0.1  # PIL's one-call crop + resize rounds a few pixels apart

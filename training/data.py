@@ -6,6 +6,7 @@ with replacement (``ResampledShards``), as open_clip's ``--dataset-resampled`` d
 from __future__ import annotations
 
 import logging
+import random
 from collections import Counter
 from typing import Callable, Iterator
 
@@ -14,6 +15,7 @@ import webdataset as wds
 
 from pipeline.decode import decode_image
 from pipeline.shards import IMAGE_EXTS, expand
+from training.transforms import fast_train_transform
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,10 @@ def _warn_tar_error(exn: Exception) -> bool:
     return True
 
 
-def _batches(src: Iterator[dict], preprocess: Callable, tokenizer: Callable, batch_size: int):
+def _batches(src: Iterator[dict], preprocess: Callable, tokenizer: Callable, batch_size: int, seed: int):
     """Decode, transform and collate; each batch carries the bad-sample counts since the last one."""
+    fast = fast_train_transform(preprocess)
+    rng = random.Random(seed)
     images, captions, bad = [], [], Counter()
     for sample in src:
         data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
@@ -35,13 +39,14 @@ def _batches(src: Iterator[dict], preprocess: Callable, tokenizer: Callable, bat
             bad[(reason or "no_caption").split(":")[0]] += 1
             continue
         try:
-            images.append(preprocess(img))
+            images.append(fast.image(img, rng) if fast else preprocess(img))
         except Exception as e:  # noqa: BLE001 - a transform failing on one image skips that image
             bad[f"transform_failed:{type(e).__name__}"] += 1
             continue
         captions.append(caption.decode("utf-8", "replace") if isinstance(caption, bytes) else caption)
         if len(images) == batch_size:
-            yield torch.stack(images), tokenizer(captions), dict(bad)
+            pixels = fast.batch(images) if fast else torch.stack(images)
+            yield pixels, tokenizer(captions), dict(bad)
             images, captions, bad = [], [], Counter()
 
 
@@ -55,7 +60,7 @@ def train_loader(data: str | list[str], preprocess: Callable, tokenizer: Callabl
         wds.ResampledShards(urls, seed=seed, deterministic=True),
         wds.tarfile_to_samples(handler=_warn_tar_error),
         wds.shuffle(shuffle, initial=min(shuffle, 500), seed=seed),
-        _Stage(_batches, preprocess, tokenizer, batch_size),
+        _Stage(_batches, preprocess, tokenizer, batch_size, seed),
     )
     return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers,
                                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
