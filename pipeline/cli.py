@@ -40,11 +40,11 @@ def cmd_run(a) -> None:
 def cmd_train(a) -> None:
     from training.train import TrainConfig, train
 
-    cfg = TrainConfig(train_data=a.data, model=a.model, out_dir=a.out, samples_seen=a.samples_seen,
-                      batch_size=a.batch_size, seed=a.seed, device=a.device,
-                      **({"lr": a.lr} if a.lr is not None else {}),
-                      **({"init_checkpoint": a.init} if a.init else {}),
-                      **({"workers": a.workers} if a.workers is not None else {}))
+    given = {"preset": a.preset, "model": a.model, "samples_seen": a.samples_seen, "batch_size": a.batch_size,
+             "lr": a.lr, "init_checkpoint": a.init, "workers": a.workers, "accum_steps": a.accum_steps,
+             "loss": a.loss, "precision": a.precision, "grad_checkpointing": a.grad_checkpointing or None}
+    cfg = TrainConfig(train_data=a.data, out_dir=a.out, seed=a.seed, device=a.device,
+                      **{k: v for k, v in given.items() if v is not None})
     r = train(cfg)
     print(json.dumps({k: v for k, v in r.items() if not isinstance(v, (dict, list))}, indent=2, default=str))
 
@@ -52,7 +52,11 @@ def cmd_train(a) -> None:
 def cmd_eval(a) -> None:
     from training.zeroshot import append_result, evaluate_zeroshot
 
-    r = evaluate_zeroshot(a.checkpoint, a.task)
+    r = evaluate_zeroshot(a.checkpoint, a.task, weights=a.weights)
+    if a.few_shot:
+        from training.probe import linear_probe
+
+        r["few_shot"] = linear_probe(a.checkpoint, a.task, k=a.few_shot, weights=a.weights)
     if a.results:
         append_result(a.results, r)
     print(json.dumps(r, indent=2, default=str))
@@ -97,19 +101,30 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a CLIP model", description="CLIP contrastive training at a fixed samples-seen budget.")
     t.add_argument("--data", required=True, help="training shards (folder, braced pattern or glob)")
     t.add_argument("--out", required=True, help="run folder (checkpoints/, final/, metrics.jsonl)")
-    t.add_argument("--model", default="curate-tiny", help="open_clip name, preset, JSON config or checkpoint folder")
-    t.add_argument("--samples-seen", type=int, required=True, help="training budget in samples")
-    t.add_argument("--batch-size", type=int, default=256, help="global batch size (default: 256)")
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
+    t.add_argument("--preset", default=None, help="DataComp scale (debug, small, medium, large, xlarge) or CPU "
+                   "preset (cpu-tiny, cpu-demo); options below override it")
+    t.add_argument("--model", default=None, help="open_clip name, preset, JSON config or checkpoint folder "
+                   "(default: curate-tiny)")
+    t.add_argument("--samples-seen", type=int, default=None, help="training budget in samples (or from --preset)")
+    t.add_argument("--batch-size", type=int, default=None, help="global batch size (default: 256)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the model's tuned one)")
+    t.add_argument("--accum-steps", type=int, default=None, help="gradient accumulation micro-batches (exact)")
+    t.add_argument("--loss", choices=["clip", "siglip"], default=None, help="ClipLoss or SigLipLoss (default: clip)")
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None, help="auto: bf16 on GPU")
+    t.add_argument("--grad-checkpointing", action="store_true", help="trade compute for activation memory")
     t.add_argument("--init", default=None, help="start from this checkpoint folder")
-    t.add_argument("--workers", type=int, default=None, help="data loader worker processes")
+    t.add_argument("--workers", type=int, default=None, help="data loader processes per rank (default: 0 CPU, 4 GPU)")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     t.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="zero-shot evaluation", description="Zero-shot classification of a checkpoint.")
+    e = sub.add_parser("eval", help="zero-shot evaluation", description="Zero-shot classification of a checkpoint "
+                       "(and a few-shot linear probe of its image encoder).")
     e.add_argument("--checkpoint", required=True, help="checkpoint folder (or open_clip model spec)")
     e.add_argument("--task", required=True, help="task folder in CLIP_benchmark's wds layout")
+    e.add_argument("--weights", default=None, help="weights file when --checkpoint is a model name "
+                   "(e.g. an open_clip_train epoch_N.pt)")
+    e.add_argument("--few-shot", type=int, default=0, metavar="K", help="also fit a K-shot linear probe")
     e.add_argument("--results", default=None, help="append the result to this jsonl")
     e.set_defaults(func=cmd_eval)
 

@@ -28,7 +28,8 @@ def uid(i: int) -> str:
 def make_pool(out: Path, n: int = 60, per_shard: int = 25, plant: dict[int, str] | None = None) -> dict[int, str]:
     """Write ``n`` samples of coloured squares captioned by colour; ``plant`` maps index -> problem:
     ``corrupt`` (garbage bytes), ``truncated`` (half a JPEG), ``empty`` (0 bytes), ``noimage`` (no image
-    member), ``missing`` (listed in the shard parquet, absent from the tar). Returns ``plant``."""
+    member), ``missing`` (listed in the shard parquet, absent from the tar), ``swapped`` (another colour's
+    caption). Returns ``plant``."""
     plant = plant or {}
     names = list(COLOURS)
     missing = []
@@ -46,7 +47,8 @@ def make_pool(out: Path, n: int = 60, per_shard: int = 25, plant: dict[int, str]
             key = f"{i // per_shard:05d}{i % per_shard:04d}"
             meta = {"uid": uid(i), "url": f"https://example.com/{i}.jpg", "width": 40, "height": 40,
                     "original_width": 40, "original_height": 40, "sha256": None}
-            w.write(key, None if problem == "noimage" else data, "jpg", f"a {colour} square", meta)
+            caption = f"a {names[(i + 1) % len(names)] if problem == 'swapped' else colour} square"
+            w.write(key, None if problem == "noimage" else data, "jpg", caption, meta)
             if problem == "missing":
                 missing.append((f"{i // per_shard:05d}.tar", key))
     for tar_name, key in missing:  # rewrite the tar without that sample's members

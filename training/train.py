@@ -6,6 +6,7 @@ written every 1/N of the run) and ``final/`` (an open_clip local-dir checkpoint 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,14 +25,17 @@ PRESET_LR = {"curate-tiny": 2e-3}
 
 
 class TrainConfig(BaseModel):
+    """Every field can come from a ``preset`` (training/presets.py); fields given explicitly win."""
+
     model_config = ConfigDict(extra="forbid")
 
+    preset: str | None = Field(None, description="DataComp scale (debug..xlarge) or CPU preset (cpu-tiny)")
     train_data: str = Field(description="training shards: folder, braced pattern or glob")
     out_dir: str = Field(description="run folder")
     model: str = Field("curate-tiny", description="open_clip name, preset, JSON config or checkpoint folder")
     samples_seen: int = Field(gt=0, description="training budget in samples (global)")
     batch_size: int = Field(256, gt=0, description="global batch size")
-    lr: float | None = Field(None, gt=0, description="peak learning rate; default: preset's or 5e-4")
+    lr: float | None = Field(None, gt=0, description="peak learning rate; default: the model's tuned one or 5e-4")
     wd: float = Field(0.2, ge=0)
     beta1: float = 0.9
     beta2: float = 0.98
@@ -40,6 +44,7 @@ class TrainConfig(BaseModel):
     loss: Literal["clip", "siglip"] = "clip"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU")
     grad_checkpointing: bool = False
+    accum_steps: int = Field(1, ge=1, description="gradient accumulation: micro-batches per step (exact gradient)")
     checkpoints: int = Field(4, ge=1, description="save resumable state every 1/N of the run")
     init_checkpoint: str | None = Field(None, description="start from this checkpoint folder's weights")
     workers: int | None = Field(None, ge=0, description="loader worker processes per rank; default: 0 on CPU "
@@ -49,8 +54,21 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, ge=1)
     max_steps: int | None = Field(None, description="stop after this step (to simulate a crash in tests)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data):
+        if isinstance(data, dict) and data.get("preset"):
+            from training.presets import preset
+
+            data = {**preset(data["preset"]), **{k: v for k, v in data.items() if v is not None}}
+        return data
+
     @model_validator(mode="after")
     def _check(self):
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.batch_size % (world * self.accum_steps):
+            raise ValueError(f"batch_size {self.batch_size} must divide by world size x accum_steps "
+                             f"({world} x {self.accum_steps})")
         if self.samples_seen < self.batch_size:
             raise ValueError(f"samples_seen ({self.samples_seen}) is smaller than one batch ({self.batch_size})")
         return self
@@ -102,7 +120,7 @@ def train(cfg: TrainConfig) -> dict:
     from training.data import train_loader
 
     rank, world, local = dist.setup()
-    device = pick_device(cfg.device) if world == 1 else f"cuda:{local}"
+    device = pick_device(cfg.device) if world == 1 else (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
     if rank == 0:
@@ -119,7 +137,7 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         _trim_log(out / "metrics.jsonl", start)
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local])
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device != "cpu" else None)
     loss_fn = make_loss(cfg, rank, world)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") and cfg.precision != "fp32"
                 else torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"))
@@ -140,15 +158,12 @@ def train(cfg: TrainConfig) -> dict:
             bad[k] = bad.get(k, 0) + v
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        with autocast:
-            feats = model(images.to(device, non_blocking=True), tokens.to(device, non_blocking=True))
-            loss = _loss(loss_fn, feats)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_v = forward_backward(model, loss_fn, images.to(device, non_blocking=True),
+                                  tokens.to(device, non_blocking=True), cfg.accum_steps, autocast)
         opt.step()
         with torch.no_grad():
             _unwrap(model).logit_scale.clamp_(0, math.log(100))
-        loss_v = float(loss.detach())
         done = step + 1
         rate = (done * cfg.batch_size - seen0) / max(time.time() - t0, 1e-9)
         if rank == 0:
@@ -157,7 +172,8 @@ def train(cfg: TrainConfig) -> dict:
             if done % cfg.log_every == 0 or done == cfg.steps:
                 _log(out, {"step": done, "samples_seen": done * cfg.batch_size, "loss": round(loss_v, 5),
                            "lr": lr_at(step, cfg), "logit_scale": float(_unwrap(model).logit_scale.detach().exp()),
-                           "samples_per_s": round(rate, 1), "bad_samples": bad})
+                           "samples_per_s": round(rate, 1), "elapsed_s": round(time.time() - t0, 3),
+                           "bad_samples": bad})
             if done % every == 0 or done == cfg.steps:
                 _save_state(ckpt_dir / "state_latest.pt", model, opt, done, cfg)
     bar.close()
@@ -175,14 +191,44 @@ def train(cfg: TrainConfig) -> dict:
     return result
 
 
-def _loss(loss_fn, feats) -> torch.Tensor:
-    if isinstance(feats, dict):
-        args = [feats["image_features"], feats["text_features"], feats["logit_scale"]]
-        if feats.get("logit_bias") is not None:
-            args.append(feats["logit_bias"])
-    else:
-        args = list(feats)
-    return loss_fn(*args)
+def forward_backward(model, loss_fn, images: torch.Tensor, tokens: torch.Tensor, accum: int, autocast) -> float:
+    """Gradients of the contrastive loss over the whole batch, in ``accum`` micro-batches if > 1.
+
+    Accumulation is open_clip's ``accum_freq`` method: embed every micro-batch without gradients,
+    then re-embed one at a time with gradients against the cached others, so the loss still sees
+    the full batch of negatives and the summed gradient equals the full-batch one."""
+    if accum == 1:
+        with autocast:
+            loss = _loss(loss_fn, model(images, tokens))
+        loss.backward()
+        return float(loss.detach())
+    chunks = list(zip(images.chunk(accum), tokens.chunk(accum)))
+    with torch.no_grad(), autocast:
+        cache = [_feats(model(i, t)) for i, t in chunks]
+    for j, (i, t) in enumerate(chunks):
+        sync = contextlib.nullcontext() if j == accum - 1 or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast:
+                img_j, txt_j, rest = _feats(model(i, t))
+                img = torch.cat([img_j if k == j else c[0] for k, c in enumerate(cache)])
+                txt = torch.cat([txt_j if k == j else c[1] for k, c in enumerate(cache)])
+                # the temperature enters every micro-batch's loss: count its gradient once, not
+                # accum times (open_clip's accum_freq over-counts it)
+                loss = loss_fn(img, txt, *(r if j == 0 else r.detach() for r in rest))
+            loss.backward()
+    return float(loss.detach())
+
+
+def _feats(out) -> tuple[torch.Tensor, torch.Tensor, list]:
+    if isinstance(out, dict):
+        rest = [out["logit_scale"]] + ([out["logit_bias"]] if out.get("logit_bias") is not None else [])
+        return out["image_features"], out["text_features"], rest
+    return out[0], out[1], list(out[2:])
+
+
+def _loss(loss_fn, out) -> torch.Tensor:
+    img, txt, rest = _feats(out)
+    return loss_fn(img, txt, *rest)
 
 
 def _resume(path: Path, cfg: TrainConfig, model, opt, device: str) -> int:

@@ -75,14 +75,16 @@ def metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> dict[
             "mean_per_class_recall": float(np.mean(recalls))}
 
 
-def evaluate_zeroshot(checkpoint: str, task_root: str | Path, batch_size: int = 256, device: str = "auto") -> dict:
+def evaluate_zeroshot(checkpoint: str, task_root: str | Path, batch_size: int = 256, device: str = "auto",
+                      weights: str | None = None) -> dict:
+    """``checkpoint``: a checkpoint folder or model name; ``weights``: a weights file for that name."""
     from pipeline.clip_stage import pick_device
     from training.model import load_clip
 
     t0 = time.time()
     device = pick_device(device)
     classnames, templates, shards = read_task(task_root)
-    clip = load_clip(checkpoint, device=device)
+    clip = load_clip(checkpoint, weights, device=device)
     clip.model.eval()
     w = classifier(clip.model, clip.tokenizer, classnames, templates, device)
     logits, target = [], []

@@ -168,9 +168,7 @@ def _real(n_base, n_trusted, n_eval_copy, rng, eval_dir):
         name = src.emoji_name(ch)
         base.append(_rec("emoji", ch, name, name, src.encode(src.emoji_image(ch), "PNG"), "png", (136, 128),
                          f"emoji:U+{ord(ch):04X}"))
-    test_x, test_y = src.fmnist("test")
-    write_task(eval_dir / "fashion_mnist", src.FMNIST_CLASSES, TEMPLATES,
-               ((src.encode(src.fmnist_image(x), "PNG"), int(y)) for x, y in zip(test_x, test_y)))
+    test_x, test_y = write_fmnist_task(eval_dir / "fashion_mnist")
     copies = []
     for i in rng.choice(len(test_x), n_eval_copy, replace=False) if n_eval_copy else []:
         label = src.FMNIST_CLASSES[test_y[i]]
@@ -178,6 +176,14 @@ def _real(n_base, n_trusted, n_eval_copy, rng, eval_dir):
                                src.encode(src.fmnist_image(test_x[i])), "jpg", (28, 28), f"fashion-mnist:test/{i}"),
                        "noise_of": f"fashion_mnist_test:{i}"})
     return base, trusted, copies, "fashion_mnist", skipped
+
+
+def write_fmnist_task(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST test (10,000) as a zero-shot task; returns the test arrays."""
+    test_x, test_y = src.fmnist("test")
+    write_task(root, src.FMNIST_CLASSES, TEMPLATES,
+               ((src.encode(src.fmnist_image(x), "PNG"), int(y)) for x, y in zip(test_x, test_y)))
+    return test_x, test_y
 
 
 def _synthetic(n_base, n_trusted, n_eval_copy, rng, eval_dir):
@@ -193,3 +199,22 @@ def _synthetic(n_base, n_trusted, n_eval_copy, rng, eval_dir):
                ((r["image"], src.SHAPES.index(r["label"])) for r in test))
     copies = [{**test[i], "source": "synthetic_test", "noise_of": f"synthetic_test:{i}"} for i in range(n_eval_copy)]
     return base, trusted, copies, "synthetic_shapes", 0
+
+
+def write_clean_fmnist(out: str | Path, n: int = 60_000, seed: int = 0, samples_per_shard: int = 5000) -> list[str]:
+    """Fashion-MNIST train photos with clean shop captions, no noise (trainer benchmarks)."""
+    out = Path(out)
+    if (out / "done.json").is_file() and json.loads((out / "done.json").read_text()) == [n, seed]:
+        return sorted(str(p) for p in out.glob("*.tar"))
+    rng = np.random.default_rng(seed)
+    images, labels = src.fmnist("train")
+    recs = []
+    for i in rng.permutation(len(images))[:n]:
+        label = src.FMNIST_CLASSES[labels[i]]
+        recs.append({**_rec("fashion_mnist", f"train/{i}", label, src.product_caption(label, rng),
+                            src.encode(src.fmnist_image(images[i])), "jpg", (28, 28), f"fashion-mnist:train/{i}")})
+        recs[-1]["uid"] = _uid(seed, recs[-1])
+    shutil.rmtree(out, ignore_errors=True)
+    _write(recs, out, samples_per_shard, seed)
+    (out / "done.json").write_text(json.dumps([n, seed]))
+    return sorted(str(p) for p in out.glob("*.tar"))

@@ -1,0 +1,24 @@
+"""Run open_clip's own trainer (open_clip_train.main) with our model configs registered.
+
+    PYTHONPATH=bench/.peer/wds python bench/peers/open_clip_train_run.py --model curate-tiny ...
+
+open_clip_train's webdataset reader needs webdataset 0.2.86 (the version its requirements pin);
+bench/trainer.py installs that into bench/.peer/wds and puts it first on the path for this process
+only, so the project's own webdataset stays as pinned.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+
+from pipeline.compat import ensure_torchvision  # noqa: E402
+
+ensure_torchvision()
+import open_clip  # noqa: E402
+
+open_clip.add_model_config(Path(__file__).resolve().parents[2] / "training" / "model_configs")
+
+from open_clip_train.main import main  # noqa: E402
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
