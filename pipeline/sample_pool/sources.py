@@ -142,10 +142,12 @@ def openclipart_image(rel_png: str, max_side: int = 128) -> tuple[Image.Image | 
 # --- emoji ---------------------------------------------------------------------------------------
 
 def emoji_items() -> list[str]:
+    """Single-codepoint fully-qualified emoji that the installed font draws (the newest render blank)."""
     import emoji
 
-    return sorted(c for c, v in emoji.EMOJI_DATA.items()
-                  if len(c) == 1 and v.get("status") == emoji.STATUS["fully_qualified"])
+    chars = sorted(c for c, v in emoji.EMOJI_DATA.items()
+                   if len(c) == 1 and v.get("status") == emoji.STATUS["fully_qualified"])
+    return [c for c in chars if _render(c).getbbox() is not None]
 
 
 def emoji_name(ch: str, lang: str = "en") -> str:
@@ -157,7 +159,7 @@ def emoji_name(ch: str, lang: str = "en") -> str:
 _FONT = None
 
 
-def emoji_image(ch: str) -> Image.Image:
+def _render(ch: str) -> Image.Image:
     from PIL import ImageFont
 
     global _FONT
@@ -165,6 +167,11 @@ def emoji_image(ch: str) -> Image.Image:
         _FONT = ImageFont.truetype(str(EMOJI_FONT), 109)
     im = Image.new("RGBA", (136, 128), (255, 255, 255, 0))
     ImageDraw.Draw(im).text((0, 0), ch, font=_FONT, embedded_color=True)
+    return im
+
+
+def emoji_image(ch: str) -> Image.Image:
+    im = _render(ch)
     bg = Image.new("RGB", im.size, (255, 255, 255))
     bg.paste(im, mask=im.getchannel("A"))
     return bg.resize((64, 64), Image.LANCZOS)
