@@ -24,6 +24,7 @@ from pipeline.sample_pool.noise import ADDED, counts_for, plant
 from pipeline.shards import ShardWriter, atomic_write_bytes
 
 SHARE = {"openclipart": 0.12, "emoji": 0.08}  # the rest is Fashion-MNIST
+VERSION = 2  # bump when the builder's output changes, so existing pools are rebuilt
 TEMPLATES = ["a photo of a {c}.", "a product photo of a {c}.", "a photo of the {c}.", "a {c}.",
              "a black and white photo of a {c}.", "a low resolution photo of a {c}.", "a cropped photo of a {c}."]
 
@@ -53,7 +54,7 @@ def build_pool(out: str | Path, n: int, seed: int = 0, samples_per_shard: int = 
     if n < 10 or n_trusted < 0 or not 0 < samples_per_shard <= 10_000:
         raise ValueError("need n >= 10, n_trusted >= 0 and 0 < samples_per_shard <= 10000")
     args = {"n": n, "seed": seed, "samples_per_shard": samples_per_shard, "n_trusted": n_trusted,
-            "data": resolve_data(data)}
+            "data": resolve_data(data), "version": VERSION}
     if (out / "pool.json").is_file():
         info = json.loads((out / "pool.json").read_text())
         if info.get("args") == args:
