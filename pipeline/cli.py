@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _offline() -> None:
@@ -50,6 +51,15 @@ def cmd_train(a) -> None:
 
 
 def cmd_eval(a) -> None:
+    if a.suite:
+        from training.evalsuite import run_suite
+
+        s = run_suite(a.checkpoint, a.data_root, a.suite, results=a.results, only=a.tasks, weights=a.weights,
+                      few_shot=a.few_shot)
+        print(Path(s["results"]).with_suffix(".md").read_text())
+        return
+    if not a.task:
+        raise ValueError("give --task FOLDER (one task) or --suite builtin|datacomp with --data-root")
     from training.zeroshot import append_result, evaluate_zeroshot
 
     r = evaluate_zeroshot(a.checkpoint, a.task, weights=a.weights)
@@ -121,11 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="zero-shot evaluation", description="Zero-shot classification of a checkpoint "
                        "(and a few-shot linear probe of its image encoder).")
     e.add_argument("--checkpoint", required=True, help="checkpoint folder (or open_clip model spec)")
-    e.add_argument("--task", required=True, help="task folder in CLIP_benchmark's wds layout")
+    e.add_argument("--task", default=None, help="one task folder in CLIP_benchmark's wds layout")
+    e.add_argument("--suite", choices=["builtin", "datacomp"], default=None,
+                   help="a whole suite (schemas/tasks.py); resumable, writes jsonl + md + csv")
+    e.add_argument("--data-root", default="data/sample_pool/eval", help="folder holding the suite's task folders "
+                   "(default: data/sample_pool/eval)")
+    e.add_argument("--tasks", nargs="*", default=None, help="only these task keys or folders")
     e.add_argument("--weights", default=None, help="weights file when --checkpoint is a model name "
                    "(e.g. an open_clip_train epoch_N.pt)")
     e.add_argument("--few-shot", type=int, default=0, metavar="K", help="also fit a K-shot linear probe")
-    e.add_argument("--results", default=None, help="append the result to this jsonl")
+    e.add_argument("--results", default=None, help="append results to this jsonl (suite default: "
+                   "<checkpoint>/eval_<suite>.jsonl)")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the whole loop on the sample pool",

@@ -136,3 +136,22 @@ def test_bad_arguments_are_explained(tmp_path):
         build_pool(tmp_path / "x", 100, data="web")
     with pytest.raises(ValueError, match="samples_per_shard"):
         build_pool(tmp_path / "x", 100, samples_per_shard=20_000)
+
+
+def test_held_out_clipart_and_emoji_never_in_pool(pool):
+    from pipeline.sample_pool.sources import is_holdout
+
+    out, info, gt, samples = pool
+    seen = 0
+    for s in samples:
+        url = s.meta.get("url", "")
+        if url.startswith("file://") and "/openclipart/png/" in url:
+            assert not is_holdout("openclipart:" + url.split("/openclipart/png/", 1)[1])
+            seen += 1
+        elif url.startswith("emoji:U+"):
+            assert not is_holdout("emoji:" + chr(int(url[8:], 16)))
+            seen += 1
+    assert seen > 0 or info["data"] != "real"
+    if info["data"] == "real":
+        assert (out / "eval" / "openclipart_topics" / "test" / "nshards.txt").is_file()
+        assert (out / "eval" / "emoji_retrieval" / "dataset_type.txt").read_text().strip() == "retrieval"

@@ -70,9 +70,15 @@ def linear_probe(checkpoint: str, task_root: str | Path, k: int = 10, seed: int 
 
     t0 = time.time()
     device = pick_device(device)
-    classnames, _, test_shards = read_task(task_root)
     clip = load_clip(checkpoint, weights, device=device)
     clip.model.eval()
+    r = probe(clip, task_root, k, seed, device)
+    return {"task": Path(task_root).name, "checkpoint": str(checkpoint), **r, "seconds": round(time.time() - t0, 2)}
+
+
+def probe(clip, task_root: str | Path, k: int = 10, seed: int = 0, device: str = "cpu") -> dict:
+    """k-shot linear probe of a loaded model's image encoder on one classification task."""
+    classnames, _, test_shards = read_task(task_root)
     x, y = features(clip.model, clip.preprocess_val, test_shards, device)
     train_dir = Path(task_root) / "train"
     if (train_dir / "nshards.txt").is_file():
@@ -89,6 +95,5 @@ def linear_probe(checkpoint: str, task_root: str | Path, k: int = 10, seed: int 
     clf = fit(xt, yt, len(classnames), l2)
     with torch.no_grad():
         logits = clf(x)
-    return {"task": Path(task_root).name, "checkpoint": str(checkpoint), "k": k, "seed": seed, "l2": l2,
-            "n_train": int(len(yt)), "n": int(len(y)), "train_source": source,
-            "metrics": metrics(logits, y, len(classnames)), "seconds": round(time.time() - t0, 2)}
+    return {"k": k, "seed": seed, "l2": l2, "n_train": int(len(yt)), "n": int(len(y)), "train_source": source,
+            "metrics": metrics(logits, y, len(classnames))}

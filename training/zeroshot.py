@@ -75,17 +75,9 @@ def metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> dict[
             "mean_per_class_recall": float(np.mean(recalls))}
 
 
-def evaluate_zeroshot(checkpoint: str, task_root: str | Path, batch_size: int = 256, device: str = "auto",
-                      weights: str | None = None) -> dict:
-    """``checkpoint``: a checkpoint folder or model name; ``weights``: a weights file for that name."""
-    from pipeline.clip_stage import pick_device
-    from training.model import load_clip
-
-    t0 = time.time()
-    device = pick_device(device)
+def classify(clip, task_root: str | Path, batch_size: int = 256, device: str = "cpu") -> dict:
+    """Zero-shot classification metrics of a loaded model on one task folder."""
     classnames, templates, shards = read_task(task_root)
-    clip = load_clip(checkpoint, weights, device=device)
-    clip.model.eval()
     w = classifier(clip.model, clip.tokenizer, classnames, templates, device)
     logits, target = [], []
     for images, labels in iter_batches(shards, clip.preprocess_val, batch_size):
@@ -94,9 +86,23 @@ def evaluate_zeroshot(checkpoint: str, task_root: str | Path, batch_size: int = 
         logits.append((100.0 * img @ w).float().cpu())
         target.append(labels)
     logits_t, target_t = torch.cat(logits), torch.cat(target)
-    return {"task": Path(task_root).name, "checkpoint": str(checkpoint), "n": int(len(target_t)),
-            "metrics": metrics(logits_t, target_t, len(classnames)), "templates": len(templates),
-            "seconds": round(time.time() - t0, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return {"n": int(len(target_t)), "templates": len(templates), **metrics(logits_t, target_t, len(classnames))}
+
+
+def evaluate_zeroshot(checkpoint: str, task_root: str | Path, batch_size: int = 256, device: str = "auto",
+                      weights: str | None = None) -> dict:
+    """``checkpoint``: a checkpoint folder or model name; ``weights``: a weights file for that name."""
+    from pipeline.clip_stage import pick_device
+    from training.model import load_clip
+
+    t0 = time.time()
+    device = pick_device(device)
+    clip = load_clip(checkpoint, weights, device=device)
+    clip.model.eval()
+    m = classify(clip, task_root, batch_size, device)
+    n, templates = m.pop("n"), m.pop("templates")
+    return {"task": Path(task_root).name, "checkpoint": str(checkpoint), "n": n, "metrics": m,
+            "templates": templates, "seconds": round(time.time() - t0, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def append_result(path: str | Path, record: dict) -> None:

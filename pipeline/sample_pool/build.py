@@ -21,12 +21,12 @@ import pandas as pd
 from pipeline.sample_pool import sources as src
 from pipeline.sample_pool.evaltask import write_task
 from pipeline.sample_pool.noise import ADDED, counts_for, plant
+from pipeline.sample_pool.suite import FMNIST_TEMPLATES as TEMPLATES
+from pipeline.sample_pool.suite import write_builtin_suite
 from pipeline.shards import ShardWriter, atomic_write_bytes
 
 SHARE = {"openclipart": 0.12, "emoji": 0.08}  # the rest is Fashion-MNIST
-VERSION = 2  # bump when the builder's output changes, so existing pools are rebuilt
-TEMPLATES = ["a photo of a {c}.", "a product photo of a {c}.", "a photo of the {c}.", "a {c}.",
-             "a black and white photo of a {c}.", "a low resolution photo of a {c}.", "a cropped photo of a {c}."]
+VERSION = 4  # bump when the builder's output changes, so existing pools are rebuilt
 
 
 def resolve_data(data: str) -> str:
@@ -170,6 +170,7 @@ def _real(n_base, n_trusted, n_eval_copy, rng, eval_dir):
         base.append(_rec("emoji", ch, name, name, src.encode(src.emoji_image(ch), "PNG"), "png", (136, 128),
                          f"emoji:U+{ord(ch):04X}"))
     test_x, test_y = write_fmnist_task(eval_dir / "fashion_mnist")
+    write_builtin_suite(eval_dir, (test_x, test_y))
     copies = []
     for i in rng.choice(len(test_x), n_eval_copy, replace=False) if n_eval_copy else []:
         label = src.FMNIST_CLASSES[test_y[i]]

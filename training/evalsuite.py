@@ -1,0 +1,115 @@
+"""Evaluate a checkpoint on a task suite (schemas/tasks.py), resumably, and aggregate as DataComp does.
+
+Each finished task is appended to a jsonl at once; a rerun skips tasks already there for the same
+checkpoint. A task without data is reported missing, never scored 0, and the average states how many
+tasks it covers. Average = plain mean of the scored tasks' main metrics; group score = mean within
+the group. Writes ``<results>.md`` and ``<results>.csv`` beside the jsonl.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+from schemas.tasks import GROUPS, SPECIAL, Task, suite
+from training.zeroshot import append_result
+
+
+def _done(results: Path, checkpoint: str) -> dict[str, dict]:
+    if not results.is_file():
+        return {}
+    rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+    return {r["task"]: r for r in rows if r.get("checkpoint") == checkpoint}
+
+
+def evaluate_task(clip, task: Task, folder: Path, device: str, few_shot: int = 0) -> dict:
+    from training.probe import probe
+    from training.retrieval import retrieve
+    from training.zeroshot import classify
+
+    t0 = time.time()
+    m = retrieve(clip, folder, device=device) if task.kind == "retrieval" else classify(clip, folder, device=device)
+    r = {"metrics": m, "main": m.get(task.metric)}
+    if few_shot and task.kind == "classification":
+        fs = probe(clip, folder, few_shot, device=device)
+        r["few_shot"] = {**fs, "main": fs["metrics"].get(task.metric)}
+    return {**r, "seconds": round(time.time() - t0, 2)}
+
+
+def run_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin", results: str | Path | None = None,
+              only: list[str] | None = None, device: str = "auto", weights: str | None = None,
+              few_shot: int = 0) -> dict:
+    """``few_shot`` > 0 adds a k-shot linear probe beside zero-shot on classification tasks."""
+    from pipeline.clip_stage import pick_device
+    from training.model import load_clip
+
+    tasks = [t for t in suite(suite_name) if not only or t.key in only or t.folder in only]
+    ckpt_dir = Path(checkpoint)
+    results = Path(results or (ckpt_dir / f"eval_{suite_name}.jsonl" if ckpt_dir.is_dir() else f"eval_{suite_name}.jsonl"))
+    done = _done(results, str(checkpoint))
+    device = pick_device(device)
+    clip = None
+    t0 = time.time()
+    for task in tasks:
+        folder = Path(data_root) / task.folder
+        if task.key in done or not (folder / "test" / "nshards.txt").is_file():
+            continue
+        if task.metric in SPECIAL:  # needs annotations the wds layout lacks
+            continue
+        if clip is None:
+            clip = load_clip(checkpoint, weights, device=device)
+            clip.model.eval()
+        r = {"task": task.key, "checkpoint": str(checkpoint), "group": task.group, "metric": task.metric,
+             **evaluate_task(clip, task, folder, device, few_shot), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        append_result(results, r)
+        done[task.key] = r
+        print(f"{task.key:<45} {task.metric:<22} {r['main']:.4f}  ({r['seconds']} s)", flush=True)
+    summary = aggregate(tasks, done, Path(data_root))
+    summary.update(checkpoint=str(checkpoint), suite=suite_name, results=str(results),
+                   seconds=round(time.time() - t0, 1))
+    write_tables(summary, results)
+    return summary
+
+
+def aggregate(tasks: list[Task], done: dict[str, dict], data_root: Path) -> dict:
+    rows = []
+    for t in tasks:
+        r = done.get(t.key)
+        fs = (r or {}).get("few_shot", {}).get("main")
+        if r is not None:
+            status, main = "ok", r["main"]
+        elif t.metric in SPECIAL and (data_root / t.folder).is_dir():
+            status, main = "metric unavailable", None
+        else:
+            status, main = "missing", None
+        rows.append({"task": t.key, "group": t.group, "metric": t.metric, "scored": t.scored, "status": status,
+                     "main": main, "few_shot": fs})
+    scored = [r for r in rows if r["scored"]]
+    have = [r for r in scored if r["main"] is not None]
+    groups = {}
+    for g in GROUPS:
+        vals = [r["main"] for r in have if r["group"] == g]
+        total = sum(1 for r in scored if r["group"] == g)
+        if total:
+            groups[g] = {"mean": sum(vals) / len(vals) if vals else None, "tasks": len(vals), "of": total}
+    return {"rows": rows, "groups": groups, "average": sum(r["main"] for r in have) / len(have) if have else None,
+            "tasks_covered": len(have), "tasks_scored": len(scored)}
+
+
+def write_tables(s: dict, results: Path) -> None:
+    def fmt(v):
+        return "" if v is None else f"{v:.4f}"
+
+    lines = [f"# {s['suite']} suite: `{s['checkpoint']}`", "",
+             f"Average over {s['tasks_covered']} of {s['tasks_scored']} scored tasks: **{fmt(s['average'])}**", "",
+             "| group | mean | tasks |", "|---|---|---|"]
+    lines += [f"| {g} | {fmt(v['mean'])} | {v['tasks']} of {v['of']} |" for g, v in s["groups"].items()]
+    lines += ["", "| task | group | main metric | zero-shot | few-shot probe | status |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['group']} | {r['metric']} | {fmt(r['main'])} | {fmt(r['few_shot'])} | {r['status']} |"
+              for r in s["rows"]]
+    results.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    with open(results.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["task", "group", "metric", "scored", "status", "main", "few_shot"])
+        w.writeheader()
+        w.writerows(s["rows"])

@@ -1,0 +1,58 @@
+"""Zero-shot image-text retrieval the way CLIP_benchmark scores it.
+
+Task folder: ``test/{i}.tar`` with an image + ``{key}.txt`` (one caption per line; an image may have
+several). Scores = text @ image (normalised embeddings). Text-to-image recall@k: the caption's image
+is in its top k. Image-to-text recall@k: at least one of the image's captions is in its top k.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.decode import decode_image
+from pipeline.shards import IMAGE_EXTS, iter_tar_samples
+
+
+def read_pairs(task_root: str | Path) -> tuple[list, list[str], list[int]]:
+    split = Path(task_root) / "test"
+    if not (split / "nshards.txt").is_file():
+        raise FileNotFoundError(f"{task_root} is not a retrieval task in CLIP_benchmark's wds layout: "
+                                f"missing {split / 'nshards.txt'}")
+    images, texts, owner = [], [], []
+    for i in range(int((split / "nshards.txt").read_text())):
+        for s in iter_tar_samples(split / f"{i}.tar"):
+            img, reason = decode_image(next((s[e] for e in IMAGE_EXTS if e in s), None))
+            if img is None or "txt" not in s:
+                raise ValueError(f"{split}/{i}.tar: sample {s['__key__']} unusable ({reason or 'no .txt'})")
+            for line in s["txt"].decode("utf-8").splitlines():
+                texts.append(line)
+                owner.append(len(images))
+            images.append(img)
+    return images, texts, owner
+
+
+def recall_at(scores: torch.Tensor, owner: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
+    """``scores``: texts x images; ``owner[t]`` = index of text t's image."""
+    out = {}
+    n_img = scores.shape[1]
+    for k in ks:
+        kk = min(k, n_img)
+        t2i = (scores.topk(kk, dim=1).indices == owner[:, None]).any(1).float().mean()
+        top_texts = scores.topk(min(k, scores.shape[0]), dim=0).indices  # k x images
+        i2t = (owner[top_texts] == torch.arange(n_img)[None]).any(0).float().mean()
+        out[f"image_retrieval_recall@{k}"] = float(t2i)  # CLIP_benchmark's names: text -> image
+        out[f"text_retrieval_recall@{k}"] = float(i2t)  # image -> text
+        out[f"mean_recall@{k}"] = float((t2i + i2t) / 2)
+    return out
+
+
+@torch.no_grad()
+def retrieve(clip, task_root: str | Path, batch_size: int = 256, device: str = "cpu") -> dict:
+    images, texts, owner = read_pairs(task_root)
+    img = torch.cat([clip.model.encode_image(torch.stack([clip.preprocess_val(im) for im in images[i:i + batch_size]])
+                                             .to(device), normalize=True).float().cpu()
+                     for i in range(0, len(images), batch_size)])
+    txt = torch.cat([clip.model.encode_text(clip.tokenizer(texts[i:i + batch_size]).to(device), normalize=True)
+                     .float().cpu() for i in range(0, len(texts), batch_size)])
+    return {"n": len(images), "n_texts": len(texts), **recall_at(txt @ img.T, torch.tensor(owner))}
