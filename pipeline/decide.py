@@ -12,7 +12,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipeline.text_filters import basic_fails, class_names, exact_duplicates, mentions
-from schemas.config import BasicFilter, ClipScoreFilter, CurateConfig, ExactDedupFilter, TextFilter
+from schemas.config import (BasicFilter, ClipScoreFilter, CurateConfig, DecontaminateFilter, ExactDedupFilter,
+                            TextFilter)
 
 
 def load_columns(run_dir: str | Path, shard_ids: list[str], config: CurateConfig) -> pd.DataFrame:
@@ -45,8 +46,10 @@ def clip_threshold(scores: np.ndarray, f: ClipScoreFilter) -> float:
     return float(-np.sort(-finite)[n])
 
 
-def decide(df: pd.DataFrame, config: CurateConfig) -> tuple[pd.DataFrame, dict]:
-    """Add keep / drop_reason / drop_reasons; return the table and the thresholds used."""
+def decide(df: pd.DataFrame, config: CurateConfig, shards: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Add keep / drop_reason / drop_reasons; return the table and the thresholds used.
+
+    ``shards`` (the source paths) is needed by filters that look at pixels again (decontaminate)."""
     fails: list[tuple[str, np.ndarray]] = [("decode", df["decode_error"].notna().to_numpy())]
     info: dict = {}
     for f in config.filters:
@@ -60,6 +63,15 @@ def decide(df: pd.DataFrame, config: CurateConfig) -> tuple[pd.DataFrame, dict]:
             fails += basic_fails(df, f)
         elif isinstance(f, ExactDedupFilter):
             fails.append(("exact_dedup", exact_duplicates(df)))
+        elif isinstance(f, DecontaminateFilter):
+            from pipeline.decontam import contaminated
+
+            if shards is None:
+                raise ValueError("the decontaminate filter needs the source shards")
+            flags, nearest = contaminated(df, shards, f.eval_dirs, f.max_rms)
+            df = df.assign(eval_copy_of=nearest)
+            info[f.name] = {"copies": int(flags.sum())}
+            fails.append(("decontaminate", flags))
         elif isinstance(f, TextFilter):
             names = class_names(f.classnames)
             info[f.name] = {"classes": len(names)}

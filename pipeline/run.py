@@ -21,7 +21,7 @@ def decide_and_export(shards: list[str], out: str | Path, config: CurateConfig, 
     """Decide on the columns in ``work`` (default ``out``) and export into ``out``."""
     t0 = time.time()
     df = load_columns(work or out, [shard_id(s) for s in shards], config)
-    df, thresholds = decide(df, config)
+    df, thresholds = decide(df, config, shards)
     manifest = {**summarize(df), "thresholds": thresholds, "input_shards": shards,
                 "config": config.model_dump(), **(extra or {})}
     manifest = export(df, shards, out, config.export.samples_per_shard, manifest)

@@ -87,7 +87,21 @@ class TextFilter(_Strict):
         return "text_based"
 
 
-Filter = Annotated[Union[ClipScoreFilter, BasicFilter, ExactDedupFilter, TextFilter], Field(discriminator="type")]
+class DecontaminateFilter(_Strict):
+    """Drop pool images that copy an evaluation image (standardised 16x16 grey thumbnails within
+    ``max_rms`` standard deviations of the nearest eval image, found with faiss). ``eval_dirs``: task
+    folders in CLIP_benchmark's layout, or folders of them (e.g. data/sample_pool/eval)."""
+    type: Literal["decontaminate"]
+    eval_dirs: list[str] = Field(min_length=1)
+    max_rms: float = Field(0.03, gt=0, le=2)
+
+    @property
+    def name(self) -> str:
+        return "decontaminate"
+
+
+Filter = Annotated[Union[ClipScoreFilter, BasicFilter, ExactDedupFilter, TextFilter, DecontaminateFilter],
+                   Field(discriminator="type")]
 
 
 class ExportConfig(_Strict):

@@ -29,7 +29,8 @@ def make_pool(out: Path, n: int = 60, per_shard: int = 25, plant: dict[int, str]
     """Write ``n`` samples of coloured squares captioned by colour; ``plant`` maps index -> problem:
     ``corrupt`` (garbage bytes), ``truncated`` (half a JPEG), ``empty`` (0 bytes), ``noimage`` (no image
     member), ``missing`` (listed in the shard parquet, absent from the tar), ``swapped`` (another colour's
-    caption), ``dup`` (a copy of the previous sample), ``german`` / ``short`` (captions). Returns ``plant``."""
+    caption), ``dup`` (a copy of the previous sample), ``german`` / ``short`` (captions),
+    ``evalcopy`` (a JPEG copy of ``make_task``'s sample i). Returns ``plant``."""
     plant = plant or {}
     names = list(COLOURS)
     missing = []
@@ -47,6 +48,8 @@ def make_pool(out: Path, n: int = 60, per_shard: int = 25, plant: dict[int, str]
             key = f"{i // per_shard:05d}{i % per_shard:04d}"
             meta = {"uid": uid(i), "url": f"https://example.com/{i}.jpg", "width": 40, "height": 40,
                     "original_width": 40, "original_height": 40, "sha256": None}
+            if problem == "evalcopy":  # JPEG copy of make_task's sample i
+                data = image_bytes(colour, seed=1000 + i)
             if problem == "dup":  # byte-identical image and caption of the previous sample
                 colour, data = names[(i - 1) % len(names)], image_bytes(names[(i - 1) % len(names)], seed=i - 1)
             caption = f"a {names[(i + 1) % len(names)] if problem == 'swapped' else colour} square"

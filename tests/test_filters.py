@@ -68,3 +68,23 @@ def test_shipped_configs_validate():
     assert len(paths) >= 4
     for p in paths:
         load_config(p)
+
+
+def test_decontaminate_drops_exactly_the_eval_copies(tmp_path):
+    from tests.shardmaker import make_task
+
+    copies = {7: "evalcopy", 22: "evalcopy", 31: "evalcopy"}
+    make_pool(tmp_path / "pool", n=40, per_shard=20, plant={**copies, 2: "corrupt"})
+    make_task(tmp_path / "eval" / "squares", per_class=10)
+    m = run_curation(str(tmp_path / "pool"), tmp_path / "out",
+                     # these squares are flat colour + noise: JPEG changes a larger share of what
+                     # structure they have than on real photos, hence a looser threshold than the default
+                     {"filters": [{"type": "decontaminate", "eval_dirs": [str(tmp_path / "eval")], "max_rms": 0.8}]},
+                     progress=False)
+    df = pd.read_parquet(tmp_path / "out" / "metadata.parquet").set_index("uid")
+    assert set(df.index[df["drop_reason"] == "decontaminate"]) == {uid(i) for i in copies}
+    assert df.loc[uid(7), "eval_copy_of"] == "squares/s0000007"
+    assert m["dropped_by_reason"] == {"decode": 1, "decontaminate": 3} and m["kept"] == 36
+    with pytest.raises(FileNotFoundError, match="no evaluation task"):
+        run_curation(str(tmp_path / "pool"), tmp_path / "out2",
+                     {"filters": [{"type": "decontaminate", "eval_dirs": [str(tmp_path)]}]}, progress=False)

@@ -139,17 +139,17 @@ def test_bad_arguments_are_explained(tmp_path):
 
 
 def test_held_out_clipart_and_emoji_never_in_pool(pool):
-    from pipeline.sample_pool.sources import is_holdout
+    from pipeline.sample_pool.sources import held_out
 
     out, info, gt, samples = pool
     seen = 0
     for s in samples:
         url = s.meta.get("url", "")
         if url.startswith("file://") and "/openclipart/png/" in url:
-            assert not is_holdout("openclipart:" + url.split("/openclipart/png/", 1)[1])
+            assert not held_out("openclipart", url.split("/openclipart/png/", 1)[1])
             seen += 1
         elif url.startswith("emoji:U+"):
-            assert not is_holdout("emoji:" + chr(int(url[8:], 16)))
+            assert not held_out("emoji", chr(int(url[8:], 16)))
             seen += 1
     assert seen > 0 or info["data"] != "real"
     if info["data"] == "real":

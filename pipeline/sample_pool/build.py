@@ -26,7 +26,7 @@ from pipeline.sample_pool.suite import write_builtin_suite
 from pipeline.shards import ShardWriter, atomic_write_bytes
 
 SHARE = {"openclipart": 0.12, "emoji": 0.08}  # the rest is Fashion-MNIST
-VERSION = 4  # bump when the builder's output changes, so existing pools are rebuilt
+VERSION = 5  # bump when the builder's output changes, so existing pools are rebuilt
 
 
 def resolve_data(data: str) -> str:
@@ -136,8 +136,8 @@ def _rec(source, item, label, caption, image, ext, orig, url) -> dict:
 
 def _real(n_base, n_trusted, n_eval_copy, rng, eval_dir):
     status = src.real_data_status()
-    oc = [p for p in src.openclipart_items() if not src.is_holdout("openclipart:" + p)] if status["openclipart"] else []
-    em = [c for c in src.emoji_items() if not src.is_holdout("emoji:" + c)] if status["emoji"] else []
+    oc = [p for p in src.openclipart_items() if not src.held_out("openclipart", p)] if status["openclipart"] else []
+    em = [c for c in src.emoji_items() if not src.held_out("emoji", c)] if status["emoji"] else []
     want = {k: min(int(round(SHARE[k] * n_base)), len(v)) for k, v in (("openclipart", oc), ("emoji", em))}
     n_fm = n_base - sum(want.values())
     images, labels = src.fmnist("train")

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -59,6 +60,32 @@ def is_holdout(item_id: str, share: float = 0.1) -> bool:
     return int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) < share * 2**32
 
 
+def held_out(source: str, item: str) -> bool:
+    """Hold out by content, not by name: openclipart ships the same drawing under several paths
+    (905 groups of byte-identical files), so a path-based split leaks evaluation images."""
+    return is_holdout(f"{source}:{content_key(source, item)}")
+
+
+@functools.lru_cache(maxsize=None)
+def content_key(source: str, item: str) -> str:
+    if source == "openclipart":
+        return hashlib.sha256((OPENCLIPART_DIR / "png" / item).read_bytes()).hexdigest()
+    if source == "emoji":
+        return hashlib.sha256(_render(item).tobytes()).hexdigest()
+    raise ValueError(f"no content key for source {source!r}")
+
+
+def unique_by_content(source: str, items: list[str]) -> list[str]:
+    """First item (in sorted order) of each group of identical content."""
+    seen, out = set(), []
+    for it in items:
+        k = content_key(source, it)
+        if k not in seen:
+            seen.add(k)
+            out.append(it)
+    return out
+
+
 def encode(im: Image.Image, fmt: str = "JPEG", quality: int = 90) -> bytes:
     buf = io.BytesIO()
     im.save(buf, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
@@ -93,12 +120,12 @@ def product_caption(label: str, rng: np.random.Generator) -> str:
 # --- openclipart ---------------------------------------------------------------------------------
 
 def openclipart_items() -> list[str]:
-    """Relative PNG paths (``topic/.../name.png``), sorted."""
+    """Relative PNG paths (``topic/.../name.png``), sorted, one per distinct drawing."""
     root = OPENCLIPART_DIR / "png"
     out = []
     for d, _, files in os.walk(root):
         out += [os.path.relpath(os.path.join(d, f), root) for f in files if f.endswith(".png")]
-    return sorted(out)
+    return unique_by_content("openclipart", sorted(out))
 
 
 def openclipart_caption(rel_png: str) -> str:
@@ -147,7 +174,7 @@ def emoji_items() -> list[str]:
 
     chars = sorted(c for c, v in emoji.EMOJI_DATA.items()
                    if len(c) == 1 and v.get("status") == emoji.STATUS["fully_qualified"])
-    return [c for c in chars if _render(c).getbbox() is not None]
+    return unique_by_content("emoji", [c for c in chars if _render(c).getbbox() is not None])
 
 
 def emoji_name(ch: str, lang: str = "en") -> str:

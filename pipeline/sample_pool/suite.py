@@ -3,7 +3,7 @@
 Fashion-MNIST test is the ImageNet analogue; five shifted copies of its first 2,000 images stand in
 for ImageNet's distribution shifts; held-out openclipart topics and emoji names are extra
 classification tasks; held-out openclipart (image <-> title + keywords) and emoji (image <-> name)
-are retrieval tasks. Held out = ``is_holdout`` (10% of items by hash), never drawn into a pool.
+are retrieval tasks. Held out = ``held_out`` (10% of distinct contents, by hash), never drawn into a pool.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def shift(im: Image.Image, kind: str) -> Image.Image:
 def holdout_clipart() -> list[tuple[str, Image.Image]]:
     out = []
     for p in src.openclipart_items():
-        if src.is_holdout("openclipart:" + p):
+        if src.held_out("openclipart", p):
             im, _ = src.openclipart_image(p)
             if im is not None:
                 out.append((p, im))
@@ -70,7 +70,7 @@ def write_builtin_suite(eval_dir: str | Path, fmnist_test: tuple[np.ndarray, np.
                              ((src.encode(im, "PNG"), [src.openclipart_caption(p)]) for p, im in clipart))
         written += ["openclipart_topics", "openclipart_retrieval"]
     if status["emoji"]:
-        chars = [c for c in src.emoji_items() if src.is_holdout("emoji:" + c)]
+        chars = [c for c in src.emoji_items() if src.held_out("emoji", c)]
         images = [src.encode(src.emoji_image(c), "PNG") for c in chars]
         write_task(eval_dir / "emoji_names", [src.emoji_name(c) for c in chars], EMOJI_TEMPLATES,
                    zip(images, range(len(chars))))
