@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipeline.decode import decode_image
 from pipeline.ingest import read_shard
-from pipeline.shards import IMAGE_EXTS, iter_tar_samples, shard_id
+from pipeline.shards import shard_id
 
 SIDE = 16
 
@@ -46,16 +46,15 @@ def task_folders(paths: list[str]) -> list[Path]:
 
 
 def eval_thumbs(paths: list[str]) -> tuple[np.ndarray, list[str]]:
+    from pipeline.sample_pool.evaltask import iter_split
+
     thumbs, names = [], []
     for task in task_folders(paths):
-        n = int((task / "test" / "nshards.txt").read_text())
-        for i in range(n):
-            for s in iter_tar_samples(task / "test" / f"{i}.tar"):
-                im, _ = decode_image(next((s[e] for e in IMAGE_EXTS if e in s), None))
-                t = thumb(im) if im is not None else None
-                if t is not None and not np.isnan(t).any():
-                    thumbs.append(t)
-                    names.append(f"{task.name}/{s['__key__'].rsplit('/', 1)[-1]}")
+        for name, im, _ in iter_split(task, skip_bad=True):  # an unreadable eval image has nothing to match
+            t = thumb(im)
+            if not np.isnan(t).any():
+                thumbs.append(t)
+                names.append(name)
     return np.stack(thumbs), names
 
 

@@ -19,9 +19,9 @@ L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
 @torch.no_grad()
-def features(model, preprocess, shards: list[Path], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def features(model, preprocess, task_root: str | Path, device: str, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
-    for images, labels in iter_batches(shards, preprocess, 256):
+    for images, labels in iter_batches(task_root, preprocess, 256, split):
         xs.append(model.encode_image(images.to(device), normalize=True).float().cpu())
         ys.append(labels)
     return torch.cat(xs), torch.cat(ys)
@@ -78,12 +78,10 @@ def linear_probe(checkpoint: str, task_root: str | Path, k: int = 10, seed: int 
 
 def probe(clip, task_root: str | Path, k: int = 10, seed: int = 0, device: str = "cpu") -> dict:
     """k-shot linear probe of a loaded model's image encoder on one classification task."""
-    classnames, _, test_shards = read_task(task_root)
-    x, y = features(clip.model, clip.preprocess_val, test_shards, device)
-    train_dir = Path(task_root) / "train"
-    if (train_dir / "nshards.txt").is_file():
-        n = int((train_dir / "nshards.txt").read_text())
-        xt, yt = features(clip.model, clip.preprocess_val, [train_dir / f"{i}.tar" for i in range(n)], device)
+    classnames, _ = read_task(task_root)
+    x, y = features(clip.model, clip.preprocess_val, task_root, device)
+    if (Path(task_root) / "train" / "nshards.txt").is_file():
+        xt, yt = features(clip.model, clip.preprocess_val, task_root, device, split="train")
         sel = k_shot(yt, k, seed)
         xt, yt, source = xt[sel], yt[sel], "train split"
     else:

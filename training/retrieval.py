@@ -10,25 +10,16 @@ from pathlib import Path
 
 import torch
 
-from pipeline.decode import decode_image
-from pipeline.shards import IMAGE_EXTS, iter_tar_samples
+from pipeline.sample_pool.evaltask import iter_split
 
 
 def read_pairs(task_root: str | Path) -> tuple[list, list[str], list[int]]:
-    split = Path(task_root) / "test"
-    if not (split / "nshards.txt").is_file():
-        raise FileNotFoundError(f"{task_root} is not a retrieval task in CLIP_benchmark's wds layout: "
-                                f"missing {split / 'nshards.txt'}")
     images, texts, owner = [], [], []
-    for i in range(int((split / "nshards.txt").read_text())):
-        for s in iter_tar_samples(split / f"{i}.tar"):
-            img, reason = decode_image(next((s[e] for e in IMAGE_EXTS if e in s), None))
-            if img is None or "txt" not in s:
-                raise ValueError(f"{split}/{i}.tar: sample {s['__key__']} unusable ({reason or 'no .txt'})")
-            for line in s["txt"].decode("utf-8").splitlines():
-                texts.append(line)
-                owner.append(len(images))
-            images.append(img)
+    for _, img, s in iter_split(task_root, need="txt"):
+        for line in s["txt"].decode("utf-8").splitlines():
+            texts.append(line)
+            owner.append(len(images))
+        images.append(img)
     return images, texts, owner
 
 

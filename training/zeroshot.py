@@ -15,27 +15,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.decode import decode_image
-from pipeline.shards import IMAGE_EXTS, iter_tar_samples
+from pipeline.sample_pool.evaltask import iter_split, split_shards
 
 
-def read_task(task_root: str | Path) -> tuple[list[str], list[str], list[Path]]:
+def read_task(task_root: str | Path) -> tuple[list[str], list[str]]:
+    """Class names and templates; the test split must be there too."""
     root = Path(task_root)
-    need = [root / "classnames.txt", root / "zeroshot_classification_templates.txt", root / "test" / "nshards.txt"]
+    need = [root / "classnames.txt", root / "zeroshot_classification_templates.txt"]
     missing = [str(p) for p in need if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{root} is not a task in CLIP_benchmark's wds layout: missing {', '.join(missing)}")
+    split_shards(root)
     classnames = [c.strip() for c in need[0].read_text().splitlines() if c.strip()]
     templates = [t.strip() for t in need[1].read_text().splitlines() if t.strip()]
     bad = [t for t in templates if "{c}" not in t]
     if bad:
         raise ValueError(f"templates without {{c}} in {need[1]}: {bad}")
-    n = int(need[2].read_text().strip())
-    shards = [root / "test" / f"{i}.tar" for i in range(n)]
-    missing = [str(p) for p in shards if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"task {root}: nshards.txt says {n} but missing {', '.join(missing)}")
-    return classnames, templates, shards
+    return classnames, templates
 
 
 @torch.no_grad()
@@ -48,19 +44,14 @@ def classifier(model, tokenizer, classnames: list[str], templates: list[str], de
     return torch.stack(weights, dim=1)  # (dim, classes)
 
 
-def iter_batches(shards: list[Path], preprocess, batch_size: int):
+def iter_batches(task_root: str | Path, preprocess, batch_size: int, split: str = "test"):
     images, labels = [], []
-    for shard in shards:
-        for s in iter_tar_samples(shard):
-            data = next((s[e] for e in IMAGE_EXTS if e in s), None)
-            img, reason = decode_image(data)
-            if img is None or "cls" not in s:
-                raise ValueError(f"{shard}: sample {s['__key__']} unusable ({reason or 'no .cls label'})")
-            images.append(preprocess(img))
-            labels.append(int(s["cls"]))
-            if len(images) == batch_size:
-                yield torch.stack(images), torch.tensor(labels)
-                images, labels = [], []
+    for _, img, s in iter_split(task_root, split, need="cls"):
+        images.append(preprocess(img))
+        labels.append(int(s["cls"]))
+        if len(images) == batch_size:
+            yield torch.stack(images), torch.tensor(labels)
+            images, labels = [], []
     if images:
         yield torch.stack(images), torch.tensor(labels)
 
@@ -77,10 +68,10 @@ def metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> dict[
 
 def classify(clip, task_root: str | Path, batch_size: int = 256, device: str = "cpu") -> dict:
     """Zero-shot classification metrics of a loaded model on one task folder."""
-    classnames, templates, shards = read_task(task_root)
+    classnames, templates = read_task(task_root)
     w = classifier(clip.model, clip.tokenizer, classnames, templates, device)
     logits, target = [], []
-    for images, labels in iter_batches(shards, clip.preprocess_val, batch_size):
+    for images, labels in iter_batches(task_root, clip.preprocess_val, batch_size):
         with torch.no_grad():
             img = clip.model.encode_image(images.to(device), normalize=True)
         logits.append((100.0 * img @ w).float().cpu())

@@ -1,4 +1,4 @@
-"""Write evaluation tasks in CLIP_benchmark's webdataset layout (readable by clip_benchmark too):
+"""Write and read evaluation tasks in CLIP_benchmark's webdataset layout (readable by clip_benchmark too):
 ``classnames.txt``, ``zeroshot_classification_templates.txt``, ``test/nshards.txt``, ``test/{i}.tar``
 with ``{key}.png|jpg`` + ``{key}.cls`` (classification) or ``{key}.txt`` (retrieval)."""
 from __future__ import annotations
@@ -10,6 +10,35 @@ from typing import Iterable
 
 
 PNG = b"\x89PNG"
+
+
+def split_shards(root: str | Path, split: str = "test") -> list[Path]:
+    """The split's tars as ``nshards.txt`` lists them; a clear error when the split is not there."""
+    d = Path(root) / split
+    if not (d / "nshards.txt").is_file():
+        raise FileNotFoundError(f"{root} is not a task in CLIP_benchmark's wds layout: missing {d / 'nshards.txt'}")
+    shards = [d / f"{i}.tar" for i in range(int((d / "nshards.txt").read_text()))]
+    missing = [str(p) for p in shards if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"task {root}: nshards.txt says {len(shards)} but missing {', '.join(missing)}")
+    return shards
+
+
+def iter_split(root: str | Path, split: str = "test", need: str | None = None, skip_bad: bool = False):
+    """Yield ``(name, RGB image, sample)`` per sample, in order; ``need`` names a member
+    (``cls``, ``txt``) that must be there. An unusable sample is an error (scores over part of an
+    eval set mislead) unless ``skip_bad``."""
+    from pipeline.decode import decode_image
+    from pipeline.shards import IMAGE_EXTS, iter_tar_samples
+
+    for shard in split_shards(root, split):
+        for s in iter_tar_samples(shard):
+            img, reason = decode_image(next((s[e] for e in IMAGE_EXTS if e in s), None))
+            if img is None or (need and need not in s):
+                if skip_bad:
+                    continue
+                raise ValueError(f"{shard}: sample {s['__key__']} unusable ({reason or f'no .{need}'})")
+            yield f"{Path(root).name}/{s['__key__'].rsplit('/', 1)[-1]}", img, s
 
 
 def _add(t: tarfile.TarFile, name: str, data: bytes) -> None:
