@@ -4,6 +4,7 @@ Outputs, per shard ``S`` under the run folder:
   columns/ingest/S.parquet                 ingest columns (schemas/columns.json)
   columns/<clip column>/S.parquet          uid, row, <clip column>
   embeddings/<clip column>/S.img.npy|.txt.npy   float16, row-aligned with the ingest table
+  thumbs/S.npy                             uint8 (n, 32, 32) grey thumbnails (zeros if undecodable)
 Each parquet is written last and atomically; it is the stage's completion marker and carries a
 cache key (input identity + stage config) in its metadata, so reruns skip finished work.
 """
@@ -22,11 +23,12 @@ import schemas
 from pipeline.clip_stage import get_scorer
 from pipeline.decode import decode_image
 from pipeline.ingest import INGEST_COLUMNS, ingest_row, read_shard
+from pipeline.neardup import SIDE, thumbnail
 from pipeline.shards import atomic_write_table, shard_id
 from schemas.config import ClipModel
 
 CACHE_KEY = b"curate_cache_key"
-INGEST_VERSION = 2
+INGEST_VERSION = 3
 
 
 def input_identity(shard: str | Path) -> dict:
@@ -80,6 +82,7 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
         return {"shard": sid, "ran": [], "rows": pq.read_metadata(ingest_path).num_rows}
 
     rows: list[dict] = []
+    thumbs: list[np.ndarray] = []
     embs = {spec.column: ([], [], []) for spec, _ in todo_clip}
     batch: list[tuple[int, object, str]] = []  # (row, image, caption)
 
@@ -96,6 +99,8 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     for i, s in enumerate(read_shard(shard)):
         im, err = (None, None) if s.error else decode_image(s.image)
         rows.append(ingest_row(s, im.width if im else None, im.height if im else None, err))
+        if need_ingest:
+            thumbs.append(thumbnail(im) if im is not None else np.zeros((SIDE, SIDE), np.uint8))
         if im is not None and todo_clip:
             batch.append((i, im, s.caption))
             if len(batch) >= bs:
@@ -104,6 +109,7 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
 
     ran = []
     if need_ingest:
+        _save_npy(run / "thumbs" / f"{sid}.npy", np.stack(thumbs) if thumbs else np.zeros((0, SIDE, SIDE), np.uint8))
         _write(ingest_path, schemas.table({c: [r[c] for r in rows] for c in INGEST_COLUMNS}, INGEST_COLUMNS),
                ingest_key)
         ran.append("ingest")

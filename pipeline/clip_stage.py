@@ -40,12 +40,29 @@ class ClipScorer:
             return z, z.copy(), np.zeros(0, np.float32)
         pixels = torch.stack([self.clip.preprocess_val(im) for im in images]).to(self.device)
         tokens = self.clip.tokenizer(captions).to(self.device)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda" else _null()
-        with autocast:
+        with self._autocast():
             img = self.clip.model.encode_image(pixels, normalize=True).float()
             txt = self.clip.model.encode_text(tokens, normalize=True).float()
         scores = (img * txt).sum(-1)
         return img.cpu().numpy(), txt.cpu().numpy(), scores.cpu().numpy()
+
+
+    @torch.no_grad()
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), self.spec.batch_size):
+            pixels = torch.stack([self.clip.preprocess_val(im) for im in images[i:i + self.spec.batch_size]])
+            with self._autocast():
+                out.append(self.clip.model.encode_image(pixels.to(self.device), normalize=True).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        with self._autocast():
+            return self.clip.model.encode_text(self.clip.tokenizer(texts).to(self.device), normalize=True).float().cpu().numpy()
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda" else _null()
 
 
 class _null:

@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.annotate import annotate_shard
-from pipeline.decide import decide, load_columns, summarize
+from pipeline.decide import Arrays, decide, load_columns, summarize
 from pipeline.export import export
 from pipeline.shards import expand, shard_id
 from schemas.config import CurateConfig, load_config
@@ -20,8 +20,9 @@ def decide_and_export(shards: list[str], out: str | Path, config: CurateConfig, 
                       work: str | Path | None = None) -> dict:
     """Decide on the columns in ``work`` (default ``out``) and export into ``out``."""
     t0 = time.time()
-    df = load_columns(work or out, [shard_id(s) for s in shards], config)
-    df, thresholds = decide(df, config, shards)
+    sids = [shard_id(s) for s in shards]
+    df = load_columns(work or out, sids, config)
+    df, thresholds = decide(df, config, Arrays(work or out, sids))
     manifest = {**summarize(df), "thresholds": thresholds, "input_shards": shards,
                 "config": config.model_dump(), **(extra or {})}
     manifest = export(df, shards, out, config.export.samples_per_shard, manifest)

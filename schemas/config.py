@@ -100,16 +100,103 @@ class DecontaminateFilter(_Strict):
         return "decontaminate"
 
 
-Filter = Annotated[Union[ClipScoreFilter, BasicFilter, ExactDedupFilter, TextFilter, DecontaminateFilter],
+class NearDedupFilter(_Strict):
+    """Re-encoded, resized or cropped copies (pipeline/neardup.py): multi-crop thumbnail descriptors
+    propose ``k`` candidates per image; a pair is a duplicate when, aligned, its 32x32 grey thumbnails
+    differ by at most ``max_rms`` grey levels. The first of a group in pool order is kept."""
+    type: Literal["near_dedup"]
+    max_rms: float = Field(10.0, gt=0, le=255)
+    k: int = Field(5, ge=1, le=100)
+
+    @property
+    def name(self) -> str:
+        return "near_dedup"
+
+
+class SemanticDedupFilter(_Strict):
+    """SemDeDup over the image embeddings of scorer ``column``: ``clusters`` k-means clusters, and
+    inside each an item more similar than ``1 - eps`` to an item kept before it is dropped. Keep order:
+    ``farthest`` from the centroid first (SemDeDup), highest ``score`` column first, or pool ``first``."""
+    type: Literal["semantic_dedup"]
+    column: str = "clip_score"
+    clusters: int = Field(100, ge=1)
+    eps: float = Field(0.05, gt=0, lt=1)
+    keep: Literal["farthest", "score", "first"] = "farthest"
+
+    @property
+    def name(self) -> str:
+        return "semantic_dedup"
+
+
+class ImageBasedFilter(_Strict):
+    """DataComp's image-based filter: k-means (``clusters``) over the pool's image embeddings from
+    scorer ``column``; the ``targets`` images (shards, task folders or image folders; DataComp used
+    ImageNet-1k train) are assigned to their nearest centroid; samples in those clusters are kept."""
+    type: Literal["image_based"]
+    column: str = "clip_score"
+    targets: list[str] = Field(min_length=1)
+    clusters: int = Field(1000, ge=1)
+    niter: int = Field(20, ge=1)
+    max_targets: int | None = Field(None, gt=0, description="embed at most this many target images")
+
+    @property
+    def name(self) -> str:
+        return "image_based"
+
+
+class D2Filter(_Strict):
+    """D² pruning: k-NN graph over image+text embeddings of scorer ``column``, the CLIP score as
+    difficulty, forward message passing (``gamma_f``) then reverse selection (``gamma_r``) until
+    ``budget`` (a fraction of the decodable samples) is selected."""
+    type: Literal["d2_pruning"]
+    column: str = "clip_score"
+    budget: float = Field(gt=0, le=1)
+    k: int = Field(10, ge=1, le=200)
+    gamma_f: float = Field(1.0, ge=0)
+    gamma_r: float = Field(1.0, ge=0)
+
+    @property
+    def name(self) -> str:
+        return "d2_pruning"
+
+
+class ConceptFilter(_Strict):
+    """Content described in words: score = max cosine between a sample's image embedding (scorer
+    ``column``) and the text embeddings of ``prompts``; written to column ``concept_<name>``.
+    ``keep: above`` keeps samples scoring >= threshold (wanted content), ``below`` keeps those under it
+    (unwanted content, e.g. prompts describing watermarks)."""
+    type: Literal["concept"]
+    concept: str = Field(pattern=r"^[a-z0-9_]+$", description="short name; the column is concept_<concept>")
+    column: str = "clip_score"
+    prompts: list[str] = Field(min_length=1)
+    threshold: float = Field(ge=-1, le=1)
+    keep: Literal["above", "below"] = "above"
+
+    @property
+    def name(self) -> str:
+        return f"concept:{self.concept}"
+
+
+Filter = Annotated[Union[ClipScoreFilter, BasicFilter, ExactDedupFilter, TextFilter, DecontaminateFilter,
+                         NearDedupFilter, SemanticDedupFilter, ImageBasedFilter, D2Filter, ConceptFilter],
                    Field(discriminator="type")]
+
+EMBEDDING_FILTERS = ("semantic_dedup", "image_based", "d2_pruning", "concept")
 
 
 class ExportConfig(_Strict):
     samples_per_shard: int = Field(10_000, gt=0)
 
 
+class VectorConfig(_Strict):
+    backend: Literal["auto", "faiss", "torch"] = Field(
+        "auto", description="global steps: auto = torch on a GPU when there is one, else faiss-cpu")
+    seed: int = 0
+
+
 class CurateConfig(_Strict):
     clip: list[ClipModel] = Field(default_factory=list, description="scorers; the first writes clip_score")
+    vectors: VectorConfig = Field(default_factory=VectorConfig)
     filters: list[Filter] = Field(default_factory=list, description="applied in order; undecodable images always drop first")
     export: ExportConfig = Field(default_factory=ExportConfig)
 
@@ -119,7 +206,7 @@ class CurateConfig(_Strict):
         if len(provided) != len(self.clip):
             raise ValueError("two clip scorers write the same column; give each its own 'column'")
         for f in self.filters:
-            if f.type == "clip_score" and f.column not in provided:
+            if (f.type == "clip_score" or f.type in EMBEDDING_FILTERS) and f.column not in provided:
                 raise ValueError(f"filter {f.name!r} needs column {f.column!r}, but no clip scorer writes it "
                                  f"(scorers write: {sorted(provided) or 'nothing'})")
         return self

@@ -1,0 +1,84 @@
+"""Filters that compare the pool with something outside it through the scorer's embeddings:
+
+image-based (DataComp): k-means over the pool's image embeddings; each target image (DataComp used
+ImageNet-1k train) is assigned to its nearest centroid; samples in those clusters are kept.
+concept: a score per sample = max cosine between its image embedding and the embeddings of text
+prompts describing the content (e.g. "a photo of a shoe"); kept above / below a threshold.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from pipeline.vectors import kmeans, normalize, search
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def iter_images(paths: list[str]) -> Iterator[Image.Image]:
+    """Decodable images from webdataset shards (a .tar or a folder of them), task folders in
+    CLIP_benchmark's layout (train split if there is one, else test), or folders of image files."""
+    from pipeline.decode import decode_image
+    from pipeline.ingest import read_shard
+    from pipeline.sample_pool.evaltask import iter_split
+    from pipeline.shards import expand
+
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"target set {p} does not exist")
+        if (p / "train" / "nshards.txt").is_file() or (p / "test" / "nshards.txt").is_file():
+            split = "train" if (p / "train" / "nshards.txt").is_file() else "test"
+            yield from (im for _, im, _ in iter_split(p, split, skip_bad=True))
+        elif p.suffix == ".tar" or (p.is_dir() and any(p.glob("*.tar"))):
+            for shard in expand(str(p)):
+                for s in read_shard(shard):
+                    im, _ = decode_image(s.image) if s.image is not None else (None, None)
+                    if im is not None:
+                        yield im
+        elif p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    im, _ = decode_image(f.read_bytes())
+                    if im is not None:
+                        yield im
+        else:
+            raise ValueError(f"target set {p}: not a shard, a task folder or a folder of images")
+
+
+def embed_targets(scorer, paths: list[str], limit: int | None = None) -> np.ndarray:
+    images, out = [], []
+    for im in iter_images(paths):
+        images.append(im)
+        if len(images) >= 1024:
+            out.append(scorer.embed_images(images)), images.clear()
+        if limit and sum(map(len, out)) + len(images) >= limit:
+            break
+    if images:
+        out.append(scorer.embed_images(images))
+    if not out:
+        raise ValueError(f"target set {paths} holds no decodable image")
+    return np.concatenate(out)[:limit]
+
+
+def image_based(pool_img: np.ndarray, valid: np.ndarray, targets: np.ndarray, k: int, niter: int = 20,
+                seed: int = 0, backend: str = "auto") -> tuple[np.ndarray, np.ndarray, int]:
+    """(in_target per row, cluster per row (-1 if not valid), number of target clusters)."""
+    rows = np.flatnonzero(valid)
+    cluster = np.full(len(pool_img), -1, np.int64)
+    if len(rows) == 0:
+        return np.zeros(len(pool_img), bool), cluster, 0
+    cent, assign = kmeans(pool_img[rows], k, niter, seed, backend)
+    cluster[rows] = assign
+    _, near = search(cent, normalize(targets), 1, backend)
+    wanted = np.unique(near[:, 0])
+    return np.isin(cluster, wanted) & valid, cluster, int(len(wanted))
+
+
+def concept_score(pool_img: np.ndarray, valid: np.ndarray, prompt_emb: np.ndarray) -> np.ndarray:
+    s = normalize(pool_img) @ normalize(prompt_emb).T
+    out = s.max(1).astype(np.float32)
+    out[~valid] = np.nan
+    return out

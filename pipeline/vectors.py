@@ -1,0 +1,107 @@
+"""Vector steps shared by the global filters: exact nearest-neighbour search, spherical k-means,
+and neighbours restricted to clusters (never all-pairs over the pool).
+
+Two backends give the same answers (tested): ``faiss`` (faiss-cpu, or faiss-gpu where it installs)
+and ``torch`` (matmul + top-k, on the GPU when there is one). ``auto`` picks torch on a GPU and faiss
+on a CPU. k-means is our own Lloyd loop (seeded init, empty clusters keep their centroid) so that its
+result does not depend on the backend; only the nearest-centroid search runs on it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+CHUNK = 16384
+
+
+def pick(backend: str = "auto") -> str:
+    if backend == "auto":
+        return "torch" if torch.cuda.is_available() else "faiss"
+    if backend not in ("faiss", "torch"):
+        raise ValueError(f"unknown vector backend {backend!r}: use auto, faiss or torch")
+    return backend
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(n, 1e-12))
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def search(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner products of each query against ``base``: (scores, indices), best first."""
+    k = min(k, len(base))
+    if pick(backend) == "faiss":
+        import faiss
+
+        index = faiss.IndexFlatIP(base.shape[1])
+        index.add(np.ascontiguousarray(base, np.float32))
+        return index.search(np.ascontiguousarray(queries, np.float32), k)
+    dev = _device()
+    b = torch.from_numpy(np.ascontiguousarray(base, np.float32)).to(dev)
+    out_s, out_i = [], []
+    for i in range(0, len(queries), CHUNK):
+        q = torch.from_numpy(np.ascontiguousarray(queries[i:i + CHUNK], np.float32)).to(dev)
+        s, j = (q @ b.T).topk(k, dim=1)
+        out_s.append(s.cpu().numpy()), out_i.append(j.cpu().numpy())
+    if not out_s:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
+
+
+def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Spherical k-means on unit vectors: (centroids (k, d), assignment (n,)). ``k`` is capped at n."""
+    x = normalize(x)
+    k = max(1, min(k, len(x)))
+    rng = np.random.default_rng(seed)
+    cent = x[np.sort(rng.choice(len(x), k, replace=False))].copy()
+    assign = np.full(len(x), -1, np.int64)
+    for _ in range(niter):
+        _, idx = search(cent, x, 1, backend)
+        new = idx[:, 0]
+        if (new == assign).all():
+            break
+        assign = new
+        sums = np.zeros_like(cent, dtype=np.float64)
+        np.add.at(sums, assign, x)
+        filled = np.bincount(assign, minlength=k) > 0
+        cent[filled] = normalize(sums[filled])
+    return cent, assign
+
+
+def members(assign: np.ndarray) -> list[np.ndarray]:
+    """Row indices of each cluster, ascending (pool order)."""
+    order = np.argsort(assign, kind="stable")
+    bounds = np.flatnonzero(np.diff(assign[order])) + 1
+    return [g for g in np.split(order, bounds) if len(g)]
+
+
+def cluster_knn(x: np.ndarray, cent: np.ndarray, assign: np.ndarray, k: int, nprobe: int = 2,
+                backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours of every row (itself excluded) among the rows of its ``nprobe`` nearest
+    clusters, as an inverted-file index does: cost ~ n * (cluster size * nprobe), not n^2.
+    Returns (similarities, indices) with -1 where fewer than ``k`` candidates exist."""
+    x = normalize(x)
+    n = len(x)
+    sims = np.full((n, k), -np.inf, np.float32)
+    idx = np.full((n, k), -1, np.int64)
+    groups = members(assign)
+    by_cluster = {int(assign[g[0]]): g for g in groups}
+    _, probe = search(cent, cent, min(nprobe, len(cent)), backend)  # clusters near each cluster
+    for g in groups:
+        c = int(assign[g[0]])
+        cand = np.concatenate([by_cluster.get(int(p), np.zeros(0, np.int64)) for p in probe[c]])
+        kk = min(k + 1, len(cand))
+        s, j = search(x[cand], x[g], kk, backend)
+        j = cand[j]
+        self_hit = j == g[:, None]
+        s = np.where(self_hit, -np.inf, s)
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        s, j = np.take_along_axis(s, order, 1), np.take_along_axis(j, order, 1)
+        j = np.where(np.isfinite(s), j, -1)
+        sims[g, :s.shape[1]], idx[g, :j.shape[1]] = s, j
+    return sims, idx
