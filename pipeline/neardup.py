@@ -145,7 +145,7 @@ def near_duplicates(thumbs: np.ndarray, valid: np.ndarray, max_rms: float, k: in
     # near-uniform thumbnails carry no structure to match on
     valid = valid & (thumbs.reshape(n, -1).std(1) >= 2.0)
     params = view_params()
-    trip = candidates(descriptors(thumbs, params), valid, k, backend)
+    trip = candidates(descriptors(thumbs, params), valid, k, backend=backend)
     rms = aligned_rms(thumbs, trip, params)
     best = np.full(n, np.nan, np.float32)
     np.fmin.at(best, trip[:, 0], rms)

@@ -1,0 +1,177 @@
+"""Global filters (near / semantic dedup, image-based, D², concept) on planted data; the vector
+backends agree; every strategy accounts for every sample; DataComp's uid rule, byte for byte."""
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.d2 import d2_select
+from pipeline.semdedup import semdedup
+from pipeline.shards import ShardWriter
+from pipeline.targets import concept_score, image_based
+from pipeline.vectors import cluster_knn, kmeans, normalize, search
+from pipeline.run import run_curation
+from tests.shardmaker import uid
+
+
+def pattern(seed: int, size: int = 64) -> Image.Image:
+    """A smooth random colour pattern: 6x6 random colours upsampled (distinct for each seed)."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+
+
+def jpeg(im: Image.Image, q: int = 75) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=q)
+    return buf.getvalue()
+
+
+# index -> (kind, index of its original)
+NEAR = {10: ("exact", 9), 20: ("crop", 19), 30: ("resize", 29), 40: ("reencode", 39)}
+N = 48
+
+
+def write_pool(out):
+    with ShardWriter(out, 24) as w:
+        for i in range(N):
+            kind, src = NEAR.get(i, (None, i))
+            im = pattern(src)
+            if kind == "crop":
+                im = im.crop((3, 4, 3 + 57, 4 + 57)).resize((64, 64), Image.BICUBIC)
+            elif kind == "resize":
+                im = im.resize((45, 45), Image.BICUBIC)
+            data = jpeg(pattern(src)) if kind in (None, "exact") else jpeg(im, 55)
+            if i == 5:
+                data = b"not an image"
+            meta = {"uid": uid(i), "original_width": 64, "original_height": 64}
+            w.write(f"{i:09d}", data, "jpg", f"pattern number {src}", meta)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("g")
+    write_pool(tmp / "pool")
+    return tmp
+
+
+def curate(pool, filters):
+    cfg = {"clip": [{"model": "curate-tiny", "batch_size": 16}], "filters": filters}
+    n = len(list((pool / "out").glob("*"))) if (pool / "out").exists() else 0
+    out = pool / f"out{n}_{len(filters)}_{filters[0]['type'] if filters else 'none'}"
+    m = run_curation(str(pool / "pool"), out, cfg, progress=False, work=pool / "work")
+    return m, pd.read_parquet(out / "metadata.parquet").set_index("uid")
+
+
+def test_near_dedup_drops_exactly_the_planted_copies(pool):
+    m, df = curate(pool, [{"type": "near_dedup"}])
+    dropped = set(df.index[df["drop_reason"] == "near_dedup"])
+    assert dropped == {uid(i) for i in NEAR}
+    for i, (_, src) in NEAR.items():
+        assert df.loc[uid(i), "near_dup_of"] == uid(src) and df.loc[uid(src), "keep"]
+    assert df.loc[uid(5), "drop_reason"] == "decode"
+
+
+STRATEGIES = [
+    [{"type": "near_dedup"}],
+    [{"type": "semantic_dedup", "clusters": 4, "eps": 0.001, "keep": "first"}],
+    [{"type": "image_based", "clusters": 6, "targets": ["POOL"]}],
+    [{"type": "d2_pruning", "budget": 0.5, "k": 5}],
+    [{"type": "concept", "concept": "pattern", "prompts": ["a colourful pattern"], "threshold": 0.0}],
+    [{"type": "exact_dedup"}, {"type": "near_dedup"}, {"type": "semantic_dedup", "clusters": 3},
+     {"type": "clip_score", "fraction": 0.8}, {"type": "d2_pruning", "budget": 0.7}],
+]
+
+
+@pytest.mark.parametrize("filters", STRATEGIES, ids=lambda f: "+".join(x["type"] for x in f))
+def test_every_strategy_accounts_for_every_sample(pool, filters):
+    filters = [{**f, "targets": [str(pool / "pool" / "00000.tar")]} if f.get("targets") else f for f in filters]
+    m, df = curate(pool, filters)
+    assert m["samples_in"] == N == len(df)
+    assert m["kept"] + sum(m["dropped_by_reason"].values()) == N
+    assert (df["drop_reason"].isna() == df["keep"]).all()
+    assert set(df["drop_reason"].dropna()) <= {"decode"} | {f["type"] if f["type"] != "concept" else
+                                                            "concept:pattern" for f in filters}
+    if filters[0]["type"] == "semantic_dedup":  # byte-identical images embed identically: the copy goes
+        assert df.loc[uid(10), "drop_reason"] == "semantic_dedup" and df.loc[uid(9), "keep"]
+        assert df.loc[uid(10), "semdedup_dup_of"] == uid(9)
+    if filters[0]["type"] == "d2_pruning":
+        assert m["kept"] == round(0.5 * (N - 1)) and df["d2_score"].notna().sum() == N - 1
+    if filters[0]["type"] == "concept":
+        assert df["concept_pattern"].notna().sum() == N - 1
+
+
+def test_datacomp_top30_uids_are_byte_identical(pool):
+    m, df = curate(pool, [{"type": "clip_score", "fraction": 0.3}])
+    # DataComp's rule, independently: n = int(len * fraction), threshold = -sort(-scores)[n], keep >= it
+    scores = df["clip_score"].dropna()
+    threshold = -np.sort(-scores.to_numpy())[int(len(scores) * 0.3)]
+    kept = scores.index[scores >= threshold]
+    ref = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in kept], np.dtype("u8,u8"))
+    ref.sort()
+    assert np.load(m["uids"]).tobytes() == ref.tobytes()
+
+
+def blobs(n_per, centres, spread, seed=0):
+    rng = np.random.default_rng(seed)
+    c = normalize(rng.normal(size=(centres, 32)))
+    x = np.concatenate([c[i] + spread * rng.normal(size=(n_per, 32)) for i in range(centres)])
+    return normalize(x), np.repeat(np.arange(centres), n_per)
+
+
+def test_backends_agree_on_search_and_kmeans():
+    x, _ = blobs(40, 5, 0.3)
+    rng = np.random.default_rng(1)
+    r = normalize(rng.normal(size=(500, 32)))
+    for data in (x, r):
+        s1, i1 = search(data, data[:50], 5, "faiss")
+        s2, i2 = search(data, data[:50], 5, "torch")
+        assert (i1 == i2).all() and np.allclose(s1, s2, atol=1e-5)
+        c1, a1 = kmeans(data, 8, seed=3, backend="faiss")
+        c2, a2 = kmeans(data, 8, seed=3, backend="torch")
+        assert (a1 == a2).all() and np.allclose(c1, c2, atol=1e-5)
+
+
+def test_cluster_knn_equals_exact_search_when_probing_every_cluster():
+    x = normalize(np.random.default_rng(2).normal(size=(300, 16)))
+    cent, assign = kmeans(x, 6, seed=0)
+    s, i = cluster_knn(x, cent, assign, 4, nprobe=6)
+    es, ei = search(x, x, 5)
+    assert (i == ei[:, 1:]).all()
+
+
+def test_semdedup_flags_exactly_the_planted_near_copies_and_keeps_by_rule():
+    rng = np.random.default_rng(0)
+    x = normalize(rng.normal(size=(200, 64)))
+    copies = {200 + j: src for j, src in enumerate([3, 50, 77, 120, 199])}
+    x = np.concatenate([x, normalize(x[list(copies.values())] + 0.01 * rng.normal(size=(5, 64)))])
+    r = semdedup(x, k=8, eps=0.01, rule="first")
+    assert {i for i in range(len(x)) if r["duplicate_of"][i] >= 0} == set(copies)
+    assert all(r["duplicate_of"][c] == s for c, s in copies.items())
+    score = np.zeros(len(x))
+    score[list(copies)] = 1.0  # copies score higher: with the score rule they stay, originals go
+    r = semdedup(x, k=8, eps=0.01, rule="score", score=score)
+    assert {i for i in range(len(x)) if r["duplicate_of"][i] >= 0} == set(copies.values())
+
+
+def test_image_based_keeps_the_clusters_that_targets_fall_in():
+    x, label = blobs(30, 4, 0.05)
+    targets = x[label == 2][:5] + 0.01
+    keep, cluster, n_target = image_based(x, np.ones(len(x), bool), targets, k=4, seed=0)
+    assert n_target >= 1 and (keep == (label == 2)).all()
+
+
+def test_d2_meets_the_budget_and_spreads_over_clusters():
+    x, label = blobs(50, 2, 0.05)
+    difficulty = np.where(label == 0, 0.9, 0.5)  # top-by-score would take cluster 0 only
+    r = d2_select(x, x, difficulty, budget=0.5, k=10, gamma_f=1.0, gamma_r=1.0)
+    assert r["selected"].sum() == 50
+    assert 0 < r["selected"][label == 1].sum() < 50 and r["selected"][label == 0].sum() < 50
+
+
+def test_concept_score_is_the_best_prompt_cosine():
+    img = normalize(np.eye(4)[[0, 1, 2]] + 0.1)
+    prompts = np.eye(4)[[1, 3]]
+    s = concept_score(img, np.array([True, True, False]), prompts)
+    assert s[1] == pytest.approx(img[1] @ prompts[0], abs=1e-6) and np.isnan(s[2])
