@@ -73,12 +73,14 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     todo_clip = []
     for spec in clip:
         cfg = spec.model_dump(exclude={"batch_size", "device"})
-        cfg["weights"] = _weights_identity(spec)
+        cfg["weights"] = _weights_identity(spec) if not spec.precomputed else _sidecar_identity(shard)
         key = cache_key(spec.column, cfg, shard)
         if not is_done(run / "columns" / spec.column / f"{sid}.parquet", key):
             todo_clip.append((spec, key))
+    precomputed = [(s, k) for s, k in todo_clip if s.precomputed]
+    todo_clip = [(s, k) for s, k in todo_clip if not s.precomputed]
     need_ingest = not is_done(ingest_path, ingest_key)
-    if not need_ingest and not todo_clip:
+    if not need_ingest and not todo_clip and not precomputed:
         return {"shard": sid, "ran": [], "rows": pq.read_metadata(ingest_path).num_rows}
 
     rows: list[dict] = []
@@ -108,6 +110,9 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     flush()
 
     ran = []
+    for spec, key in precomputed:
+        _write_precomputed(shard, run, sid, spec, key, [r["uid"] for r in rows])
+        ran.append(spec.column)
     if need_ingest:
         _save_npy(run / "thumbs" / f"{sid}.npy", np.stack(thumbs) if thumbs else np.zeros((0, SIDE, SIDE), np.uint8))
         _write(ingest_path, schemas.table({c: [r[c] for r in rows] for c in INGEST_COLUMNS}, INGEST_COLUMNS),
@@ -133,6 +138,43 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
         _write(run / "columns" / spec.column / f"{sid}.parquet", tbl, key)
         ran.append(spec.column)
     return {"shard": sid, "ran": ran, "rows": n}
+
+
+def _sidecars(shard: str | Path) -> tuple[Path, Path]:
+    base = str(shard)[:-4] if str(shard).endswith(".tar") else str(shard)
+    return Path(base + ".parquet"), Path(base + ".npz")
+
+
+def _sidecar_identity(shard: str | Path) -> dict:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in _sidecars(shard) if p.is_file()}
+
+
+def _write_precomputed(shard, run: Path, sid: str, spec: ClipModel, key: str, uids: list[str]) -> None:
+    """DataComp's precomputed score and embeddings, matched to the tar's samples by uid (NaN / zeros
+    where the sidecar lacks a sample)."""
+    pq_path, npz_path = _sidecars(shard)
+    col = f"clip_{spec.precomputed}_similarity_score"
+    if not pq_path.is_file():
+        raise FileNotFoundError(f"{shard}: precomputed '{spec.precomputed}' scores need {pq_path}")
+    side = pq.read_table(pq_path).to_pandas()
+    if col not in side or "uid" not in side:
+        raise ValueError(f"{pq_path} has no 'uid' and '{col}' columns (DataComp metadata)")
+    pos = {u: i for i, u in enumerate(side["uid"].astype(str).str.lower())}
+    where = np.array([pos.get(u, -1) for u in uids], np.int64)
+    have = where >= 0
+    score = np.full(len(uids), np.nan, np.float32)
+    score[have] = side[col].to_numpy(np.float32)[where[have]]
+    edir = run / "embeddings" / spec.column
+    if npz_path.is_file():
+        with np.load(npz_path) as z:
+            for part in ("img", "txt"):
+                arr = z[f"{spec.precomputed}_{part}"]
+                out = np.zeros((len(uids), arr.shape[1]), np.float16)
+                out[have] = arr[where[have]]
+                _save_npy(edir / f"{sid}.{part}.npy", out)
+    tbl = pa.table({"uid": pa.array(uids, pa.string()), "row": pa.array(np.arange(len(uids)), pa.int64()),
+                    spec.column: pa.array(score, pa.float32())})
+    _write(run / "columns" / spec.column / f"{sid}.parquet", tbl, key)
 
 
 def _weights_identity(spec: ClipModel) -> dict:

@@ -18,13 +18,25 @@ class _Strict(BaseModel):
 
 
 class ClipModel(_Strict):
-    """An open_clip scorer: a name / JSON config / checkpoint folder, plus an optional weights file."""
-    model: str = Field(description="open_clip name, project preset, JSON config, or checkpoint folder")
+    """An open_clip scorer: a name / JSON config / checkpoint folder, plus an optional weights file.
+    With ``precomputed`` (DataComp pools), scores and embeddings are read from each shard's sidecar
+    ``<shard>.parquet`` (``clip_<tag>_similarity_score``) and ``<shard>.npz`` (``<tag>_img``,
+    ``<tag>_txt``) instead of running a model; ``model`` is then only needed by filters that embed
+    something new (image-based targets, concept prompts)."""
+    model: str | None = Field(None, description="open_clip name, project preset, JSON config, or checkpoint folder")
+    precomputed: Literal["b32", "l14"] | None = Field(
+        None, description="read DataComp's precomputed scores/embeddings for this model instead")
     checkpoint: str | None = Field(None, description="local weights file for a named model (offline)")
     column: str = Field("clip_score", pattern=r"^clip_score(_[a-z0-9]+)?$",
                         description="score column written: clip_score or clip_score_<tag>")
     batch_size: int = Field(256, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _source(self):
+        if self.model is None and self.precomputed is None:
+            raise ValueError("a clip scorer needs 'model' (open_clip) or 'precomputed' (b32 / l14 sidecar files)")
+        return self
 
 
 class ClipScoreFilter(_Strict):
@@ -209,6 +221,9 @@ class CurateConfig(_Strict):
             if (f.type == "clip_score" or f.type in EMBEDDING_FILTERS) and f.column not in provided:
                 raise ValueError(f"filter {f.name!r} needs column {f.column!r}, but no clip scorer writes it "
                                  f"(scorers write: {sorted(provided) or 'nothing'})")
+            if f.type in ("image_based", "concept") and not next(c for c in self.clip if c.column == f.column).model:
+                raise ValueError(f"filter {f.name!r} embeds new images/prompts: scorer {f.column!r} needs a 'model' "
+                                 "(the weights that made the precomputed embeddings)")
         return self
 
 

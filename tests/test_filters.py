@@ -64,7 +64,7 @@ def test_bad_filter_config_is_explained():
 def test_shipped_configs_validate():
     from pathlib import Path
 
-    paths = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
+    paths = sorted(Path(__file__).parents[1].glob("configs/**/*.yaml"))
     assert len(paths) >= 4
     for p in paths:
         load_config(p)

@@ -175,3 +175,38 @@ def test_concept_score_is_the_best_prompt_cosine():
     prompts = np.eye(4)[[1, 3]]
     s = concept_score(img, np.array([True, True, False]), prompts)
     assert s[1] == pytest.approx(img[1] @ prompts[0], abs=1e-6) and np.isnan(s[2])
+
+
+def test_precomputed_datacomp_scores_and_embeddings_are_used(tmp_path):
+    """A DataComp-style pool: scores in the shard parquet, embeddings in the shard npz, no model."""
+    import pyarrow.parquet as pq
+
+    write_pool(tmp_path / "pool")
+    rng = np.random.default_rng(0)
+    emb = normalize(rng.normal(size=(N, 16)))
+    emb[10] = emb[9]  # a planted semantic duplicate
+    scores = {}
+    for shard in sorted((tmp_path / "pool").glob("*.parquet")):
+        t = pq.read_table(shard).to_pandas()
+        rows = [int(u, 16) for u in t["uid"]]
+        t["clip_l14_similarity_score"] = rng.uniform(0.1, 0.4, len(t)).astype(np.float32)
+        scores.update(zip(t["uid"], t["clip_l14_similarity_score"]))
+        t.to_parquet(shard)
+        np.savez(shard.with_suffix(".npz"), l14_img=emb[rows].astype(np.float16), l14_txt=emb[rows].astype(np.float16))
+    cfg = {"clip": [{"precomputed": "l14"}],
+           "filters": [{"type": "semantic_dedup", "clusters": 2, "eps": 0.001, "keep": "first"},
+                       {"type": "clip_score", "fraction": 0.5}]}
+    m = run_curation(str(tmp_path / "pool"), tmp_path / "out", cfg, progress=False)
+    df = pd.read_parquet(tmp_path / "out" / "metadata.parquet").set_index("uid")
+    assert df.loc[uid(10), "drop_reasons"].tolist()[0] == "semantic_dedup"
+    assert np.allclose(df["clip_score"].drop(uid(5)), pd.Series(scores).drop(uid(5)).loc[df.index.drop(uid(5))])
+    every = np.array(list(scores.values()), np.float32)  # DataComp: over every metadata row, decodable or not
+    assert m["thresholds"]["clip_score_top0.5"]["threshold"] == pytest.approx(-np.sort(-every)[int(len(every) * 0.5)])
+
+
+def test_image_based_with_precomputed_only_is_a_clear_error():
+    from schemas.config import load_config
+
+    with pytest.raises(ValueError, match="needs a 'model'"):
+        load_config({"clip": [{"precomputed": "l14"}],
+                     "filters": [{"type": "image_based", "targets": ["x"]}]})
