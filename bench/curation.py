@@ -4,8 +4,11 @@ as precision / recall against the planted ground truth (data/sample_pool/ground_
     .venv/bin/python bench/curation.py [--scorer runs/bench-skeleton/scorer/final]
 
 Filter -> the planted noise it should catch: decode -> corrupt + truncated images; exact_dedup ->
-exact duplicate pairs (one of each pair dropped); decontamination -> eval copies; clip_score_50 (top 50% by the bootstrapped
-scorer) -> swapped captions (recall only is meaningful: it also drops clean samples by design).
+exact duplicate pairs (one of each pair dropped); near_dedup -> re-encoded / resized / cropped copies;
+semantic_dedup -> exact + near pairs; decontamination -> eval copies; clip_score_50 (top 50% by the
+bootstrapped scorer) -> swapped captions (recall only is meaningful: it also drops clean samples by
+design). Also: DataComp top-30% uid parity, and the global steps' cost at 1x / 2x / 4x the pool
+(fitted exponent) next to raw faiss on the same embeddings.
 """
 from __future__ import annotations
 
@@ -19,31 +22,48 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipeline.demo import machine  # noqa: E402
 from pipeline.run import run_curation  # noqa: E402
+from bench.scaling import scaling  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "curation.json"
-TARGET = {"decode": ["corrupt_image", "truncated_image"], "exact_dedup": ["exact_duplicate"],
-          "decontaminate": ["eval_copy"], "clip_score": ["swapped_caption"]}
+TARGET = {"decode": ["corrupt_image", "truncated_image"], "decontaminate": ["eval_copy"],
+          "clip_score": ["swapped_caption"]}
+PAIRS = {"exact_dedup": ["exact_duplicate"], "near_dedup": ["near_duplicate"],
+         "semantic_dedup": ["exact_duplicate", "near_duplicate"]}
+# what each dedup rule may rightly drop: one member of a planted exact or near duplicate pair
+DUP_NOISE = ["exact_duplicate", "near_duplicate"]
 
 
-def score_pairs(meta: pd.DataFrame, gt: pd.DataFrame, rule: str, noise: str) -> dict:
+def score_pairs(meta: pd.DataFrame, gt: pd.DataFrame, rule: str, noises: list[str]) -> dict:
     """Duplicates are pairs (copy, original) and either may come first in the pool: a pair is caught
-    when exactly one of the two is dropped; a drop is right when it belongs to a planted pair."""
+    when exactly one of the two is dropped; a drop is right when it belongs to a planted duplicate pair
+    (an exact copy is also a near duplicate)."""
     hit = set(meta.loc[meta["drop_reasons"].map(lambda r: rule in list(r)), "uid"])
-    pairs = gt.loc[gt["noise"] == noise, ["uid", "noise_of"]].itertuples(index=False)
-    pairs = [(a, b) for a, b in pairs]
-    members = {u for p in pairs for u in p}
-    caught = sum((a in hit) != (b in hit) for a, b in pairs)
-    return {"precision": round(len(hit & members) / max(len(hit), 1), 4), "recall": round(caught / max(len(pairs), 1), 4),
-            "dropped": len(hit), "planted": len(pairs)}
+
+    def pairs(kinds):
+        return [(a, b) for a, b in gt.loc[gt["noise"].isin(kinds), ["uid", "noise_of"]].itertuples(index=False)]
+
+    members = {u for p in pairs(DUP_NOISE) for u in p} | natural_duplicates(meta)
+    target = pairs(noises)
+    caught = sum((a in hit) != (b in hit) for a, b in target)
+    return {"precision": round(len(hit & members) / max(len(hit), 1), 4), "recall": round(caught / max(len(target), 1), 4),
+            "dropped": len(hit), "planted": len(target)}
+
+
+def natural_duplicates(meta: pd.DataFrame) -> set:
+    """Byte-identical images the sources already held (same sha256, not planted): dropping one of them
+    is right too. sha256 equality is the definition of an exact duplicate, not a guess."""
+    img = meta[meta["sha256"].notna()]
+    return set(img.loc[img.duplicated("sha256", keep=False), "uid"])
 
 
 def score(meta: pd.DataFrame, gt: pd.DataFrame, rule: str) -> dict:
-    if rule == "exact_dedup":
-        return score_pairs(meta, gt, rule, "exact_duplicate")
+    if rule in PAIRS:
+        return score_pairs(meta, gt, rule, PAIRS[rule])
     df = meta.merge(gt[["uid", "noise"]], on="uid")
     hit = df["drop_reasons"].map(lambda r: rule in list(r))
     truth = df["noise"].isin(TARGET[rule])
@@ -52,30 +72,72 @@ def score(meta: pd.DataFrame, gt: pd.DataFrame, rule: str) -> dict:
             "dropped": int(hit.sum()), "planted": int(truth.sum())}
 
 
+def uid_parity(meta: pd.DataFrame, uids_file: Path, fraction: float) -> bool:
+    """DataComp's rule computed here from the score column alone, compared byte for byte."""
+    scores = meta.set_index("uid")["clip_score"].dropna()
+    t = -np.sort(-scores.to_numpy())[int(len(scores) * fraction)]
+    ref = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in scores.index[scores >= t]], np.dtype("u8,u8"))
+    ref.sort()
+    return np.load(uids_file).tobytes() == ref.tobytes()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pool", default="data/sample_pool")
     ap.add_argument("--scorer", default="runs/bench-skeleton/scorer/final")
+    ap.add_argument("--work", default="runs/bench-curation/work", help="annotate cache (reused between runs)")
+    ap.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch"])
+    ap.add_argument("--skip-filters", action="store_true", help="only the scaling part (e.g. on a GPU machine)")
+    ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args()
     pool = Path(a.pool)
     gt = pd.read_parquet(pool / "ground_truth.parquet")
-    cfg = {"clip": [{"model": a.scorer}],
-           "filters": [{"type": "exact_dedup"}, {"type": "decontaminate", "eval_dirs": [str(pool / "eval")]},
-                       {"type": "clip_score", "fraction": 0.5}]}
+    work = Path(a.work)
+    res: dict = {}
+    vectors = {"backend": a.backend}
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.time()
-        m = run_curation(str(pool / "shards"), Path(tmp) / "out", cfg, work=Path(tmp) / "work")
-        seconds = round(time.time() - t0, 1)
-        meta = pd.read_parquet(Path(tmp) / "out" / "metadata.parquet")
-    filters = {name: score(meta, gt, rule) for name, rule in
-               (("decode", "decode"), ("exact_dedup", "exact_dedup"), ("decontamination", "decontaminate"),
-                ("clip_score_50", "clip_score"))}
-    res = {"filters": filters, "not_implemented": ["near_dedup", "semantic_dedup", "image_based", "d2_pruning",
-                                                   "scaling"],
-           "samples_in": m["samples_in"], "kept": m["kept"], "dropped_by_reason": m["dropped_by_reason"],
-           "run_seconds": seconds, "scorer": a.scorer, "machine": machine()}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(res, indent=2) + "\n")
+        if not a.skip_filters:
+            cfg = {"clip": [{"model": a.scorer}], "vectors": vectors,
+                   "filters": [{"type": "exact_dedup"}, {"type": "near_dedup"},
+                               {"type": "decontaminate", "eval_dirs": [str(pool / "eval")]},
+                               {"type": "semantic_dedup", "clusters": 200, "eps": 0.0005},
+                               {"type": "clip_score", "fraction": 0.5}]}
+            t0 = time.time()
+            m = run_curation(str(pool / "shards"), Path(tmp) / "out", cfg, work=work)
+            meta = pd.read_parquet(Path(tmp) / "out" / "metadata.parquet")
+            res["filters"] = {name: score(meta, gt, rule) for name, rule in
+                              (("decode", "decode"), ("exact_dedup", "exact_dedup"), ("near_dedup", "near_dedup"),
+                               ("semantic_dedup", "semantic_dedup"), ("decontamination", "decontaminate"),
+                               ("clip_score_50", "clip_score"))}
+            res["filter_seconds"] = {k: v["seconds"] for k, v in m["thresholds"].items()}
+            gt_pairs = {u for p in gt.loc[gt["noise"].isin(DUP_NOISE), ["uid", "noise_of"]].itertuples(index=False)
+                        for u in p}
+            res["natural_exact_duplicates"] = len(natural_duplicates(meta) - gt_pairs)
+            res.update(samples_in=m["samples_in"], kept=m["kept"], dropped_by_reason=m["dropped_by_reason"],
+                       run_seconds=round(time.time() - t0, 1))
+            m30 = run_curation(str(pool / "shards"), Path(tmp) / "top30", {
+                "clip": [{"model": a.scorer}], "filters": [{"type": "clip_score", "fraction": 0.3}]}, work=work)
+            res["datacomp_uid_parity"] = uid_parity(pd.read_parquet(Path(tmp) / "top30" / "metadata.parquet"),
+                                                    Path(m30["uids"]), 0.3)
+        from pipeline.decide import Arrays, load_columns
+        from pipeline.shards import expand, shard_id
+        from schemas.config import load_config
+
+        sids = [shard_id(s) for s in expand(str(pool / "shards"))]
+        if not (work / "columns" / "clip_score").exists():
+            run_curation(str(pool / "shards"), Path(tmp) / "o", {"clip": [{"model": a.scorer}]}, work=work)
+        arr = Arrays(work, sids)
+        df = load_columns(work, sids, load_config({"clip": [{"model": a.scorer}]}))
+        res["scaling"] = scaling(arr.image("clip_score"), arr.text("clip_score"),
+                                 df["clip_score"].to_numpy(np.float32), a.backend)
+    res.update(scorer=a.scorer, backend=a.backend, machine=machine())
+    out = Path(a.out)
+    if out.exists() and a.skip_filters:  # keep the filter figures, add this machine's scaling
+        old = json.loads(out.read_text())
+        old.setdefault("scaling_by_machine", {})[res["machine"]] = res["scaling"]
+        res = old
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
 
 

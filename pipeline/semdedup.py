@@ -32,7 +32,8 @@ def priority(x: np.ndarray, cent: np.ndarray, assign: np.ndarray, rule: str,
 
 def semdedup(emb: np.ndarray, k: int, eps: float, rule: str = "farthest", score: np.ndarray | None = None,
              valid: np.ndarray | None = None, niter: int = 20, seed: int = 0, backend: str = "auto") -> dict:
-    """Return per-row arrays: cluster, duplicate_of (row index or -1), max_sim (to kept items)."""
+    """Return per-row arrays: cluster, duplicate_of (row index or -1), max_sim (SemDeDup's M: the highest
+    cosine to any item before it in keep order, within its cluster)."""
     n = len(emb)
     valid = np.ones(n, bool) if valid is None else valid
     rows = np.flatnonzero(valid)
@@ -47,16 +48,15 @@ def semdedup(emb: np.ndarray, k: int, eps: float, rule: str = "farthest", score:
     for g in members(assign):
         g = g[np.lexsort((g, key[g]))]  # priority, then pool order
         xs = torch.from_numpy(x[g]).to(dev)
-        sim = (xs @ xs.T).cpu().numpy()
-        kept: list[int] = []
-        for a in range(len(g)):
-            if kept:
-                s = sim[a, kept]
-                j = int(s.argmax())
-                out["max_sim"][rows[g[a]]] = s[j]
-                if s[j] > 1 - eps:
-                    out["duplicate_of"][rows[g[a]]] = rows[g[kept[j]]]
-                    continue
-            kept.append(a)
+        sim = torch.triu(xs @ xs.T, diagonal=1).cpu().numpy()  # sim[j, a]: j visited before a
+        earlier = sim.max(0) if len(g) > 1 else np.zeros(1, np.float32)
+        out["max_sim"][rows[g]] = np.where(np.arange(len(g)) > 0, earlier, np.nan)
+        kept = np.ones(len(g), bool)
+        for a in np.flatnonzero(earlier > 1 - eps):  # only items close to something earlier need the walk
+            s = np.where(kept[:a], sim[:a, a], -np.inf)
+            j = int(s.argmax())
+            if s[j] > 1 - eps:
+                kept[a] = False
+                out["duplicate_of"][rows[g[a]]] = rows[g[j]]
         out["cluster"][rows[g]] = assign[g]
     return out

@@ -58,7 +58,11 @@ def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, backend: str =
     x = normalize(x)
     k = max(1, min(k, len(x)))
     rng = np.random.default_rng(seed)
-    cent = x[np.sort(rng.choice(len(x), k, replace=False))].copy()
+    init = np.sort(rng.choice(len(x), k, replace=False))
+    if pick(backend) == "torch":
+        return _kmeans_torch(x, init, niter)
+    cent = x[init].copy()
+    xd = torch.from_numpy(x).double()
     assign = np.full(len(x), -1, np.int64)
     for _ in range(niter):
         _, idx = search(cent, x, 1, backend)
@@ -66,11 +70,29 @@ def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, backend: str =
         if (new == assign).all():
             break
         assign = new
-        sums = np.zeros_like(cent, dtype=np.float64)
-        np.add.at(sums, assign, x)
+        sums = torch.zeros((k, x.shape[1]), dtype=torch.float64).index_add_(0, torch.from_numpy(assign), xd)
         filled = np.bincount(assign, minlength=k) > 0
-        cent[filled] = normalize(sums[filled])
+        cent[filled] = normalize(sums.numpy()[filled])
     return cent, assign
+
+
+@torch.no_grad()
+def _kmeans_torch(x: np.ndarray, init: np.ndarray, niter: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same loop with the data on the torch device (the GPU when there is one)."""
+    dev = _device()
+    xt = torch.from_numpy(x).to(dev)
+    cent = xt[torch.from_numpy(init).to(dev)].clone()
+    xd = xt.double()
+    assign = torch.full((len(x),), -1, dtype=torch.long, device=dev)
+    for _ in range(niter):
+        new = torch.cat([(xt[i:i + CHUNK] @ cent.T).argmax(1) for i in range(0, len(xt), CHUNK)])
+        if torch.equal(new, assign):
+            break
+        assign = new
+        sums = torch.zeros(cent.shape, dtype=torch.float64, device=dev).index_add_(0, assign, xd)
+        filled = torch.bincount(assign, minlength=len(cent)) > 0
+        cent[filled] = torch.nn.functional.normalize(sums[filled], dim=1).float()
+    return cent.cpu().numpy(), assign.cpu().numpy()
 
 
 def members(assign: np.ndarray) -> list[np.ndarray]:
