@@ -109,6 +109,13 @@ def main() -> None:
                               (("decode", "decode"), ("exact_dedup", "exact_dedup"), ("near_dedup", "near_dedup"),
                                ("semantic_dedup", "semantic_dedup"), ("decontamination", "decontaminate"),
                                ("clip_score_50", "clip_score"))}
+            # the threshold sweep from the recorded distances (the filter keeps them): no rerun needed
+            d = meta.merge(gt[["uid", "noise"]], on="uid")
+            truth = d["noise"] == "eval_copy"
+            res["decontamination_sweep"] = {
+                f"{t:g}": {"precision": round(float((truth & (d["eval_copy_rms"] <= t)).sum() / max((d["eval_copy_rms"] <= t).sum(), 1)), 4),
+                           "recall": round(float((truth & (d["eval_copy_rms"] <= t)).sum() / truth.sum()), 4)}
+                for t in (0.01, 0.015, 0.02, 0.03, 0.05)}
             res["filter_seconds"] = {k: v["seconds"] for k, v in m["thresholds"].items()}
             gt_pairs = {u for p in gt.loc[gt["noise"].isin(DUP_NOISE), ["uid", "noise_of"]].itertuples(index=False)
                         for u in p}

@@ -116,8 +116,9 @@ def decide(df: pd.DataFrame, config: CurateConfig, arrays: Arrays | None = None)
         elif isinstance(f, DecontaminateFilter):
             from pipeline.decontam import contaminated
 
-            flags, nearest = contaminated(arrays.thumbs(), f.eval_dirs, f.max_rms)
+            flags, nearest, rms = contaminated(arrays.thumbs(), f.eval_dirs, f.max_rms)
             new_cols["eval_copy_of"] = nearest
+            new_cols["eval_copy_rms"] = rms
             info[f.name] = {"copies": int(flags.sum())}
             fails.append(("decontaminate", flags))
         elif isinstance(f, TextFilter):

@@ -56,8 +56,9 @@ def eval_thumbs(paths: list[str]) -> tuple[np.ndarray, list[str]]:
     return t[ok], [n for n, k in zip(names, ok) if k]
 
 
-def contaminated(thumbs: np.ndarray, eval_dirs: list[str], max_rms: float) -> tuple[np.ndarray, list]:
-    """(flag per row, nearest eval image name or None per row) for the pool's ingest thumbnails."""
+def contaminated(thumbs: np.ndarray, eval_dirs: list[str], max_rms: float) -> tuple[np.ndarray, list, np.ndarray]:
+    """(flag per row, nearest eval image name or None per row, RMS to the nearest eval image or NaN)
+    for the pool's ingest thumbnails."""
     import faiss
 
     ev, names = eval_thumbs(eval_dirs)
@@ -69,8 +70,10 @@ def contaminated(thumbs: np.ndarray, eval_dirs: list[str], max_rms: float) -> tu
     rms = np.sqrt(np.maximum(dist[:, 0], 0) / ev.shape[1])
     flags = np.zeros(len(thumbs), bool)
     flags[np.flatnonzero(ok)] = rms <= max_rms
+    dist_all = np.full(len(thumbs), np.nan, np.float32)
+    dist_all[np.flatnonzero(ok)] = rms
     nearest = [None] * len(thumbs)
     for j, i in enumerate(np.flatnonzero(ok)):
         if flags[i]:
             nearest[i] = names[idx[j, 0]]
-    return flags, nearest
+    return flags, nearest, dist_all

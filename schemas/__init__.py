@@ -18,10 +18,10 @@ def columns() -> dict[str, dict]:
 
 
 def arrow_type(name: str) -> pa.DataType:
-    """Arrow type of a declared column; extra score columns ``clip_score_<tag>`` are float32."""
+    """Arrow type of a declared column; extra score columns ``clip_score_<tag>`` and ``concept_<name>`` are float32."""
     if name in columns():
         return _TYPES[columns()[name]["type"]]
-    if name.startswith("clip_score_"):
+    if name.startswith(("clip_score_", "concept_")):
         return pa.float32()
     raise KeyError(f"column {name!r} is not declared in schemas/columns.json")
 
