@@ -116,6 +116,12 @@ def main() -> None:
                 f"{t:g}": {"precision": round(float((truth & (d["eval_copy_rms"] <= t)).sum() / max((d["eval_copy_rms"] <= t).sum(), 1)), 4),
                            "recall": round(float((truth & (d["eval_copy_rms"] <= t)).sum() / truth.sum()), 4)}
                 for t in (0.01, 0.015, 0.02, 0.03, 0.05)}
+            # where near-dup precision goes: openclipart holds drawing series (458 'gramastar' geometric
+            # drawings, icon sets) that are near-identical at thumbnail size yet labelled distinct
+            res["near_dedup_by_source"] = {
+                src: score_pairs(meta[meta["uid"].isin(set(gt.loc[gt["source"] == src, "uid"]))],
+                                 gt[gt["source"] == src], "near_dedup", ["near_duplicate"])
+                for src in ("fashion_mnist", "openclipart", "emoji")}
             res["filter_seconds"] = {k: v["seconds"] for k, v in m["thresholds"].items()}
             gt_pairs = {u for p in gt.loc[gt["noise"].isin(DUP_NOISE), ["uid", "noise_of"]].itertuples(index=False)
                         for u in p}
