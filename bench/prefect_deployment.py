@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,55 +40,73 @@ def wait_healthy(url: str, timeout: float) -> None:
     raise TimeoutError(f"Prefect server at {url} not healthy after {timeout:.0f} s")
 
 
-def run_deployment(pool: str, out: str, config: str, timeout: float = 600) -> dict:
+@contextmanager
+def local_server():
+    """A real Prefect server on 127.0.0.1 in a temporary PREFECT_HOME; yields the env to talk to it."""
     home = tempfile.mkdtemp(prefix="prefect-home-")
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": home, "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "HF_HUB_OFFLINE": "1", "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port)}
-    logs = Path(home)
-    procs = []
-    t0 = time.time()
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, cwd=ROOT, stdout=open(Path(home) / "server.log", "w"), stderr=subprocess.STDOUT)
     try:
-        procs.append(subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                      env=env, cwd=ROOT, stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT))
         wait_healthy(env["PREFECT_API_URL"], 120)
-        t_server = time.time() - t0
-        procs.append(subprocess.Popen([sys.executable, "-m", "flows.serve", "--pool", pool, "--out", out, "--config", config],
-                                      env=env, cwd=ROOT, stdout=open(logs / "serve.log", "w"), stderr=subprocess.STDOUT))
-        # wait until the deployment is registered, then run it and watch to the end
-        end = time.time() + 120
-        while True:
-            q = subprocess.run([str(BIN / "prefect"), "deployment", "inspect", "curate/laion-subset"], env=env, cwd=ROOT,
-                               capture_output=True, text=True)
-            if q.returncode == 0:
-                break
-            if time.time() > end:
-                raise TimeoutError("deployment curate/laion-subset never registered:\n" + (logs / "serve.log").read_text()[-3000:])
-            time.sleep(1)
-        t1 = time.time()
-        r = subprocess.run([str(BIN / "prefect"), "deployment", "run", "curate/laion-subset", "--watch",
-                            "--watch-timeout", str(int(timeout))], env=env, cwd=ROOT, capture_output=True, text=True,
-                           timeout=timeout + 60)
-        state = "COMPLETED" if "Completed" in r.stdout or "COMPLETED" in r.stdout else "NOT COMPLETED"
-        result = {"deployment_run_completed": r.returncode == 0 and state == "COMPLETED",
-                  "server_start_seconds": round(t_server, 1), "run_seconds": round(time.time() - t1, 1),
-                  "cli_output_tail": r.stdout[-600:] + r.stderr[-600:]}
-        manifest = Path(out) / "manifest.json"
-        if manifest.is_file():
-            m = json.loads(manifest.read_text())
-            result.update({k: m[k] for k in ("samples_in", "kept", "dropped", "dropped_by_reason")})
-            result["output_shards"] = m["output_shards"]
-            result["output_shards_exist"] = all(Path(p).is_file() for p in m["output_shards"])
-        return result
+        yield env
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in reversed(procs):
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@contextmanager
+def serving(env: dict, pool: str, out: str, config: str):
+    """``python -m flows.serve`` running until the block ends, its deployments registered."""
+    log = Path(env["PREFECT_HOME"]) / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "flows.serve", "--pool", pool, "--out", out, "--config", config],
+                            env=env, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    try:
+        end = time.time() + 120
+        while subprocess.run([str(BIN / "prefect"), "deployment", "inspect", "curate/laion-subset"], env=env, cwd=ROOT,
+                             capture_output=True, text=True).returncode != 0:
+            if time.time() > end:
+                raise TimeoutError("deployment curate/laion-subset never registered:\n" + log.read_text()[-3000:])
+            time.sleep(1)
+        yield
+    finally:
+        _stop(proc)
+
+
+def deployment_run(env: dict, name: str = "curate/laion-subset", timeout: float = 600) -> dict:
+    """``prefect deployment run NAME --watch``: did it end COMPLETED, and how long did it take."""
+    t0 = time.time()
+    r = subprocess.run([str(BIN / "prefect"), "deployment", "run", name, "--watch", "--watch-timeout", str(int(timeout))],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout + 60)
+    ok = r.returncode == 0 and ("Completed" in r.stdout or "COMPLETED" in r.stdout)
+    return {"completed": ok, "seconds": round(time.time() - t0, 1), "cli_output_tail": r.stdout[-600:] + r.stderr[-600:]}
+
+
+def run_deployment(pool: str, out: str, config: str, timeout: float = 600) -> dict:
+    t0 = time.time()
+    with local_server() as env:
+        t_server = time.time() - t0
+        with serving(env, pool, out, config):
+            r = deployment_run(env, timeout=timeout)
+    result = {"deployment_run_completed": r["completed"], "server_start_seconds": round(t_server, 1),
+              "run_seconds": r["seconds"], "cli_output_tail": r["cli_output_tail"]}
+    manifest = Path(out) / "manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        result.update({k: m[k] for k in ("samples_in", "kept", "dropped", "dropped_by_reason")})
+        result["output_shards"] = m["output_shards"]
+        result["output_shards_exist"] = all(Path(p).is_file() for p in m["output_shards"])
+    return result
 
 
 def main() -> None:

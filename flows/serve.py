@@ -1,7 +1,9 @@
-"""Serve the ``curate/laion-subset`` deployment (and ``train-eval/on-curated`` when present).
+"""Serve the deployments: ``curate/laion-subset``, ``train-eval/on-curated`` and
+``curate-train-eval/nightly`` (curate, then train + evaluate on the output).
 
-    python -m flows.serve                 # then: prefect deployment run curate/laion-subset
-    python -m flows.serve --cron "0 2 * * *"   # the same deployment, nightly
+    python -m flows.serve                      # then: prefect deployment run curate/laion-subset
+    python -m flows.serve --cron "0 2 * * *"   # laion-subset and nightly on a schedule
+For a process work pool instead of a serving process, see prefect.yaml (``prefect deploy --all``).
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ def deployments(cron: str | None, pool: str, out: str, config: str) -> list:
     deps = [curate.to_deployment(name="laion-subset", cron=cron,
                                  parameters={"pool": pool, "out": out, "config": config},
                                  description="Curate a LAION-style pool of webdataset shards")]
-    try:
-        from flows.train_eval import train_eval
-    except ImportError:
-        return deps
+    from flows.nightly import curate_train_eval
+    from flows.train_eval import train_eval
+
     deps.append(train_eval.to_deployment(name="on-curated", description="Train and evaluate on curated shards"))
+    deps.append(curate_train_eval.to_deployment(
+        name="nightly", cron=cron, parameters={"pool": pool, "out": out, "config": config},
+        description="Curate (new shards only), then train and evaluate on the output, with lineage"))
     return deps
 
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from pipeline.annotate import annotate_shard
 from pipeline.decide import Arrays, decide, load_columns, summarize
 from pipeline.export import export
+from pipeline.lock import exclusive
 from pipeline.shards import expand, shard_id
 from schemas.config import CurateConfig, load_config
 
@@ -42,15 +43,16 @@ def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | 
     sids = [shard_id(s) for s in shards]
     if len(set(sids)) != len(sids):
         raise ValueError("two input shards share a name; per-shard outputs are keyed by name")
-    t0 = time.time()
-    ran = []
-    for s in tqdm(shards, desc="annotate", unit="shard", disable=not progress):
-        ran.append(annotate_shard(s, work or out, config.clip))
-    t_annotate = time.time() - t0
-    rows = sum(r["rows"] for r in ran)
-    manifest = decide_and_export(shards, out, config, {
-        "annotate_seconds": round(t_annotate, 2),
-        "annotate_samples_per_s": round(rows / t_annotate, 1) if t_annotate > 0 else None,
-        "stage_runs": sum(len(r["ran"]) for r in ran),
-    }, work=work)
-    return manifest
+    with exclusive(out):
+        t0 = time.time()
+        ran = []
+        for s in tqdm(shards, desc="annotate", unit="shard", disable=not progress):
+            ran.append(annotate_shard(s, work or out, config.clip))
+        t_annotate = time.time() - t0
+        rows = sum(r["rows"] for r in ran)
+        return decide_and_export(shards, out, config, {
+            "annotate_seconds": round(t_annotate, 2),
+            "annotate_samples_per_s": round(rows / t_annotate, 1) if t_annotate > 0 else None,
+            "stage_runs": sum(len(r["ran"]) for r in ran),
+            "shards_annotated": sum(bool(r["ran"]) for r in ran),
+        }, work=work)

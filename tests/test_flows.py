@@ -47,6 +47,59 @@ def test_curate_then_train_eval_records_lineage(tmp_path, prefect_server):
     assert json.loads((tmp_path / "out" / "train" / "results.jsonl").read_text())["n"] == 8
 
 
+def test_second_run_annotates_only_new_shards_and_a_bad_shard_fails_alone(tmp_path, prefect_server, monkeypatch):
+    import flows.curate as fc
+    from flows.curate import curate
+
+    make_pool(tmp_path / "pool", n=80, per_shard=20)  # 4 shards
+    real = fc.annotate_shard
+
+    def flaky(shard, *a, **k):  # a disk error on one shard, every try
+        if shard.endswith("00003.tar"):
+            raise OSError(f"simulated I/O error reading {shard}")
+        return real(shard, *a, **k)
+
+    monkeypatch.setattr(fc, "annotate_shard", flaky)
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    (tmp_path / "p").mkdir()
+    for name in ("00000.tar", "00001.tar"):
+        (tmp_path / "p" / name).symlink_to(tmp_path / "pool" / name)
+    kw = dict(pool=str(tmp_path / "p"), out=str(tmp_path / "out"), config=str(tmp_path / "c.yaml"), retries=0)
+    m1 = curate(**kw)
+    assert (m1["shards_annotated"], m1["stage_runs"], m1["samples_in"]) == (2, 4, 40)
+    (tmp_path / "p" / "00002.tar").symlink_to(tmp_path / "pool" / "00002.tar")
+    (tmp_path / "p" / "00003.tar").symlink_to(tmp_path / "pool" / "00003.tar")
+    m2 = curate(**kw)
+    assert (m2["shards_annotated"], m2["stage_runs"], m2["samples_in"]) == (1, 2, 60)
+    assert [f["shard"].endswith("00003.tar") for f in m2["failed_shards"]] == [True]
+    assert "simulated I/O error" in m2["failed_shards"][0]["error"]
+    assert m2["kept"] + m2["dropped"] == 60
+
+
+def test_two_runs_on_one_output_are_refused(tmp_path):
+    from pipeline.lock import OutputLocked, exclusive
+    from pipeline.run import run_curation
+
+    make_pool(tmp_path / "pool", n=20, per_shard=20)
+    with exclusive(tmp_path / "out"):
+        with pytest.raises(OutputLocked, match="being written by another run"):
+            run_curation(str(tmp_path / "pool"), tmp_path / "out", {"filters": []}, progress=False)
+    run_curation(str(tmp_path / "pool"), tmp_path / "out", {"filters": []}, progress=False)  # released
+
+
+@pytest.mark.slow
+def test_dask_runner_gives_the_same_outputs(tmp_path, prefect_server):
+    from bench.orchestration import checksums
+    from flows.curate import curate
+
+    make_pool(tmp_path / "pool", n=60, per_shard=20, plant={7: "corrupt"})
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    kw = dict(pool=str(tmp_path / "pool"), config=str(tmp_path / "c.yaml"))
+    curate(out=str(tmp_path / "threads"), **kw)
+    curate(out=str(tmp_path / "dask"), runner="dask", dask_workers=2, **kw)
+    assert checksums(tmp_path / "threads") == checksums(tmp_path / "dask")
+
+
 @pytest.mark.slow
 def test_served_deployment_run_completes(tmp_path):
     from bench.prefect_deployment import run_deployment
@@ -56,3 +109,18 @@ def test_served_deployment_run_completes(tmp_path):
     r = run_deployment(str(tmp_path / "pool"), str(tmp_path / "out"), str(tmp_path / "c.yaml"), timeout=300)
     assert r["deployment_run_completed"], json.dumps(r, indent=1)
     assert r["output_shards_exist"] and r["kept"] + r["dropped"] == 40
+
+
+def test_prefect_yaml_entrypoints_exist_and_take_their_parameters():
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).parents[1] / "prefect.yaml").read_text())
+    assert {d["name"] for d in spec["deployments"]} == {"laion-subset", "nightly"}
+    for d in spec["deployments"]:
+        path, name = d["entrypoint"].split(":")
+        fn = getattr(importlib.import_module(path[:-3].replace("/", ".")), name)
+        assert set(d["parameters"]) <= set(inspect.signature(fn.fn).parameters)

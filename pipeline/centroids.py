@@ -1,0 +1,42 @@
+"""k-means centroids that outlive a run, so a nightly run on a grown pool extends the clustering
+instead of redoing it.
+
+Rule: centroids saved under ``<work>/global/`` are reused - every sample, old and new, is assigned to
+its nearest saved centroid, one search pass instead of ``niter`` Lloyd iterations - when they were
+fitted with the same filter settings on the same embeddings (scorer and weights), and the pool has
+grown by at most ``refit_growth`` (default 50%) since the fit. Otherwise (first run, another config
+or scorer, more growth, or fewer samples than at the fit) they are fitted again and saved.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.vectors import kmeans, normalize, search
+
+
+def fit_or_reuse(x: np.ndarray, k: int, niter: int, seed: int, backend: str, cache_dir: Path | None, key: dict,
+                 refit_growth: float = 0.5) -> tuple[np.ndarray, np.ndarray, str]:
+    """(centroids, assignment, "fitted" | "reused")."""
+    if cache_dir is None:
+        cent, assign = kmeans(x, k, niter, seed, backend)
+        return cent, assign, "fitted"
+    digest = hashlib.sha256(json.dumps({**key, "k": k, "niter": niter, "seed": seed}, sort_keys=True,
+                                       default=str).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"centroids-{digest}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            cent, n_fit = z["centroids"], int(z["n_fit"])
+        if n_fit <= len(x) <= n_fit * (1 + refit_growth) and cent.shape[1] == x.shape[1]:
+            _, idx = search(cent, normalize(x), 1, backend)
+            return cent, idx[:, 0], "reused"
+    cent, assign = kmeans(x, k, niter, seed, backend)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
+    np.savez(tmp, centroids=cent, n_fit=len(x))
+    os.replace(tmp, path)
+    return cent, assign, "fitted"
