@@ -5,9 +5,10 @@ Tasks pass paths, never tables. Retries (exponential backoff with jitter) live h
 A shard whose task still fails is reported in the manifest and the artifact; the run finishes the
 rest, and the next run picks that shard up again (its completion markers are missing).
 Incremental: per-shard, per-stage markers (input identity + stage config) make a rerun annotate
-only new or changed shards. Global steps (thresholds, dedup, clustering, D²) are recomputed over the
-whole pool on every run: a top-fraction threshold and a dedup keep-order depend on every sample, and
-on the cached columns they cost seconds per 100k samples (bench/results/curation.json).
+only new or changed shards. k-means centroids are reused while the pool grows by at most 50%
+(pipeline/centroids.py); thresholds, dedup and D² are recomputed over the whole pool on every run: a
+top-fraction threshold and a keep-order depend on every sample, and on the cached columns they cost
+seconds per 100k samples (bench/results/curation.json).
 ``runner="dask"`` runs the shard tasks on a Dask cluster (``dask_address`` of a running scheduler, or
 a local cluster of ``dask_workers`` processes); each worker process loads the scorer once.
 The library (pipeline/) has no Prefect inside; ``pipeline.run.run_curation`` is the same work

@@ -73,7 +73,7 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     todo_clip = []
     for spec in clip:
         cfg = spec.model_dump(exclude={"batch_size", "device"})
-        cfg["weights"] = _weights_identity(spec) if not spec.precomputed else _sidecar_identity(shard)
+        cfg["weights"] = weights_identity(spec) if not spec.precomputed else _sidecar_identity(shard)
         key = cache_key(spec.column, cfg, shard)
         if not is_done(run / "columns" / spec.column / f"{sid}.parquet", key):
             todo_clip.append((spec, key))
@@ -177,7 +177,7 @@ def _write_precomputed(shard, run: Path, sid: str, spec: ClipModel, key: str, ui
     _write(run / "columns" / spec.column / f"{sid}.parquet", tbl, key)
 
 
-def _weights_identity(spec: ClipModel) -> dict:
+def weights_identity(spec: ClipModel) -> dict:
     """Which weights: a checkpoint file/folder's size and mtime, so retraining invalidates scores."""
     from training.model import CONFIG_FILE, WEIGHTS_FILE
 

@@ -86,6 +86,26 @@ def _scorer(config: CurateConfig, column: str):
     return get_scorer(spec.model_dump_json())
 
 
+def _fitter(config: CurateConfig, arrays: Arrays, f, status: dict):
+    """k-means through saved centroids (pipeline/centroids.py) when the run folder is known."""
+    from pipeline.centroids import fit_or_reuse
+
+    v = config.vectors
+    cache = arrays.run / "global" if (v.reuse_centroids and arrays.run is not None) else None
+    spec = next(c for c in config.clip if c.column == f.column)
+    from pipeline.annotate import weights_identity
+
+    key = {"filter": f.model_dump(), "scorer": spec.model_dump(exclude={"batch_size", "device"}),
+           "weights": weights_identity(spec)}
+
+    def fit(x, k, niter):
+        cent, assign, how = fit_or_reuse(x, k, niter, v.seed, v.backend, cache, key, v.refit_growth)
+        status["centroids"] = how
+        return cent, assign
+
+    return fit
+
+
 def _uid_of(df: pd.DataFrame, rows: np.ndarray) -> list:
     uids = df["uid"].to_numpy()
     return [uids[r] if r >= 0 else None for r in rows]
@@ -137,20 +157,25 @@ def decide(df: pd.DataFrame, config: CurateConfig, arrays: Arrays | None = None)
             from pipeline.semdedup import semdedup
 
             score = df[f.column].to_numpy(np.float32) if f.keep == "score" else None
-            r = semdedup(arrays.image(f.column), f.clusters, f.eps, f.keep, score, ok, seed=seed, backend=backend)
+            status: dict = {}
+            r = semdedup(arrays.image(f.column), f.clusters, f.eps, f.keep, score, ok, seed=seed, backend=backend,
+                         fit=_fitter(config, arrays, f, status))
             new_cols["semdedup_cluster"] = r["cluster"]
             new_cols["semdedup_dup_of"] = _uid_of(df, r["duplicate_of"])
             new_cols["semdedup_max_sim"] = r["max_sim"]
-            info[f.name] = {"clusters": f.clusters, "eps": f.eps, "duplicates": int((r["duplicate_of"] >= 0).sum())}
+            info[f.name] = {"clusters": f.clusters, "eps": f.eps, "duplicates": int((r["duplicate_of"] >= 0).sum()),
+                            **status}
             fails.append(("semantic_dedup", r["duplicate_of"] >= 0))
         elif isinstance(f, ImageBasedFilter):
             from pipeline.targets import embed_targets, image_based
 
             targets = embed_targets(_scorer(config, f.column), f.targets, f.max_targets)
+            status = {}
             keep, cluster, n_target = image_based(arrays.image(f.column), ok, targets, f.clusters, f.niter, seed,
-                                                  backend)
+                                                  backend, fit=_fitter(config, arrays, f, status))
             new_cols["image_cluster"] = cluster
-            info[f.name] = {"clusters": f.clusters, "target_images": len(targets), "target_clusters": n_target}
+            info[f.name] = {"clusters": f.clusters, "target_images": len(targets), "target_clusters": n_target,
+                            **status}
             fails.append(("image_based", ~keep))
         elif isinstance(f, D2Filter):
             from pipeline.d2 import d2_select

@@ -31,8 +31,10 @@ def priority(x: np.ndarray, cent: np.ndarray, assign: np.ndarray, rule: str,
 
 
 def semdedup(emb: np.ndarray, k: int, eps: float, rule: str = "farthest", score: np.ndarray | None = None,
-             valid: np.ndarray | None = None, niter: int = 20, seed: int = 0, backend: str = "auto") -> dict:
-    """Return per-row arrays: cluster, duplicate_of (row index or -1), max_sim (SemDeDup's M: the highest
+             valid: np.ndarray | None = None, niter: int = 20, seed: int = 0, backend: str = "auto",
+             fit=None) -> dict:
+    """``fit(x, k, niter) -> (centroids, assignment)`` replaces the k-means (e.g. saved centroids).
+    Return per-row arrays: cluster, duplicate_of (row index or -1), max_sim (SemDeDup's M: the highest
     cosine to any item before it in keep order, within its cluster)."""
     n = len(emb)
     valid = np.ones(n, bool) if valid is None else valid
@@ -42,7 +44,7 @@ def semdedup(emb: np.ndarray, k: int, eps: float, rule: str = "farthest", score:
     if len(rows) == 0:
         return out
     x = normalize(emb[rows])
-    cent, assign = kmeans(x, k, niter, seed, backend)
+    cent, assign = fit(x, k, niter) if fit else kmeans(x, k, niter, seed, backend)
     key = priority(x, cent, assign, rule, None if score is None else score[rows])
     dev = _device()
     for g in members(assign):

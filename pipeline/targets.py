@@ -64,13 +64,14 @@ def embed_targets(scorer, paths: list[str], limit: int | None = None) -> np.ndar
 
 
 def image_based(pool_img: np.ndarray, valid: np.ndarray, targets: np.ndarray, k: int, niter: int = 20,
-                seed: int = 0, backend: str = "auto") -> tuple[np.ndarray, np.ndarray, int]:
-    """(in_target per row, cluster per row (-1 if not valid), number of target clusters)."""
+                seed: int = 0, backend: str = "auto", fit=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(in_target per row, cluster per row (-1 if not valid), number of target clusters).
+    ``fit(x, k, niter) -> (centroids, assignment)`` replaces the k-means (e.g. saved centroids)."""
     rows = np.flatnonzero(valid)
     cluster = np.full(len(pool_img), -1, np.int64)
     if len(rows) == 0:
         return np.zeros(len(pool_img), bool), cluster, 0
-    cent, assign = kmeans(pool_img[rows], k, niter, seed, backend)
+    cent, assign = fit(pool_img[rows], k, niter) if fit else kmeans(pool_img[rows], k, niter, seed, backend)
     cluster[rows] = assign
     _, near = search(cent, normalize(targets), 1, backend)
     wanted = np.unique(near[:, 0])

@@ -204,6 +204,9 @@ class VectorConfig(_Strict):
     backend: Literal["auto", "faiss", "torch"] = Field(
         "auto", description="global steps: auto = torch on a GPU when there is one, else faiss-cpu")
     seed: int = 0
+    reuse_centroids: bool = Field(True, description="keep k-means centroids in <work>/global and reuse them "
+                                                    "while the pool grows by at most refit_growth")
+    refit_growth: float = Field(0.5, ge=0, description="refit when the pool grew by more than this fraction")
 
 
 class CurateConfig(_Strict):

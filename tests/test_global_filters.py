@@ -210,3 +210,20 @@ def test_image_based_with_precomputed_only_is_a_clear_error():
     with pytest.raises(ValueError, match="needs a 'model'"):
         load_config({"clip": [{"precomputed": "l14"}],
                      "filters": [{"type": "image_based", "targets": ["x"]}]})
+
+
+def test_nightly_runs_reuse_centroids_until_the_pool_grows_past_the_rule(pool):
+    cfg = {"clip": [{"model": "curate-tiny", "batch_size": 16}],
+           "filters": [{"type": "semantic_dedup", "clusters": 3, "eps": 0.001}]}
+    work = pool / "work-centroids"
+
+    def run(pattern, name):
+        m = run_curation(str(pool / "pool" / pattern), pool / name, cfg, progress=False, work=work)
+        assert m["kept"] + sum(m["dropped_by_reason"].values()) == m["samples_in"]
+        return m["thresholds"]["semantic_dedup"]["centroids"]
+
+    assert run("00000.tar", "night1") == "fitted"                 # first run
+    assert run("{00000..00001}.tar", "night2") == "fitted"        # pool doubled: > 50% growth, refit
+    assert run("{00000..00001}.tar", "night3") == "reused"        # same pool: assign to saved centroids
+    cfg["filters"][0]["clusters"] = 4
+    assert run("{00000..00001}.tar", "night4") == "fitted"        # another config: refit
