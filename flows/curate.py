@@ -17,11 +17,13 @@ without an orchestrator.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from pipeline.annotate import annotate_shard
@@ -46,7 +48,12 @@ def decide_export_task(shards: list[str], out: str, work: str, config_path: str,
     return decide_and_export(shards, out, load_config(config_path), extra, work=work)
 
 
-@flow(name="curate-shards", log_prints=True)
+# Shard tasks share the process: each already uses several cores (torch, decode), so run about one
+# per two cores; the Dask runner is the way to more.
+THREADS = ThreadPoolTaskRunner(max_workers=max(1, (os.cpu_count() or 2) // 2))
+
+
+@flow(name="curate-shards", log_prints=True, task_runner=THREADS)
 def curate_shards(pool: str, out: str, config: str, work: str | None = None, retries: int = 2) -> dict:
     log = get_run_logger()
     shards = expand(pool)
