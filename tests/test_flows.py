@@ -124,3 +124,15 @@ def test_prefect_yaml_entrypoints_exist_and_take_their_parameters():
         path, name = d["entrypoint"].split(":")
         fn = getattr(importlib.import_module(path[:-3].replace("/", ".")), name)
         assert set(d["parameters"]) <= set(inspect.signature(fn.fn).parameters)
+
+
+def test_nightly_flow_curates_then_trains_on_the_output(tmp_path, prefect_server):
+    from flows.nightly import curate_train_eval
+
+    make_pool(tmp_path / "pool", n=40, per_shard=20)
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    lineage = curate_train_eval(pool=str(tmp_path / "pool"), out=str(tmp_path / "out"), config=str(tmp_path / "c.yaml"),
+                                samples_seen=32, batch_size=16, task=str(make_task(tmp_path / "task", per_class=2)))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert lineage["curation"]["kept"] == manifest["kept"] and lineage["train"]["samples_seen"] == 32
+    assert str(tmp_path / "out" / "train") in lineage["train"]["checkpoint"]
