@@ -79,6 +79,19 @@ def cmd_demo(a) -> None:
              scorer_samples_seen=a.scorer_samples_seen, fraction=a.fraction, seed=a.seed, data=a.data, pool_dir=a.pool)
 
 
+def cmd_report(a) -> None:
+    import json
+
+    import pandas as pd
+
+    from pipeline.report import write_report
+
+    out = Path(a.out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    path = write_report(out, pd.read_parquet(out / "metadata.parquet"), manifest["input_shards"], manifest, a.train)
+    print(f"wrote {path}")
+
+
 def cmd_serve(a) -> None:
     from flows.serve import main as serve_main
 
@@ -158,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "built with other settings (default: data/sample_pool)")
     d.add_argument("--data", choices=["auto", "real", "synthetic"], default="auto", help="pool data (default: auto)")
     d.set_defaults(func=cmd_demo)
+
+    rp = sub.add_parser("report", help="(re)write a curation run's HTML report",
+                        description="Write <out>/report.html (curation runs write it too); --train adds a training "
+                                    "run's loss curve and evaluation results.")
+    rp.add_argument("--out", required=True, help="a curation output folder")
+    rp.add_argument("--train", default=None, help="a training output folder (metrics.jsonl, eval jsonl)")
+    rp.set_defaults(func=cmd_report)
 
     s = sub.add_parser("serve", help="serve the Prefect deployments", add_help=False,
                        description="Same as `python -m flows.serve`; its options follow.")

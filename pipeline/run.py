@@ -13,6 +13,7 @@ from pipeline.annotate import annotate_shard
 from pipeline.decide import Arrays, decide, load_columns, summarize
 from pipeline.export import export
 from pipeline.lock import exclusive
+from pipeline.report import write_report
 from pipeline.shards import expand, shard_id
 from schemas.config import CurateConfig, load_config
 
@@ -27,6 +28,7 @@ def decide_and_export(shards: list[str], out: str | Path, config: CurateConfig, 
     manifest = {**summarize(df), "thresholds": thresholds, "input_shards": shards,
                 "config": config.model_dump(), **(extra or {})}
     manifest = export(df, shards, out, config.export.samples_per_shard, manifest)
+    manifest["report"] = str(write_report(out, df.reset_index(drop=True), shards, manifest))
     manifest["decide_export_seconds"] = round(time.time() - t0, 2)
     return manifest
 
