@@ -25,7 +25,7 @@ from pipeline.decode import decode_image
 from pipeline.ingest import INGEST_COLUMNS, ingest_row, read_shard
 from pipeline.neardup import SIDE, thumbnail
 from pipeline.shards import atomic_write_table, shard_id
-from schemas.config import ClipModel
+from schemas.config import RUNTIME_FIELDS, ClipModel
 
 CACHE_KEY = b"curate_cache_key"
 INGEST_VERSION = 3
@@ -72,7 +72,7 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     ingest_key = cache_key("ingest", {"version": INGEST_VERSION}, shard)
     todo_clip = []
     for spec in clip:
-        cfg = spec.model_dump(exclude={"batch_size", "device"})
+        cfg = scorer_identity(spec)
         cfg["weights"] = weights_identity(spec) if not spec.precomputed else _sidecar_identity(shard)
         key = cache_key(spec.column, cfg, shard)
         if not is_done(run / "columns" / spec.column / f"{sid}.parquet", key):
@@ -175,6 +175,11 @@ def _write_precomputed(shard, run: Path, sid: str, spec: ClipModel, key: str, ui
     tbl = pa.table({"uid": pa.array(uids, pa.string()), "row": pa.array(np.arange(len(uids)), pa.int64()),
                     spec.column: pa.array(score, pa.float32())})
     _write(run / "columns" / spec.column / f"{sid}.parquet", tbl, key)
+
+
+def scorer_identity(spec: ClipModel) -> dict:
+    """What decides a scorer's outputs (runtime settings left out; 'auto' precision counts as the default)."""
+    return spec.model_dump(exclude=RUNTIME_FIELDS | ({"precision"} if spec.precision == "auto" else set()))
 
 
 def weights_identity(spec: ClipModel) -> dict:

@@ -62,7 +62,8 @@ class ClipScorer:
             return self.clip.model.encode_text(self.clip.tokenizer(texts).to(self.device), normalize=True).float().cpu().numpy()
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda" else _null()
+        bf16 = self.spec.precision == "bf16" or (self.spec.precision == "auto" and self.device == "cuda")
+        return torch.autocast(self.device, dtype=torch.bfloat16) if bf16 else _null()
 
 
 class _null:

@@ -93,10 +93,9 @@ def _fitter(config: CurateConfig, arrays: Arrays, f, status: dict):
     v = config.vectors
     cache = arrays.run / "global" if (v.reuse_centroids and arrays.run is not None) else None
     spec = next(c for c in config.clip if c.column == f.column)
-    from pipeline.annotate import weights_identity
+    from pipeline.annotate import scorer_identity, weights_identity
 
-    key = {"filter": f.model_dump(), "scorer": spec.model_dump(exclude={"batch_size", "device"}),
-           "weights": weights_identity(spec)}
+    key = {"filter": f.model_dump(), "scorer": scorer_identity(spec), "weights": weights_identity(spec)}
 
     def fit(x, k, niter):
         cent, assign, how = fit_or_reuse(x, k, niter, v.seed, v.backend, cache, key, v.refit_growth)

@@ -1,0 +1,130 @@
+"""Each curation stage's throughput next to the raw limit measured in the same run -> bench/results/stages.json.
+
+    .venv/bin/python bench/stages.py [--pool data/sample_pool/shards] [--config configs/laion-subset.yaml]
+
+Limits, on the same shards: raw tar read (bytes only, every core), Pillow decode (open + load +
+RGB, every core: the machine's image-decode limit), raw faiss on the same embeddings (k-means).
+Ours: ingest (read + decode + columns + language id + thumbnails), the CLIP stage (embed + score),
+decide, export, and the whole run end to end (fresh caches), at 1x / 2x / 4x of the shards.
+Peak RSS of this process and its children.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OUT = ROOT / "bench" / "results" / "stages.json"
+
+
+def _read(shard: str) -> int:
+    from pipeline.shards import iter_tar_samples
+
+    return sum(1 for _ in iter_tar_samples(shard))
+
+
+def _decode(shard: str) -> int:
+    from pipeline.decode import decode_image
+    from pipeline.shards import IMAGE_EXTS, iter_tar_samples
+
+    n = 0
+    for s in iter_tar_samples(shard):
+        decode_image(next((s[e] for e in IMAGE_EXTS if e in s), None))
+        n += 1
+    return n
+
+
+def parallel_rate(fn, shards: list[str], workers: int) -> float:
+    t0 = time.time()
+    with ProcessPoolExecutor(workers) as ex:
+        n = sum(ex.map(fn, shards))
+    return n / (time.time() - t0)
+
+
+def rss_mb() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(me, kids) / 1024, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pool", default="data/sample_pool/shards")
+    ap.add_argument("--config", default="configs/laion-subset.yaml")
+    a = ap.parse_args()
+    from pipeline.annotate import annotate_shard
+    from pipeline.decide import Arrays, decide, load_columns
+    from pipeline.demo import machine
+    from pipeline.export import export
+    from pipeline.run import run_curation
+    from pipeline.shards import expand, shard_id
+    from schemas.config import load_config
+
+    shards = expand(a.pool)
+    n_all = sum(_read(s) for s in shards[:1]) * len(shards)
+    workers = os.cpu_count() or 1
+    res: dict = {"stages": {}, "cores": workers}
+    read = parallel_rate(_read, shards, workers)
+    dec = parallel_rate(_decode, shards, workers)
+    dec1 = parallel_rate(_decode, shards, 1)
+    res["limits"] = {"tar_read_samples_per_s": round(read), "pillow_decode_samples_per_s": round(dec),
+                     "pillow_decode_one_core_samples_per_s": round(dec1)}
+    print(res["limits"], flush=True)
+    cfg = load_config(a.config)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.time()
+        n = sum(annotate_shard(s, tmp / "ingest", [])["rows"] for s in shards)
+        t_ingest = time.time() - t0
+        res["stages"]["ingest"] = {"samples_per_s": round(n / t_ingest), "limit_samples_per_s": round(dec),
+                                   "ratio": round(n / t_ingest / dec, 3), "limit": "Pillow decode, all cores"}
+        t0 = time.time()
+        for s in shards:
+            annotate_shard(s, tmp / "ingest", cfg.clip)  # ingest cached: the CLIP stage alone (it decodes again)
+        t_clip = time.time() - t0
+        res["stages"]["clip"] = {"samples_per_s": round(n / t_clip), "limit_samples_per_s": round(dec),
+                                 "ratio": round(n / t_clip / dec, 3), "limit": "Pillow decode, all cores",
+                                 "scorer": cfg.clip[0].model if cfg.clip else None}
+        sids = [shard_id(s) for s in shards]
+        t0 = time.time()
+        df = load_columns(tmp / "ingest", sids, cfg)
+        df, _ = decide(df, cfg, Arrays(tmp / "ingest", sids))
+        t_decide = time.time() - t0
+        res["stages"]["decide"] = {"samples_per_s": round(n / t_decide), "filters": [f.type for f in cfg.filters]}
+        t0 = time.time()
+        export(df, shards, tmp / "export", cfg.export.samples_per_shard, {})
+        t_export = time.time() - t0
+        res["stages"]["export"] = {"samples_per_s": round(n / t_export), "limit_samples_per_s": round(read),
+                                   "ratio": round(n / t_export / read, 3), "limit": "raw tar read, all cores"}
+        print(res["stages"], flush=True)
+        sizes = {}
+        for label, k in (("1x", len(shards) // 4), ("2x", len(shards) // 2), ("4x", len(shards))):
+            t0 = time.time()
+            m = run_curation(shards[:k], tmp / f"e2e{label}", cfg, progress=False)
+            sizes[label] = {"samples": m["samples_in"], "seconds": round(time.time() - t0, 2),
+                            "samples_per_s": round(m["samples_in"] / (time.time() - t0))}
+            print(label, sizes[label], flush=True)
+        import numpy as np
+
+        x = [v["samples"] for v in sizes.values()]
+        y = [v["seconds"] for v in sizes.values()]
+        res["end_to_end"] = {"by_size": sizes, "exponent": round(float(np.polyfit(np.log(x), np.log(y), 1)[0]), 3)}
+        e2e = sizes["4x"]["samples_per_s"]
+        res["end_to_end_samples_per_s"] = e2e
+        res["end_to_end_vs_decode_ratio"] = round(e2e / dec, 3)
+    res.update(peak_rss_mb=rss_mb(), pool=a.pool, config=a.config, samples=n_all, machine=machine())
+    OUT.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
