@@ -33,7 +33,7 @@ def cmd_build_pool(a) -> None:
 def cmd_run(a) -> None:
     from pipeline.run import run_curation
 
-    m = run_curation(a.pool, a.out, a.config, work=a.work)
+    m = run_curation(a.pool, a.out, a.config, work=a.work, workers=a.workers)
     print(json.dumps({k: m[k] for k in ("samples_in", "kept", "dropped", "dropped_by_reason", "thresholds")}, indent=2))
     print(f"filtered shards: {a.out}/shards   uids: {m['uids']}   manifest: {a.out}/manifest.json")
 
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output folder (shards/, uids.npy, metadata.parquet, manifest.json)")
     r.add_argument("--config", required=True, help="curation config, YAML or JSON (see configs/, schemas/)")
     r.add_argument("--work", default=None, help="folder for per-shard columns/embeddings (default: --out)")
+    r.add_argument("--workers", type=int, default=1, help="annotate shards in this many processes (default: 1)")
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("train", help="train a CLIP model", description="CLIP contrastive training at a fixed samples-seen budget.")

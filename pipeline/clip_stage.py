@@ -29,7 +29,9 @@ class ClipScorer:
 
         self.spec = spec
         self.device = pick_device(spec.device)
-        self.clip = load_clip(spec.model, spec.checkpoint, device=self.device)
+        with torch.random.fork_rng(devices=[]):  # a model without weights starts the same in every process
+            torch.manual_seed(0)
+            self.clip = load_clip(spec.model, spec.checkpoint, device=self.device)
         self.clip.model.eval()
         self.dim = int(self.clip.model_cfg["embed_dim"])
 

@@ -33,12 +33,26 @@ def decide_and_export(shards: list[str], out: str | Path, config: CurateConfig, 
     return manifest
 
 
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _annotate(args) -> dict:
+    shard, work, clip_json = args
+    from schemas.config import ClipModel
+
+    return annotate_shard(shard, work, [ClipModel.model_validate_json(c) for c in clip_json])
+
+
 def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | str | dict,
-                 progress: bool = True, work: str | Path | None = None) -> dict:
+                 progress: bool = True, work: str | Path | None = None, workers: int = 1) -> dict:
     """Curate ``pool`` (paths, braced patterns or folders of .tar) into ``out``; return the manifest.
 
     Per-shard columns and embeddings go to ``work`` (default: ``out``); several configs can share
-    one ``work`` folder and so score the pool once.
+    one ``work`` folder and so score the pool once. ``workers`` > 1 annotates shards in that many
+    processes (each loads the scorer once and gets its share of the cores); outputs are the same.
     """
     config = config if isinstance(config, CurateConfig) else load_config(config)
     shards = expand(pool)
@@ -47,9 +61,20 @@ def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | 
         raise ValueError("two input shards share a name; per-shard outputs are keyed by name")
     with exclusive(out):
         t0 = time.time()
-        ran = []
-        for s in tqdm(shards, desc="annotate", unit="shard", disable=not progress):
-            ran.append(annotate_shard(s, work or out, config.clip))
+        if workers > 1:
+            import multiprocessing as mp
+            import os
+            from concurrent.futures import ProcessPoolExecutor
+
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            jobs = [(s, str(work or out), [c.model_dump_json() for c in config.clip]) for s in shards]
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                     initargs=(threads,)) as ex:
+                ran = list(tqdm(ex.map(_annotate, jobs), total=len(jobs), desc="annotate", unit="shard",
+                                disable=not progress))
+        else:
+            ran = [annotate_shard(s, work or out, config.clip)
+                   for s in tqdm(shards, desc="annotate", unit="shard", disable=not progress)]
         t_annotate = time.time() - t0
         rows = sum(r["rows"] for r in ran)
         return decide_and_export(shards, out, config, {

@@ -161,3 +161,12 @@ def test_config_json_schema_is_current():
 def test_missing_shards_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         expand(str(tmp_path / "{00000..00002}.tar"))
+
+
+def test_annotating_in_two_processes_gives_the_same_outputs(tmp_path):
+    from bench.orchestration import checksums
+
+    make_pool(tmp_path / "pool", n=60, per_shard=20, plant={3: "corrupt"})
+    for w in (1, 2):
+        run_curation(str(tmp_path / "pool"), tmp_path / f"w{w}", CONFIG, progress=False, workers=w)
+    assert checksums(tmp_path / "w1") == checksums(tmp_path / "w2")
