@@ -71,7 +71,7 @@ class ClipScoreFilter(_Strict):
 class BasicFilter(_Strict):
     """DataComp's "basic" filter: English caption, > 2 words, > 5 characters, min side >= 200 px,
     aspect ratio <= 3 (of the original image). Each check is its own drop reason ``basic:<check>``.
-    The sample pool's images are 64 px: lower ``min_side`` there."""
+    The sample pool's originals are 28-128 px: use ``min_side: 24`` there."""
     type: Literal["basic"]
     english: bool = Field(True, description="caption_lang must be 'en' (fasttext lid.176 top-1)")
     min_lang_score: float = Field(0.0, ge=0, le=1, description="and its probability at least this")
