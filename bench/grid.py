@@ -182,6 +182,9 @@ def main() -> None:
     (OUT / "grid.md").write_text(markdown(t, meta))
     (OUT / "grid.svg").write_text(svg(t))
     print(markdown(t, meta))
+    from bench.readme_results import update_readme
+
+    update_readme()
 
 
 if __name__ == "__main__":

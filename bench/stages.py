@@ -123,6 +123,9 @@ def main() -> None:
         res["end_to_end_vs_decode_ratio"] = round(e2e / dec, 3)
     res.update(peak_rss_mb=rss_mb(), pool=a.pool, config=a.config, samples=n_all, machine=machine())
     OUT.write_text(json.dumps(res, indent=2) + "\n")
+    from bench.readme_results import update_readme
+
+    update_readme()
     print(json.dumps(res, indent=2))
 
 

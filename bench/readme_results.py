@@ -1,0 +1,54 @@
+"""Rewrite the README's "Results" section from bench/results/grid.md, grid.json and stages.json.
+
+    .venv/bin/python bench/readme_results.py      (bench/grid.py and bench/stages.py call it too)
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def section() -> str:
+    res = ROOT / "bench" / "results"
+    parts = []
+    if (res / "grid.json").is_file():
+        g = json.loads((res / "grid.json").read_text())
+        parts += [(res / "grid.md").read_text().replace("# Experiment grid", "### Experiment grid"),
+                  "![average per strategy](bench/results/grid.svg)", "",
+                  f"`.venv/bin/python bench/grid.py` ({g['machine']}). Scorers: `clip_score_*`, `laion2b`, "
+                  "image-based and D² use a CLIP trained on the raw pool (no filter, seed 0); `dfn_30` and `best` "
+                  "use the filtering network trained on the trusted split. Settings are in `grid.json` (`configs`)."]
+    if (res / "stages.json").is_file():
+        s = json.loads((res / "stages.json").read_text())
+        lim = s["limits"]
+        parts += ["", "### Stages against the machine's limits", "",
+                  f"`.venv/bin/python bench/stages.py` ({s['machine']}); limits measured in the same run on "
+                  f"the same shards: tar read {lim['tar_read_samples_per_s']:,} samples/s, Pillow decode "
+                  f"{lim['pillow_decode_samples_per_s']:,} samples/s on all cores "
+                  f"({lim['pillow_decode_one_core_samples_per_s']:,} on one).", "",
+                  "| stage | samples/s | limit | ratio |", "|---|---|---|---|"]
+        for name, v in s["stages"].items():
+            parts.append(f"| {name} | {v['samples_per_s']:,} | {v.get('limit', '')} | {v.get('ratio', '')} |")
+        e = s["end_to_end"]["by_size"]
+        parts += ["", f"End to end (fresh caches): " + ", ".join(f"{k} {v['samples']:,} samples in {v['seconds']} s"
+                                                                  for k, v in e.items())
+                  + f" (exponent {s['end_to_end']['exponent']}); **{s['end_to_end_vs_decode_ratio']:.0%} of the "
+                  f"Pillow decode limit**; peak RSS {s['peak_rss_mb']:,} MB."]
+    return "\n".join(parts) + "\n"
+
+
+def update_readme() -> None:
+    path = ROOT / "README.md"
+    text = path.read_text()
+    if START not in text:
+        raise SystemExit(f"README.md has no {START} marker")
+    new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{section()}{END}", text, flags=re.S)
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    update_readme()
