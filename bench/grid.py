@@ -154,6 +154,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--samples-seen", type=int, default=60_000)
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--web", default=None, help="web-trained CLIP for the clip_score strategies (default: this "
+                                                 "grid's no-filter model, seed of the first seed)")
+    ap.add_argument("--tag", default="", help="write grid<tag>.json/.md/.svg (the README shows the untagged grid)")
     a = ap.parse_args()
     pool, root = Path(a.pool), Path(a.root)
     root.mkdir(parents=True, exist_ok=True)
@@ -164,7 +167,7 @@ def main() -> None:
     first = min(a.seeds)
     if ("no_filter", first) not in rows:
         rows[("no_filter", first)] = run_one(root, pool, "no_filter", {"filters": []}, first, a.samples_seen, log)
-    web = rows[("no_filter", first)]["checkpoint"]
+    web = a.web or rows[("no_filter", first)]["checkpoint"]
     plan = strategies(pool, web, a.dfn)
     for name, cfg in plan.items():
         if a.only and name not in a.only:
@@ -178,13 +181,14 @@ def main() -> None:
     meta = {"samples_seen": a.samples_seen, "seeds": a.seeds, "model": "curate-tiny", "web_clip": web, "dfn": a.dfn,
             "configs": plan, "wall_seconds_this_call": round(time.time() - t0, 1), "machine": machine()}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "grid.json").write_text(json.dumps({"strategies": t, **meta}, indent=2) + "\n")
-    (OUT / "grid.md").write_text(markdown(t, meta))
-    (OUT / "grid.svg").write_text(svg(t))
+    (OUT / f"grid{a.tag}.json").write_text(json.dumps({"strategies": t, **meta}, indent=2) + "\n")
+    (OUT / f"grid{a.tag}.md").write_text(markdown(t, meta))
+    (OUT / f"grid{a.tag}.svg").write_text(svg(t))
     print(markdown(t, meta))
-    from bench.readme_results import update_readme
+    if not a.tag:
+        from bench.readme_results import update_readme
 
-    update_readme()
+        update_readme()
 
 
 if __name__ == "__main__":
