@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "bench" / "results"
-GROUPS = ["imagenet", "imagenet_shifts", "vtab", "retrieval"]
+GROUPS = ["ImageNet", "ImageNet dist. shifts", "VTAB", "Retrieval"]  # training/evalsuite.py group names
 
 
 def strategies(pool: Path, web: str | None, dfn: str) -> dict[str, dict]:
