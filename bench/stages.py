@@ -118,6 +118,14 @@ def main() -> None:
         x = [v["samples"] for v in sizes.values()]
         y = [v["seconds"] for v in sizes.values()]
         res["end_to_end"] = {"by_size": sizes, "exponent": round(float(np.polyfit(np.log(x), np.log(y), 1)[0]), 3)}
+        # the same run with every lever: one process per core and bf16 autocast for the scorer
+        fast = cfg.model_copy(update={"clip": [c.model_copy(update={"precision": "bf16"}) for c in cfg.clip]})
+        t0 = time.time()
+        m = run_curation(shards, tmp / "e2e-fast", fast, progress=False, workers=workers)
+        res["end_to_end_fast"] = {"workers": workers, "precision": "bf16",
+                                  "samples_per_s": round(m["samples_in"] / (time.time() - t0)),
+                                  "vs_decode_ratio": round(m["samples_in"] / (time.time() - t0) / dec, 3)}
+        print("fast", res["end_to_end_fast"], flush=True)
         e2e = sizes["4x"]["samples_per_s"]
         res["end_to_end_samples_per_s"] = e2e
         res["end_to_end_vs_decode_ratio"] = round(e2e / dec, 3)
