@@ -70,13 +70,20 @@ def _line(xs: list[float], ys: list[float], title: str) -> str:
 
 
 def _thumbs(df: pd.DataFrame, shards: list[str], wanted: set[str]) -> dict[str, str]:
-    """uid -> data URI of a 96 px JPEG thumbnail, reading only the wanted samples."""
+    """uid -> data URI of a 96 px JPEG thumbnail; reads only the shards holding wanted samples, and
+    each only up to its last wanted sample."""
     from pipeline.decode import decode_image
     from pipeline.ingest import read_shard
+    from pipeline.shards import shard_id
 
+    need = df.loc[df["uid"].isin(wanted)].groupby("shard")["uid"].apply(set).to_dict()
     out: dict[str, str] = {}
     for path in shards:
-        for s in read_shard(path):
+        todo = need.get(shard_id(path), set())
+        for s in read_shard(path) if todo else ():
+            if not todo:
+                break
+            todo.discard(s.uid)
             if s.uid in wanted and s.uid not in out and s.image is not None:
                 im, _ = decode_image(s.image)
                 if im is None:
