@@ -15,6 +15,8 @@ import torch
 
 from pipeline.vectors import _device, kmeans, members, normalize
 
+MAX_CLUSTER = 40_000
+
 
 def priority(x: np.ndarray, cent: np.ndarray, assign: np.ndarray, rule: str,
              score: np.ndarray | None = None) -> np.ndarray:
@@ -47,7 +49,12 @@ def semdedup(emb: np.ndarray, k: int, eps: float, rule: str = "farthest", score:
     cent, assign = fit(x, k, niter) if fit else kmeans(x, k, niter, seed, backend)
     key = priority(x, cent, assign, rule, None if score is None else score[rows])
     dev = _device()
-    for g in members(assign):
+    groups = members(assign)
+    biggest = max(len(g) for g in groups)
+    if biggest > MAX_CLUSTER:
+        raise ValueError(f"semantic_dedup: a cluster holds {biggest:,} samples (> {MAX_CLUSTER:,}; its similarity "
+                         f"matrix would not fit in memory): raise 'clusters' (now {k}) to about n / 1000")
+    for g in groups:
         g = g[np.lexsort((g, key[g]))]  # priority, then pool order
         xs = torch.from_numpy(x[g]).to(dev)
         sim = torch.triu(xs @ xs.T, diagonal=1).cpu().numpy()  # sim[j, a]: j visited before a

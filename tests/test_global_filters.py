@@ -227,3 +227,11 @@ def test_nightly_runs_reuse_centroids_until_the_pool_grows_past_the_rule(pool):
     assert run("{00000..00001}.tar", "night3") == "reused"        # same pool: assign to saved centroids
     cfg["filters"][0]["clusters"] = 4
     assert run("{00000..00001}.tar", "night4") == "fitted"        # another config: refit
+
+
+def test_semdedup_refuses_a_cluster_too_big_for_memory(monkeypatch):
+    import pipeline.semdedup as sd
+
+    monkeypatch.setattr(sd, "MAX_CLUSTER", 10)
+    with pytest.raises(ValueError, match="raise 'clusters'"):
+        sd.semdedup(normalize(np.random.default_rng(0).normal(size=(50, 8))), k=1, eps=0.1)
