@@ -83,7 +83,8 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     if not need_ingest and not todo_clip and not precomputed:
         return {"shard": sid, "ran": [], "rows": pq.read_metadata(ingest_path).num_rows}
 
-    rows: list[dict] = []
+    rows: list[dict] = []  # ingest columns, only when the ingest stage runs
+    uids: list[str] = []
     thumbs: list[np.ndarray] = []
     embs = {spec.column: ([], [], []) for spec, _ in todo_clip}
     batch: list[tuple[int, object, str]] = []  # (row, image, caption)
@@ -98,27 +99,31 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
         batch.clear()
 
     bs = min([s.batch_size for s, _ in todo_clip] or [256])
-    for i, s in enumerate(read_shard(shard)):
-        im, err = (None, None) if s.error else decode_image(s.image)
-        rows.append(ingest_row(s, im.width if im else None, im.height if im else None, err))
-        if need_ingest:
-            thumbs.append(thumbnail(im) if im is not None else np.zeros((SIDE, SIDE), np.uint8))
-        if im is not None and todo_clip:
-            batch.append((i, im, s.caption))
-            if len(batch) >= bs:
-                flush()
-    flush()
+    if need_ingest or todo_clip:  # pixels needed: one read + decode of the shard
+        for i, s in enumerate(read_shard(shard)):
+            uids.append(s.uid)
+            im, err = (None, None) if s.error else decode_image(s.image)
+            if need_ingest:
+                rows.append(ingest_row(s, im.width if im else None, im.height if im else None, err))
+                thumbs.append(thumbnail(im) if im is not None else np.zeros((SIDE, SIDE), np.uint8))
+            if im is not None and todo_clip:
+                batch.append((i, im, s.caption))
+                if len(batch) >= bs:
+                    flush()
+        flush()
+    else:  # only precomputed columns to write: the uids come from the finished ingest table
+        uids = pq.read_table(ingest_path, columns=["uid"]).column("uid").to_pylist()
 
     ran = []
     for spec, key in precomputed:
-        _write_precomputed(shard, run, sid, spec, key, [r["uid"] for r in rows])
+        _write_precomputed(shard, run, sid, spec, key, uids)
         ran.append(spec.column)
     if need_ingest:
         _save_npy(run / "thumbs" / f"{sid}.npy", np.stack(thumbs) if thumbs else np.zeros((0, SIDE, SIDE), np.uint8))
         _write(ingest_path, schemas.table({c: [r[c] for r in rows] for c in INGEST_COLUMNS}, INGEST_COLUMNS),
                ingest_key)
         ran.append("ingest")
-    n = len(rows)
+    n = len(uids)
     for spec, key in todo_clip:
         idx, pairs, scores = embs[spec.column]
         dim = get_scorer(spec.model_dump_json()).dim
@@ -132,7 +137,7 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
         edir = run / "embeddings" / spec.column
         _save_npy(edir / f"{sid}.img.npy", img)
         _save_npy(edir / f"{sid}.txt.npy", txt)
-        tbl = pa.table({"uid": pa.array([r["uid"] for r in rows], pa.string()),
+        tbl = pa.table({"uid": pa.array(uids, pa.string()),
                         "row": pa.array(np.arange(n), pa.int64()),
                         spec.column: pa.array(score, pa.float32())})
         _write(run / "columns" / spec.column / f"{sid}.parquet", tbl, key)

@@ -88,13 +88,12 @@ def _scorer(config: CurateConfig, column: str):
 
 def _fitter(config: CurateConfig, arrays: Arrays, f, status: dict):
     """k-means through saved centroids (pipeline/centroids.py) when the run folder is known."""
+    from pipeline.annotate import scorer_identity, weights_identity
     from pipeline.centroids import fit_or_reuse
 
     v = config.vectors
     cache = arrays.run / "global" if (v.reuse_centroids and arrays.run is not None) else None
     spec = next(c for c in config.clip if c.column == f.column)
-    from pipeline.annotate import scorer_identity, weights_identity
-
     key = {"filter": f.model_dump(), "scorer": scorer_identity(spec), "weights": weights_identity(spec)}
 
     def fit(x, k, niter):

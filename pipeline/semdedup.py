@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.vectors import _device, kmeans, members, normalize
+from pipeline.vectors import kmeans, members, normalize, torch_device
 
 MAX_CLUSTER = 40_000
 
@@ -48,7 +48,7 @@ def semdedup(emb: np.ndarray, k: int, eps: float, rule: str = "farthest", score:
     x = normalize(emb[rows])
     cent, assign = fit(x, k, niter) if fit else kmeans(x, k, niter, seed, backend)
     key = priority(x, cent, assign, rule, None if score is None else score[rows])
-    dev = _device()
+    dev = torch_device()
     groups = members(assign)
     biggest = max(len(g) for g in groups)
     if biggest > MAX_CLUSTER:

@@ -28,7 +28,7 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(n, 1e-12))
 
 
-def _device() -> str:
+def torch_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -41,7 +41,7 @@ def search(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "auto")
         index = faiss.IndexFlatIP(base.shape[1])
         index.add(np.ascontiguousarray(base, np.float32))
         return index.search(np.ascontiguousarray(queries, np.float32), k)
-    dev = _device()
+    dev = torch_device()
     b = torch.from_numpy(np.ascontiguousarray(base, np.float32)).to(dev)
     out_s, out_i = [], []
     for i in range(0, len(queries), CHUNK):
@@ -79,7 +79,7 @@ def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, backend: str =
 @torch.no_grad()
 def _kmeans_torch(x: np.ndarray, init: np.ndarray, niter: int) -> tuple[np.ndarray, np.ndarray]:
     """The same loop with the data on the torch device (the GPU when there is one)."""
-    dev = _device()
+    dev = torch_device()
     xt = torch.from_numpy(x).to(dev)
     cent = xt[torch.from_numpy(init).to(dev)].clone()
     xd = xt.double()

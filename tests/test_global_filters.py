@@ -200,6 +200,12 @@ def test_precomputed_datacomp_scores_and_embeddings_are_used(tmp_path):
     df = pd.read_parquet(tmp_path / "out" / "metadata.parquet").set_index("uid")
     assert df.loc[uid(10), "drop_reasons"].tolist()[0] == "semantic_dedup"
     assert np.allclose(df["clip_score"].drop(uid(5)), pd.Series(scores).drop(uid(5)).loc[df.index.drop(uid(5))])
+    # a second scorer column over the finished ingest: the shards are not read again, the uids line up
+    import shutil
+
+    shutil.rmtree(tmp_path / "out" / "columns" / "clip_score")
+    m2 = run_curation(str(tmp_path / "pool"), tmp_path / "out", cfg, progress=False)
+    assert m2["stage_runs"] == 2 and m2["kept"] == m["kept"]  # one precomputed column per shard
     every = np.array(list(scores.values()), np.float32)  # DataComp: over every metadata row, decodable or not
     assert m["thresholds"]["clip_score_top0.5"]["threshold"] == pytest.approx(-np.sort(-every)[int(len(every) * 0.5)])
 
