@@ -10,7 +10,8 @@ retrieval, average). Resumable: finished (strategy, seed) runs are read back fro
 Scorers, as in the field: `clip_score_*` use a CLIP trained on the raw pool (the no-filter model of
 seed 0, the analogue of OpenAI's web-trained CLIP); `dfn_*` use the filtering network trained on the
 trusted split (runs/bench-skeleton/scorer, the DFN recipe). All filter settings are fixed here before
-any result is seen; `best` is declared, not picked from the table.
+any result is seen; `best` is the one of our declared combinations (`candidates`) with the highest
+average on the validation suite (pool's val/ folder, seed 0), never picked from the reported table.
 """
 from __future__ import annotations
 
@@ -41,12 +42,7 @@ def strategies(pool: Path, web: str | None, dfn: str) -> dict[str, dict]:
            "basic": {"filters": [{"type": "basic", **small}]},
            "text_based": {"filters": [english, {"type": "text_based", "classnames": classes}]},
            "dfn_30": {"clip": dfn_clip, "filters": [{"type": "clip_score", "column": "clip_score_dfn", "fraction": 0.3}]},
-           # declared before the grid ran: what every peer lacks together - exact + near dedup,
-           # decontamination, and the trusted-data filtering network keeping the pool's clean share
-           "best": {"clip": dfn_clip, "filters": [
-               {"type": "exact_dedup"}, {"type": "near_dedup"},
-               {"type": "decontaminate", "eval_dirs": [str(pool / "eval")]},
-               {"type": "clip_score", "column": "clip_score_dfn", "fraction": 0.6}]}}
+           }
     if web:
         w = [{"model": web, "column": "clip_score"}]
         image_based = {"type": "image_based", "targets": [str(pool / "trusted")], "clusters": 200}
@@ -62,6 +58,36 @@ def strategies(pool: Path, web: str | None, dfn: str) -> dict[str, dict]:
             "d2_pruning": {"clip": w, "filters": [{"type": "d2_pruning", "budget": 0.3}]},
         })
     return out
+
+
+def candidates(pool: Path, web: str, dfn: str) -> dict[str, dict]:
+    """Our combinations, all declared before any run: dedup + decontamination, then the trusted-data
+    filtering network (DFN), the web CLIP, or both. ``best`` is the one with the highest average on
+    the validation suite (items in no pool, trusted split or test task), seed 0 - chosen before the
+    reported suite is looked at."""
+    clean = [{"type": "exact_dedup"}, {"type": "near_dedup"},
+             {"type": "decontaminate", "eval_dirs": [str(pool / "eval")]}]
+    dfn_clip = [{"model": dfn, "column": "clip_score_dfn"}]
+    web_clip = [{"model": web, "column": "clip_score"}]
+
+    def top(column, fraction):
+        return {"type": "clip_score", "column": column, "fraction": fraction}
+
+    return {"ours_dfn_60": {"clip": dfn_clip, "filters": clean + [top("clip_score_dfn", 0.6)]},
+            "ours_dfn_30": {"clip": dfn_clip, "filters": clean + [top("clip_score_dfn", 0.3)]},
+            "ours_dfn_web": {"clip": dfn_clip + web_clip,
+                             "filters": clean + [top("clip_score_dfn", 0.6), top("clip_score", 0.45)]},
+            "ours_web_30": {"clip": web_clip, "filters": clean + [top("clip_score", 0.3)]}}
+
+
+def validate(root: Path, pool: Path, row: dict) -> float | None:
+    """Average on the validation suite (None when the pool has none, e.g. the synthetic fallback)."""
+    from training.evalsuite import run_suite
+
+    if not (pool / "val").is_dir():
+        return None
+    name = f"{row['strategy']}-s{row['seed']}"
+    return run_suite(row["checkpoint"], pool / "val", "validation", results=root / "train" / name / "val.jsonl")["average"]
 
 
 def done_runs(path: Path) -> dict[tuple[str, int], dict]:
@@ -122,7 +148,8 @@ def markdown(t: dict, meta: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, r in sorted(t.items(), key=lambda kv: -kv[1]["average_mean"]):
         avg = f"**{r['average_mean']:.4f}** ± {r['average_std']:.4f}" if r["average_std"] is not None else f"{r['average_mean']:.4f}"
-        lines.append(f"| {name} | {r['dataset_size']} | " + " | ".join(pm(r.get(g)) for g in GROUPS) + f" | {avg} |")
+        label = f"best (= {meta['best']})" if name == "best" and meta.get("best") else name
+        lines.append(f"| {label} | {r['dataset_size']} | " + " | ".join(pm(r.get(g)) for g in GROUPS) + f" | {avg} |")
     return "\n".join(lines) + "\n"
 
 
@@ -169,8 +196,25 @@ def main() -> None:
         rows[("no_filter", first)] = run_one(root, pool, "no_filter", {"filters": []}, first, a.samples_seen, log)
     web = a.web or rows[("no_filter", first)]["checkpoint"]
     plan = strategies(pool, web, a.dfn)
+    # choose `best` among our declared combinations on the validation suite (seed `first` only)
+    cands = candidates(pool, web, a.dfn)
+    selection, chosen = {}, None
+    for name, cfg in cands.items() if not a.only or "best" in a.only else ():
+        if (name, first) not in rows:
+            rows[(name, first)] = run_one(root, pool, name, cfg, first, a.samples_seen, log)
+        selection[name] = {"validation_average": validate(root, pool, rows[(name, first)]),
+                           "dataset_size": rows[(name, first)]["dataset_size"]}
+    if selection:
+        chosen = max(selection, key=lambda k: selection[k]["validation_average"] or 0.0)
+        print(f"best = {chosen} (validation averages: "
+              + ", ".join(f"{k} {v['validation_average']}" for k, v in selection.items()) + ")", flush=True)
+        plan["best"] = cands[chosen]
+    for seed in a.seeds if chosen else ():  # the chosen combination's runs are the best strategy's runs
+        if (chosen, seed) not in rows:
+            rows[(chosen, seed)] = run_one(root, pool, chosen, cands[chosen], seed, a.samples_seen, log)
+        rows[("best", seed)] = {**rows[(chosen, seed)], "strategy": "best"}
     for name, cfg in plan.items():
-        if a.only and name not in a.only:
+        if (a.only and name not in a.only) or name == "best":
             continue
         for seed in a.seeds:
             if (name, seed) not in rows:
@@ -179,7 +223,8 @@ def main() -> None:
 
     t = table({k: v for k, v in rows.items() if k[1] in a.seeds}, list(plan))
     meta = {"samples_seen": a.samples_seen, "seeds": a.seeds, "model": "curate-tiny", "web_clip": web, "dfn": a.dfn,
-            "configs": plan, "wall_seconds_this_call": round(time.time() - t0, 1), "machine": machine()}
+            "best": chosen, "selection": selection, "configs": {**plan, **cands},
+            "wall_seconds_this_call": round(time.time() - t0, 1), "machine": machine()}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"grid{a.tag}.json").write_text(json.dumps({"strategies": t, **meta}, indent=2) + "\n")
     (OUT / f"grid{a.tag}.md").write_text(markdown(t, meta))

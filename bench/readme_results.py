@@ -20,8 +20,12 @@ def section() -> str:
         parts += [(res / "grid.md").read_text().replace("# Experiment grid", "### Experiment grid"),
                   "![average per strategy](bench/results/grid.svg)", "",
                   f"`.venv/bin/python bench/grid.py` ({g['machine']}). Scorers: `clip_score_*`, `laion2b`, "
-                  "image-based and D² use a CLIP trained on the raw pool (no filter, seed 0); `dfn_30` and `best` "
-                  "use the filtering network trained on the trusted split. Settings are in `grid.json` (`configs`)."]
+                  "image-based and D² use a CLIP trained on the raw pool (no filter, seed 0); `dfn_30` uses the "
+                  "filtering network trained on the trusted split. `best` is the one of our four declared "
+                  "combinations with the highest validation-suite average (seed 0): "
+                  + ", ".join(f"{k} {v['validation_average']:.4f}" for k, v in g.get("selection", {}).items()
+                              if v["validation_average"] is not None)
+                  + ". Settings are in `grid.json` (`configs`)."]
     if (res / "stages.json").is_file():
         s = json.loads((res / "stages.json").read_text())
         lim = s["limits"]

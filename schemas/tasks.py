@@ -90,7 +90,13 @@ BUILTIN: list[Task] = (
        _t("builtin/openclipart_retrieval", "openclipart_retrieval", "Retrieval", "mean_recall@1", "retrieval"),
        _t("builtin/emoji_retrieval", "emoji_retrieval", "Retrieval", "mean_recall@1", "retrieval")]
 )
-SUITES = {"datacomp": DATACOMP, "builtin": BUILTIN}
+# for choosing between strategies without looking at the reported suite (sample pool's val/ folder)
+VALIDATION: list[Task] = [
+    _t("val/fashion_mnist", "fashion_mnist", "ImageNet"),
+    _t("val/openclipart_retrieval", "openclipart_retrieval", "Retrieval", "mean_recall@1", "retrieval"),
+    _t("val/emoji_retrieval", "emoji_retrieval", "Retrieval", "mean_recall@1", "retrieval"),
+]
+SUITES = {"datacomp": DATACOMP, "builtin": BUILTIN, "validation": VALIDATION}
 
 
 def suite(name: str) -> list[Task]:

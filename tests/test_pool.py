@@ -155,3 +155,22 @@ def test_held_out_clipart_and_emoji_never_in_pool(pool):
     if info["data"] == "real":
         assert (out / "eval" / "openclipart_topics" / "test" / "nshards.txt").is_file()
         assert (out / "eval" / "emoji_retrieval" / "dataset_type.txt").read_text().strip() == "retrieval"
+
+
+def test_trusted_and_validation_cover_every_source(pool):
+    """The trusted split has each source's share (a filtering network trained on it sees every
+    domain); the validation suite's images are in no pool, trusted split or test task."""
+    from pipeline.sample_pool import sources
+
+    out, info, gt, samples = pool
+    if not all(sources.real_data_status().values()):
+        pytest.skip("needs the real data sources (scripts/setup.sh)")
+    urls = pd.concat([pd.read_parquet(p) for p in sorted((out / "trusted").glob("*.parquet"))])["url"]
+    kinds = urls.str.extract(r"^(fashion-mnist|file|emoji):")[0].value_counts().to_dict()
+    assert kinds == {"fashion-mnist": 83, "file": 15, "emoji": 2}
+    seen = [s.image for s in samples + _samples(out / "trusted") if decode_image(s.image)[0] is not None]
+    a = np.stack([_pixels(b) for b in seen])
+    for task in ("fashion_mnist", "openclipart_retrieval", "emoji_retrieval"):
+        b = np.stack([_pixels(s.image) for s in _samples(out / "val" / task / "test")])
+        dist = (a**2).sum(1)[:, None] + (b**2).sum(1)[None] - 2 * a @ b.T
+        assert np.sqrt(np.maximum(dist.min(0), 0) / a.shape[1]).min() >= 3, task  # no val image in pool/trusted

@@ -3,6 +3,7 @@
     out/shards/       the pool (img2dataset layout: tar + parquet + _stats.json per shard)
     out/trusted/      clean, disjoint samples (to bootstrap a scorer, the DFN recipe)
     out/eval/<task>/  Fashion-MNIST test (or the synthetic task) in CLIP_benchmark's wds layout
+    out/val/<task>/   the validation suite (items in no pool, trusted split or test task)
     out/ground_truth.parquet   per pool uid: source, label, caption, clean caption, planted noise
     out/pool.json     arguments, counts; a rebuild with the same arguments is skipped
 """
@@ -19,14 +20,16 @@ import numpy as np
 import pandas as pd
 
 from pipeline.sample_pool import sources as src
-from pipeline.sample_pool.evaltask import write_task
+from pipeline.sample_pool.evaltask import write_retrieval_task, write_task
 from pipeline.sample_pool.noise import ADDED, counts_for, plant
 from pipeline.sample_pool.suite import FMNIST_TEMPLATES as TEMPLATES
 from pipeline.sample_pool.suite import write_builtin_suite
 from pipeline.shards import ShardWriter, atomic_write_bytes
 
 SHARE = {"openclipart": 0.12, "emoji": 0.08}  # the rest is Fashion-MNIST
-VERSION = 5  # bump when the builder's output changes, so existing pools are rebuilt
+TRUSTED_SHARE = {"openclipart": 0.15, "emoji": 0.025}  # of the trusted split; the rest is Fashion-MNIST
+VAL = {"fashion_mnist": 2000, "openclipart": 300, "emoji": 150}  # validation items per source
+VERSION = 6  # bump when the builder's output changes, so existing pools are rebuilt
 
 
 def resolve_data(data: str) -> str:
@@ -86,7 +89,7 @@ def build_pool(out: str | Path, n: int, seed: int = 0, samples_per_shard: int = 
                        "skipped_sources": skipped},
             "noise_counts": truth["noise"].fillna("clean").value_counts().sort_index().to_dict(),
             "paths": {"shards": str(out / "shards"), "trusted": str(out / "trusted"),
-                      "ground_truth": str(out / "ground_truth.parquet"), "eval": str(out / "eval" / task)},
+                      "ground_truth": str(out / "ground_truth.parquet"), "eval": str(out / "eval" / task), "val": str(out / "val")},
             "seconds": round(time.time() - t0, 1)}
     atomic_write_bytes(tmp / "pool.json", json.dumps(info, indent=2).encode())
     if out.exists():
@@ -135,14 +138,26 @@ def _rec(source, item, label, caption, image, ext, orig, url) -> dict:
 
 
 def _real(n_base, n_trusted, n_eval_copy, rng, eval_dir):
+    """Pool, trusted and validation items are disjoint draws from every source (the trusted split
+    has each source's share, so a filtering network trained on it knows every domain)."""
     status = src.real_data_status()
     oc = [p for p in src.openclipart_items() if not src.held_out("openclipart", p)] if status["openclipart"] else []
     em = [c for c in src.emoji_items() if not src.held_out("emoji", c)] if status["emoji"] else []
+    oc = [oc[int(i)] for i in rng.permutation(len(oc))]
+    em = [em[int(i)] for i in rng.permutation(len(em))]
+    # trusted and validation items first, the pool takes what is left of the small sources
+    t_n = {k: min(int(round(TRUSTED_SHARE[k] * n_trusted)), len(v) // 4) for k, v in (("openclipart", oc), ("emoji", em))}
+    v_n = {k: min(VAL[k], (len(v) - t_n[k]) // 4) for k, v in (("openclipart", oc), ("emoji", em))}
+    oc_t, oc_v, oc = oc[:t_n["openclipart"]], oc[t_n["openclipart"]:t_n["openclipart"] + v_n["openclipart"]], \
+        oc[t_n["openclipart"] + v_n["openclipart"]:]
+    em_t, em_v, em = em[:t_n["emoji"]], em[t_n["emoji"]:t_n["emoji"] + v_n["emoji"]], em[t_n["emoji"] + v_n["emoji"]:]
     want = {k: min(int(round(SHARE[k] * n_base)), len(v)) for k, v in (("openclipart", oc), ("emoji", em))}
     n_fm = n_base - sum(want.values())
+    n_fm_t = n_trusted - len(oc_t) - len(em_t)
     images, labels = src.fmnist("train")
-    if n_fm + n_trusted > len(images):
-        raise ValueError(f"{n_fm} Fashion-MNIST pool samples + {n_trusted} trusted > {len(images)} available: "
+    n_fm_v = min(VAL["fashion_mnist"], max(0, len(images) - n_fm - n_fm_t))
+    if n_fm + n_fm_t > len(images):
+        raise ValueError(f"{n_fm} Fashion-MNIST pool samples + {n_fm_t} trusted > {len(images)} available: "
                          "ask for fewer samples or a smaller trusted split")
     perm = rng.permutation(len(images))
 
@@ -151,24 +166,32 @@ def _real(n_base, n_trusted, n_eval_copy, rng, eval_dir):
         return _rec("fashion_mnist", f"train/{i}", label, src.product_caption(label, rng),
                     src.encode(src.fmnist_image(images[i])), "jpg", (28, 28), f"fashion-mnist:train/{i}")
 
+    def clipart(paths, n):
+        out, skipped = [], 0
+        for p in paths:
+            if len(out) == n:
+                break
+            im, size = src.openclipart_image(p)
+            if im is None:
+                skipped += 1
+                continue
+            out.append(_rec("openclipart", p, p.split("/")[0], src.openclipart_caption(p), src.encode(im, "PNG"),
+                            "png", size, f"file://{src.OPENCLIPART_DIR / 'png' / p}"))
+        return out, skipped
+
+    def emoji(chars):
+        return [_rec("emoji", ch, src.emoji_name(ch), src.emoji_name(ch), src.encode(src.emoji_image(ch), "PNG"),
+                     "png", (136, 128), f"emoji:U+{ord(ch):04X}") for ch in chars]
+
     base = [fm(int(i)) for i in perm[:n_fm]]
-    trusted = [fm(int(i)) for i in perm[n_fm:n_fm + n_trusted]]
-    skipped = 0
-    for p in (oc[int(i)] for i in rng.permutation(len(oc))):
-        if want["openclipart"] == 0:
-            break
-        im, size = src.openclipart_image(p)
-        if im is None:
-            skipped += 1
-            continue
-        base.append(_rec("openclipart", p, p.split("/")[0], src.openclipart_caption(p), src.encode(im, "PNG"),
-                         "png", size, f"file://{src.OPENCLIPART_DIR / 'png' / p}"))
-        want["openclipart"] -= 1
-    for i in rng.choice(len(em), want["emoji"], replace=False) if want["emoji"] else []:
-        ch = em[int(i)]
-        name = src.emoji_name(ch)
-        base.append(_rec("emoji", ch, name, name, src.encode(src.emoji_image(ch), "PNG"), "png", (136, 128),
-                         f"emoji:U+{ord(ch):04X}"))
+    trusted = [fm(int(i)) for i in perm[n_fm:n_fm + n_fm_t]]
+    val_fm = [int(i) for i in perm[n_fm + n_fm_t:n_fm + n_fm_t + n_fm_v]]
+    pool_oc, skipped = clipart(oc, want["openclipart"])
+    base += pool_oc + emoji(em[:want["emoji"]])
+    trusted_oc, s2 = clipart(oc_t, len(oc_t))
+    trusted += trusted_oc + emoji(em_t)
+    val_oc, s3 = clipart(oc_v, len(oc_v))
+    write_validation(eval_dir.parent / "val", [(images[i], labels[i]) for i in val_fm], val_oc, emoji(em_v))
     test_x, test_y = write_fmnist_task(eval_dir / "fashion_mnist")
     write_builtin_suite(eval_dir, (test_x, test_y))
     copies = []
@@ -177,7 +200,18 @@ def _real(n_base, n_trusted, n_eval_copy, rng, eval_dir):
         copies.append({**_rec("fashion_mnist_test", f"test/{i}", label, src.product_caption(label, rng),
                                src.encode(src.fmnist_image(test_x[i])), "jpg", (28, 28), f"fashion-mnist:test/{i}"),
                        "noise_of": f"fashion_mnist_test:{i}"})
-    return base, trusted, copies, "fashion_mnist", skipped
+    return base, trusted, copies, "fashion_mnist", skipped + s2 + s3
+
+
+def write_validation(root: Path, fmnist: list, clipart: list[dict], emoji: list[dict]) -> None:
+    """The validation suite (schemas/tasks.py VALIDATION): items in no pool, trusted split or test task,
+    for choosing between strategies without looking at the reported suite."""
+    if fmnist:
+        write_task(root / "fashion_mnist", src.FMNIST_CLASSES, TEMPLATES,
+                   ((src.encode(src.fmnist_image(x), "PNG"), int(y)) for x, y in fmnist))
+    for name, recs in (("openclipart_retrieval", clipart), ("emoji_retrieval", emoji)):
+        if recs:
+            write_retrieval_task(root / name, ((r["image"], [r["clean_caption"]]) for r in recs))
 
 
 def write_fmnist_task(root: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ import functools
 import gzip
 import hashlib
 import io
+import json
 import os
 import re
 import warnings
@@ -119,13 +120,61 @@ def product_caption(label: str, rng: np.random.Generator) -> str:
 
 # --- openclipart ---------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
 def openclipart_items() -> list[str]:
     """Relative PNG paths (``topic/.../name.png``), sorted, one per distinct drawing."""
     root = OPENCLIPART_DIR / "png"
     out = []
     for d, _, files in os.walk(root):
         out += [os.path.relpath(os.path.join(d, f), root) for f in files if f.endswith(".png")]
-    return unique_by_content("openclipart", sorted(out))
+    return distinct_drawings(unique_by_content("openclipart", sorted(out)))
+
+
+# openclipart ships near-identical variants of one drawing (colour variants, numbered series): at
+# 32 px grey, 20% of its drawings have another within 3 grey levels RMS. Such variants count as one
+# drawing (the first in sorted order is kept), so "distinct" in the ground truth means distinct.
+VARIANT_RMS = 6.0  # the trough of the nearest-neighbour RMS histogram (32 px grey, no alignment)
+
+
+def _grey32(rel_png: str) -> np.ndarray | None:
+    im, _ = openclipart_image(rel_png)
+    return None if im is None else np.asarray(im.convert("L").resize((32, 32), Image.BOX), np.float32).ravel()
+
+
+def distinct_drawings(items: list[str]) -> list[str]:
+    """Drop near-identical variants (cached per item list under ~/.cache/curate)."""
+    key = hashlib.sha256(json.dumps([items, VARIANT_RMS]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("CURATE_CACHE", Path.home() / ".cache" / "curate")) / f"openclipart-{key}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(8, os.cpu_count() or 1)) as ex:
+        thumbs = list(ex.map(_grey32, items, chunksize=64))
+    ok = [i for i, t in enumerate(thumbs) if t is not None]
+    a = np.stack([thumbs[i] for i in ok]) if ok else np.zeros((0, 1024), np.float32)
+    sq = (a ** 2).sum(1)
+    parent = list(range(len(ok)))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for s in range(0, len(ok), 1024):
+        d = sq[s:s + 1024, None] + sq[None] - 2 * a[s:s + 1024] @ a.T
+        for i, j in zip(*np.nonzero(np.maximum(d, 0) < VARIANT_RMS ** 2 * a.shape[1])):
+            ri, rj = find(s + int(i)), find(int(j))
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)  # the first in sorted order represents the group
+    keep = {find(i) for i in range(len(ok))}
+    # unreadable files stay listed: the builder skips and counts them
+    out = [it for i, it in enumerate(items) if thumbs[i] is None] + [items[ok[i]] for i in sorted(keep)]
+    out = sorted(out)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out))
+    return out
 
 
 def openclipart_caption(rel_png: str) -> str:
