@@ -6,7 +6,9 @@ Limits, on the same shards: raw tar read (bytes only, every core), Pillow decode
 RGB, every core: the machine's image-decode limit), raw faiss on the same embeddings (k-means).
 Ours: ingest (read + decode + columns + language id + thumbnails), the CLIP stage (embed + score),
 decide, export, and the whole run end to end (fresh caches), at 1x / 2x / 4x of the shards.
-Peak RSS of this process and its children.
+Peak RSS of this process and its children. ``breakdown``: milliseconds per sample of each piece of
+the pass on one core (tar read, decode, ingest columns, thumbnail, model preprocess, tokenize, image
+and text towers) and the best end-to-end / decode ratio any pass doing all of them could reach.
 """
 from __future__ import annotations
 
@@ -50,6 +52,48 @@ def parallel_rate(fn, shards: list[str], workers: int) -> float:
     return n / (time.time() - t0)
 
 
+def breakdown(shard: str, spec) -> dict:
+    """Milliseconds per sample of each piece of the per-shard pass, one core, on one shard: where
+    the time goes, and the best ratio to the decode limit a pass that does all of it can reach."""
+    import torch
+
+    from pipeline.clip_stage import ClipScorer
+    from pipeline.decode import decode_image
+    from pipeline.ingest import ingest_row, read_shard
+    from pipeline.neardup import thumbnail
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t: dict[str, float] = {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        t[name] = time.perf_counter() - t0
+        return out
+
+    samples = timed("tar read + parse", lambda: list(read_shard(shard)))
+    dec = timed("decode", lambda: [decode_image(s.image) if not s.error else (None, s.error) for s in samples])
+    timed("ingest columns (language id, sha256, ...)", lambda: [
+        ingest_row(s, im.width if im else None, im.height if im else None, err) for s, (im, err) in zip(samples, dec)])
+    timed("thumbnail", lambda: [thumbnail(im) for im, _ in dec if im is not None])
+    if spec is not None:
+        scorer = ClipScorer(spec)
+        ims = [im for im, _ in dec if im is not None]
+        caps = [s.caption for s, (im, _) in zip(samples, dec) if im is not None]
+        px = timed("model preprocess", lambda: scorer.pixels(ims))
+        tok = timed("tokenize", lambda: scorer.clip.tokenizer(caps))
+        with torch.no_grad():
+            timed("image tower", lambda: scorer.clip.model.encode_image(px, normalize=True))
+            timed("text tower", lambda: scorer.clip.model.encode_text(tok, normalize=True))
+    torch.set_num_threads(threads)
+    n = len(samples)
+    ms = {k: round(v / n * 1e3, 4) for k, v in t.items()}
+    total = sum(ms.values())
+    return {"ms_per_sample_one_core": ms, "total_ms": round(total, 4),
+            "best_possible_ratio_to_decode": round(ms["decode"] / total, 3), "samples": n}
+
+
 def rss_mb() -> float:
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -80,6 +124,8 @@ def main() -> None:
                      "pillow_decode_one_core_samples_per_s": round(dec1)}
     print(res["limits"], flush=True)
     cfg = load_config(a.config)
+    res["breakdown"] = breakdown(shards[0], cfg.clip[0] if cfg.clip else None)
+    print(res["breakdown"], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.time()

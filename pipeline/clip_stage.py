@@ -33,6 +33,9 @@ class ClipScorer:
             torch.manual_seed(0)
             self.clip = load_clip(spec.model, spec.checkpoint, device=self.device)
         self.clip.model.eval()
+        from training.transforms import fast_val_transform
+
+        self.fast = fast_val_transform(self.clip.preprocess_val)  # same pixels, tensor steps per batch
         self.dim = int(self.clip.model_cfg["embed_dim"])
 
     @torch.no_grad()
@@ -40,7 +43,7 @@ class ClipScorer:
         if not images:
             z = np.zeros((0, self.dim), np.float32)
             return z, z.copy(), np.zeros(0, np.float32)
-        pixels = torch.stack([self.clip.preprocess_val(im) for im in images]).to(self.device)
+        pixels = self.pixels(images).to(self.device)
         tokens = self.clip.tokenizer(captions).to(self.device)
         with self._autocast():
             img = self.clip.model.encode_image(pixels, normalize=True).float()
@@ -48,12 +51,14 @@ class ClipScorer:
         scores = (img * txt).sum(-1)
         return img.cpu().numpy(), txt.cpu().numpy(), scores.cpu().numpy()
 
+    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.fast(images) if self.fast else torch.stack([self.clip.preprocess_val(im) for im in images])
 
     @torch.no_grad()
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         out = []
         for i in range(0, len(images), self.spec.batch_size):
-            pixels = torch.stack([self.clip.preprocess_val(im) for im in images[i:i + self.spec.batch_size]])
+            pixels = self.pixels(images[i:i + self.spec.batch_size])
             with self._autocast():
                 out.append(self.clip.model.encode_image(pixels.to(self.device), normalize=True).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

@@ -179,3 +179,23 @@ def test_linear_probe_separates_colours_from_k_shots(tmp_path):
     assert r["metrics"]["acc1"] >= 0.9
     sel = k_shot(torch.tensor([0, 1, 0, 1, 0, 1, 2]), 2, 0)
     assert torch.bincount(torch.tensor([0, 1, 0, 1, 0, 1, 2])[sel]).tolist() == [2, 2, 1]
+
+
+def test_fast_val_transform_gives_open_clip_pixels():
+    """The batched eval transform (used by the CLIP stage) equals open_clip's, any image shape."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from training.model import load_clip
+    from training.transforms import fast_val_transform
+
+    pre = load_clip("curate-tiny").preprocess_val
+    fast = fast_val_transform(pre)
+    assert fast is not None and fast.size == 32
+    rng = np.random.default_rng(0)
+    shapes = [(64, 64), (5, 64), (64, 5), (128, 77), (77, 128), (32, 32), (33, 31), (1, 1), (300, 200)]
+    ims = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in shapes]
+    ims.append(Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8)))  # grey: converted to RGB
+    assert torch.allclose(fast(ims), torch.stack([pre(im) for im in ims]), atol=1e-5)
+    assert fast_val_transform(lambda im: im) is None  # any other transform: no fast path
