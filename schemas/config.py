@@ -122,9 +122,10 @@ class DecontaminateFilter(_Strict):
 class NearDedupFilter(_Strict):
     """Re-encoded, resized or cropped copies (pipeline/neardup.py): multi-crop thumbnail descriptors
     propose ``k`` candidates per image; a pair is a duplicate when, aligned, its 32x32 grey thumbnails
-    differ by at most ``max_rms`` grey levels. The first of a group in pool order is kept."""
+    (3x3-smoothed, which damps JPEG and resampling noise) differ by at most ``max_rms`` grey levels.
+    The first of a group in pool order is kept."""
     type: Literal["near_dedup"]
-    max_rms: float = Field(10.0, gt=0, le=255)
+    max_rms: float = Field(6.0, gt=0, le=255)
     k: int = Field(5, ge=1, le=100)
 
     @property
