@@ -2,7 +2,7 @@
 
 Every decoded image leaves a 32x32 grey thumbnail at ingest (``thumbs/<shard>.npy``, 1 KB/sample).
 1. Candidates: each image's full view (an 8x8 standardised descriptor) is searched against the
-   views of every image at several crops (scales 0.85/0.9/0.95 x 3x3 offsets, plus the full view),
+   views of every image at several crops (scales 0.85/0.9/0.95 x 4x4 offsets, plus the full view),
    so a crop of B finds the matching crop view of B. ``k`` nearest per image.
 2. Verification: for each candidate pair, the crop (scale, offset) mapping one thumbnail onto the
    other is refined by gradient descent from the matched view, and the pair is a duplicate when the
@@ -31,7 +31,7 @@ def thumbnail(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("L").resize((SIDE, SIDE), Image.BOX), np.uint8)
 
 
-def view_params(scales=SCALES, grid: int = 3) -> np.ndarray:
+def view_params(scales=SCALES, grid: int = 4) -> np.ndarray:
     """(V, 3): scale, x offset, y offset in affine_grid's normalised units; row 0 is the full view."""
     out = [(1.0, 0.0, 0.0)]
     for f in scales:
