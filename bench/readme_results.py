@@ -46,6 +46,16 @@ def section() -> str:
             f = s["end_to_end_fast"]
             parts.append(f"With one process per core and bf16 scoring: {f['samples_per_s']:,} samples/s, "
                          f"{f['vs_decode_ratio']:.0%} of the decode limit.")
+        if "breakdown" in s:
+            b = s["breakdown"]
+            parts += ["", f"Where a sample's time goes, one core, milliseconds ({b['samples']:,} samples of one shard):", "",
+                      "| " + " | ".join(b["ms_per_sample_one_core"]) + " | total |",
+                      "|" + "---|" * (len(b["ms_per_sample_one_core"]) + 1),
+                      "| " + " | ".join(f"{v:.3f}" for v in b["ms_per_sample_one_core"].values())
+                      + f" | {b['total_ms']:.3f} |", "",
+                      f"So a pass doing all of this can reach at most **{b['best_possible_ratio_to_decode']:.0%}** "
+                      "of the decode limit on this CPU, whatever the parallelism: decoding these small images is "
+                      "cheap next to the scorer's towers. On a GPU the towers leave the CPU's budget."]
     return "\n".join(parts) + "\n"
 
 
