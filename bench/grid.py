@@ -233,7 +233,29 @@ def main() -> None:
     if not a.tag:
         from bench.readme_results import update_readme
 
+        if chosen:
+            report_shot(root / "curated" / chosen, root / "train" / f"{chosen}-s{first}")
         update_readme()
+
+
+def report_shot(curated: Path, train_dir: Path) -> None:
+    """The best strategy's curation report with its training curve and evaluation, and a screenshot
+    of its top (bench/results/report.png) when headless Chromium is installed."""
+    import shutil
+    import subprocess
+
+    import pandas as pd
+
+    from pipeline.report import write_report
+
+    manifest = json.loads((curated / "manifest.json").read_text())
+    page = write_report(curated, pd.read_parquet(curated / "metadata.parquet"), manifest["input_shards"], manifest,
+                        str(train_dir))
+    browser = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+    if browser:
+        subprocess.run([browser, "--no-sandbox", "--disable-gpu", f"--screenshot={OUT / 'report.png'}",
+                        "--window-size=1200,1500", Path(page).resolve().as_uri()], capture_output=True, timeout=120)
+    print(f"report: {page}")
 
 
 if __name__ == "__main__":
