@@ -86,6 +86,9 @@ def validate(root: Path, pool: Path, row: dict) -> float | None:
 
     if not (pool / "val").is_dir():
         return None
+    from pipeline.sample_pool.build import write_validation_shifts
+
+    write_validation_shifts(pool / "val")  # pools built before the validation suite had its shifts
     name = f"{row['strategy']}-s{row['seed']}"
     return run_suite(row["checkpoint"], pool / "val", "validation", results=root / "train" / name / "val.jsonl")["average"]
 

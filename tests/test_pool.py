@@ -174,3 +174,6 @@ def test_trusted_and_validation_cover_every_source(pool):
         b = np.stack([_pixels(s.image) for s in _samples(out / "val" / task / "test")])
         dist = (a**2).sum(1)[:, None] + (b**2).sum(1)[None] - 2 * a @ b.T
         assert np.sqrt(np.maximum(dist.min(0), 0) / a.shape[1]).min() >= 3, task  # no val image in pool/trusted
+    from schemas.tasks import VALIDATION
+
+    assert all((out / "val" / t.folder / "test" / "nshards.txt").is_file() for t in VALIDATION)

@@ -212,6 +212,27 @@ def write_validation(root: Path, fmnist: list, clipart: list[dict], emoji: list[
     for name, recs in (("openclipart_retrieval", clipart), ("emoji_retrieval", emoji)):
         if recs:
             write_retrieval_task(root / name, ((r["image"], [r["clean_caption"]]) for r in recs))
+    write_validation_shifts(root)
+
+
+def write_validation_shifts(root: str | Path) -> list[str]:
+    """The five shifted copies of the validation Fashion-MNIST task, made as the test suite's are, so
+    the validation average weighs task kinds as the reported one does. Idempotent (missing ones only)."""
+    from pipeline.sample_pool.evaltask import iter_split
+    from pipeline.sample_pool.suite import shift
+    from schemas.tasks import SHIFTS
+
+    root, written = Path(root), []
+    base = root / "fashion_mnist"
+    if not (base / "test" / "nshards.txt").is_file():
+        return written
+    classes = (base / "classnames.txt").read_text().splitlines()
+    for kind in SHIFTS:
+        if not (root / f"fashion_mnist_{kind}" / "test" / "nshards.txt").is_file():
+            write_task(root / f"fashion_mnist_{kind}", classes, TEMPLATES,
+                       [(src.encode(shift(im, kind), "PNG"), int(s["cls"])) for _, im, s in iter_split(base, need="cls")])
+            written.append(f"fashion_mnist_{kind}")
+    return written
 
 
 def write_fmnist_task(root: Path) -> tuple[np.ndarray, np.ndarray]:
