@@ -226,7 +226,9 @@ def main() -> None:
 
     t = table({k: v for k, v in rows.items() if k[1] in a.seeds}, list(plan))
     meta = {"samples_seen": a.samples_seen, "seeds": a.seeds, "model": "curate-tiny", "web_clip": web, "dfn": a.dfn,
-            "best": chosen, "selection": selection, "configs": {**plan, **cands},
+            "best": chosen, "selection": selection,
+            "candidates": table({k: v for k, v in rows.items() if k[1] in a.seeds and k[0] in cands}, list(cands)),
+            "configs": {**plan, **cands},
             "wall_seconds_this_call": round(time.time() - t0, 1), "machine": machine()}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"grid{a.tag}.json").write_text(json.dumps({"strategies": t, **meta}, indent=2) + "\n")
