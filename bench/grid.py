@@ -61,8 +61,8 @@ def strategies(pool: Path, web: str | None, dfn: str) -> dict[str, dict]:
 
 
 def candidates(pool: Path, web: str, dfn: str) -> dict[str, dict]:
-    """Our combinations, all declared before any run: dedup + decontamination, then the trusted-data
-    filtering network (DFN), the web CLIP, or both. ``best`` is the one with the highest average on
+    """Our combinations: dedup + decontamination, then the trusted-data filtering network (DFN), the
+    web CLIP, both, or D² coverage. ``best`` is the one with the highest average on
     the validation suite (items in no pool, trusted split or test task), seed 0 - chosen before the
     reported suite is looked at."""
     clean = [{"type": "exact_dedup"}, {"type": "near_dedup"},
@@ -77,7 +77,12 @@ def candidates(pool: Path, web: str, dfn: str) -> dict[str, dict]:
             "ours_dfn_30": {"clip": dfn_clip, "filters": clean + [top("clip_score_dfn", 0.3)]},
             "ours_dfn_web": {"clip": dfn_clip + web_clip,
                              "filters": clean + [top("clip_score_dfn", 0.6), top("clip_score", 0.45)]},
-            "ours_web_30": {"clip": web_clip, "filters": clean + [top("clip_score", 0.3)]}}
+            "ours_web_30": {"clip": web_clip, "filters": clean + [top("clip_score", 0.3)]},
+            # added after the first full grid, where coverage (D²) beat cleanliness; the choice is
+            # still made on the validation suite only
+            "ours_d2": {"clip": web_clip, "filters": clean + [{"type": "d2_pruning", "budget": 0.3}]},
+            "ours_dfn_d2": {"clip": dfn_clip + web_clip, "filters": clean + [
+                top("clip_score_dfn", 0.8), {"type": "d2_pruning", "budget": 0.35}]}}
 
 
 def validate(root: Path, pool: Path, row: dict) -> float | None:
