@@ -142,8 +142,12 @@ def _grey32(rel_png: str) -> np.ndarray | None:
 
 
 def distinct_drawings(items: list[str]) -> list[str]:
-    """Drop near-identical variants (cached per item list under ~/.cache/curate)."""
-    key = hashlib.sha256(json.dumps([items, VARIANT_RMS]).encode()).hexdigest()[:16]
+    """Drop near-identical variants (cached per item contents under ~/.cache/curate)."""
+    from pipeline.neardup import groups
+    from pipeline.shards import atomic_write_bytes
+
+    ident = [[it, content_key("openclipart", it)] for it in items]
+    key = hashlib.sha256(json.dumps([ident, VARIANT_RMS]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("CURATE_CACHE", Path.home() / ".cache" / "curate")) / f"openclipart-{key}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
@@ -154,26 +158,17 @@ def distinct_drawings(items: list[str]) -> list[str]:
     ok = [i for i, t in enumerate(thumbs) if t is not None]
     a = np.stack([thumbs[i] for i in ok]) if ok else np.zeros((0, 1024), np.float32)
     sq = (a ** 2).sum(1)
-    parent = list(range(len(ok)))
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for s in range(0, len(ok), 1024):
+    pairs = []
+    for s in range(0, len(ok), 1024):  # all pairs of ~7k drawings, in blocks
         d = sq[s:s + 1024, None] + sq[None] - 2 * a[s:s + 1024] @ a.T
-        for i, j in zip(*np.nonzero(np.maximum(d, 0) < VARIANT_RMS ** 2 * a.shape[1])):
-            ri, rj = find(s + int(i)), find(int(j))
-            if ri != rj:
-                parent[max(ri, rj)] = min(ri, rj)  # the first in sorted order represents the group
-    keep = {find(i) for i in range(len(ok))}
-    # unreadable files stay listed: the builder skips and counts them
-    out = [it for i, it in enumerate(items) if thumbs[i] is None] + [items[ok[i]] for i in sorted(keep)]
-    out = sorted(out)
+        i, j = np.nonzero(np.maximum(d, 0) < VARIANT_RMS ** 2 * a.shape[1])
+        pairs.append(np.stack([i + s, j], 1))
+    rep = groups(len(ok), np.concatenate(pairs) if pairs else np.zeros((0, 2), int), np.arange(len(ok), dtype=float))
+    # the first of each group (sorted order) stays; unreadable files stay listed (the builder counts them)
+    out = sorted([it for i, it in enumerate(items) if thumbs[i] is None]
+                 + [items[ok[i]] for i in range(len(ok)) if rep[i] == i])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(out))
+    atomic_write_bytes(cache, json.dumps(out).encode())
     return out
 
 
