@@ -91,13 +91,12 @@ BUILTIN: list[Task] = (
        _t("builtin/emoji_retrieval", "emoji_retrieval", "Retrieval", "mean_recall@1", "retrieval")]
 )
 # for choosing between strategies without looking at the reported suite (sample pool's val/ folder)
-VALIDATION: list[Task] = [
-    _t("val/fashion_mnist", "fashion_mnist", "ImageNet")]
-VALIDATION += [_t(f"val/fashion_mnist_{s}", f"fashion_mnist_{s}", "ImageNet dist. shifts") for s in SHIFTS]
-VALIDATION += [
-    _t("val/openclipart_retrieval", "openclipart_retrieval", "Retrieval", "mean_recall@1", "retrieval"),
-    _t("val/emoji_retrieval", "emoji_retrieval", "Retrieval", "mean_recall@1", "retrieval"),
-]
+VALIDATION: list[Task] = (
+    [_t("val/fashion_mnist", "fashion_mnist", "ImageNet")]
+    + [_t(f"val/fashion_mnist_{s}", f"fashion_mnist_{s}", "ImageNet dist. shifts") for s in SHIFTS]
+    + [_t("val/openclipart_retrieval", "openclipart_retrieval", "Retrieval", "mean_recall@1", "retrieval"),
+       _t("val/emoji_retrieval", "emoji_retrieval", "Retrieval", "mean_recall@1", "retrieval")]
+)
 SUITES = {"datacomp": DATACOMP, "builtin": BUILTIN, "validation": VALIDATION}
 
 
