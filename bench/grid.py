@@ -1,6 +1,6 @@
 """The DataComp-style experiment grid on the sample pool -> bench/results/grid.json, grid.md, grid.svg.
 
-    .venv/bin/python bench/grid.py [--seeds 0 1 2] [--samples-seen 60000] [--only no_filter clip_score_30]
+    .venv/bin/python bench/grid.py [--seeds 0 1 2 3 4] [--samples-seen 60000] [--only no_filter clip_score_30]
 
 Every strategy curates the same pool (one annotate pass, cached in runs/grid/work), then for each
 seed a `curate-tiny` model trains on what it kept at the same samples-seen budget and is evaluated on
@@ -185,7 +185,7 @@ def main() -> None:
     ap.add_argument("--pool", default="data/sample_pool")
     ap.add_argument("--dfn", default="runs/bench-skeleton/scorer/final", help="filtering network (trusted-data scorer)")
     ap.add_argument("--root", default="runs/grid")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--samples-seen", type=int, default=60_000)
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--web", default=None, help="web-trained CLIP for the clip_score strategies (default: this "
