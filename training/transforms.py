@@ -14,11 +14,22 @@ import torch
 from PIL import Image
 
 
-class FastTrainTransform:
-    def __init__(self, size: int, scale: tuple[float, float], ratio: tuple[float, float], mean, std) -> None:
-        self.size, self.scale, self.log_ratio = size, scale, (math.log(ratio[0]), math.log(ratio[1]))
+class _Normalize:
+    """ToTensor + Normalize once per batch of HxWx3 uint8 arrays."""
+
+    def __init__(self, mean, std) -> None:
         self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
+
+    def batch(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+        return (x - self.mean) / self.std
+
+
+class FastTrainTransform(_Normalize):
+    def __init__(self, size: int, scale: tuple[float, float], ratio: tuple[float, float], mean, std) -> None:
+        super().__init__(mean, std)
+        self.size, self.scale, self.log_ratio = size, scale, (math.log(ratio[0]), math.log(ratio[1]))
 
     def crop_box(self, w: int, h: int, rng: random.Random) -> tuple[int, int, int, int]:
         """torchvision's RandomResizedCrop.get_params: 10 tries, then a centre crop of valid ratio."""
@@ -44,10 +55,6 @@ class FastTrainTransform:
         box = self.crop_box(*im.size, rng)
         return np.asarray(im.resize((self.size, self.size), Image.BICUBIC, box=box))
 
-    def batch(self, arrays: list[np.ndarray]) -> torch.Tensor:
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
-        return (x - self.mean) / self.std
-
 
 def fast_train_transform(preprocess) -> FastTrainTransform | None:
     """The fast path for open_clip's standard train transform, or None when it is anything else."""
@@ -63,14 +70,13 @@ def fast_train_transform(preprocess) -> FastTrainTransform | None:
     return FastTrainTransform(size, tuple(crop.scale), tuple(crop.ratio), norm.mean, norm.std)
 
 
-class FastValTransform:
+class FastValTransform(_Normalize):
     """open_clip's eval transform (Resize shorter side, CenterCrop, ToTensor, Normalize) with the tensor
     steps run once per batch; the pixels are the same as torchvision's on PIL images."""
 
     def __init__(self, size: int, mean, std) -> None:
+        super().__init__(mean, std)
         self.size = size
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
 
     def image(self, im: Image.Image) -> np.ndarray:
         s, (w, h) = self.size, im.size
@@ -84,8 +90,7 @@ class FastValTransform:
         return np.asarray(im.convert("RGB"))
 
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        x = torch.from_numpy(np.stack([self.image(im) for im in images])).permute(0, 3, 1, 2).float()
-        return (x - self.mean) / self.std
+        return self.batch([self.image(im) for im in images])
 
 
 def fast_val_transform(preprocess) -> FastValTransform | None:
