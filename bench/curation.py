@@ -3,6 +3,13 @@ as precision / recall against the planted ground truth (data/sample_pool/ground_
 
     .venv/bin/python bench/curation.py [--scorer runs/bench-skeleton/scorer/final]
 
+The near-dedup thresholds were chosen on the default pool (seed 0); a pool drawn with another seed
+checks them on copies they were not tuned on:
+
+    .venv/bin/curate build-pool --out data/pool_seed1 --seed 1 --trusted 0
+    .venv/bin/python bench/curation.py --pool data/pool_seed1 --work runs/bench-curation-seed1/work \
+        --out bench/results/curation_seed1.json
+
 Filter -> the planted noise it should catch: decode -> corrupt + truncated images; exact_dedup ->
 exact duplicate pairs (one of each pair dropped); near_dedup -> re-encoded / resized / cropped copies;
 semantic_dedup -> exact + near pairs; decontamination -> eval copies; clip_score_50 (top 50% by the
@@ -143,7 +150,8 @@ def main() -> None:
         df = load_columns(work, sids, load_config({"clip": [{"model": a.scorer}]}))
         res["scaling"] = scaling(arr.image("clip_score"), arr.text("clip_score"),
                                  df["clip_score"].to_numpy(np.float32), a.backend)
-    res.update(scorer=a.scorer, backend=a.backend, machine=machine())
+    pool_args = json.loads((pool / "pool.json").read_text())["args"] if (pool / "pool.json").is_file() else {}
+    res.update(pool=str(pool), pool_seed=pool_args.get("seed"), scorer=a.scorer, backend=a.backend, machine=machine())
     out = Path(a.out)
     if out.exists() and a.skip_filters:  # keep the filter figures, add this machine's scaling
         old = json.loads(out.read_text())

@@ -5,11 +5,17 @@ Every decoded image leaves a 32x32 grey thumbnail at ingest (``thumbs/<shard>.np
    views of every image at several crops (scales 0.85/0.9/0.95 x 4x4 offsets, plus the full view),
    so a crop of B finds the matching crop view of B. ``k`` nearest per image.
 2. Verification: for each candidate pair, the crop (scale, offset) mapping one thumbnail onto the
-   other is refined by gradient descent from the matched view, and the pair is a duplicate when the
-   aligned RMS difference of the 3x3-smoothed thumbnails is at most ``max_rms`` grey levels (inner
-   26x26 pixels; smoothing damps JPEG and resampling noise more than real differences: on the sample
-   pool, at the same precision, +2.6 points of recall).
-3. Pairs join into groups (union-find); the first sample of a group in keep order stays.
+   other is refined by gradient descent from the matched view (on 3x3-smoothed thumbnails); the pair's
+   ``rms`` is the RMS grey-level difference of the query and the warped reference, both 3x3-smoothed
+   after the warp (inner 26x26 pixels; smoothing damps JPEG and resampling noise more than real
+   differences).
+3. Decision: a pair is a duplicate when ``rms <= max_rms``, or when ``rms <= ratio_max_rms`` and
+   ``rms <= ratio * rival``, where ``rival`` is the lowest RMS from either image to any other
+   candidate not already a sure duplicate of its partner (a ratio test, like Lowe's for keypoints: a
+   heavily re-encoded copy is as far from its original as two look-alike products, but much nearer to
+   it than to anything else). Known limit: three or more heavy copies of one image, none within
+   ``max_rms`` of another, are each other's rivals and stay.
+4. Pairs join into groups (union-find); the first sample of a group in keep order stays.
 Cost: an inverted-file search (faiss IVF, sqrt(n * views) lists, 16 probed) above 100k view vectors
 (~3,600 images; exact search below), plus k * n small alignments; never all pairs.
 """
@@ -98,32 +104,65 @@ def candidates(desc: np.ndarray, valid: np.ndarray, k: int, min_sim: float = 0.9
     return trip[np.sort(first)]
 
 
-def smooth(thumbs: np.ndarray) -> np.ndarray:
-    """3x3 box mean (edges: the mean of the pixels inside), float32."""
-    t = torch.from_numpy(thumbs.astype(np.float32))[:, None]
-    return F.avg_pool2d(t, 3, 1, 1, count_include_pad=False)[:, 0].numpy()
+def smooth(thumbs: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """3x3 box mean (edges: the mean of the pixels inside) of (n, H, W) or (n, 1, H, W) -> (n, 1, H, W)."""
+    t = torch.as_tensor(thumbs, dtype=torch.float32)
+    t = t[:, None] if t.dim() == 3 else t
+    return F.avg_pool2d(t, 3, 1, 1, count_include_pad=False)
 
 
 def aligned_rms(thumbs: np.ndarray, trip: np.ndarray, params: np.ndarray, steps: int = 25,
                 batch: int = 8192) -> np.ndarray:
-    """RMS grey-level difference of the query thumbnail and the reference warped by the refined crop."""
+    """Per candidate triple: RMS grey-level difference of the query and the reference warped by the
+    refined crop, both smoothed after the warp (so both sides are blurred alike)."""
     out = np.empty(len(trip), np.float32)
     m = MARGIN
     for i in range(0, len(trip), batch):
         t = trip[i:i + batch]
         q = torch.from_numpy(thumbs[t[:, 0]].astype(np.float32))[:, None]
         r = torch.from_numpy(thumbs[t[:, 1]].astype(np.float32))[:, None]
+        qs, rs = smooth(q), smooth(r)
         p = torch.from_numpy(params[t[:, 2]]).clone().requires_grad_(True)
         opt = torch.optim.Adam([p], lr=0.008)
         for _ in range(steps):
-            loss = (_warp(r, p, SIDE) - q)[:, :, m:-m, m:-m].pow(2).mean((1, 2, 3))
+            loss = (_warp(rs, p, SIDE) - qs)[:, :, m:-m, m:-m].pow(2).mean((1, 2, 3))
             opt.zero_grad()
             loss.sum().backward()
             opt.step()
         with torch.no_grad():
-            loss = (_warp(r, p, SIDE) - q)[:, :, m:-m, m:-m].pow(2).mean((1, 2, 3))
+            loss = (smooth(_warp(r, p, SIDE)) - qs)[:, :, m:-m, m:-m].pow(2).mean((1, 2, 3))
         out[i:i + batch] = loss.sqrt().numpy()
     return out
+
+
+def rival_rms(pairs: np.ndarray, rms: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Per pair (a, b): the lowest RMS from a or b to a candidate in neither's group (inf when there
+    is none): a look-alike as near as the partner makes the pair ambiguous; a sure copy of a or b
+    does not. ``group``: each row's sure-duplicate group (from ``groups``)."""
+    if not len(pairs):
+        return np.zeros(0, np.float32)
+    src = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    g = group[np.concatenate([pairs[:, 1], pairs[:, 0]])]
+    s = np.concatenate([rms, rms])
+    other = g != group[src]
+    src, g, s = src[other], g[other], s[other]
+    o = np.lexsort((s, g, src))  # best first within (src, neighbour group)
+    src, g, s = src[o], g[o], s[o]
+    first = np.ones(len(src), bool)
+    first[1:] = (src[1:] != src[:-1]) | (g[1:] != g[:-1])
+    src, g, s = src[first], g[first], s[first]
+    o = np.lexsort((s, src))  # groups by score within src
+    src, g, s = src[o], g[o], s[o]
+    rank = np.arange(len(src)) - np.searchsorted(src, src)
+    n = len(group)
+    best_g, best, second = np.full(n, -1), np.full(n, np.inf), np.full(n, np.inf)
+    best_g[src[rank == 0]], best[src[rank == 0]] = g[rank == 0], s[rank == 0]
+    second[src[rank == 1]] = s[rank == 1]
+
+    def rival(x, y):
+        return np.where(best_g[x] == group[y], second[x], best[x])
+
+    return np.minimum(rival(pairs[:, 0], pairs[:, 1]), rival(pairs[:, 1], pairs[:, 0]))
 
 
 def groups(n: int, pairs: np.ndarray, order_key: np.ndarray) -> np.ndarray:
@@ -148,18 +187,24 @@ def groups(n: int, pairs: np.ndarray, order_key: np.ndarray) -> np.ndarray:
 
 
 def near_duplicates(thumbs: np.ndarray, valid: np.ndarray, max_rms: float, k: int = 5,
-                    order_key: np.ndarray | None = None, backend: str = "auto") -> dict:
-    """Per row: ``duplicate_of`` (kept row or -1) and ``rms`` (best aligned RMS to a candidate)."""
+                    order_key: np.ndarray | None = None, backend: str = "auto", ratio: float = 0.0,
+                    ratio_max_rms: float = 0.0) -> dict:
+    """Per row: ``duplicate_of`` (kept row or -1) and ``rms`` (best aligned RMS to a candidate).
+    ``ratio`` > 0 adds the ratio test for pairs with ``max_rms < rms <= ratio_max_rms``."""
     n = len(thumbs)
     order_key = np.arange(n, dtype=np.float64) if order_key is None else order_key
     # near-uniform thumbnails carry no structure to match on
     valid = valid & (thumbs.reshape(n, -1).std(1) >= 2.0)
     params = view_params()
     trip = candidates(descriptors(thumbs, params), valid, k, backend=backend)
-    rms = aligned_rms(smooth(thumbs), trip, params)
+    rms = aligned_rms(thumbs, trip, params)
     best = np.full(n, np.nan, np.float32)
     np.fmin.at(best, trip[:, 0], rms)
-    dup = trip[rms <= max_rms][:, :2]
-    rep = groups(n, dup, order_key)
+    np.fmin.at(best, trip[:, 1], rms)
+    dup = rms <= max_rms
+    if ratio > 0 and len(trip):
+        sure = groups(n, trip[dup][:, :2], np.arange(n, dtype=np.float64))
+        dup |= (rms <= ratio_max_rms) & (rms <= ratio * rival_rms(trip[:, :2], rms, sure))
+    rep = groups(n, trip[dup][:, :2], order_key)
     dup_of = np.where(rep != np.arange(n), rep, -1)
     return {"duplicate_of": dup_of, "rms": best}

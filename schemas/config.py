@@ -121,12 +121,23 @@ class DecontaminateFilter(_Strict):
 
 class NearDedupFilter(_Strict):
     """Re-encoded, resized or cropped copies (pipeline/neardup.py): multi-crop thumbnail descriptors
-    propose ``k`` candidates per image; a pair is a duplicate when, aligned, its 32x32 grey thumbnails
-    (3x3-smoothed, which damps JPEG and resampling noise) differ by at most ``max_rms`` grey levels.
-    The first of a group in pool order is kept."""
+    propose ``k`` candidates per image; each pair is aligned and its 32x32 grey thumbnails compared
+    (3x3-smoothed, which damps JPEG and resampling noise). A pair is a duplicate when its aligned RMS
+    is at most ``max_rms`` grey levels, or at most ``ratio_max_rms`` and at most ``ratio`` times the
+    RMS from either image to its nearest other look-alike (``ratio`` 0 turns that test off). The first
+    of a group in pool order is kept."""
     type: Literal["near_dedup"]
-    max_rms: float = Field(6.0, gt=0, le=255)
+    max_rms: float = Field(4.5, gt=0, le=255)
+    ratio: float = Field(0.75, ge=0, lt=1)
+    ratio_max_rms: float = Field(7.0, gt=0, le=255)
     k: int = Field(5, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _band(self):
+        if self.ratio > 0 and self.ratio_max_rms < self.max_rms:
+            raise ValueError(f"near_dedup: ratio_max_rms ({self.ratio_max_rms}) is below max_rms ({self.max_rms}): "
+                             "the ratio test only looks at pairs between the two; raise it or set ratio: 0")
+        return self
 
     @property
     def name(self) -> str:

@@ -8,11 +8,13 @@ import pytest
 from PIL import Image
 
 from pipeline.d2 import d2_select
+from pipeline.neardup import near_duplicates, rival_rms, thumbnail
 from pipeline.semdedup import semdedup
 from pipeline.shards import ShardWriter
 from pipeline.targets import concept_score, image_based
 from pipeline.vectors import cluster_knn, kmeans, normalize, search
 from pipeline.run import run_curation
+from schemas.config import load_config
 from tests.shardmaker import uid
 
 
@@ -71,6 +73,42 @@ def test_near_dedup_drops_exactly_the_planted_copies(pool):
     for i, (_, src) in NEAR.items():
         assert df.loc[uid(i), "near_dup_of"] == uid(src) and df.loc[uid(src), "keep"]
     assert df.loc[uid(5), "drop_reason"] == "decode"
+
+
+def thumbs_of(*images) -> np.ndarray:
+    return np.stack([thumbnail(im) for im in images])
+
+
+def test_ratio_test_catches_a_heavy_copy_unless_a_look_alike_is_as_near():
+    a = pattern(1)
+    heavy = Image.open(io.BytesIO(jpeg(a.crop((4, 3, 60, 59)).resize((30, 30), Image.BICUBIC), 20)))
+    light = Image.open(io.BytesIO(jpeg(a, 60)))
+    arr = np.asarray(a).copy()
+    arr[24:32, 24:32] = 255 - arr[24:32, 24:32]  # a different image that shares most of a's pixels
+    look_alike = Image.fromarray(arr)
+    others = [pattern(s) for s in range(10, 30)]
+
+    def dup_of(*ims, **kw):
+        th = thumbs_of(*ims, *others)
+        return list(near_duplicates(th, np.ones(len(th), bool), **{"max_rms": 4.5, **kw})["duplicate_of"][:len(ims)])
+
+    ratio = {"ratio": 0.75, "ratio_max_rms": 7.0}
+    assert dup_of(a, heavy) == [-1, -1]  # beyond max_rms
+    assert dup_of(a, heavy, **ratio) == [-1, 0]  # far nearer to a than to anything else
+    assert dup_of(a, heavy, light, **ratio) == [-1, 0, 0]  # a sure copy of a is no rival
+    assert dup_of(a, heavy, look_alike, **ratio) == [-1, -1, -1]  # ambiguous: both stay
+
+
+def test_rival_rms_skips_both_groups():
+    pairs, rms = np.array([[0, 1], [0, 2], [1, 3]]), np.array([5.0, 8.0, 9.0])
+    assert rival_rms(pairs, rms, np.arange(4)).tolist() == [8.0, 5.0, 5.0]
+    assert rival_rms(pairs, rms, np.array([0, 1, 1, 3])).tolist() == [9.0, np.inf, 5.0]
+
+
+def test_near_dedup_config_names_a_bad_band():
+    with pytest.raises(ValueError, match="ratio_max_rms"):
+        load_config({"filters": [{"type": "near_dedup", "max_rms": 8, "ratio_max_rms": 7}]})
+    load_config({"filters": [{"type": "near_dedup", "max_rms": 8, "ratio": 0}]})
 
 
 STRATEGIES = [
