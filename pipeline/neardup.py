@@ -10,8 +10,8 @@ Every decoded image leaves a 32x32 grey thumbnail at ingest (``thumbs/<shard>.np
    after the warp (inner 26x26 pixels; smoothing damps JPEG and resampling noise more than real
    differences).
 3. Decision: a pair is a duplicate when ``rms <= max_rms``, or when ``rms <= ratio_max_rms`` and
-   ``rms <= ratio * rival``, where ``rival`` is the lowest RMS from either image to any other
-   candidate not already a sure duplicate of its partner (a ratio test, like Lowe's for keypoints: a
+   ``rms <= ratio * rival``, where ``rival`` is the lowest RMS from either image to a candidate in
+   neither image's sure-duplicate group (``rms <= max_rms``) (a ratio test, like Lowe's for keypoints: a
    heavily re-encoded copy is as far from its original as two look-alike products, but much nearer to
    it than to anything else). Known limit: three or more heavy copies of one image, none within
    ``max_rms`` of another, are each other's rivals and stay.
