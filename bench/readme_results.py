@@ -22,7 +22,8 @@ def section() -> str:
                   f"`.venv/bin/python bench/grid.py` ({g['machine']}). Scorers: `clip_score_*`, `laion2b`, "
                   "image-based and D² use a CLIP trained on the raw pool (no filter, seed 0); `dfn_30` uses the "
                   "filtering network trained on the trusted split. `best` is the one of our " + str(len(g.get("selection", {}))) + " declared "
-                  "combinations with the highest validation-suite average (seed 0): "
+                  "combinations with the highest validation-suite average (mean of seeds "
+                  + ", ".join(str(x) for x in g.get("select_seeds", [0])) + "): "
                   + ", ".join(f"{k} {v['validation_average']:.4f}" for k, v in g.get("selection", {}).items()
                               if v["validation_average"] is not None)
                   + ". Settings are in `grid.json` (`configs`)."]
