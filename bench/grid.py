@@ -62,9 +62,9 @@ def strategies(pool: Path, web: str | None, dfn: str) -> dict[str, dict]:
 
 def candidates(pool: Path, web: str, dfn: str) -> dict[str, dict]:
     """Our combinations: dedup + decontamination, then the trusted-data filtering network (DFN), the
-    web CLIP, both, or D² coverage. ``best`` is the one with the highest average on
-    the validation suite (items in no pool, trusted split or test task), mean of the lowest three seeds - chosen before the
-    reported suite is looked at."""
+    web CLIP, both, or D² coverage. ``best`` is the one with the highest average on the validation
+    suite (items in no pool, trusted split or test task), mean of the lowest three seeds - chosen
+    before the reported suite is looked at."""
     clean = [{"type": "exact_dedup"}, {"type": "near_dedup"},
              {"type": "decontaminate", "eval_dirs": [str(pool / "eval")]}]
     dfn_clip = [{"model": dfn, "column": "clip_score_dfn"}]
