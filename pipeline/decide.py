@@ -146,8 +146,8 @@ def decide(df: pd.DataFrame, config: CurateConfig, arrays: Arrays | None = None)
         elif isinstance(f, NearDedupFilter):
             from pipeline.neardup import near_duplicates
 
-            r = near_duplicates(arrays.thumbs(), ok, f.max_rms, f.k, backend=backend, ratio=f.ratio,
-                                ratio_max_rms=f.ratio_max_rms)
+            r = near_duplicates(arrays.thumbs(), ok, max_rms=f.max_rms, ratio=f.ratio, ratio_max_rms=f.ratio_max_rms,
+                                k=f.k, backend=backend)
             new_cols["near_dup_of"] = _uid_of(df, r["duplicate_of"])
             new_cols["near_dup_rms"] = r["rms"]
             info[f.name] = {"duplicates": int((r["duplicate_of"] >= 0).sum())}

@@ -186,11 +186,11 @@ def groups(n: int, pairs: np.ndarray, order_key: np.ndarray) -> np.ndarray:
     return np.array([find(i) for i in range(n)])
 
 
-def near_duplicates(thumbs: np.ndarray, valid: np.ndarray, max_rms: float, k: int = 5,
-                    order_key: np.ndarray | None = None, backend: str = "auto", ratio: float = 0.0,
-                    ratio_max_rms: float = 0.0) -> dict:
+def near_duplicates(thumbs: np.ndarray, valid: np.ndarray, *, max_rms: float, ratio: float, ratio_max_rms: float,
+                    k: int = 5, order_key: np.ndarray | None = None, backend: str = "auto") -> dict:
     """Per row: ``duplicate_of`` (kept row or -1) and ``rms`` (best aligned RMS to a candidate).
-    ``ratio`` > 0 adds the ratio test for pairs with ``max_rms < rms <= ratio_max_rms``."""
+    ``ratio`` > 0 adds the ratio test for pairs with ``max_rms < rms <= ratio_max_rms``. The thresholds
+    have no defaults here: schemas/config.py NearDedupFilter holds them."""
     n = len(thumbs)
     order_key = np.arange(n, dtype=np.float64) if order_key is None else order_key
     # near-uniform thumbnails carry no structure to match on

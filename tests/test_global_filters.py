@@ -93,7 +93,7 @@ def test_ratio_test_catches_a_heavy_copy_unless_a_look_alike_is_as_near():
         return list(near_duplicates(th, np.ones(len(th), bool), **{"max_rms": 4.5, **kw})["duplicate_of"][:len(ims)])
 
     ratio = {"ratio": 0.75, "ratio_max_rms": 7.0}
-    assert dup_of(a, heavy) == [-1, -1]  # beyond max_rms
+    assert dup_of(a, heavy, ratio=0, ratio_max_rms=7.0) == [-1, -1]  # beyond max_rms, no ratio test
     assert dup_of(a, heavy, **ratio) == [-1, 0]  # far nearer to a than to anything else
     assert dup_of(a, heavy, light, **ratio) == [-1, 0, 0]  # a sure copy of a is no rival
     assert dup_of(a, heavy, look_alike, **ratio) == [-1, -1, -1]  # ambiguous: both stay
