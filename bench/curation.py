@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.demo import machine  # noqa: E402
+from app.demo import machine  # noqa: E402
 from pipeline.run import run_curation  # noqa: E402
 from bench.scaling import scaling  # noqa: E402
 
@@ -140,7 +140,7 @@ def main() -> None:
             res["datacomp_uid_parity"] = uid_parity(pd.read_parquet(Path(tmp) / "top30" / "metadata.parquet"),
                                                     Path(m30["uids"]), 0.3)
         from pipeline.decide import Arrays, load_columns
-        from pipeline.shards import expand, shard_id
+        from shardio.shards import expand, shard_id
         from schemas.config import load_config
 
         sids = [shard_id(s) for s in expand(str(pool / "shards"))]

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.trainer import PEER_PATH, peer_env  # noqa: E402
-from pipeline.demo import machine  # noqa: E402
+from app.demo import machine  # noqa: E402
 from schemas.tasks import BUILTIN  # noqa: E402
 from training.evalsuite import run_suite  # noqa: E402
 from training.model import WEIGHTS_FILE  # noqa: E402

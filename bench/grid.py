@@ -91,7 +91,7 @@ def validate(root: Path, pool: Path, row: dict) -> float | None:
 
     if not (pool / "val").is_dir():
         return None
-    from pipeline.sample_pool.build import write_validation_shifts
+    from app.sample_pool.build import write_validation_shifts
 
     write_validation_shifts(pool / "val")  # pools built before the validation suite had its shifts
     name = f"{row['strategy']}-s{row['seed']}"
@@ -234,7 +234,7 @@ def main() -> None:
         for seed in a.seeds:
             if (name, seed) not in rows:
                 rows[(name, seed)] = run_one(root, pool, name, cfg, seed, a.samples_seen, log)
-    from pipeline.demo import machine
+    from app.demo import machine
 
     t = table({k: v for k, v in rows.items() if k[1] in a.seeds}, list(plan))
     meta = {"samples_seen": a.samples_seen, "seeds": a.seeds, "model": "curate-tiny", "web_clip": web, "dfn": a.dfn,

@@ -34,12 +34,10 @@ OUT = ROOT / "bench" / "results" / "prefect.json"
 
 
 def checksums(out: str | Path) -> dict[str, str]:
-    """sha256 of everything a user consumes: output shards, their parquets, uids.npy, metadata.parquet
-    (the manifest carries timings and paths, so it is left out)."""
-    out = Path(out)
-    files = sorted(out.glob("shards/*.tar")) + sorted(out.glob("shards/*.parquet")) + [out / "uids.npy",
-                                                                                     out / "metadata.parquet"]
-    return {str(f.relative_to(out)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()}
+    """sha256 of everything a user consumes (pipeline/publish.py: the manifest without run timings)."""
+    from pipeline.publish import checksums as sums
+
+    return sums(out)
 
 
 def link_shards(src: list[Path], dst: Path) -> None:
@@ -130,7 +128,7 @@ def main() -> None:
         res.update(library_seconds=round(t_lib, 2), flow_seconds=round(t_flow, 2),
                    orchestration_overhead_ratio=round(t_flow / t_lib, 3),
                    flow_equals_library=checksums(tmp / "flow") == checksums(tmp / "lib"))
-    from pipeline.demo import machine
+    from app.demo import machine
 
     res.update(pool=a.pool, config=a.config, shards=len(shards), machine=machine())
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.demo import run_demo
+from app.demo import run_demo
 
 OUT = Path(__file__).parent / "results" / "skeleton.json"
 

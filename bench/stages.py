@@ -29,14 +29,15 @@ OUT = ROOT / "bench" / "results" / "stages.json"
 
 
 def _read(shard: str) -> int:
-    from pipeline.shards import iter_tar_samples
+    from shardio.shards import iter_tar_samples
 
     return sum(1 for _ in iter_tar_samples(shard))
 
 
 def _decode(shard: str) -> int:
-    from pipeline.decode import decode_image
-    from pipeline.shards import IMAGE_EXTS, iter_tar_samples
+    from shardio.decode import decode_image
+    from shardio.shards import iter_tar_samples
+    from shardio.tar import IMAGE_EXTS
 
     n = 0
     for s in iter_tar_samples(shard):
@@ -59,7 +60,7 @@ def breakdown(shard: str, spec) -> dict:
     import torch
 
     from pipeline.clip_stage import ClipScorer
-    from pipeline.decode import decode_image
+    from shardio.decode import decode_image
     from pipeline.ingest import ingest_row, read_shard
     from pipeline.neardup import thumbnail
 
@@ -112,10 +113,10 @@ def main() -> None:
     a = ap.parse_args()
     from pipeline.annotate import annotate_shard
     from pipeline.decide import Arrays, decide, load_columns
-    from pipeline.demo import machine
+    from app.demo import machine
     from pipeline.export import export
     from pipeline.run import run_curation
-    from pipeline.shards import expand, shard_id
+    from shardio.shards import expand, shard_id
     from schemas.config import load_config
 
     shards = expand(a.pool)

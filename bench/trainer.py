@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.demo import machine  # noqa: E402
-from pipeline.sample_pool.build import write_clean_fmnist, write_fmnist_task  # noqa: E402
+from app.demo import machine  # noqa: E402
+from app.sample_pool.build import write_clean_fmnist, write_fmnist_task  # noqa: E402
 from training.train import TrainConfig, train  # noqa: E402
 from training.zeroshot import evaluate_zeroshot  # noqa: E402
 

@@ -1,18 +1,11 @@
-"""Prefect flow ``curate``: annotate every shard (one task each, run concurrently), then decide +
-export over every shard that annotated.
+"""Prefect flow ``curate``: the curation core (pipeline/run.py) with its shard jobs as Prefect tasks.
 
-Tasks pass paths, never tables. Retries (exponential backoff with jitter) live here, in one place.
-A shard whose task still fails is reported in the manifest and the artifact; the run finishes the
-rest, and the next run picks that shard up again (its completion markers are missing).
-Incremental: per-shard, per-stage markers (input identity + stage config) make a rerun annotate
-only new or changed shards. k-means centroids are reused while the pool grows by at most 50%
-(pipeline/centroids.py); thresholds, dedup and D² are recomputed over the whole pool on every run: a
-top-fraction threshold and a keep-order depend on every sample, and on the cached columns they cost
-seconds per 100k samples (bench/results/curation.json).
-``runner="dask"`` runs the shard tasks on a Dask cluster (``dask_address`` of a running scheduler, or
-a local cluster of ``dask_workers`` processes); each worker process loads the scorer once.
-The library (pipeline/) has no Prefect inside; ``pipeline.run.run_curation`` is the same work
-without an orchestrator.
+This file only wraps: planning, the failure policy, decide, export and publishing are the core's,
+so the flow and ``curate run`` give identical outputs. Retries (exponential backoff with jitter)
+are Prefect's. ``runner="dask"`` runs the shard tasks on a Dask cluster (``dask_address`` of a
+running scheduler, or a local cluster of ``dask_workers`` processes); each worker process loads the
+scorer once. Artifacts (drops by reason with thresholds, scorer, config hash, report path; and a
+progress bar) are attached to the run the user started.
 """
 from __future__ import annotations
 
@@ -22,15 +15,13 @@ from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from pipeline.annotate import annotate_shard
 from pipeline.lock import exclusive
-from pipeline.run import decide_and_export
-from pipeline.shards import expand
-from schemas.config import load_config
+from pipeline.run import annotate, annotate_job, finish, plan, run_facts, run_log
 
 DEFAULT_POOL = "data/sample_pool/shards"
 DEFAULT_OUT = "runs/laion-subset"
@@ -38,14 +29,33 @@ DEFAULT_CONFIG = "configs/laion-subset.yaml"
 
 
 @task(name="annotate-shard", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-      retry_jitter_factor=0.5)
-def annotate_task(shard: str, work: str, config_path: str) -> dict:
-    return annotate_shard(shard, work, load_config(config_path).clip)
+      retry_jitter_factor=0.5, cache_policy=NO_CACHE)
+def annotate_task(job: tuple) -> dict:
+    return annotate_job(job)
 
 
-@task(name="decide-export", retries=1, retry_delay_seconds=5)
-def decide_export_task(shards: list[str], out: str, work: str, config_path: str, extra: dict) -> dict:
-    return decide_and_export(shards, out, load_config(config_path), extra, work=work)
+@task(name="decide-export-publish", cache_policy=NO_CACHE)
+def finish_task(p, done: dict, failed: dict, on_failure: str, extra: dict) -> dict:
+    return finish(p, done, failed, on_failure, extra)
+
+
+class PrefectTasks:
+    """The core's executor interface over Prefect tasks (and so over whatever task runner the flow has)."""
+
+    def __init__(self, retries: int, progress_id=None):
+        self.retries, self.progress_id = retries, progress_id
+
+    def map(self, fn, items):
+        items = list(items)
+        futures = annotate_task.with_options(retries=self.retries).map(items)
+        for n, (item, fut) in enumerate(zip(items, futures), 1):
+            try:
+                result, error = fut.result(), None
+            except Exception as e:  # noqa: BLE001 - the core's failure policy decides
+                result, error = None, f"{type(e).__name__}: {e}"
+            if self.progress_id is not None:
+                update_progress_artifact(self.progress_id, 100.0 * n / len(items))
+            yield item, result, error
 
 
 # Shard tasks share the process: each already uses several cores (torch, decode), so run about one
@@ -54,55 +64,54 @@ THREADS = ThreadPoolTaskRunner(max_workers=max(1, (os.cpu_count() or 2) // 2))
 
 
 @flow(name="curate-shards", log_prints=True, task_runner=THREADS)
-def curate_shards(pool: str, out: str, config: str, work: str | None = None, retries: int = 2) -> dict:
-    log = get_run_logger()
-    shards = expand(pool)
-    work = work or out
-    log.info("curating %d shards from %s into %s", len(shards), pool, out)
-    with exclusive(out):
-        annotate = annotate_task.with_options(retries=retries)
-        futures = [annotate.submit(s, work, config) for s in shards]
-        done, failed = [], []
-        for s, fut in zip(shards, futures):
-            try:
-                done.append((s, fut.result()))
-            except Exception as e:  # noqa: BLE001 - one bad shard fails only its own task
-                failed.append({"shard": s, "error": f"{type(e).__name__}: {e}"})
-                log.error("shard %s failed after %d retries: %s", s, retries, e)
-        if not done:
-            raise RuntimeError(f"every shard failed; first error: {failed[0]['error'] if failed else 'no shards'}")
-        extra = {"stage_runs": sum(len(r["ran"]) for _, r in done),
-                 "shards_annotated": sum(bool(r["ran"]) for _, r in done), "failed_shards": failed}
-        manifest = decide_export_task([s for s, _ in done], out, work, config, extra)
-    _artifact(pool, out, manifest)
-    log.info("kept %d of %d; shards in %s", manifest["kept"], manifest["samples_in"], Path(out) / "shards")
-    return manifest
+def curate_shards(pool: str, out: str, config: str, work: str | None = None, retries: int = 2,
+                  on_failure: str = "fail", progress_id: str | None = None) -> dict:
+    import time
 
-
-def _artifact(pool: str, out: str, m: dict) -> None:
-    rows = "\n".join(f"| {k} | {v} |" for k, v in m["dropped_by_reason"].items())
-    failed = "".join(f"\n- `{f['shard']}`: {f['error']}" for f in m.get("failed_shards", []))
-    create_markdown_artifact(
-        key="curation-summary", description="kept / dropped by reason",
-        markdown=(f"## Curation of `{pool}`\n\n{m['samples_in']} in, **{m['kept']} kept**, {m['dropped']} dropped; "
-                  f"{m.get('shards_annotated', 0)} shards annotated this run ({m.get('stage_runs', 0)} stage runs)."
-                  f"\n\n| drop reason | samples |\n|---|---|\n{rows}\n\nFiltered shards: `{Path(out) / 'shards'}`"
-                  + (f"\n\n**Failed shards** (retried next run):{failed}" if failed else "")))
+    p = plan(pool, out, config, work)
+    get_run_logger().info("curating %d shards from %s into %s", len(p.shards), pool, out)
+    with exclusive(p.out), run_log(p.out):
+        t0 = time.time()
+        done, failed = annotate(p, PrefectTasks(retries, progress_id), progress=False)
+        return finish_task(p, done, failed, on_failure, {"run": run_facts(done, time.time() - t0)})
 
 
 @flow(name="curate", log_prints=True)
 def curate(pool: str = DEFAULT_POOL, out: str = DEFAULT_OUT, config: str = DEFAULT_CONFIG, work: str | None = None,
            runner: Literal["threads", "dask"] = "threads", dask_address: str | None = None, dask_workers: int = 2,
-           retries: int = 2) -> dict:
+           retries: int = 2, on_failure: Literal["fail", "partial"] = "fail") -> dict:
     """Curate a pool of webdataset shards into filtered shards + uid list + metadata + manifest."""
-    load_config(config)  # fail fast, with a readable message
+    plan(pool, out, config, work)  # fail fast, with a readable message, before any task runs
+    progress = create_progress_artifact(0.0, key="curation-progress", description="shards annotated (%)")
+    sub = curate_shards
     if runner == "dask":
         from prefect_dask import DaskTaskRunner
 
         tr = (DaskTaskRunner(address=dask_address) if dask_address else
               DaskTaskRunner(cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True}))
-        return curate_shards.with_options(task_runner=tr)(pool, out, config, work, retries)
-    return curate_shards(pool, out, config, work, retries)
+        sub = curate_shards.with_options(task_runner=tr)
+    m = sub(pool, out, config, work, retries, on_failure, str(progress) if progress else None)
+    summary_artifact(pool, m)
+    get_run_logger().info("kept %d of %d; shards in %s", m["kept"], m["samples_in"], Path(out) / "shards")
+    return m
+
+
+def summary_artifact(pool: str, m: dict) -> None:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in m["dropped_by_reason"].items())
+    filt = "\n".join(f"| `{k}` | {v.get('type')} | {v.get('threshold', '')} | {', '.join(v.get('reasons', []))} |"
+                     for k, v in m.get("filters", {}).items())
+    scorers = ", ".join(f"`{s.get('model') or s.get('precomputed')}` -> {s['column']}" for s in m.get("scorers", []))
+    problems = "".join(f"\n- broken `{b['shard']}`: {b['error']} ({b['samples_recovered']} recovered)"
+                       for b in m.get("broken_shards", []))
+    problems += "".join(f"\n- not processed `{f['shard']}`: {f['error']}" for f in m.get("not_processed_shards", []))
+    create_markdown_artifact(
+        key="curation-summary", description="kept / dropped by reason, thresholds, scorer, config",
+        markdown=(f"## Curation of `{pool}`\n\n{m['samples_in']} in, **{m['kept']} kept**, {m['dropped']} dropped "
+                  f"(config `{m.get('config_hash')}`; scorers: {scorers or 'none'}).\n\n"
+                  f"| drop reason | samples |\n|---|---|\n{rows}\n\n"
+                  f"| filter | type | threshold | reasons |\n|---|---|---|---|\n{filt}\n\n"
+                  f"Report: `{m.get('report')}`  \nFiltered shards: `{m.get('root')}/shards`"
+                  + (f"\n\n**Shard problems**:{problems}" if problems else "")))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,8 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runner", default="threads", choices=["threads", "dask"])
     p.add_argument("--dask-address", default=None)
     p.add_argument("--dask-workers", type=int, default=2)
+    p.add_argument("--on-failure", default="fail", choices=["fail", "partial"])
     a = p.parse_args(argv)
-    curate(a.pool, a.out, a.config, a.work, a.runner, a.dask_address, a.dask_workers)
+    curate(a.pool, a.out, a.config, a.work, a.runner, a.dask_address, a.dask_workers, on_failure=a.on_failure)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ def deployments(cron: str | None, pool: str, out: str, config: str) -> list:
     return deps
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m flows.serve") -> None:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cron", default=None, help="cron schedule, e.g. '0 2 * * *' for nightly (default: none)")
     p.add_argument("--pool", default=DEFAULT_POOL, help=f"default pool pattern (default: {DEFAULT_POOL})")

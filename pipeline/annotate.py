@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +22,16 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.clip_stage import get_scorer
-from pipeline.decode import decode_image
-from pipeline.ingest import INGEST_COLUMNS, ingest_row, read_shard
+from pipeline.ingest import INGEST_COLUMNS, ShardInfo, caption_languages, ingest_row, read_shard
 from pipeline.neardup import SIDE, thumbnail
-from pipeline.shards import atomic_write_table, shard_id
+from schemas.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from schemas.config import RUNTIME_FIELDS, ClipModel
+from shardio.decode import open_image
+from shardio.shards import atomic_write_table, shard_base, shard_id
 
 CACHE_KEY = b"curate_cache_key"
-INGEST_VERSION = 3
+SHARD_INFO = "curate_shard_info"
+INGEST_VERSION = 4
 
 
 def input_identity(shard: str | Path) -> dict:
@@ -51,10 +54,11 @@ def is_done(path: Path, key: str) -> bool:
     return meta.get(CACHE_KEY) == key.encode()
 
 
-def _write(path: Path, tbl: pa.Table, key: str) -> None:
+def _write(path: Path, tbl: pa.Table, key: str, extra: dict[str, str] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     schemas.validate(tbl)
-    atomic_write_table(path, tbl.replace_schema_metadata({CACHE_KEY: key.encode()}))
+    meta = {CACHE_KEY: key.encode(), **{k.encode(): v.encode() for k, v in (extra or {}).items()}}
+    atomic_write_table(path, tbl.replace_schema_metadata(meta))
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -65,7 +69,7 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]) -> dict:
-    """Run the ingest and CLIP stages on one shard; return what ran and the row count."""
+    """Run the ingest and CLIP stages on one shard; return what ran, the row count and its accounting."""
     run = Path(run_dir)
     sid = shard_id(shard)
     ingest_path = run / "columns" / "ingest" / f"{sid}.parquet"
@@ -81,13 +85,15 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     todo_clip = [(s, k) for s, k in todo_clip if not s.precomputed]
     need_ingest = not is_done(ingest_path, ingest_key)
     if not need_ingest and not todo_clip and not precomputed:
-        return {"shard": sid, "ran": [], "rows": pq.read_metadata(ingest_path).num_rows}
+        return {"shard": sid, "ran": [], "rows": pq.read_metadata(ingest_path).num_rows,
+                "info": shard_info(ingest_path)}
 
     rows: list[dict] = []  # ingest columns, only when the ingest stage runs
     uids: list[str] = []
     thumbs: list[np.ndarray] = []
     embs = {spec.column: ([], [], []) for spec, _ in todo_clip}
     batch: list[tuple[int, object, str]] = []  # (row, image, caption)
+    info = ShardInfo(sid, str(shard))
 
     def flush():
         if not batch:
@@ -100,19 +106,29 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
 
     bs = min([s.batch_size for s, _ in todo_clip] or [256])
     if need_ingest or todo_clip:  # pixels needed: one read + decode of the shard
-        for i, s in enumerate(read_shard(shard)):
+        samples = []
+        for i, s in enumerate(read_shard(shard, info)):
             uids.append(s.uid)
-            im, err = (None, None) if s.error else decode_image(s.image)
+            im, size, err = (None, None, None) if s.error else open_image(s.image)
             if need_ingest:
-                rows.append(ingest_row(s, im.width if im else None, im.height if im else None, err))
+                samples.append((s, im.width if im else None, im.height if im else None, err, size or (None, None)))
                 thumbs.append(thumbnail(im) if im is not None else np.zeros((SIDE, SIDE), np.uint8))
             if im is not None and todo_clip:
                 batch.append((i, im, s.caption))
                 if len(batch) >= bs:
                     flush()
         flush()
+        if need_ingest:
+            langs = caption_languages([s.caption for s, *_ in samples])
+            rows = [ingest_row(s, w, h, err, size, lang) for (s, w, h, err, size), lang in zip(samples, langs)]
+        else:
+            info = shard_info(ingest_path)
     else:  # only precomputed columns to write: the uids come from the finished ingest table
         uids = pq.read_table(ingest_path, columns=["uid"]).column("uid").to_pylist()
+        info = shard_info(ingest_path)
+    if info.error:
+        print(f"curate: broken shard {shard}: {info.error} ({info.samples_found} samples recovered)",
+              file=sys.stderr, flush=True)
 
     ran = []
     for spec, key in precomputed:
@@ -120,8 +136,8 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
         ran.append(spec.column)
     if need_ingest:
         _save_npy(run / "thumbs" / f"{sid}.npy", np.stack(thumbs) if thumbs else np.zeros((0, SIDE, SIDE), np.uint8))
-        _write(ingest_path, schemas.table({c: [r[c] for r in rows] for c in INGEST_COLUMNS}, INGEST_COLUMNS),
-               ingest_key)
+        tbl = schemas.table({c: [r[c] for r in rows] for c in INGEST_COLUMNS}, INGEST_COLUMNS)
+        _write(ingest_path, tbl, ingest_key, {SHARD_INFO: json.dumps(info.as_dict())})
         ran.append("ingest")
     n = len(uids)
     for spec, key in todo_clip:
@@ -142,11 +158,18 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
                         spec.column: pa.array(score, pa.float32())})
         _write(run / "columns" / spec.column / f"{sid}.parquet", tbl, key)
         ran.append(spec.column)
-    return {"shard": sid, "ran": ran, "rows": n}
+    return {"shard": sid, "ran": ran, "rows": n, "info": info}
+
+
+def shard_info(ingest_path: Path) -> ShardInfo:
+    """The accounting saved with a shard's ingest columns."""
+    meta = pq.read_schema(ingest_path).metadata or {}
+    raw = meta.get(SHARD_INFO.encode())
+    return ShardInfo(**json.loads(raw)) if raw else ShardInfo(ingest_path.stem, "")
 
 
 def _sidecars(shard: str | Path) -> tuple[Path, Path]:
-    base = str(shard)[:-4] if str(shard).endswith(".tar") else str(shard)
+    base = shard_base(shard)
     return Path(base + ".parquet"), Path(base + ".npz")
 
 
@@ -189,8 +212,6 @@ def scorer_identity(spec: ClipModel) -> dict:
 
 def weights_identity(spec: ClipModel) -> dict:
     """Which weights: a checkpoint file/folder's size and mtime, so retraining invalidates scores."""
-    from training.model import CONFIG_FILE, WEIGHTS_FILE
-
     out = {}
     for p in (spec.checkpoint, spec.model):
         if p and Path(p).exists():

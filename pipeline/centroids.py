@@ -22,7 +22,7 @@ from pipeline.vectors import kmeans, normalize, search
 def fit_or_reuse(x: np.ndarray, k: int, niter: int, seed: int, backend: str, cache_dir: Path | None, key: dict,
                  refit_growth: float = 0.5) -> tuple[np.ndarray, np.ndarray, str]:
     """(centroids, assignment, "fitted" | "reused")."""
-    if cache_dir is None:
+    if cache_dir is None or len(x) == 0:  # nothing to fit is nothing to save
         cent, assign = kmeans(x, k, niter, seed, backend)
         return cent, assign, "fitted"
     digest = hashlib.sha256(json.dumps({**key, "k": k, "niter": niter, "seed": seed}, sort_keys=True,

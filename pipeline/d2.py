@@ -13,7 +13,7 @@ import heapq
 
 import numpy as np
 
-from pipeline.vectors import cluster_knn, kmeans, normalize
+from pipeline.vectors import cluster_knn, kmeans, normalize, usable
 
 
 def d2_select(img: np.ndarray, txt: np.ndarray, difficulty: np.ndarray, budget: float, k: int = 10,
@@ -21,8 +21,7 @@ def d2_select(img: np.ndarray, txt: np.ndarray, difficulty: np.ndarray, budget: 
               seed: int = 0, backend: str = "auto") -> dict:
     """Return {"selected": bool per row, "score": message-passed score per row (NaN if not valid)}."""
     n = len(img)
-    ok = np.ones(n, bool) if valid is None else valid.copy()
-    ok &= np.isfinite(difficulty)
+    ok = usable(img, valid) & usable(txt) & np.isfinite(difficulty)
     rows = np.flatnonzero(ok)
     out = {"selected": np.zeros(n, bool), "score": np.full(n, np.nan, np.float32)}
     if len(rows) == 0:
@@ -32,15 +31,16 @@ def d2_select(img: np.ndarray, txt: np.ndarray, difficulty: np.ndarray, budget: 
     nclust = clusters or max(1, m // 1000)
     cent, assign = kmeans(x, nclust, niter=10, seed=seed, backend=backend)
     sims, nbr = cluster_knn(x, cent, assign, k, nprobe=2, backend=backend)
-    w_edge = np.where(nbr >= 0, 1.0 - sims, np.inf)  # distance
+    has = nbr >= 0  # fewer than k neighbours when the pool is small
+    w_edge = np.where(has, 1.0 - sims, 0.0)  # distance
     s0 = (difficulty[rows].astype(np.float64) + 1.0)
-    s = s0 + (np.exp(-gamma_f * w_edge) * np.where(nbr >= 0, s0[np.maximum(nbr, 0)], 0.0)).sum(1)
+    s = s0 + np.where(has, np.exp(-gamma_f * w_edge) * s0[np.maximum(nbr, 0)], 0.0).sum(1)
     out["score"][rows] = s
-    want = int(round(budget * m))
+    want = max(1, int(round(budget * m)))  # a positive budget keeps at least one sample
     # reverse graph: who lists i as a neighbour also gets pushed down when i is taken (undirected)
-    src = np.repeat(np.arange(m), k)[nbr.ravel() >= 0]
-    dst = nbr.ravel()[nbr.ravel() >= 0]
-    dist = w_edge.ravel()[nbr.ravel() >= 0]
+    src = np.repeat(np.arange(m), k)[has.ravel()]
+    dst = nbr.ravel()[has.ravel()]
+    dist = w_edge.ravel()[has.ravel()]
     a = np.concatenate([src, dst])
     b = np.concatenate([dst, src])
     d = np.concatenate([dist, dist])

@@ -21,7 +21,7 @@ MIN_STD = 2.0
 
 def standardised(thumbs: np.ndarray) -> np.ndarray:
     """(n, 32, 32) uint8 ingest thumbnails -> (n, 256) standardised 16x16; NaN rows when near-uniform."""
-    t = thumbs.astype(np.float32).reshape(len(thumbs), SIDE, 2, SIDE, 2).mean((2, 4)).reshape(len(thumbs), -1)
+    t = thumbs.astype(np.float32).reshape(len(thumbs), SIDE, 2, SIDE, 2).mean((2, 4)).reshape(len(thumbs), SIDE * SIDE)
     sd = t.std(1, keepdims=True)
     out = (t - t.mean(1, keepdims=True)) / np.maximum(sd, 1e-6)
     out[sd[:, 0] < MIN_STD] = np.nan
@@ -42,7 +42,7 @@ def task_folders(paths: list[str]) -> list[Path]:
 
 
 def eval_thumbs(paths: list[str]) -> tuple[np.ndarray, list[str]]:
-    from pipeline.sample_pool.evaltask import iter_split
+    from shardio.evaltask import iter_split
 
     thumbs, names = [], []
     for task in task_folders(paths):
@@ -58,22 +58,24 @@ def eval_thumbs(paths: list[str]) -> tuple[np.ndarray, list[str]]:
 
 def contaminated(thumbs: np.ndarray, eval_dirs: list[str], max_rms: float) -> tuple[np.ndarray, list, np.ndarray]:
     """(flag per row, nearest eval image name or None per row, RMS to the nearest eval image or NaN)
-    for the pool's ingest thumbnails."""
+    for the pool's ingest thumbnails. Near-uniform rows (and every row when no eval image has
+    structure) get no flag and NaN."""
     import faiss
 
     ev, names = eval_thumbs(eval_dirs)
     pool = standardised(thumbs)
-    ok = ~np.isnan(pool).any(1)
+    rows = np.flatnonzero(~np.isnan(pool).any(1))
+    flags = np.zeros(len(thumbs), bool)
+    dist_all = np.full(len(thumbs), np.nan, np.float32)
+    nearest = [None] * len(thumbs)
+    if len(rows) == 0 or len(ev) == 0:
+        return flags, nearest, dist_all
     index = faiss.IndexFlatL2(ev.shape[1])
     index.add(ev)
-    dist, idx = index.search(np.ascontiguousarray(pool[ok]), 1)
+    dist, idx = index.search(np.ascontiguousarray(pool[rows]), 1)
     rms = np.sqrt(np.maximum(dist[:, 0], 0) / ev.shape[1])
-    flags = np.zeros(len(thumbs), bool)
-    flags[np.flatnonzero(ok)] = rms <= max_rms
-    dist_all = np.full(len(thumbs), np.nan, np.float32)
-    dist_all[np.flatnonzero(ok)] = rms
-    nearest = [None] * len(thumbs)
-    for j, i in enumerate(np.flatnonzero(ok)):
-        if flags[i]:
-            nearest[i] = names[idx[j, 0]]
+    flags[rows] = rms <= max_rms
+    dist_all[rows] = rms
+    for j in np.flatnonzero(rms <= max_rms):
+        nearest[rows[j]] = names[idx[j, 0]]
     return flags, nearest, dist_all

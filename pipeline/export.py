@@ -1,15 +1,21 @@
-"""Export: filtered webdataset shards, DataComp's sorted ``u8,u8`` uid array, metadata, manifest."""
+"""Export: filtered webdataset shards, DataComp's sorted ``u8,u8`` uid array, metadata, manifest.
+
+Everything is written into a staging folder; pipeline/publish.py makes it visible in one step.
+"""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.shards import ShardWriter, atomic_write_bytes, atomic_write_table, iter_tar_samples, shard_id
+import schemas
+from pipeline.faults import point
+from pipeline.ingest import MAX_CAPTION_CHARS
+from shardio.shards import ShardWriter, atomic_write_bytes, atomic_write_table, shard_id
+from shardio.tar import iter_samples
 
 
 def uid_array(uids) -> np.ndarray:
@@ -19,45 +25,75 @@ def uid_array(uids) -> np.ndarray:
     return arr
 
 
-def write_shards(df: pd.DataFrame, shards: list[str], out_dir: Path, samples_per_shard: int) -> list[str]:
-    """Copy kept samples' members verbatim into new shards; written aside, then swapped in."""
-    keep = set(zip(df.loc[df["keep"], "shard"], df.loc[df["keep"], "key"]))
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    writer = ShardWriter(tmp, samples_per_shard)
-    written = 0
+def write_shards(df: pd.DataFrame, shards: list[str], out_dir: Path, samples_per_shard: int,
+                 captions: dict[tuple[str, str], str] | None = None) -> list[str]:
+    """Copy kept samples' members verbatim into new shards (a caption longer than the limit, or
+    rewritten by a caption transform, replaces the ``.txt``). A key already written from another
+    source shard is prefixed with its shard id, so no output shard holds one key twice."""
+    kept = df.loc[df["keep"], ["shard", "key"]]
+    want: dict[str, set[str]] = {}
+    for sid, key in zip(kept["shard"], kept["key"]):
+        want.setdefault(sid, set()).add(key)
+    captions = captions or {}
+    writer = ShardWriter(out_dir, samples_per_shard)
+    written, used = 0, set()
+    half = len(kept) // 2
     for path in shards:
         sid = shard_id(path)
-        try:
-            for raw in iter_tar_samples(path):
-                key = raw["__key__"].rsplit("/", 1)[-1]
-                if (sid, key) in keep:
-                    members = {k: v for k, v in raw.items() if not k.startswith("__")}
-                    writer.write_raw(key, members)
-                    written += 1
-        except Exception:  # noqa: BLE001 - samples after tar damage were never kept (no image)
-            pass
+        keys = want.get(sid)
+        if not keys:
+            continue
+        for s in iter_samples(path):
+            if s.duplicate or s.key not in keys:
+                continue
+            members = dict(s.members)
+            new_caption = captions.get((sid, s.key))
+            if new_caption is not None:
+                members["txt"] = new_caption.encode("utf-8")
+            elif "txt" in members and len(members["txt"]) > MAX_CAPTION_CHARS:
+                members["txt"] = members["txt"].decode("utf-8", "replace")[:MAX_CAPTION_CHARS].encode("utf-8")
+            key = s.key if s.key not in used else f"{sid}/{s.key}"
+            used.add(key)
+            writer.write_raw(key, members)
+            written += 1
+            if written == half:
+                point("export:mid")
     paths = writer.close()
-    if written != len(keep):
-        raise RuntimeError(f"export wrote {written} samples but {len(keep)} were kept: source shards changed?")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return [str(out_dir / Path(p).name) for p in paths]
+    if written != len(kept):
+        raise RuntimeError(f"export wrote {written} samples but {len(kept)} were kept: a source shard changed "
+                           "since it was annotated; rerun to re-annotate it")
+    return [str(Path(out_dir.name) / Path(p).name) for p in paths]
 
 
-def export(df: pd.DataFrame, shards: list[str], out: str | Path, samples_per_shard: int,
-           manifest: dict) -> dict:
+def metadata_table(df: pd.DataFrame, declared: dict[str, str]) -> pa.Table:
+    """The metadata table with every column checked against its contract: schemas/columns.json for the
+    core columns, the filter instances' declared outputs, float32 for scorer columns."""
+    fields = []
+    for name in df.columns:
+        if name in declared:
+            t = schemas.TYPES[declared[name]]
+        else:
+            try:
+                t = schemas.arrow_type(name)
+            except KeyError:
+                raise RuntimeError(f"column {name!r} is declared nowhere (schemas/columns.json or a filter's "
+                                   "outputs)") from None
+        fields.append(pa.field(name, t))
+    return pa.Table.from_pandas(df, schema=pa.schema(fields), preserve_index=False)
+
+
+def export(df: pd.DataFrame, shards: list[str], out: str | Path, samples_per_shard: int, manifest: dict,
+           declared: dict[str, str] | None = None, captions: dict | None = None) -> dict:
+    """Write shards, uids.npy, metadata.parquet and manifest.json into ``out`` (a staging folder)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = write_shards(df, shards, out / "shards", samples_per_shard)
+    written = write_shards(df, shards, out / "shards", samples_per_shard, captions)
     uids = uid_array(df.loc[df["keep"], "uid"])
     tmp = out / ".uids.tmp.npy"
     np.save(tmp, uids)
     tmp.replace(out / "uids.npy")
-    meta = df.copy()
-    atomic_write_table(out / "metadata.parquet", pa.Table.from_pandas(meta, preserve_index=False))
-    manifest = {**manifest, "output_shards": written, "uids": str(out / "uids.npy"),
-                "metadata": str(out / "metadata.parquet"), "uid_count": int(len(uids))}
+    atomic_write_table(out / "metadata.parquet", metadata_table(df, declared or {}))
+    manifest = {**manifest, "output_shards": written, "uids": "uids.npy", "metadata": "metadata.parquet",
+                "uid_count": int(len(uids))}
     atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
     return manifest

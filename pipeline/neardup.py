@@ -15,7 +15,7 @@ Every decoded image leaves a 32x32 grey thumbnail at ingest (``thumbs/<shard>.np
    heavily re-encoded copy is as far from its original as two look-alike products, but much nearer to
    it than to anything else). Known limit: three or more heavy copies of one image, none within
    ``max_rms`` of another, are each other's rivals and stay.
-4. Pairs join into groups (union-find); the first sample of a group in keep order stays.
+4. Pairs join into groups (connected components); the first sample of a group in keep order stays.
 Cost: an inverted-file search (faiss IVF, sqrt(n * views) lists, 16 probed) above 100k view vectors
 (~3,600 images; exact search below), plus k * n small alignments; never all pairs.
 """
@@ -75,6 +75,8 @@ def candidates(desc: np.ndarray, valid: np.ndarray, k: int, min_sim: float = 0.9
 
     rows = np.flatnonzero(valid)
     n, V, d = desc.shape
+    if len(rows) < 2:
+        return np.zeros((0, 3), np.int64)
     base = np.ascontiguousarray(desc[rows].reshape(-1, d))
     full = np.ascontiguousarray(desc[rows, 0])
     if len(base) > IVF_ABOVE and backend != "torch":
@@ -166,24 +168,20 @@ def rival_rms(pairs: np.ndarray, rms: np.ndarray, group: np.ndarray) -> np.ndarr
 
 
 def groups(n: int, pairs: np.ndarray, order_key: np.ndarray) -> np.ndarray:
-    """Union-find over duplicate pairs; returns each row's kept representative (itself if unique).
-    The representative is the row with the lowest ``order_key`` in its group."""
-    parent = np.arange(n)
+    """Connected components of the duplicate pairs (scipy); returns each row's kept representative
+    (itself if unique): the row with the lowest ``order_key`` (then index) in its component."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for a, b in pairs:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            if (order_key[ra], ra) < (order_key[rb], rb):
-                parent[rb] = ra
-            else:
-                parent[ra] = rb
-    return np.array([find(i) for i in range(n)])
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    ncomp, label = connected_components(graph, directed=False)
+    order = np.lexsort((np.arange(n), order_key))  # keep order: best first
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    best = np.full(ncomp, n, np.int64)
+    np.minimum.at(best, label, rank)
+    return order[best][label]
 
 
 def near_duplicates(thumbs: np.ndarray, valid: np.ndarray, *, max_rms: float, ratio: float, ratio_max_rms: float,
@@ -194,7 +192,9 @@ def near_duplicates(thumbs: np.ndarray, valid: np.ndarray, *, max_rms: float, ra
     n = len(thumbs)
     order_key = np.arange(n, dtype=np.float64) if order_key is None else order_key
     # near-uniform thumbnails carry no structure to match on
-    valid = valid & (thumbs.reshape(n, -1).std(1) >= 2.0)
+    valid = np.asarray(valid, bool) & (thumbs.std((1, 2)) >= 2.0)
+    if valid.sum() < 2:  # nothing to compare
+        return {"duplicate_of": np.full(n, -1, np.int64), "rms": np.full(n, np.nan, np.float32)}
     params = view_params()
     trip = candidates(descriptors(thumbs, params), valid, k, backend=backend)
     rms = aligned_rms(thumbs, trip, params)

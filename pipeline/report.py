@@ -72,9 +72,9 @@ def _line(xs: list[float], ys: list[float], title: str) -> str:
 def _thumbs(df: pd.DataFrame, shards: list[str], wanted: set[str]) -> dict[str, str]:
     """uid -> data URI of a 96 px JPEG thumbnail; reads only the shards holding wanted samples, and
     each only up to its last wanted sample."""
-    from pipeline.decode import decode_image
+    from shardio.decode import decode_image
     from pipeline.ingest import read_shard
-    from pipeline.shards import shard_id
+    from shardio.shards import shard_id
 
     need = df.loc[df["uid"].isin(wanted)].groupby("shard")["uid"].apply(set).to_dict()
     out: dict[str, str] = {}

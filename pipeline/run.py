@@ -1,85 +1,236 @@
-"""Curation without an orchestrator: annotate every shard, decide, export.
+"""The curation core: plan the shards, annotate them on an executor, apply the failure policy,
+decide, export into a staging folder, publish atomically, write the log. The command line and the
+Prefect flow (flows/curate.py) both call ``plan`` + ``annotate`` + ``finish``; nothing else loops
+over shards or decides what a failure means.
 
-The Prefect flow (flows/curate.py) calls the same three steps as tasks.
+Failure policy: a shard whose job still fails after retries fails the run before anything is
+published (the previous output stays), naming the shard and the error; ``on_failure="partial"``
+publishes without it and lists it under ``not_processed_shards``. A broken tar (truncated, not a
+tar) is not a failure: the samples before the damage are curated and the shard is listed under
+``broken_shards``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from tqdm import tqdm
-
-from pipeline.annotate import annotate_shard
-from pipeline.decide import Arrays, decide, load_columns, summarize
-from pipeline.export import export
+from pipeline import publish
+from pipeline.config import CurateConfig, load_config
+from pipeline.executors import Executor, make
+from pipeline.faults import point
 from pipeline.lock import exclusive
-from pipeline.report import write_report
-from pipeline.shards import expand, shard_id
-from schemas.config import CurateConfig, load_config
+from shardio.shards import expand, shard_id
+
+log = logging.getLogger("curate")
+Policy = Literal["fail", "partial"]
 
 
-def decide_and_export(shards: list[str], out: str | Path, config: CurateConfig, extra: dict | None = None,
-                      work: str | Path | None = None) -> dict:
-    """Decide on the columns in ``work`` (default ``out``) and export into ``out``."""
-    t0 = time.time()
-    sids = [shard_id(s) for s in shards]
-    df = load_columns(work or out, sids, config)
-    df, thresholds = decide(df, config, Arrays(work or out, sids))
-    manifest = {**summarize(df), "thresholds": thresholds, "input_shards": shards,
-                "config": config.model_dump(), **(extra or {})}
-    manifest = export(df, shards, out, config.export.samples_per_shard, manifest)
-    manifest["report"] = str(write_report(out, df.reset_index(drop=True), shards, manifest))
-    manifest["decide_export_seconds"] = round(time.time() - t0, 2)
-    return manifest
+class ShardsFailed(RuntimeError):
+    pass
 
 
-def _init_worker(threads: int) -> None:
-    import torch
+@dataclass
+class Plan:
+    shards: list[str]
+    out: Path
+    work: Path
+    config: CurateConfig
+    config_hash: str
 
-    torch.set_num_threads(threads)
+
+def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | dict,
+         work: str | Path | None = None) -> Plan:
+    """Check everything a run needs before any work starts: config, scorers, shards, output folder."""
+    from pipeline.clip_stage import check_scorer
+
+    config = config if isinstance(config, CurateConfig) else load_config(config)
+    for spec in config.clip:
+        check_scorer(spec)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the curation output")
+    if work is not None and Path(work).exists() and not Path(work).is_dir():
+        raise ValueError(f"--work {work} is a file; give a folder")
+    shards = expand(pool)
+    by_id: dict[str, str] = {}
+    for s in shards:
+        sid = shard_id(s)
+        if sid in by_id and Path(by_id[sid]).resolve() != Path(s).resolve():
+            raise ValueError(f"two input shards share the name {sid!r}: {by_id[sid]} and {s}; per-shard outputs "
+                             "are keyed by name, so curate them into separate outputs or rename one")
+        by_id.setdefault(sid, s)
+    shards = list(by_id.values())
+    digest = hashlib.sha256(json.dumps(config.model_dump(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Plan(shards, out, Path(work) if work is not None else out, config, digest)
 
 
-def _annotate(args) -> dict:
-    shard, work, clip_json = args
+def annotate_job(args: tuple[str, str, list[str]]) -> dict:
+    """One shard's per-shard pass (picklable, for process pools and clusters)."""
+    from pipeline.annotate import annotate_shard
     from schemas.config import ClipModel
 
-    return annotate_shard(shard, work, [ClipModel.model_validate_json(c) for c in clip_json])
+    shard, work, clip_json = args
+    r = annotate_shard(shard, work, [ClipModel.model_validate_json(c) for c in clip_json])
+    r["info"] = r["info"].as_dict()
+    return r
+
+
+def jobs(p: Plan) -> list[tuple[str, str, list[str]]]:
+    return [(s, str(p.work), [c.model_dump_json() for c in p.config.clip]) for s in p.shards]
+
+
+def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[str, dict], dict[str, str]]:
+    """Run every shard's job; return (results by shard, errors by shard)."""
+    from tqdm import tqdm
+
+    done, failed = {}, {}
+    bar = tqdm(total=len(p.shards), desc="annotate", unit="shard", disable=not progress)
+    for i, (job, result, error) in enumerate(executor.map(annotate_job, jobs(p))):
+        if error is None:
+            done[job[0]] = result
+        else:
+            failed[job[0]] = error
+            log.error("shard %s failed after retries: %s", job[0], error)
+        bar.update(1)
+        if i == len(p.shards) // 2:
+            point("annotate:mid")
+    bar.close()
+    return done, failed
+
+
+def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: Policy = "fail",
+           extra: dict | None = None) -> dict:
+    """Apply the failure policy, decide, export into staging, publish; return the manifest."""
+    from pipeline.decide import Arrays, decide, load_columns, summarize
+    from pipeline.export import export
+    from pipeline.report import write_report
+
+    if failed and on_failure == "fail":
+        names = "; ".join(f"{s}: {e}" for s, e in sorted(failed.items()))
+        raise ShardsFailed(f"{len(failed)} shard(s) failed after retries, nothing was published (the previous "
+                           f"output stays; rerun to retry, or pass on_failure='partial'): {names}")
+    t0 = time.time()
+    shards = [s for s in p.shards if s in done]
+    sids = [shard_id(s) for s in shards]
+    infos = [done[s]["info"] for s in shards]
+    df = load_columns(p.work, sids, p.config)
+    point("decide")
+    df, filters = decide(df, p.config, Arrays(p.work, sids), run=p.work)
+    found = sum(i["samples_found"] for i in infos)
+    if found != len(df):
+        raise RuntimeError(f"accounting: the shards hold {found} samples but decide saw {len(df)}")
+    broken = [{"shard": i["path"], "error": i["error"], "samples_recovered": i["samples_found"]}
+              for i in infos if i["error"]]
+    manifest = {
+        **summarize(df),
+        "listed_not_downloaded": _add_counts(i["not_downloaded"] for i in infos),
+        "listed_missing_from_tar": sum(i["listed_missing"] for i in infos),
+        "broken_shards": broken,
+        "not_processed_shards": [{"shard": s, "error": e} for s, e in sorted(failed.items())],
+        "skipped_members": _add_counts(i["skipped_members"] for i in infos),
+        "sidecar_errors": [{"shard": i["path"], "error": i["sidecar_error"]} for i in infos if i["sidecar_error"]],
+        "filters": filters,
+        "thresholds": {k: v["threshold"] for k, v in filters.items() if "threshold" in v},
+        "scorers": [c.model_dump() for c in p.config.clip],
+        "config": p.config.model_dump(), "config_hash": p.config_hash,
+        "input_shards": shards,
+        "run": dict((extra or {}).get("run", {})),  # what this run did and how long: differs between reruns
+        **{k: v for k, v in (extra or {}).items() if k != "run"},
+    }
+    for b in broken:
+        log.warning("broken shard %s: %s (%d samples recovered)", b["shard"], b["error"], b["samples_recovered"])
+    declared = {f.out_column(o): t for f in p.config.filters for o, t in f.outputs.items()}
+    captions = _rewritten_captions(df, p.config)
+    stage = publish.staging(p.out)
+    manifest = export(df, shards, stage, p.config.export.samples_per_shard, manifest, declared, captions)
+    manifest["report"] = "report.html"
+    write_report(stage, df.reset_index(drop=True), shards, manifest)
+    manifest["run"]["decide_export_seconds"] = round(time.time() - t0, 2)
+    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    point("publish:staged")
+    version = publish.commit(p.out, stage)
+    log.info("published %s: %d in, %d kept, dropped %s", version, manifest["samples_in"], manifest["kept"],
+             manifest["dropped_by_reason"])
+    return absolute(manifest, version)
+
+
+def _add_counts(dicts) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + int(v)
+    return dict(sorted(out.items()))
+
+
+def _rewritten_captions(df, config) -> dict:
+    """(shard, key) -> caption, from filters that rewrite captions (the original stays in metadata)."""
+    out: dict = {}
+    for f in config.filters:
+        if getattr(f, "rewrites_caption", False):
+            col = f.out_column("caption")
+            kept = df[df["keep"] & df[col].notna()]
+            out.update(zip(zip(kept["shard"], kept["key"]), kept[col]))
+    return out
+
+
+def absolute(manifest: dict, root: Path) -> dict:
+    """The manifest with its relative paths resolved against the published version folder."""
+    m = dict(manifest)
+    m["root"] = str(root)
+    m["output_shards"] = [str(root / s) for s in m.get("output_shards", [])]
+    for k in ("uids", "metadata", "report"):
+        if k in m:
+            m[k] = str(root / m[k])
+    return m
+
+
+@contextmanager
+def run_log(out: Path):
+    """Append this run's log lines to ``<out>/curate.log`` (and warnings to stderr)."""
+    out.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(out / "curate.log")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    err.setFormatter(logging.Formatter("curate: %(levelname)s: %(message)s"))
+    log.addHandler(fh)
+    log.addHandler(err)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(fh)
+        log.removeHandler(err)
+        fh.close()
 
 
 def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | str | dict,
-                 progress: bool = True, work: str | Path | None = None, workers: int = 1) -> dict:
-    """Curate ``pool`` (paths, braced patterns or folders of .tar) into ``out``; return the manifest.
+                 progress: bool = True, work: str | Path | None = None, workers: int = 1,
+                 on_failure: Policy = "fail", retries: int = 1, dask_address: str | None = None) -> dict:
+    """Curate ``pool`` (paths, braced patterns or folders of shards) into ``out``; return the manifest.
 
-    Per-shard columns and embeddings go to ``work`` (default: ``out``); several configs can share
-    one ``work`` folder and so score the pool once. ``workers`` > 1 annotates shards in that many
-    processes (each loads the scorer once and gets its share of the cores); outputs are the same.
-    """
-    config = config if isinstance(config, CurateConfig) else load_config(config)
-    shards = expand(pool)
-    sids = [shard_id(s) for s in shards]
-    if len(set(sids)) != len(sids):
-        raise ValueError("two input shards share a name; per-shard outputs are keyed by name")
-    with exclusive(out):
+    Per-shard columns and embeddings go to ``work`` (default: ``out``); several configs can share one
+    ``work`` folder and so score the pool once. ``workers`` > 1 annotates shards in that many processes;
+    ``dask_address`` on a Dask cluster. Outputs are the same either way."""
+    p = plan(pool, out, config, work)
+    with exclusive(p.out), run_log(p.out):
+        log.info("curating %d shards into %s (config %s)", len(p.shards), p.out, p.config_hash)
         t0 = time.time()
-        if workers > 1:
-            import multiprocessing as mp
-            import os
-            from concurrent.futures import ProcessPoolExecutor
+        done, failed = annotate(p, make(workers, dask_address, retries), progress)
+        seconds = time.time() - t0
+        return finish(p, done, failed, on_failure, {"run": run_facts(done, seconds)})
 
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            jobs = [(s, str(work or out), [c.model_dump_json() for c in config.clip]) for s in shards]
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                     initargs=(threads,)) as ex:
-                ran = list(tqdm(ex.map(_annotate, jobs), total=len(jobs), desc="annotate", unit="shard",
-                                disable=not progress))
-        else:
-            ran = [annotate_shard(s, work or out, config.clip)
-                   for s in tqdm(shards, desc="annotate", unit="shard", disable=not progress)]
-        t_annotate = time.time() - t0
-        rows = sum(r["rows"] for r in ran)
-        return decide_and_export(shards, out, config, {
-            "annotate_seconds": round(t_annotate, 2),
-            "annotate_samples_per_s": round(rows / t_annotate, 1) if t_annotate > 0 else None,
-            "stage_runs": sum(len(r["ran"]) for r in ran),
-            "shards_annotated": sum(bool(r["ran"]) for r in ran),
-        }, work=work)
+
+def run_facts(done: dict[str, dict], seconds: float) -> dict:
+    rows = sum(r["rows"] for r in done.values())
+    return {"annotate_seconds": round(seconds, 2),
+            "annotate_samples_per_s": round(rows / seconds, 1) if seconds > 0 else None,
+            "stage_runs": sum(len(r["ran"]) for r in done.values()),
+            "shards_annotated": sum(bool(r["ran"]) for r in done.values())}

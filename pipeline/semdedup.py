@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.vectors import kmeans, members, normalize, torch_device
+from pipeline.vectors import kmeans, members, normalize, torch_device, usable
 
 MAX_CLUSTER = 40_000
 
@@ -39,8 +39,7 @@ def semdedup(emb: np.ndarray, k: int, eps: float, rule: str = "farthest", score:
     Return per-row arrays: cluster, duplicate_of (row index or -1), max_sim (SemDeDup's M: the highest
     cosine to any item before it in keep order, within its cluster)."""
     n = len(emb)
-    valid = np.ones(n, bool) if valid is None else valid
-    rows = np.flatnonzero(valid)
+    rows = np.flatnonzero(usable(emb, valid))  # NaN / zero embeddings (undecodable rows) take no part
     out = {"cluster": np.full(n, -1, np.int64), "duplicate_of": np.full(n, -1, np.int64),
            "max_sim": np.full(n, np.nan, np.float32)}
     if len(rows) == 0:

@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from pipeline.vectors import kmeans, normalize, search
+from pipeline.vectors import kmeans, normalize, search, usable
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -21,10 +21,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 def iter_images(paths: list[str]) -> Iterator[Image.Image]:
     """Decodable images from webdataset shards (a .tar or a folder of them), task folders in
     CLIP_benchmark's layout (train split if there is one, else test), or folders of image files."""
-    from pipeline.decode import decode_image
+    from shardio.decode import decode_image
     from pipeline.ingest import read_shard
-    from pipeline.sample_pool.evaltask import iter_split
-    from pipeline.shards import expand
+    from shardio.evaltask import iter_split
+    from shardio.shards import expand
 
     for p in map(Path, paths):
         if not p.exists():
@@ -65,21 +65,28 @@ def embed_targets(scorer, paths: list[str], limit: int | None = None) -> np.ndar
 
 def image_based(pool_img: np.ndarray, valid: np.ndarray, targets: np.ndarray, k: int, niter: int = 20,
                 seed: int = 0, backend: str = "auto", fit=None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(in_target per row, cluster per row (-1 if not valid), number of target clusters).
-    ``fit(x, k, niter) -> (centroids, assignment)`` replaces the k-means (e.g. saved centroids)."""
-    rows = np.flatnonzero(valid)
+    """(in_target per row, cluster per row (-1 if not usable), number of target clusters).
+    ``fit(x, k, niter) -> (centroids, assignment)`` replaces the k-means (e.g. saved centroids).
+    A target goes to its nearest centroid that holds a pool sample (k may exceed the distinct samples)."""
+    rows = np.flatnonzero(usable(pool_img, valid))
+    targets = np.asarray(targets, np.float32)
+    targets = targets[usable(targets)] if len(targets) else targets
     cluster = np.full(len(pool_img), -1, np.int64)
-    if len(rows) == 0:
+    if len(rows) == 0 or len(targets) == 0:
         return np.zeros(len(pool_img), bool), cluster, 0
     cent, assign = fit(pool_img[rows], k, niter) if fit else kmeans(pool_img[rows], k, niter, seed, backend)
     cluster[rows] = assign
-    _, near = search(cent, normalize(targets), 1, backend)
-    wanted = np.unique(near[:, 0])
-    return np.isin(cluster, wanted) & valid, cluster, int(len(wanted))
+    held = np.unique(assign)
+    _, near = search(cent[held], normalize(targets), 1, backend)
+    wanted = held[np.unique(near[:, 0])]
+    return np.isin(cluster, wanted), cluster, int(len(wanted))
 
 
 def concept_score(pool_img: np.ndarray, valid: np.ndarray, prompt_emb: np.ndarray) -> np.ndarray:
-    s = normalize(pool_img) @ normalize(prompt_emb).T
-    out = s.max(1).astype(np.float32)
-    out[~valid] = np.nan
+    """Max cosine to a prompt per row; NaN where the row is not valid or has no embedding."""
+    ok = usable(pool_img, valid)
+    out = np.full(len(pool_img), np.nan, np.float32)
+    prompts = np.asarray(prompt_emb, np.float32)
+    if ok.any() and len(prompts):
+        out[ok] = (normalize(pool_img[ok]) @ normalize(prompts).T).max(1)
     return out

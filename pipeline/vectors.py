@@ -3,8 +3,8 @@ and neighbours restricted to clusters (never all-pairs over the pool).
 
 Two backends give the same answers (tested): ``faiss`` (faiss-cpu, or faiss-gpu where it installs)
 and ``torch`` (matmul + top-k, on the GPU when there is one). ``auto`` picks torch on a GPU and faiss
-on a CPU. k-means is our own Lloyd loop (seeded init, empty clusters keep their centroid) so that its
-result does not depend on the backend; only the nearest-centroid search runs on it.
+on a CPU. k-means centroids come from faiss.Kmeans on both backends, so they do not depend on the
+backend; only the nearest-centroid search runs on it.
 """
 from __future__ import annotations
 
@@ -28,13 +28,22 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(n, 1e-12))
 
 
+def usable(x: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Rows with a finite, non-zero vector (and ``valid`` when given): the rows a global step can use."""
+    x = np.asarray(x, np.float32).reshape(len(x), -1) if len(x) else np.zeros((0, 1), np.float32)
+    ok = np.isfinite(x).all(1) & (np.abs(x).max(1, initial=0) > 0)
+    return ok if valid is None else ok & np.asarray(valid, bool)
+
+
 def torch_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def search(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` inner products of each query against ``base``: (scores, indices), best first."""
-    k = min(k, len(base))
+    k = max(0, min(k, len(base)))
+    if k == 0 or len(queries) == 0:  # faiss asserts k > 0
+        return np.zeros((len(queries), k), np.float32), np.zeros((len(queries), k), np.int64)
     if pick(backend) == "faiss":
         import faiss
 
@@ -48,51 +57,25 @@ def search(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "auto")
         q = torch.from_numpy(np.ascontiguousarray(queries[i:i + CHUNK], np.float32)).to(dev)
         s, j = (q @ b.T).topk(k, dim=1)
         out_s.append(s.cpu().numpy()), out_i.append(j.cpu().numpy())
-    if not out_s:
-        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
     return np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
 
 
 def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Spherical k-means on unit vectors: (centroids (k, d), assignment (n,)). ``k`` is capped at n."""
+    """Spherical k-means on unit vectors: (centroids (k, d), assignment (n,)); ``k`` is capped at n.
+    The centroids come from ``faiss.Kmeans`` on both backends (seeded random init, ``niter`` Lloyd
+    iterations on at most 256 sampled points per centroid, empty clusters split); every row is then
+    assigned to its nearest centroid by ``search`` on the chosen backend (the n * k pass)."""
+    import faiss
+
     x = normalize(x)
+    if len(x) == 0:
+        return np.zeros((0, x.shape[1]), np.float32), np.zeros(0, np.int64)
     k = max(1, min(k, len(x)))
-    rng = np.random.default_rng(seed)
-    init = np.sort(rng.choice(len(x), k, replace=False))
-    if pick(backend) == "torch":
-        return _kmeans_torch(x, init, niter)
-    cent = x[init].copy()
-    xd = torch.from_numpy(x).double()
-    assign = np.full(len(x), -1, np.int64)
-    for _ in range(niter):
-        _, idx = search(cent, x, 1, backend)
-        new = idx[:, 0]
-        if (new == assign).all():
-            break
-        assign = new
-        sums = torch.zeros((k, x.shape[1]), dtype=torch.float64).index_add_(0, torch.from_numpy(assign), xd)
-        filled = np.bincount(assign, minlength=k) > 0
-        cent[filled] = normalize(sums.numpy()[filled])
-    return cent, assign
-
-
-@torch.no_grad()
-def _kmeans_torch(x: np.ndarray, init: np.ndarray, niter: int) -> tuple[np.ndarray, np.ndarray]:
-    """The same loop with the data on the torch device (the GPU when there is one)."""
-    dev = torch_device()
-    xt = torch.from_numpy(x).to(dev)
-    cent = xt[torch.from_numpy(init).to(dev)].clone()
-    xd = xt.double()
-    assign = torch.full((len(x),), -1, dtype=torch.long, device=dev)
-    for _ in range(niter):
-        new = torch.cat([(xt[i:i + CHUNK] @ cent.T).argmax(1) for i in range(0, len(xt), CHUNK)])
-        if torch.equal(new, assign):
-            break
-        assign = new
-        sums = torch.zeros(cent.shape, dtype=torch.float64, device=dev).index_add_(0, assign, xd)
-        filled = torch.bincount(assign, minlength=len(cent)) > 0
-        cent[filled] = torch.nn.functional.normalize(sums[filled], dim=1).float()
-    return cent.cpu().numpy(), assign.cpu().numpy()
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True)
+    km.train(x)
+    cent = np.ascontiguousarray(km.centroids, np.float32)
+    _, idx = search(cent, x, 1, backend)
+    return cent, idx[:, 0].astype(np.int64)
 
 
 def members(assign: np.ndarray) -> list[np.ndarray]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 
 HERE = Path(__file__).parent
-_TYPES = {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(),
+TYPES = {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(),
           "bool": pa.bool_(), "list<string>": pa.list_(pa.string())}
 
 
@@ -20,7 +20,7 @@ def columns() -> dict[str, dict]:
 def arrow_type(name: str) -> pa.DataType:
     """Arrow type of a declared column; extra score columns ``clip_score_<tag>`` and ``concept_<name>`` are float32."""
     if name in columns():
-        return _TYPES[columns()[name]["type"]]
+        return TYPES[columns()[name]["type"]]
     if name.startswith(("clip_score_", "concept_")):
         return pa.float32()
     raise KeyError(f"column {name!r} is not declared in schemas/columns.json")

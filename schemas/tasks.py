@@ -80,7 +80,7 @@ DATACOMP: list[Task] = [
     _t("utkface", "utkface", "Other", "acc1", scored=False),
 ]
 
-# The built-in offline suite (written by pipeline/sample_pool/suite.py), mirroring DataComp's groups.
+# The built-in offline suite (written by app/sample_pool/suite.py), mirroring DataComp's groups.
 SHIFTS = ["inverted", "rotated", "low_contrast", "edges", "cropped"]
 BUILTIN: list[Task] = (
     [_t("builtin/fashion_mnist", "fashion_mnist", "ImageNet")]

@@ -1,3 +1,5 @@
+import heapq
+import io
 import json
 import tarfile
 
@@ -6,16 +8,18 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.decide import clip_threshold
+from pipeline.config import load_config
 from pipeline.export import uid_array
+from pipeline.filters.clip_score import top_fraction_threshold
+from pipeline.publish import checksums
 from pipeline.run import run_curation
-from pipeline.shards import expand, iter_tar_samples
-from schemas.config import ClipScoreFilter, load_config
+from shardio.shards import expand, iter_tar_samples
 from tests.shardmaker import make_pool, uid
 
 PLANT = {3: "corrupt", 10: "truncated", 30: "empty", 41: "noimage", 52: "missing"}
 CONFIG = {"clip": [{"model": "curate-tiny", "batch_size": 16}],
           "filters": [{"type": "clip_score", "fraction": 0.3}]}
+REASON = "clip_score[top0.3]"
 
 
 @pytest.fixture(scope="module")
@@ -26,48 +30,50 @@ def curated(tmp_path_factory):
     return root, manifest, pd.read_parquet(root / "out" / "metadata.parquet")
 
 
-def test_every_sample_accounted_for(curated):
+def test_every_sample_in_the_tars_is_a_row_and_the_listed_but_absent_one_is_counted(curated):
     _, m, meta = curated
-    assert m["samples_in"] == 60 == len(meta)
-    assert m["kept"] + m["dropped"] == m["samples_in"]
-    assert m["kept"] + sum(m["dropped_by_reason"].values()) == 60
-    assert sorted(meta["uid"]) == sorted(uid(i) for i in range(60))
+    in_tars = {uid(i) for i in range(60)} - {uid(52)}  # sample 52 was removed from its tar
+    assert sorted(meta["uid"]) == sorted(in_tars)
+    assert m["samples_in"] == 59 and m["listed_missing_from_tar"] == 1
+    assert m["dropped_by_reason"][REASON] + m["kept"] + 4 == 59
 
 
-def test_planted_problems_get_exactly_a_decode_reason(curated):
+def test_planted_problems_get_exactly_their_reason(curated):
     _, _, meta = curated
-    bad = meta[meta["decode_error"].notna()].set_index("uid")["decode_error"]
-    assert set(bad.index) == {uid(i) for i in PLANT}
-    assert bad[uid(3)].startswith("unidentified_image")
-    assert bad[uid(10)].startswith("broken_image")
-    assert bad[uid(30)].startswith("empty_image")
-    assert bad[uid(41)].startswith("no_image")
-    assert bad[uid(52)].startswith("missing_from_tar")
-    assert (meta.set_index("uid").loc[list(bad.index), "drop_reason"] == "decode").all()
-    assert meta.loc[meta["decode_error"].notna(), "clip_score"].isna().all()
-    assert meta.loc[meta["decode_error"].isna(), "clip_score"].notna().all()
+    by_uid = meta.set_index("uid")
+    expect = {3: "format", 10: "decode", 30: "decode", 41: "no_image"}
+    assert set(meta.loc[meta["ingest_error"].notna(), "uid"]) == {uid(i) for i in expect}
+    for i, reason in expect.items():
+        assert by_uid.loc[uid(i), "drop_reason"] == reason
+        assert by_uid.loc[uid(i), "drop_reasons"].tolist() == [reason]  # not also failing the score filter
+    assert meta.loc[meta["ingest_error"].notna(), "clip_score"].isna().all()
+    assert meta.loc[meta["ingest_error"].isna(), "clip_score"].notna().all()
 
 
-def test_top_fraction_matches_datacomp_rule_and_uids_are_byte_identical(curated):
+def _datacomp_uids(uids, scores, fraction):
+    """DataComp's published rule (baselines/apply_filter.py), written independently: the threshold is
+    the (int(n * fraction) + 1)-th largest score, keep score >= threshold; uids packed big-endian."""
+    pairs = [(u, s) for u, s in zip(uids, scores) if np.isfinite(s)]
+    t = heapq.nlargest(int(len(pairs) * fraction) + 1, [s for _, s in pairs])[-1]
+    kept = sorted(bytes.fromhex(u) for u, s in pairs if s >= t)
+    return np.array([tuple(np.frombuffer(b, ">u8").astype("u8")) for b in kept], np.dtype("u8,u8"))
+
+
+def test_top_fraction_and_uid_file_match_datacomp(curated):
     root, _, meta = curated
-    scores = meta["clip_score"].to_numpy()
-    finite = scores[np.isfinite(scores)]
-    t = -np.sort(-finite)[int(len(finite) * 0.3)]  # DataComp baselines: n = int(len * fraction)
-    expect = [u for u, s in zip(meta["uid"], scores) if s >= t]
-    arr = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in expect], np.dtype("u8,u8"))
-    arr.sort()
-    assert (root / "out" / "uids.npy").read_bytes() == _npy_bytes(arr)
-    assert len(expect) == int(meta["keep"].sum())
-    dropped = meta[~meta["keep"] & meta["decode_error"].isna()]
-    assert (dropped["drop_reason"] == "clip_score").all()
-
-
-def _npy_bytes(arr):
-    import io
-
+    expect = _datacomp_uids(meta["uid"], meta["clip_score"].to_numpy(np.float64), 0.3)
     buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
+    np.save(buf, expect)
+    assert (root / "out" / "uids.npy").read_bytes() == buf.getvalue()
+    assert len(expect) == int(meta["keep"].sum())
+
+
+def test_threshold_rule_edges():
+    assert top_fraction_threshold(np.array([0.1, 0.2, np.nan]), 1.0) == pytest.approx(0.1)
+    assert top_fraction_threshold(np.array([0.4, 0.3, 0.2, 0.1]), 0.5) == pytest.approx(0.2)
+    assert top_fraction_threshold(np.array([np.nan]), 0.5) == float("inf")
+    x = np.array([0.30000001, 0.3, 0.29999999], np.float64)  # float64 is not rounded to float32
+    assert top_fraction_threshold(x, 0.34) == 0.3
 
 
 def test_exported_shards_hold_exactly_the_kept_samples_verbatim(curated):
@@ -83,13 +89,13 @@ def test_exported_shards_hold_exactly_the_kept_samples_verbatim(curated):
 
 
 def test_rerun_skips_finished_stages_and_changed_config_recomputes_only_decide(curated):
-    root, _, meta = curated
+    root, _, _ = curated
     m2 = run_curation(str(root / "pool"), root / "out", CONFIG, progress=False)
-    assert m2["stage_runs"] == 0
+    assert m2["run"]["stage_runs"] == 0
     m3 = run_curation(str(root / "pool"), root / "out2", {**CONFIG, "filters": []}, progress=False,
                       work=root / "out")
-    assert m3["stage_runs"] == 0 and m3["kept"] == 60 - len(PLANT)
-    assert m3["dropped_by_reason"] == {"decode": len(PLANT)}
+    assert m3["run"]["stage_runs"] == 0 and m3["kept"] == 59 - 4
+    assert m3["dropped_by_reason"] == {"decode": 2, "format": 1, "no_image": 1}
 
 
 def test_ingest_columns_match_schema(curated):
@@ -102,28 +108,32 @@ def test_ingest_columns_match_schema(curated):
         assert tbl.column_names == [c for c in schemas.stage_columns("ingest")]
 
 
-def test_broken_tars_are_recorded_not_fatal(tmp_path):
+def _complete_keys(data: bytes, cut: int) -> set[str]:
+    """Keys with at least one member whose data ends before ``cut`` (independent of the reader)."""
+    keys = set()
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        for m in t.getmembers():
+            if m.offset_data + m.size <= cut:
+                keys.add(m.name.split(".", 1)[0])
+    return keys
+
+
+def test_broken_tars_keep_every_complete_sample_and_are_named(tmp_path):
     make_pool(tmp_path / "pool", n=45, per_shard=15)
     cut = tmp_path / "pool" / "00001.tar"
-    cut.write_bytes(cut.read_bytes()[:3000])  # cut mid-archive
+    data = cut.read_bytes()
+    cut.write_bytes(data[:3000])  # cut mid-archive
     (tmp_path / "pool" / "00002.tar").write_bytes(b"this is not a tar file" * 100)
     m = run_curation(str(tmp_path / "pool"), tmp_path / "out", {"clip": [{"model": "curate-tiny"}]}, progress=False)
     meta = pd.read_parquet(tmp_path / "out" / "metadata.parquet")
-    # every sample the shard parquets list is accounted for; the garbage tar gets one row naming it
-    assert set(uid(i) for i in range(45)) <= set(meta["uid"])
-    errs = meta.set_index("uid")["decode_error"]
-    assert errs[[uid(i) for i in range(16, 30)]].str.startswith("missing_from_tar").all()
-    assert errs[[uid(i) for i in range(30, 45)]].str.startswith("missing_from_tar").all()
-    assert meta["decode_error"].dropna().str.startswith("broken_tar").sum() == 1
-    assert errs[[uid(i) for i in range(15)]].isna().all()
-    assert m["kept"] + m["dropped"] == len(meta) == 46
-
-
-def test_clip_threshold_rule_edges():
-    f = ClipScoreFilter(type="clip_score", fraction=1.0)
-    assert clip_threshold(np.array([0.1, 0.2, np.nan], np.float32), f) == pytest.approx(0.1)
-    f = ClipScoreFilter(type="clip_score", fraction=0.5)
-    assert clip_threshold(np.array([0.4, 0.3, 0.2, 0.1], np.float32), f) == pytest.approx(0.2)
+    recovered = _complete_keys(data, 3000)
+    assert set(meta.loc[meta["shard"] == "00001", "key"]) == recovered
+    assert len(meta) == 15 + len(recovered) == m["samples_in"]
+    broken = {b["shard"].rsplit("/", 1)[-1]: b for b in m["broken_shards"]}
+    assert set(broken) == {"00001.tar", "00002.tar"}
+    assert broken["00001.tar"]["error"].startswith("truncated") and broken["00002.tar"]["error"].startswith("not_a_tar")
+    assert broken["00001.tar"]["samples_recovered"] == len(recovered) and broken["00002.tar"]["samples_recovered"] == 0
+    assert m["listed_missing_from_tar"] == 30 - len(recovered)
 
 
 def test_uid_array_is_datacomp_format():
@@ -139,6 +149,8 @@ def test_uid_array_is_datacomp_format():
     ({"filters": [{"type": "nope"}]}, "filters.0"),
     ({"clip": [{"model": "x", "batch_size": 0}]}, "clip.0.batch_size"),
     ({"bogus": 1}, "bogus"),
+    ({"clip": [{"model": "x"}], "filters": [{"type": "clip_score", "fraction": 0.3},
+                                             {"type": "clip_score", "fraction": 0.3}]}, "give one of them a 'name:'"),
 ])
 def test_config_errors_are_readable(bad, words):
     with pytest.raises(ValueError, match="invalid curation config") as e:
@@ -146,16 +158,32 @@ def test_config_errors_are_readable(bad, words):
     assert words in str(e.value)
 
 
-def test_unknown_model_is_a_clear_error(tmp_path):
+def test_presets_resolve_by_name_and_broken_yaml_is_one_line(tmp_path):
+    assert load_config("datacomp/basic").filters[0].type == "basic"
+    assert load_config("basic").filters[0].type == "basic"
+    with pytest.raises(ValueError, match="no preset name"):
+        load_config("no-such-preset")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clip:\n  - model: [unclosed\n")
+    with pytest.raises(ValueError, match=r"not valid YAML \(line") as e:
+        load_config(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_scorer_is_caught_before_any_work(tmp_path):
     make_pool(tmp_path / "pool", n=5)
-    with pytest.raises(ValueError, match="unknown model 'no-such-model'"):
+    with pytest.raises(ValueError, match="'no-such-model' is neither"):
         run_curation(str(tmp_path / "pool"), tmp_path / "out", {"clip": [{"model": "no-such-model"}]}, progress=False)
+    with pytest.raises(FileNotFoundError, match="weights file"):
+        run_curation(str(tmp_path / "pool"), tmp_path / "out",
+                     {"clip": [{"model": "curate-tiny", "checkpoint": str(tmp_path / "nope.pt")}]}, progress=False)
+    assert not (tmp_path / "out").exists()  # no lock file, no half output
 
 
 def test_config_json_schema_is_current():
-    from schemas.config import SCHEMA_FILE, json_schema
+    from pipeline.config import SCHEMA_FILE, json_schema
 
-    assert SCHEMA_FILE.read_text() == json_schema(), "run: python -m schemas.config"
+    assert SCHEMA_FILE.read_text() == json_schema(), "run: python -m pipeline.config"
 
 
 def test_missing_shards_are_named(tmp_path):
@@ -164,8 +192,6 @@ def test_missing_shards_are_named(tmp_path):
 
 
 def test_annotating_in_two_processes_gives_the_same_outputs(tmp_path):
-    from bench.orchestration import checksums
-
     make_pool(tmp_path / "pool", n=60, per_shard=20, plant={3: "corrupt"})
     for w in (1, 2):
         run_curation(str(tmp_path / "pool"), tmp_path / f"w{w}", CONFIG, progress=False, workers=w)

@@ -13,8 +13,9 @@ from typing import Callable, Iterator
 import torch
 import webdataset as wds
 
-from pipeline.decode import decode_image
-from pipeline.shards import IMAGE_EXTS, expand
+from shardio.decode import decode_image
+from shardio.shards import expand
+from shardio.tar import IMAGE_EXTS
 from training.transforms import fast_train_transform
 
 log = logging.getLogger(__name__)

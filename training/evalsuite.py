@@ -41,7 +41,7 @@ def run_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin
               only: list[str] | None = None, device: str = "auto", weights: str | None = None,
               few_shot: int = 0) -> dict:
     """``few_shot`` > 0 adds a k-shot linear probe beside zero-shot on classification tasks."""
-    from pipeline.clip_stage import pick_device
+    from shardio.device import pick_device
     from training.model import load_clip
 
     tasks = [t for t in suite(suite_name) if not only or t.key in only or t.folder in only]

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.compat import ensure_torchvision
+from shardio.compat import ensure_torchvision
 
 ensure_torchvision()
 import open_clip  # noqa: E402
 import torch  # noqa: E402
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
+from schemas.checkpoint import CONFIG_FILE, WEIGHTS_FILE  # noqa: E402
+from schemas.checkpoint import MODEL_CONFIG_DIR as CONFIG_DIR  # noqa: E402
+
 open_clip.add_model_config(CONFIG_DIR)
 
 
@@ -91,9 +91,9 @@ def save_checkpoint_dir(path: str | Path, model: torch.nn.Module, model_cfg: dic
 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
     save_file(state, str(tmp / WEIGHTS_FILE))
-    visual = _unwrap(model).visual
+    visual = unwrap(model).visual
     pre = {"size": visual.image_size if hasattr(visual, "image_size") else model_cfg["vision_cfg"]["image_size"],
            "mean": list(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN),
            "std": list(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)}
@@ -116,5 +116,6 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / CONFIG_FILE).read_text()).get("curate", {})
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP / compile wrapper."""
     return model.module if hasattr(model, "module") else model

@@ -65,7 +65,7 @@ def k_shot(y: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 
 def linear_probe(checkpoint: str, task_root: str | Path, k: int = 10, seed: int = 0, device: str = "auto",
                  weights: str | None = None) -> dict:
-    from pipeline.clip_stage import pick_device
+    from shardio.device import pick_device
     from training.model import load_clip
 
     t0 = time.time()

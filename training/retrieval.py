@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.sample_pool.evaltask import iter_split
+from shardio.evaltask import iter_split
 
 
 def read_pairs(task_root: str | Path) -> tuple[list, list[str], list[int]]:

@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from training import dist
-from training.model import load_clip, save_checkpoint_dir
+from training.model import load_clip, save_checkpoint_dir, unwrap
 
 # Per-preset defaults that differ from open_clip's (tuned on this CPU for the tiny preset).
 PRESET_LR = {"curate-tiny": 2e-3}
@@ -116,7 +116,7 @@ def make_loss(cfg: TrainConfig, rank: int, world: int):
 
 def train(cfg: TrainConfig) -> dict:
     """Train (resuming from ``out_dir`` if a run was interrupted); return a summary with ``checkpoint``."""
-    from pipeline.clip_stage import pick_device
+    from shardio.device import pick_device
     from training.data import train_loader
 
     rank, world, local = dist.setup()
@@ -163,7 +163,7 @@ def train(cfg: TrainConfig) -> dict:
                                   tokens.to(device, non_blocking=True), cfg.accum_steps, autocast)
         opt.step()
         with torch.no_grad():
-            _unwrap(model).logit_scale.clamp_(0, math.log(100))
+            unwrap(model).logit_scale.clamp_(0, math.log(100))
         done = step + 1
         rate = (done * cfg.batch_size - seen0) / max(time.time() - t0, 1e-9)
         if rank == 0:
@@ -171,7 +171,7 @@ def train(cfg: TrainConfig) -> dict:
             bar.set_postfix(loss=f"{loss_v:.3f}", samples_s=f"{rate:,.0f}", refresh=False)
             if done % cfg.log_every == 0 or done == cfg.steps:
                 _log(out, {"step": done, "samples_seen": done * cfg.batch_size, "loss": round(loss_v, 5),
-                           "lr": lr_at(step, cfg), "logit_scale": float(_unwrap(model).logit_scale.detach().exp()),
+                           "lr": lr_at(step, cfg), "logit_scale": float(unwrap(model).logit_scale.detach().exp()),
                            "samples_per_s": round(rate, 1), "elapsed_s": round(time.time() - t0, 3),
                            "bad_samples": bad})
             if done % every == 0 or done == cfg.steps:
@@ -185,7 +185,7 @@ def train(cfg: TrainConfig) -> dict:
               "device": device, "world_size": world}
     if stop == cfg.steps and rank == 0:
         info = {"train": cfg.model_dump(), "result": result, "base_model": clip.name}
-        result["checkpoint"] = str(save_checkpoint_dir(out / "final", _unwrap(model), clip.model_cfg, info))
+        result["checkpoint"] = str(save_checkpoint_dir(out / "final", unwrap(model), clip.model_cfg, info))
         (out / "result.json").write_text(json.dumps(result, indent=2))
     dist.barrier()
     return result
@@ -234,7 +234,7 @@ def _loss(loss_fn, out) -> torch.Tensor:
 def _resume(path: Path, cfg: TrainConfig, model, opt, device: str) -> int:
     if not path.is_file():
         return 0
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = torch.load(path, map_location=device, weights_only=True)  # tensors and plain data only
     same = {k: state["config"].get(k) for k in ("model", "samples_seen", "batch_size", "train_data")}
     mine = {k: getattr(cfg, k) for k in same}
     if same != mine:
@@ -248,7 +248,7 @@ def _resume(path: Path, cfg: TrainConfig, model, opt, device: str) -> int:
 
 def _save_state(path: Path, model, opt, step: int, cfg: TrainConfig) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(), "step": step,
+    torch.save({"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), "step": step,
                 "config": cfg.model_dump()}, tmp)
     os.replace(tmp, path)
 
@@ -282,6 +282,3 @@ def _close(loader) -> None:
     except RuntimeError as e:
         print(f"warning: data loader shutdown: {e}", flush=True)
 
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model

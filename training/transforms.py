@@ -13,20 +13,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-class _Normalize:
-    """ToTensor + Normalize once per batch of HxWx3 uint8 arrays."""
-
-    def __init__(self, mean, std) -> None:
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
-
-    def batch(self, arrays: list[np.ndarray]) -> torch.Tensor:
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
-        return (x - self.mean) / self.std
+from shardio.pixels import FastValTransform, Normalize, fast_val_transform  # noqa: F401 - re-exported
 
 
-class FastTrainTransform(_Normalize):
+class FastTrainTransform(Normalize):
     def __init__(self, size: int, scale: tuple[float, float], ratio: tuple[float, float], mean, std) -> None:
         super().__init__(mean, std)
         self.size, self.scale, self.log_ratio = size, scale, (math.log(ratio[0]), math.log(ratio[1]))
@@ -68,40 +58,3 @@ def fast_train_transform(preprocess) -> FastTrainTransform | None:
             not isinstance(crop.size, int) and crop.size[0] != crop.size[1]):
         return None
     return FastTrainTransform(size, tuple(crop.scale), tuple(crop.ratio), norm.mean, norm.std)
-
-
-class FastValTransform(_Normalize):
-    """open_clip's eval transform (Resize shorter side, CenterCrop, ToTensor, Normalize) with the tensor
-    steps run once per batch; the pixels are the same as torchvision's on PIL images."""
-
-    def __init__(self, size: int, mean, std) -> None:
-        super().__init__(mean, std)
-        self.size = size
-
-    def image(self, im: Image.Image) -> np.ndarray:
-        s, (w, h) = self.size, im.size
-        if (w, h) != (s, s):
-            nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)  # torchvision's Resize(int)
-            if (nw, nh) != (w, h):
-                im = im.resize((nw, nh), Image.BICUBIC)
-            if (nw, nh) != (s, s):  # torchvision's CenterCrop rounding
-                top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
-                im = im.crop((left, top, left + s, top + s))
-        return np.asarray(im.convert("RGB"))
-
-    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        return self.batch([self.image(im) for im in images])
-
-
-def fast_val_transform(preprocess) -> FastValTransform | None:
-    """The batched path for open_clip's standard eval transform, or None when it is anything else."""
-    steps = getattr(preprocess, "transforms", None)
-    names = [type(t).__name__ for t in steps or []]
-    if names != ["Resize", "CenterCrop", "MaybeConvertMode", "MaybeToTensor", "Normalize"]:
-        return None
-    resize, crop, norm = steps[0], steps[1], steps[-1]
-    size = resize.size if isinstance(resize.size, int) else None
-    if (size is None or getattr(resize.interpolation, "value", "") != "bicubic" or resize.max_size is not None
-            or not resize.antialias or tuple(crop.size) != (size, size)):
-        return None
-    return FastValTransform(size, norm.mean, norm.std)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.sample_pool.evaltask import iter_split, split_shards
+from shardio.evaltask import iter_split, split_shards
 
 
 def read_task(task_root: str | Path) -> tuple[list[str], list[str]]:
@@ -83,7 +83,7 @@ def classify(clip, task_root: str | Path, batch_size: int = 256, device: str = "
 def evaluate_zeroshot(checkpoint: str, task_root: str | Path, batch_size: int = 256, device: str = "auto",
                       weights: str | None = None) -> dict:
     """``checkpoint``: a checkpoint folder or model name; ``weights``: a weights file for that name."""
-    from pipeline.clip_stage import pick_device
+    from shardio.device import pick_device
     from training.model import load_clip
 
     t0 = time.time()

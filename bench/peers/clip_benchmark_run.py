@@ -10,12 +10,12 @@ from pathlib import Path
 
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
-from pipeline.compat import ensure_torchvision  # noqa: E402
+from shardio.compat import ensure_torchvision  # noqa: E402
 
 ensure_torchvision()
 import open_clip  # noqa: E402
 
-open_clip.add_model_config(Path(__file__).resolve().parents[2] / "training" / "model_configs")
+open_clip.add_model_config(Path(__file__).resolve().parents[2] / "schemas" / "model_configs")
 
 from clip_benchmark.cli import main  # noqa: E402
 

@@ -28,8 +28,9 @@ def iter_split(root: str | Path, split: str = "test", need: str | None = None, s
     """Yield ``(name, RGB image, sample)`` per sample, in order; ``need`` names a member
     (``cls``, ``txt``) that must be there. An unusable sample is an error (scores over part of an
     eval set mislead) unless ``skip_bad``."""
-    from pipeline.decode import decode_image
-    from pipeline.shards import IMAGE_EXTS, iter_tar_samples
+    from shardio.decode import decode_image
+    from shardio.shards import iter_tar_samples
+    from shardio.tar import IMAGE_EXTS
 
     for shard in split_shards(root, split):
         for s in iter_tar_samples(shard):

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from pipeline.sample_pool import sources as src
-from pipeline.sample_pool.evaltask import write_retrieval_task, write_task
+from app.sample_pool import sources as src
+from shardio.evaltask import write_retrieval_task, write_task
 
 SHIFT_SIZE = 2000
 FMNIST_TEMPLATES = ["a photo of a {c}.", "a product photo of a {c}.", "a photo of the {c}.", "a {c}.",

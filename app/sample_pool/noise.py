@@ -10,7 +10,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline.sample_pool.sources import EMOJI_LANGS, TRANSLATIONS, emoji_name, encode
+from app.sample_pool.sources import EMOJI_LANGS, TRANSLATIONS, emoji_name, encode
 
 # Share of the pool per noise type. The first group changes existing samples; ADDED ones are extra
 # copies that count toward the pool size.

@@ -39,7 +39,7 @@ def _step(name: str, timings: dict):
 def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int = 10_000,
              samples_seen: int = 60_000, scorer_samples_seen: int = 40_000, fraction: float = 0.7,
              seed: int = 0, data: str = "auto", pool_dir: str | Path = "data/sample_pool") -> dict:
-    from pipeline.sample_pool import build_pool
+    from app.sample_pool import build_pool
     from training.train import TrainConfig, train
     from training.zeroshot import append_result, evaluate_zeroshot
 

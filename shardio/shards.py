@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from braceexpand import braceexpand
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 def expand(patterns: str | Path | Iterable[str | Path]) -> list[str]:
@@ -33,7 +32,9 @@ def expand(patterns: str | Path | Iterable[str | Path]) -> list[str]:
         for p in braceexpand(str(pat)):
             path = Path(p)
             if path.is_dir():
-                out.extend(sorted(str(x) for x in path.glob("*.tar")))
+                if (path / "current").is_dir() and (path / "current" / "shards").is_dir():
+                    path = path / "current" / "shards"  # a curation output folder: its published shards
+                out.extend(sorted(str(x) for x in path.iterdir() if SHARD_SUFFIX.search(x.name) and x.is_file()))
             elif any(c in p for c in "*?["):
                 out.extend(sorted(str(x) for x in Path().glob(p)) if not Path(p).is_absolute()
                            else sorted(str(x) for x in Path("/").glob(p.lstrip("/"))))
@@ -47,10 +48,17 @@ def expand(patterns: str | Path | Iterable[str | Path]) -> list[str]:
     return out
 
 
+SHARD_SUFFIX = re.compile(r"(\.tar|\.tar\.gz|\.tgz)$")
+
+
 def shard_id(path: str | Path) -> str:
-    """The shard's name without ``.tar`` (``00012``), the id used for per-shard outputs."""
-    name = Path(path).name
-    return re.sub(r"\.tar$", "", name)
+    """The shard's name without ``.tar`` / ``.tar.gz`` (``00012``), the id of its per-shard outputs."""
+    return SHARD_SUFFIX.sub("", Path(path).name)
+
+
+def shard_base(path: str | Path) -> str:
+    """The path without its tar suffix: sidecars are ``<base>.parquet``, ``<base>.npz``."""
+    return SHARD_SUFFIX.sub("", str(path))
 
 
 def sha256(data: bytes) -> str:
@@ -159,12 +167,10 @@ class ShardWriter:
 
 
 def iter_tar_samples(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield ``{"__key__": key, ext: bytes, ...}`` per sample, with webdataset's tar grouping.
+    """Yield ``{"__key__": key, ext: bytes, ...}`` per sample (webdataset's sample shape), through the
+    reader that keeps every complete sample (shardio/tar.py); repeated keys after the first are left out."""
+    from shardio.tar import iter_samples
 
-    Raises ``tarfile.ReadError``/``EOFError`` if the tar itself is broken; callers record that.
-    """
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
-
-    with open(path, "rb") as f:
-        files = ({**member, "__url__": str(path)} for member in tar_file_iterator(f))
-        yield from group_by_keys(files)
+    for s in iter_samples(path):
+        if not s.duplicate:
+            yield {"__key__": s.key, "__url__": str(path), **s.members}

@@ -23,7 +23,7 @@ def _offline() -> None:
 
 
 def cmd_build_pool(a) -> None:
-    from pipeline.sample_pool import build_pool
+    from app.sample_pool import build_pool
 
     info = build_pool(a.out, a.samples, seed=a.seed, samples_per_shard=a.samples_per_shard,
                       n_trusted=a.trusted, data=a.data)
@@ -33,9 +33,17 @@ def cmd_build_pool(a) -> None:
 def cmd_run(a) -> None:
     from pipeline.run import run_curation
 
-    m = run_curation(a.pool, a.out, a.config, work=a.work, workers=a.workers)
-    print(json.dumps({k: m[k] for k in ("samples_in", "kept", "dropped", "dropped_by_reason", "thresholds")}, indent=2))
-    print(f"filtered shards: {a.out}/shards   uids: {m['uids']}   manifest: {a.out}/manifest.json")
+    m = run_curation(a.pool, a.out, a.config, work=a.work, workers=a.workers, on_failure=a.on_failure,
+                     dask_address=a.dask_address)
+    keys = ("samples_in", "kept", "dropped", "dropped_by_reason", "thresholds", "listed_not_downloaded",
+            "listed_missing_from_tar")
+    print(json.dumps({k: m[k] for k in keys if m.get(k) not in (None, {}, 0)}, indent=2))
+    for b in m["broken_shards"]:
+        print(f"broken shard {b['shard']}: {b['error']} ({b['samples_recovered']} samples recovered)", file=sys.stderr)
+    for f in m["not_processed_shards"]:
+        print(f"not processed: {f['shard']}: {f['error']}", file=sys.stderr)
+    print(f"filtered shards: {a.out}/shards   uids: {a.out}/uids.npy   manifest: {a.out}/manifest.json   "
+          f"report: {a.out}/report.html   log: {a.out}/curate.log")
 
 
 def cmd_train(a) -> None:
@@ -48,6 +56,8 @@ def cmd_train(a) -> None:
                       **{k: v for k, v in given.items() if v is not None})
     r = train(cfg)
     print(json.dumps({k: v for k, v in r.items() if not isinstance(v, (dict, list))}, indent=2, default=str))
+    if r.get("bad_samples"):
+        print("samples skipped, by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(r["bad_samples"].items())))
 
 
 def cmd_eval(a) -> None:
@@ -73,29 +83,22 @@ def cmd_eval(a) -> None:
 
 
 def cmd_demo(a) -> None:
-    from pipeline.demo import run_demo
+    from app.demo import run_demo
 
     run_demo(a.root, samples=a.samples, trusted=a.trusted, samples_seen=a.samples_seen,
              scorer_samples_seen=a.scorer_samples_seen, fraction=a.fraction, seed=a.seed, data=a.data, pool_dir=a.pool)
 
 
 def cmd_report(a) -> None:
-    import json
-
     import pandas as pd
 
+    from pipeline.publish import published
     from pipeline.report import write_report
 
-    out = Path(a.out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    path = write_report(out, pd.read_parquet(out / "metadata.parquet"), manifest["input_shards"], manifest, a.train)
+    root = published(a.run)
+    manifest = json.loads((root / "manifest.json").read_text())
+    path = write_report(root, pd.read_parquet(root / "metadata.parquet"), manifest["input_shards"], manifest, a.train)
     print(f"wrote {path}")
-
-
-def cmd_serve(a) -> None:
-    from flows.serve import main as serve_main
-
-    serve_main(a.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,9 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="curate shards", description="Score, filter and export a pool of webdataset shards.")
     r.add_argument("--pool", required=True, help="shards: a folder, a braced pattern (pool/{00000..00009}.tar) or a glob")
     r.add_argument("--out", required=True, help="output folder (shards/, uids.npy, metadata.parquet, manifest.json)")
-    r.add_argument("--config", required=True, help="curation config, YAML or JSON (see configs/, schemas/)")
+    r.add_argument("--config", required=True, help="curation config: a YAML/JSON file or a preset name "
+                   "(laion-subset, no-filter, datacomp/basic, datacomp/clip-score-l14-30, ...)")
     r.add_argument("--work", default=None, help="folder for per-shard columns/embeddings (default: --out)")
     r.add_argument("--workers", type=int, default=1, help="annotate shards in this many processes (default: 1)")
+    r.add_argument("--dask-address", default=None, help="annotate on this Dask scheduler (tcp://host:8786)")
+    r.add_argument("--on-failure", choices=["fail", "partial"], default="fail",
+                   help="a shard that fails after retries: fail the run, publishing nothing (default), or "
+                        "publish without it (its samples are listed as not processed)")
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("train", help="train a CLIP model", description="CLIP contrastive training at a fixed samples-seen budget.")
@@ -176,25 +184,62 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="(re)write a curation run's HTML report",
                         description="Write <out>/report.html (curation runs write it too); --train adds a training "
                                     "run's loss curve and evaluation results.")
-    rp.add_argument("--out", required=True, help="a curation output folder")
+    rp.add_argument("--run", required=True, help="a curation output folder (the report is rewritten in it)")
     rp.add_argument("--train", default=None, help="a training output folder (metrics.jsonl, eval jsonl)")
     rp.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("serve", help="serve the Prefect deployments", add_help=False,
-                       description="Same as `python -m flows.serve`; its options follow.")
-    s.add_argument("rest", nargs=argparse.REMAINDER)
-    s.set_defaults(func=cmd_serve)
+    sub.add_parser("serve", help="serve the Prefect deployments (curate serve --help for its options)",
+                   add_help=False)
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _repeated(argv: list[str]) -> str | None:
+    seen = set()
+    for tok in argv:
+        if tok.startswith("--") and len(tok) > 2:
+            opt = tok.split("=", 1)[0]
+            if opt in seen:
+                return opt
+            seen.add(opt)
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
     _offline()
-    a = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    if argv[:1] == ["serve"]:  # the serving options are flows/serve.py's
+        from flows.serve import main as serve_main
+
+        return serve_main(argv[1:], prog="curate serve")
+    parser = build_parser()
+    twice = _repeated(argv)
+    if twice:
+        parser.error(f"option {twice} given more than once")
+    a = parser.parse_args(argv)
+    from pipeline.lock import OutputLocked
+    from pipeline.publish import NotPublished
+    from pipeline.run import ShardsFailed
+
     try:
         a.func(a)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"curate {a.command}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as e:  # noqa: BLE001 - one or two lines for a person, the traceback with --debug
+        if debug:
+            raise
+        kind = "error" if isinstance(e, USER_ERRORS + (OutputLocked, NotPublished, ShardsFailed)) else \
+            f"failed ({type(e).__name__})"
+        print(f"curate {a.command}: {kind}: {e}", file=sys.stderr)
+        if not isinstance(e, USER_ERRORS + (OutputLocked, NotPublished)):
+            print("  (run again with --debug for the traceback)", file=sys.stderr)
+        sys.exit(2 if isinstance(e, USER_ERRORS + (OutputLocked, NotPublished)) else 1)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

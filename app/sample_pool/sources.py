@@ -144,7 +144,7 @@ def _grey32(rel_png: str) -> np.ndarray | None:
 def distinct_drawings(items: list[str]) -> list[str]:
     """Drop near-identical variants (cached per item contents under ~/.cache/curate)."""
     from pipeline.neardup import groups
-    from pipeline.shards import atomic_write_bytes
+    from shardio.shards import atomic_write_bytes
 
     ident = [[it, content_key("openclipart", it)] for it in items]
     key = hashlib.sha256(json.dumps([ident, VARIANT_RMS]).encode()).hexdigest()[:16]

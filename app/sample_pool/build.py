@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.sample_pool import sources as src
-from pipeline.sample_pool.evaltask import write_retrieval_task, write_task
-from pipeline.sample_pool.noise import ADDED, counts_for, plant
-from pipeline.sample_pool.suite import FMNIST_TEMPLATES as TEMPLATES
-from pipeline.sample_pool.suite import write_builtin_suite
-from pipeline.shards import ShardWriter, atomic_write_bytes
+from app.sample_pool import sources as src
+from shardio.evaltask import write_retrieval_task, write_task
+from app.sample_pool.noise import ADDED, counts_for, plant
+from app.sample_pool.suite import FMNIST_TEMPLATES as TEMPLATES
+from app.sample_pool.suite import write_builtin_suite
+from shardio.shards import ShardWriter, atomic_write_bytes
 
 SHARE = {"openclipart": 0.12, "emoji": 0.08}  # the rest is Fashion-MNIST
 TRUSTED_SHARE = {"openclipart": 0.15, "emoji": 0.025}  # of the trusted split; the rest is Fashion-MNIST
@@ -218,8 +218,8 @@ def write_validation(root: Path, fmnist: list, clipart: list[dict], emoji: list[
 def write_validation_shifts(root: str | Path) -> list[str]:
     """The five shifted copies of the validation Fashion-MNIST task, made as the test suite's are, so
     the validation average weighs task kinds as the reported one does. Idempotent (missing ones only)."""
-    from pipeline.sample_pool.evaltask import iter_split
-    from pipeline.sample_pool.suite import shift
+    from shardio.evaltask import iter_split
+    from app.sample_pool.suite import shift
     from schemas.tasks import SHIFTS
 
     root, written = Path(root), []

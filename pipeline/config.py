@@ -1,0 +1,116 @@
+"""The curation config: scorers (schemas/config.py), the filters of pipeline/filters/, export settings.
+
+A config file (YAML or JSON) or a preset name (``basic``, ``datacomp/basic``, ``laion-subset``) is
+validated here; errors name the field and what is wrong. ``schemas/curate_config.schema.json`` is the
+JSON Schema of this model (``python -m pipeline.config`` rewrites it; a test checks it is current).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Union
+
+from pydantic import Field, ValidationError, model_validator
+
+from pipeline.filters import Filter, registry
+from schemas.config import ClipModel, CurateBase
+
+PRESETS = Path(__file__).resolve().parent.parent / "configs"  # source checkout
+PACKAGED_PRESETS = Path(__file__).resolve().parent / "presets"  # installed wheel
+
+FilterSpec = Annotated[Union[tuple(registry().values())], Field(discriminator="type")]  # type: ignore[misc]
+
+
+class CurateConfig(CurateBase):
+    filters: list[FilterSpec] = Field(default_factory=list,  # type: ignore[valid-type]
+                                      description="applied in order; unusable samples always drop first")
+
+    @model_validator(mode="after")
+    def _needs(self):
+        provided = {c.column: c for c in self.clip}
+        if len(provided) != len(self.clip):
+            raise ValueError("two clip scorers write the same column; give each its own 'column'")
+        names: dict[str, Filter] = {}
+        for f in self.filters:
+            if f.instance in names:
+                raise ValueError(f"two filters are both named {f.instance!r}; give one of them a 'name:'")
+            names[f.instance] = f
+            for col in f.scorer_columns():
+                if col not in provided:
+                    raise ValueError(f"filter {f.instance!r} needs column {col!r}, but no clip scorer writes it "
+                                     f"(scorers write: {sorted(provided) or 'nothing'})")
+                if f.needs_model and not provided[col].model:
+                    raise ValueError(f"filter {f.instance!r} embeds new images/prompts: scorer {col!r} needs a "
+                                     "'model' (the weights that made the precomputed embeddings)")
+        return self
+
+
+def presets() -> dict[str, Path]:
+    """Preset name -> file: ``laion-subset``, ``datacomp/basic`` (also plain ``basic``)."""
+    out: dict[str, Path] = {}
+    for root in (PACKAGED_PRESETS, PRESETS):
+        if not root.is_dir():
+            continue
+        for p in sorted(root.rglob("*.yaml")):
+            name = p.relative_to(root).with_suffix("").as_posix()
+            out.setdefault(name, p)
+            out.setdefault(p.stem, p)
+    return out
+
+
+def resolve(source: str | Path) -> Path:
+    """A config path, or a preset name; a clear error listing the presets otherwise."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    found = presets().get(str(source).removesuffix(".yaml"))
+    if found is not None:
+        return found
+    if path.exists():
+        raise ValueError(f"config {path} is not a file")
+    names = sorted(n for n in presets() if "/" in n or n in ("laion-subset", "no-filter"))
+    raise ValueError(f"config file {path} does not exist, and it is no preset name (presets: {', '.join(names)})")
+
+
+def load_config(source: str | Path | dict) -> CurateConfig:
+    """Load and validate a config from a file, a preset name or a dict; raise ValueError in plain words."""
+    if isinstance(source, dict):
+        data, where = source, "config"
+    else:
+        path = resolve(source)
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as e:  # noqa: BLE001 - a parse error becomes one readable line
+            mark = getattr(e, "problem_mark", None)
+            at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise ValueError(f"config {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}{at}: "
+                             f"{getattr(e, 'problem', None) or e}") from None
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise ValueError(f"config {path} must be a mapping of settings, not {type(data).__name__}")
+        where = str(path)
+    try:
+        return CurateConfig.model_validate(data)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()]
+        raise ValueError(f"invalid curation config {where}:\n" + "\n".join(lines)) from None
+
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "curate_config.schema.json"
+
+
+def json_schema() -> str:
+    return json.dumps(CurateConfig.model_json_schema(), indent=2) + "\n"
+
+
+__all__ = ["ClipModel", "CurateConfig", "load_config", "presets", "resolve", "json_schema"]
+
+if __name__ == "__main__":
+    SCHEMA_FILE.write_text(json_schema())
+    print(f"wrote {SCHEMA_FILE}")

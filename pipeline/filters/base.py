@@ -1,0 +1,113 @@
+"""The filter protocol: a filter is one module holding one config model that is also the filter.
+
+A filter module defines a subclass of ``Filter`` with
+  - ``type: Literal["<type>"]`` (the config's ``type:``) and its parameters as pydantic fields;
+  - ``default_name()``: the instance name from type and parameters (``clip_score[clip_score,top0.3]``),
+    overridable per instance with ``name:`` in the config;
+  - ``checks``: the reason suffixes it can record (one reason per check: ``<instance>`` for a single
+    check, ``<instance>:<check>`` for several);
+  - ``outputs``: columns it writes, ``{field: arrow type}``; each is written as ``<instance>.<field>``;
+  - what it needs: ``scorer_columns()`` (whose embeddings / scores), ``needs_model`` (embeds new
+    images or prompts), ``needs_thumbs``;
+  - ``compute(ctx) -> Result``: fail masks per check, columns per output, info (thresholds, counts).
+``decide`` loops over instances; reasons, columns and info are per instance, so nothing collides.
+Compare datatrove's ``BaseFilter`` (a name, keep-or-reason, stats per reason).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Filter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="instance name (reason and column prefix); default from type "
+                                               "and parameters")
+
+    checks: ClassVar[tuple[str, ...]] = ("",)  # "" = the single check, recorded as the instance name
+    outputs: ClassVar[dict[str, str]] = {}  # field -> arrow type name (schemas.columns types)
+    needs_model: ClassVar[bool] = False
+    needs_thumbs: ClassVar[bool] = False
+
+    def default_name(self) -> str:
+        return self.type  # type: ignore[attr-defined]
+
+    @property
+    def instance(self) -> str:
+        return self.name or self.default_name()
+
+    def reasons(self) -> list[str]:
+        return [self.reason(c) for c in self.checks]
+
+    def reason(self, check: str = "") -> str:
+        return f"{self.instance}:{check}" if check else self.instance
+
+    def out_column(self, output: str) -> str:
+        return f"{self.instance}.{output}"
+
+    def scorer_columns(self) -> list[str]:
+        """Score columns (one per scorer) whose scores or embeddings this filter reads."""
+        col = getattr(self, "column", None)
+        return [col] if isinstance(col, str) else []
+
+    def compute(self, ctx: "Context") -> "Result":  # pragma: no cover - every filter defines it
+        raise NotImplementedError
+
+
+@dataclass
+class Result:
+    fails: dict[str, np.ndarray]  # check -> bool mask, True = the row fails this check
+    columns: dict[str, Any] = field(default_factory=dict)  # output field -> row-aligned values
+    info: dict[str, Any] = field(default_factory=dict)  # thresholds, counts: goes to the manifest
+
+
+@dataclass
+class Context:
+    """What a filter may read: the pool's columns, the decodable mask, per-shard arrays, the config."""
+    df: pd.DataFrame
+    ok: np.ndarray
+    arrays: Any  # pipeline.decide.Arrays
+    config: Any  # pipeline.config.CurateConfig
+    run: Path | None = None
+
+    @property
+    def seed(self) -> int:
+        return self.config.vectors.seed
+
+    @property
+    def backend(self) -> str:
+        return self.config.vectors.backend
+
+    def scorer(self, column: str):
+        from pipeline.clip_stage import get_scorer
+
+        spec = next(c for c in self.config.clip if c.column == column)
+        return get_scorer(spec.model_dump_json())
+
+    def uids_at(self, rows: np.ndarray) -> list:
+        uids = self.df["uid"].to_numpy()
+        return [uids[r] if r >= 0 else None for r in rows]
+
+    def fitter(self, f: Filter, status: dict):
+        """k-means through saved centroids (pipeline/centroids.py) when the run folder is known."""
+        from pipeline.annotate import scorer_identity, weights_identity
+        from pipeline.centroids import fit_or_reuse
+
+        v = self.config.vectors
+        cache = self.run / "global" if (v.reuse_centroids and self.run is not None) else None
+        spec = next(c for c in self.config.clip if c.column == f.column)  # type: ignore[attr-defined]
+        key = {"filter": f.model_dump(exclude={"name"}), "scorer": scorer_identity(spec),
+               "weights": weights_identity(spec)}
+
+        def fit(x, k, niter):
+            cent, assign, how = fit_or_reuse(x, k, niter, v.seed, v.backend, cache, key, v.refit_growth)
+            status["centroids"] = how
+            return cent, assign
+
+        return fit

@@ -1,0 +1,50 @@
+"""CLIP score (DataComp): keep the top ``fraction`` of the pool by one global threshold, or score >= ``threshold``."""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from pipeline.filters.base import Context, Filter, Result
+
+
+def tag(column: str) -> str:
+    """``clip_score_l14`` -> ``l14,``; the default column adds nothing to a name."""
+    return "" if column == "clip_score" else column.removeprefix("clip_score_") + ","
+
+
+def top_fraction_threshold(scores: np.ndarray, fraction: float) -> float:
+    """DataComp's rule: ``t = sorted(finite scores, descending)[int(n * fraction)]``; keep ``score >= t``.
+    The scores keep their dtype (a float64 column's cutoff is not rounded to float32)."""
+    finite = scores[np.isfinite(scores)]
+    if finite.size == 0:
+        return float("inf")
+    n = min(int(finite.size * fraction), finite.size - 1)
+    return float(-np.sort(-finite)[n])
+
+
+class ClipScore(Filter):
+    """Keep samples whose CLIP score is in the top ``fraction`` of the pool, or >= ``threshold``."""
+    type: Literal["clip_score"]
+    column: str = "clip_score"
+    fraction: float | None = Field(None, gt=0, le=1)
+    threshold: float | None = Field(None, ge=-1, le=1)
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.fraction is None) == (self.threshold is None):
+            raise ValueError("clip_score filter needs exactly one of 'fraction' or 'threshold'")
+        return self
+
+    def default_name(self) -> str:
+        rule = f"top{self.fraction:g}" if self.fraction is not None else f">={self.threshold:g}"
+        return f"clip_score[{tag(self.column)}{rule}]"
+
+    def compute(self, ctx: Context) -> Result:
+        scores = ctx.df[self.column].to_numpy()
+        scores = np.where(ctx.ok, scores, np.nan)
+        t = float(self.threshold) if self.threshold is not None else top_fraction_threshold(scores, self.fraction)
+        with np.errstate(invalid="ignore"):
+            fails = ~(scores >= t)  # NaN fails too
+        return Result({"": fails}, info={"column": self.column, "threshold": t, "fraction": self.fraction})

@@ -1,0 +1,113 @@
+"""Atomic publish: a reader sees the previous complete output or the new complete one, never a mix.
+
+    <out>/versions/<id>/   shards/, uids.npy, metadata.parquet, manifest.json, report.html
+    <out>/current          symlink to versions/<id>, switched by one rename
+    <out>/shards, uids.npy, ...   symlinks through current (the paths users know)
+A new output is written in ``<out>/.staging``, renamed into ``versions/`` and then ``current`` is
+switched with ``os.replace`` (atomic on POSIX). The previous version stays until the next publish.
+Readers resolve ``current`` once (``published``) and read inside that folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from pipeline.faults import point
+
+ENTRIES = ("shards", "uids.npy", "metadata.parquet", "manifest.json", "report.html")
+
+
+class NotPublished(FileNotFoundError):
+    pass
+
+
+def staging(out: str | Path) -> Path:
+    """A fresh, empty staging folder (whatever a killed run left there is discarded)."""
+    s = Path(out) / ".staging"
+    shutil.rmtree(s, ignore_errors=True)
+    s.mkdir(parents=True)
+    return s
+
+
+def _next_id(versions: Path) -> str:
+    ids = [int(p.name[1:]) for p in versions.glob("v*") if p.name[1:].isdigit()]
+    return f"v{max(ids, default=0) + 1:06d}"
+
+
+def commit(out: str | Path, staged: Path) -> Path:
+    """Move a complete staged output into ``versions/`` and switch ``current`` to it."""
+    out = Path(out)
+    if not (staged / "manifest.json").is_file():
+        raise RuntimeError(f"{staged} has no manifest.json: refusing to publish an incomplete output")
+    versions = out / "versions"
+    versions.mkdir(exist_ok=True)
+    target = versions / _next_id(versions)
+    staged.rename(target)
+    point("publish:renamed")
+    tmp = out / ".current.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(Path("versions") / target.name, tmp)
+    previous = current_version(out)
+    os.replace(tmp, out / "current")
+    point("publish:switched")
+    _links(out)
+    for old in versions.iterdir():  # keep the new and the previous version (a reader may be in it)
+        if old.name not in (target.name, previous.name if previous else None):
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _links(out: Path) -> None:
+    for name in ENTRIES:
+        link = out / name
+        want = Path("current") / name
+        if link.is_symlink():
+            if Path(os.readlink(link)) == want:
+                continue
+            link.unlink()
+        elif link.is_dir():
+            shutil.rmtree(link)  # an output written before versioned publishing
+        elif link.exists():
+            link.unlink()
+        os.symlink(want, link)
+
+
+def current_version(out: str | Path) -> Path | None:
+    link = Path(out) / "current"
+    if not link.is_symlink():
+        return None
+    target = (Path(out) / os.readlink(link)).resolve()
+    return target if (target / "manifest.json").is_file() else None
+
+
+def published(out: str | Path) -> Path:
+    """The complete output a reader should use (a version folder), or a clear error."""
+    out = Path(out)
+    v = current_version(out)
+    if v is not None:
+        return v
+    if (out / "manifest.json").is_file() and not (out / "manifest.json").is_symlink():
+        return out  # an output written before versioned publishing
+    raise NotPublished(f"{out} holds no complete curation output (never finished, or a run is still writing "
+                       "it); run `curate run` on it first")
+
+
+def manifest(out: str | Path) -> dict:
+    return json.loads((published(out) / "manifest.json").read_text())
+
+
+def checksums(out: str | Path) -> dict[str, str]:
+    """sha256 of everything a reader consumes in the published output: shards, their parquets,
+    uids.npy, metadata.parquet and the manifest without its ``run`` facts (timings, stages run)."""
+    import hashlib
+
+    root = published(out)
+    files = [f for f in sorted((root / "shards").glob("*")) if not f.name.endswith("_stats.json")]  # has timings
+    files += [root / "uids.npy", root / "metadata.parquet"]
+    sums = {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()}
+    m = json.loads((root / "manifest.json").read_text())
+    m.pop("run", None)
+    sums["manifest.json"] = hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
+    return sums

@@ -1,0 +1,67 @@
+"""The per-shard parquet img2dataset / DataComp write beside a tar (``00000.tar`` -> ``00000.parquet``).
+
+One row per URL the downloader tried, with its ``key`` and ``status`` ("success",
+"failed_to_download", "failed_to_resize", ...). Only successful rows have a sample in the tar.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+@dataclass
+class Sidecar:
+    rows: dict[str, dict]              # key -> row, for rows that were downloaded (status == "success", or no status column)
+    not_downloaded: dict[str, int]     # status -> count, for rows whose status is not "success" (img2dataset writes e.g. "failed_to_download", "failed_to_resize")
+    error: str | None = None           # the parquet exists but cannot be read (truncated, not parquet): says what and where
+    path: str | None = None            # the parquet's path if one exists
+
+
+def sidecar_path(tar_path: str | Path) -> Path:
+    """``a/00000.tar`` / ``a/00000.tar.gz`` / ``a/00000.tgz`` -> ``a/00000.parquet``."""
+    p = Path(tar_path)
+    name = p.name
+    for suffix in _TAR_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return p.with_name(name[: -len(suffix)] + ".parquet")
+    return p.with_name(name + ".parquet")
+
+
+def read_sidecar(tar_path: str | Path) -> Sidecar:
+    """Read the shard's parquet; never raises for a missing or damaged one.
+
+    Rows without a key are ignored; a key listed twice keeps its first downloaded row.
+    A null status is counted in ``not_downloaded`` as ``"null"``.
+    """
+    path = sidecar_path(tar_path)
+    if not path.is_file():
+        return Sidecar(rows={}, not_downloaded={})
+    out = Sidecar(rows={}, not_downloaded={}, path=str(path))
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # ArrowInvalid (truncated, not parquet), OSError, ...
+        out.error = f"unreadable_parquet: {path}: {type(e).__name__}: {e}"
+        return out
+    if "key" not in table.column_names:
+        out.error = f"no_key_column: {path} has columns {table.column_names}"
+        return out
+    has_status = "status" in table.column_names
+    rows = out.rows
+    for row in table.to_pylist():
+        if has_status:
+            status = row.get("status")
+            if status != "success":
+                label = "null" if status is None else str(status)
+                out.not_downloaded[label] = out.not_downloaded.get(label, 0) + 1
+                continue
+        key = row.get("key")
+        if key is None:
+            continue
+        key = str(key)
+        if key not in rows:
+            rows[key] = row
+    return out

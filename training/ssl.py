@@ -1,0 +1,285 @@
+"""Self-supervised pretraining of an open_clip image tower on shard images (captions ignored).
+
+SimCLR (Chen et al. 2020): two augmented views per image, a projection MLP, NT-Xent loss.
+MoCo v2 (He et al. 2020; Chen, Fan, Girshick & He 2020): a momentum key encoder and a queue of past keys.
+MoCo v3 (Chen, Xie & He 2021): momentum encoder, projection + prediction heads, in-batch keys, no queue.
+
+The backbone is the image tower of a model spec (default ``curate-tiny``); its output (the tower's
+projected embedding, what ``encode_image`` returns) is the representation, heads sit on top and are
+dropped at save, as in the papers. Loader (resampled shards, fixed samples seen), optimizer, schedule,
+resumable state and the final local-dir checkpoint are CLIP training's (training/train.py). The
+checkpoint is a whole open_clip model whose text tower is untrained (``curate.image_only``): score it
+by linear probe or k-NN (training/knn.py), not zero-shot. One process only (no DDP: the negatives,
+the queue and BatchNorm would need gathering across ranks).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from training.model import load_clip, save_checkpoint_dir
+from training.train import TrainConfig, _close, _log, _progress, _resume, _save_state, _trim_log, lr_at, make_optimizer
+
+# Published defaults: SimCLR's CIFAR-10 temperature (the closest setting to 32 px inputs) and crop
+# scale; MoCo v2 / v3 temperature 0.2, crop scale 0.2 (v2) / 0.08 (v3).
+TEMPERATURE = {"simclr": 0.5, "moco2": 0.2, "moco3": 0.2}
+CROP_MIN = {"simclr": 0.08, "moco2": 0.2, "moco3": 0.08}
+
+
+class SSLConfig(TrainConfig):
+    """CLIP training's config plus the objective's own settings (MoCo's scaled to short CPU runs:
+    momentum 0.99 instead of 0.999, a 4096-key queue instead of 65536)."""
+
+    objective: Literal["simclr", "moco"] = "simclr"
+    moco_version: Literal[2, 3] = 2
+    temperature: float | None = Field(None, gt=0, description="default: the paper's (simclr 0.5, moco 0.2)")
+    momentum: float = Field(0.99, ge=0, le=1, description="MoCo key encoder momentum (v3: start of its cosine ramp to 1)")
+    queue_size: int = Field(4096, gt=0, description="MoCo v2 queue length (keys)")
+    proj_hidden: int = Field(512, gt=0, description="hidden width of the projection / prediction MLPs")
+    proj_dim: int = Field(128, gt=0, description="output width of the projection MLP")
+    crop_min: float | None = Field(None, gt=0, le=1, description="RandomResizedCrop's smallest area share")
+
+    @model_validator(mode="after")
+    def _check_ssl(self):
+        if self.loss != "clip" or self.accum_steps != 1:
+            raise ValueError("loss and accum_steps are CLIP training options; SSL uses its own loss, no accumulation")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("SSL pretraining runs in one process (no torchrun)")
+        if self.kind == "moco2" and self.queue_size < self.batch_size:
+            raise ValueError(f"queue_size ({self.queue_size}) must hold at least one batch ({self.batch_size})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "simclr" if self.objective == "simclr" else f"moco{self.moco_version}"
+
+    @property
+    def tau(self) -> float:
+        return self.temperature or TEMPERATURE[self.kind]
+
+
+# ---- augmentations ----
+
+class TwoViews:
+    """SimCLR's augmentation, drawn twice per image: random resized crop, flip, colour jitter
+    (strength 0.5: 0.4, 0.4, 0.4, 0.1, p=0.8), grayscale (p=0.2), Gaussian blur (p=0.5, kernel 10%
+    of the side, sigma 0.1-2), scaled to the tower's input size. Returns a (2, 3, H, W) tensor."""
+
+    def __init__(self, size: int, mean, std, crop_min: float = 0.08) -> None:
+        from torchvision import transforms as T
+
+        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
+        self.t = T.Compose([
+            T.RandomResizedCrop(size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ])
+
+    def __call__(self, img) -> torch.Tensor:
+        return torch.stack([self.t(img), self.t(img)])
+
+
+def no_tokens(captions: list[str]) -> torch.Tensor:
+    """The loader's tokenizer slot: captions are ignored."""
+    return torch.zeros(len(captions), 0, dtype=torch.long)
+
+
+# ---- losses and MoCo's updates ----
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent (SimCLR eq. 1) averaged over all 2N anchors: the positive of view i is the other view
+    of the same image, the negatives are the other 2N - 2 views; cosine similarity / temperature."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = len(z1)
+    sim = (z @ z.T / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+def moco_v2_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE with the key of the same image as positive and the queue (dim, K) as negatives."""
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def moco_v3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MoCo v3's ctr(q, k): in-batch InfoNCE, scaled by 2 * temperature as in the paper's code."""
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    target = torch.arange(len(q), device=q.device)
+    return F.cross_entropy(q @ k.T / temperature, target) * 2 * temperature
+
+
+@torch.no_grad()
+def momentum_update(online: torch.nn.Module, target: torch.nn.Module, m: float) -> None:
+    """theta_k <- m * theta_k + (1 - m) * theta_q for every parameter (buffers are left alone)."""
+    for po, pt in zip(online.parameters(), target.parameters()):
+        pt.mul_(m).add_(po.detach(), alpha=1 - m)
+
+
+@torch.no_grad()
+def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
+    """Write the batch's keys over the oldest columns of the (dim, K) queue; advance the pointer."""
+    size = queue.shape[1]
+    idx = (int(ptr[0]) + torch.arange(len(keys), device=queue.device)) % size
+    queue[:, idx] = keys.T.to(queue.dtype)
+    ptr[0] = (int(ptr[0]) + len(keys)) % size
+
+
+def momentum_at(step: int, cfg: SSLConfig) -> float:
+    """v2: constant; v3: cosine ramp from ``momentum`` to 1 over the run."""
+    if cfg.kind != "moco3":
+        return cfg.momentum
+    return 1 - (1 - cfg.momentum) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+
+
+def mlp(dims: list[int], bn: bool, last_bn: bool = False) -> torch.nn.Sequential:
+    """Linear layers with ReLU (and BatchNorm when ``bn``) between them; ``last_bn``: an affine-free
+    BatchNorm after the last one (MoCo v3's projector)."""
+    layers: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+        last = i == len(dims) - 2
+        layers.append(torch.nn.Linear(a, b, bias=not bn))
+        if not last:
+            layers += ([torch.nn.BatchNorm1d(b)] if bn else []) + [torch.nn.ReLU(inplace=True)]
+        elif last_bn:
+            layers.append(torch.nn.BatchNorm1d(b, affine=False))
+    return torch.nn.Sequential(*layers)
+
+
+class SSLModel(torch.nn.Module):
+    """The encoder (an open_clip image tower, shared with its CLIP model) with the objective's heads."""
+
+    def __init__(self, encoder: torch.nn.Module, dim: int, cfg: SSLConfig) -> None:
+        super().__init__()
+        self.kind, self.tau = cfg.kind, cfg.tau
+        h, out = cfg.proj_hidden, cfg.proj_dim
+        self.encoder = encoder
+        if self.kind == "simclr":
+            self.projector = mlp([dim, h, out], bn=True)
+        elif self.kind == "moco2":
+            self.projector = mlp([dim, h, out], bn=False)
+            self.register_buffer("queue", F.normalize(torch.randn(out, cfg.queue_size), dim=0))
+            self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        else:
+            self.projector = mlp([dim, h, h, out], bn=True, last_bn=True)
+            self.predictor = mlp([out, h, out], bn=True)
+        if self.kind != "simclr":
+            self.key_encoder = copy.deepcopy(encoder).requires_grad_(False)
+            self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, momentum: float = 0.99) -> torch.Tensor:
+        if self.kind == "simclr":
+            z1, z2 = self.projector(self.encoder(torch.cat([x1, x2]))).chunk(2)
+            return nt_xent(z1, z2, self.tau)
+        with torch.no_grad():
+            momentum_update(self.encoder, self.key_encoder, momentum)
+            momentum_update(self.projector, self.key_projector, momentum)
+        if self.kind == "moco2":
+            q = self.projector(self.encoder(x1))
+            with torch.no_grad():
+                k = F.normalize(self.key_projector(self.key_encoder(x2)), dim=1)
+            loss = moco_v2_loss(q, k, self.queue.clone().detach(), self.tau)
+            enqueue(self.queue, self.queue_ptr, k)
+            return loss
+        q1, q2 = (self.predictor(self.projector(self.encoder(x))) for x in (x1, x2))
+        with torch.no_grad():
+            k1, k2 = (self.key_projector(self.key_encoder(x)) for x in (x1, x2))
+        return moco_v3_loss(q1, k2, self.tau) + moco_v3_loss(q2, k1, self.tau)
+
+
+# ---- the loop ----
+
+def pretrain(cfg: SSLConfig) -> dict:
+    """Pretrain (resuming from ``out_dir`` if interrupted); return a summary with ``checkpoint``."""
+    from shardio.device import pick_device
+    from training.data import train_loader
+
+    device = pick_device(cfg.device)
+    out = Path(cfg.out_dir)
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_objective(ckpt_dir / "state_latest.pt", cfg)
+    (out / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+    torch.manual_seed(cfg.seed)
+
+    clip = load_clip(cfg.init_checkpoint or cfg.model, device=device)
+    clip.model.requires_grad_(False)
+    visual = clip.model.visual.requires_grad_(True)
+    if cfg.grad_checkpointing:
+        visual.set_grad_checkpointing(True)
+    model = SSLModel(visual, clip.model_cfg["embed_dim"], cfg).to(device)
+    opt = make_optimizer(model, cfg)
+    start = _resume(ckpt_dir / "state_latest.pt", cfg, model, opt, device)
+    _trim_log(out / "metrics.jsonl", start)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") and cfg.precision != "fp32"
+                else torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"))
+
+    size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size
+    views = TwoViews(size, visual.image_mean, visual.image_std, cfg.crop_min or CROP_MIN[cfg.kind])
+    loader = iter(train_loader(cfg.train_data, views, no_tokens, cfg.batch_size, seed=cfg.seed * 7919 + start,
+                               workers=cfg.workers if cfg.workers is not None else (4 if device.startswith("cuda") else 0)))
+    every = max(1, cfg.steps // cfg.checkpoints)
+    stop = min(cfg.steps, cfg.max_steps or cfg.steps)
+    bad: dict[str, int] = {}
+    bar = _progress(0, start, cfg.steps)
+    model.train()
+    t0, loss_v = time.time(), float("nan")
+    for step in range(start, stop):
+        images, _, bad_now = next(loader)
+        for k, v in bad_now.items():
+            bad[k] = bad.get(k, 0) + v
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        images = images.to(device, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = model(images[:, 0], images[:, 1], momentum_at(step, cfg))
+        loss.backward()
+        opt.step()
+        loss_v, done = float(loss.detach()), step + 1
+        rate = (done - start) * cfg.batch_size / max(time.time() - t0, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_v:.3f}", samples_s=f"{rate:,.0f}", refresh=False)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            _log(out, {"step": done, "samples_seen": done * cfg.batch_size, "loss": round(loss_v, 5),
+                       "lr": lr_at(step, cfg), "momentum": momentum_at(step, cfg), "samples_per_s": round(rate, 1),
+                       "elapsed_s": round(time.time() - t0, 3), "bad_samples": bad})
+        if done % every == 0 or done == cfg.steps:
+            _save_state(ckpt_dir / "state_latest.pt", model, opt, done, cfg)
+    bar.close()
+    seconds = time.time() - t0
+    _close(loader)
+    result = {"objective": cfg.kind, "steps": stop, "total_steps": cfg.steps, "samples_seen": stop * cfg.batch_size,
+              "final_loss": loss_v, "samples_per_s": round((stop - start) * cfg.batch_size / max(seconds, 1e-9), 1),
+              "train_seconds": round(seconds, 1), "resumed_from_step": start, "bad_samples": bad, "device": device}
+    if stop == cfg.steps:
+        info = {"train": cfg.model_dump(), "result": result, "base_model": clip.name, "objective": cfg.kind,
+                "image_only": True}
+        result["checkpoint"] = str(save_checkpoint_dir(out / "final", clip.model, clip.model_cfg, info))
+        (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _check_same_objective(path: Path, cfg: SSLConfig) -> None:
+    if not path.is_file():
+        return
+    old = torch.load(path, map_location="cpu", weights_only=True)["config"]
+    mine = {"objective": cfg.objective, "moco_version": cfg.moco_version}
+    theirs = {k: old.get(k) for k in mine}
+    if theirs != mine:
+        raise ValueError(f"{path} belongs to a different run ({theirs}) than this config ({mine}); "
+                         "use a new out_dir or delete the old checkpoints")
