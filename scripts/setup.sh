@@ -30,6 +30,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q -e '.[dev,dask]'
   touch "$stamp"
 fi
-.venv/bin/python -c "from pipeline.compat import ensure_torchvision as e; e(); import open_clip, webdataset, faiss, prefect" \
+.venv/bin/python -c "from shardio.compat import ensure_torchvision as e; e(); import open_clip, webdataset, faiss, prefect" \
   || { echo "[setup] ERROR: the stack does not import; see messages above"; exit 1; }
 echo "[setup] ready: .venv"
