@@ -15,8 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 from pipeline.filters import Filter, registry
 from schemas.config import ClipModel, CurateBase
 
-PRESETS = Path(__file__).resolve().parent.parent / "configs"  # source checkout
-PACKAGED_PRESETS = Path(__file__).resolve().parent / "presets"  # installed wheel
+PRESETS = Path(__file__).resolve().parent / "presets"  # shipped in the wheel; ``configs/`` links here
 
 FilterSpec = Annotated[Union[tuple(registry().values())], Field(discriminator="type")]  # type: ignore[misc]
 
@@ -48,13 +47,11 @@ class CurateConfig(CurateBase):
 def presets() -> dict[str, Path]:
     """Preset name -> file: ``laion-subset``, ``datacomp/basic`` (also plain ``basic``)."""
     out: dict[str, Path] = {}
-    for root in (PACKAGED_PRESETS, PRESETS):
-        if not root.is_dir():
-            continue
-        for p in sorted(root.rglob("*.yaml")):
-            name = p.relative_to(root).with_suffix("").as_posix()
-            out.setdefault(name, p)
-            out.setdefault(p.stem, p)
+    for p in sorted(PRESETS.rglob("*.yaml")):
+        name = p.relative_to(PRESETS).with_suffix("").as_posix()
+        out.setdefault(name, p)
+    for name, p in list(out.items()):
+        out.setdefault(p.stem, p)  # a short name where it is unambiguous enough (datacomp/basic -> basic)
     return out
 
 

@@ -1,9 +1,13 @@
-"""A static HTML report of a curation run: one self-contained file, no server, no script.
+"""A static HTML report of a curation run, for a person: one self-contained file, no server, no script.
 
-``<out>/report.html``: counts; kept / dropped per reason; the CLIP-score histogram with the
-threshold; cluster sizes; example images (kept, and dropped per reason) with their captions;
-near-duplicate groups; and, when given a training run, its loss curve and evaluation table.
-Every caption and name is HTML-escaped; images are small JPEG thumbnails inlined as data URIs.
+``<out>/report.html`` holds: the counts; the setup (scorers, config hash, every filter instance with
+its threshold and counts); input problems (broken and not-processed shards, samples listed but not
+downloaded); matplotlib plots (inline SVG, with axes, counts and legends) of drops by reason, score
+histograms with their thresholds and cluster sizes; the ground-truth confusion when the pool has a
+``ground_truth.parquet`` beside its shards folder; examples at each score threshold (just kept / just
+dropped); random examples kept and per first drop reason (an unusable sample shows only under its
+ingest reason); duplicate groups side by side; and, given a training run, its loss curve and scores.
+Every caption and name is HTML-escaped; thumbnails are small JPEGs inlined as data URIs.
 """
 from __future__ import annotations
 
@@ -16,143 +20,372 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-PER_GRID = 12
-COLORS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d"]
+PER_GRID = 12  # random examples per section
+AT_THRESHOLD = 6  # just kept / just dropped per score filter
+GROUPS = 6  # duplicate groups shown per filter
+COLORS = {"kept": "#54a24b", "dropped": "#e45756", "other": "#bab0ac", "first": "#4c78a8", "any": "#9ecae9"}
 
 
-def _bars(items: list[tuple[str, float]], title: str, fmt="{:,.0f}") -> str:
-    w, left, bar = 720, 200, 18
-    top = max([v for _, v in items] + [1])
-    h = 30 + len(items) * (bar + 6)
-    out = [f'<svg width="{w}" height="{h}" role="img" aria-label="{html.escape(title)}">']
-    for i, (name, v) in enumerate(items):
-        y = 20 + i * (bar + 6)
-        x = (w - left - 80) * v / top
-        out.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end">{html.escape(str(name))}</text>'
-                   f'<rect x="{left}" y="{y}" width="{x:.1f}" height="{bar}" fill="{COLORS[i % len(COLORS)]}"/>'
-                   f'<text x="{left + x + 4:.1f}" y="{y + 13}">{fmt.format(v)}</text>')
-    return "\n".join(out + ["</svg>"])
+def esc(x) -> str:
+    return html.escape(str(x))
 
 
-def _histogram(values: np.ndarray, threshold: float | None, title: str, bins: int = 40) -> str:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return "<p>no scores</p>"
-    counts, edges = np.histogram(values, bins=bins)
-    w, h, pad = 720, 200, 30
-    top = counts.max() or 1
-    bw = (w - 2 * pad) / bins
-    out = [f'<svg width="{w}" height="{h + 30}" role="img" aria-label="{html.escape(title)}">']
-    for i, c in enumerate(counts):
-        bh = (h - pad) * c / top
-        out.append(f'<rect x="{pad + i * bw:.1f}" y="{h - bh:.1f}" width="{bw - 1:.1f}" height="{bh:.1f}" fill="#4c78a8"/>')
-    def xpos(v):
-        return pad + (v - edges[0]) / (edges[-1] - edges[0] or 1) * (w - 2 * pad)
-    out.append(f'<text x="{pad}" y="{h + 18}">{edges[0]:.3f}</text>'
-               f'<text x="{w - pad}" y="{h + 18}" text-anchor="end">{edges[-1]:.3f}</text>')
+class Html(str):
+    """Markup built here from escaped parts: a table cell that is not escaped again."""
+
+
+def _num(v) -> str:
+    return v if isinstance(v, Html) else f"{v:.4g}" if isinstance(v, float) else esc(v)
+
+
+# ---- plots (matplotlib, inline SVG with real text) ----
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), layout="constrained")
+
+
+def _svg(fig) -> str:
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "text.parse_math": False, "svg.hashsalt": "report"}):
+        fig.savefig(buf, format="svg")
+    text = buf.getvalue()
+    return f'<div class="plot">{text[text.index("<svg"):]}</div>'
+
+
+def _reason_plot(first: dict, every: dict) -> str:
+    names = sorted(set(first) | set(every), key=lambda r: (-first.get(r, 0), -every.get(r, 0), r))
+    if not names:
+        return "<p>nothing dropped</p>"
+    fig = _figure(7, 0.9 + 0.42 * len(names))
+    ax = fig.add_subplot()
+    y = np.arange(len(names))
+    for dy, key, counts, label in ((-0.2, "first", first, "first failing rule (counted in dropped)"),
+                                   (0.2, "any", every, "failing the rule (any order)")):
+        bars = ax.barh(y + dy, [counts.get(n, 0) for n in names], 0.4, color=COLORS[key], label=label)
+        ax.bar_label(bars, padding=2, fontsize=8)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("samples")
+    ax.set_title("Drops by reason")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.margins(x=0.12)
+    return _svg(fig)
+
+
+def _score_plot(df: pd.DataFrame, column: str, fails: np.ndarray | None, threshold: float | None,
+                title: str) -> str:
+    usable = df["ingest_error"].isna().to_numpy()
+    s = pd.to_numeric(df[column], errors="coerce").to_numpy(np.float64)
+    ok = usable & np.isfinite(s)
+    if not ok.any():
+        return f"<p>no finite {esc(column)} values</p>"
+    keep = df["keep"].to_numpy(bool)
+    fails = np.zeros(len(df), bool) if fails is None else fails
+    parts = [(s[ok & keep], "kept", COLORS["kept"]),
+             (s[ok & fails], "dropped by this filter", COLORS["dropped"]),
+             (s[ok & ~keep & ~fails], "dropped by another rule", COLORS["other"])]
+    parts = [p for p in parts if p[0].size]
+    fig = _figure(7, 3.2)
+    ax = fig.add_subplot()
+    bins = np.histogram_bin_edges(s[ok], bins=min(40, max(5, int(ok.sum() ** 0.5) * 2)))
+    ax.hist([p[0] for p in parts], bins=bins, stacked=True, color=[p[2] for p in parts],
+            label=[f"{p[1]} ({p[0].size:,})" for p in parts])
     if threshold is not None and np.isfinite(threshold):
-        x = xpos(threshold)
-        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="10" y2="{h}" stroke="#e45756" stroke-width="2"/>'
-                   f'<text x="{x + 4:.1f}" y="20" fill="#e45756">threshold {threshold:.4f}</text>')
-    return "\n".join(out + ["</svg>"])
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.4g}")
+    ax.set_xlabel(column)
+    ax.set_ylabel("samples")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _svg(fig)
 
 
-def _line(xs: list[float], ys: list[float], title: str) -> str:
-    if len(xs) < 2:
+def _size_plot(sizes: np.ndarray, column: str) -> str:
+    fig = _figure(7, 3)
+    ax = fig.add_subplot()
+    ax.hist(sizes, bins=min(40, max(1, len(np.unique(sizes)))), color=COLORS["first"],
+            label=f"{len(sizes):,} clusters, median {np.median(sizes):.0f}")
+    ax.set_xlabel("samples in the cluster")
+    ax.set_ylabel("clusters")
+    ax.set_title(f"Cluster sizes ({column})")
+    ax.legend(fontsize=8)
+    return _svg(fig)
+
+
+def _truth_plot(t: pd.DataFrame) -> str:
+    fig = _figure(7, 0.9 + 0.4 * len(t))
+    ax = fig.add_subplot()
+    y = np.arange(len(t))
+    kept = ax.barh(y, t["kept"], color=COLORS["kept"], label="kept")
+    dropped = ax.barh(y, t["dropped"], left=t["kept"], color=COLORS["dropped"], label="dropped")
+    ax.bar_label(kept, label_type="center", fontsize=7)
+    ax.bar_label(dropped, label_type="center", fontsize=7)
+    ax.set_yticks(y, list(t.index), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("samples")
+    ax.set_title("Ground truth: kept / dropped by noise type")
+    ax.legend(fontsize=8, loc="lower right")
+    return _svg(fig)
+
+
+def _line_plot(xs: list, ys: list, xlabel: str, ylabel: str, title: str) -> str:
+    fig = _figure(7, 3)
+    ax = fig.add_subplot()
+    ax.plot(xs, ys, color=COLORS["first"], label=f"{ylabel}: {ys[0]:.3f} -> {ys[-1]:.3f}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _svg(fig)
+
+
+# ---- tables and panels ----
+
+def _table(head: list[str], rows: list[list], cls: str = "") -> str:
+    out = [f"<table class='{cls}'><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{_num(c)}</td>" for c in r) + "</tr>" for r in rows]
+    return "".join(out) + "</table>"
+
+
+def _setup(manifest: dict) -> str:
+    first, every = manifest.get("dropped_by_reason", {}), manifest.get("failing_by_rule", {})
+    scorers = [[s.get("column"), s.get("model") or "", s.get("checkpoint") or "", s.get("precomputed") or ""]
+               for s in manifest.get("scorers", [])]
+    rows = []
+    for name, f in manifest.get("filters", {}).items():
+        skip = {"type", "reasons", "columns", "seconds", "threshold"}
+        params = ", ".join(f"{k}={_num(v)}" for k, v in f.items() if k not in skip and v is not None)
+        reasons = Html("<br>".join(f"{esc(r)}: {first.get(r, 0):,} / {every.get(r, 0):,}" for r in f.get("reasons", [])))
+        rows.append([name, f.get("type"), f.get("threshold", ""), params, reasons, f.get("seconds", "")])
+    cfg = json.dumps(manifest.get("config", {}), indent=1, default=str)
+    return (f"<section class='panel'><h2>Setup</h2><p>Config hash <code>{esc(manifest.get('config_hash'))}</code>, "
+            f"{len(manifest.get('input_shards', [])):,} input shards.</p><h3>Scorers</h3>"
+            + (_table(["column", "model", "checkpoint", "precomputed"], scorers) if scorers else "<p>none</p>")
+            + "<h3>Filters (in order; unusable samples drop first)</h3>"
+            + (_table(["instance", "type", "threshold", "parameters and results", "reason: dropped (first rule) / failing",
+                       "seconds"], rows) if rows else "<p>none</p>")
+            + f"<details><summary>full config</summary><pre>{esc(cfg)}</pre></details></section>")
+
+
+def _inputs(manifest: dict) -> str:
+    broken = [[b["shard"], b["error"], b["samples_recovered"]] for b in manifest.get("broken_shards", [])]
+    skipped = [[f["shard"], f["error"]] for f in manifest.get("not_processed_shards", [])]
+    listed = manifest.get("listed_not_downloaded", {})
+    extra = [[k, v] for k, v in manifest.get("skipped_members", {}).items()]
+    side = [[s["shard"], s["error"]] for s in manifest.get("sidecar_errors", [])]
+    return ("<section class='panel'><h2>Input problems</h2>"
+            f"<h3>Broken shards ({len(broken)}): samples before the damage were curated</h3>"
+            + (_table(["shard", "error", "samples recovered"], broken) if broken else "<p>none</p>")
+            + f"<h3>Not processed shards ({len(skipped)}): failed after retries, left out</h3>"
+            + (_table(["shard", "error"], skipped) if skipped else "<p>none</p>")
+            + f"<h3>Listed but not downloaded ({sum(listed.values()):,})</h3>"
+            + (_table(["img2dataset status", "samples"], sorted(listed.items())) if listed else "<p>none</p>")
+            + f"<p>Listed in a shard's parquet but missing from its tar: "
+              f"<b>{manifest.get('listed_missing_from_tar', 0):,}</b></p>"
+            + (("<h3>Skipped tar members</h3>" + _table(["reason", "members"], extra)) if extra else "")
+            + (("<h3>Sidecar errors</h3>" + _table(["shard", "error"], side)) if side else "")
+            + "</section>")
+
+
+def ground_truth_path(shards: list[str]) -> Path | None:
+    """``<shards dir>/../ground_truth.parquet`` of the first input folder that has one."""
+    for d in dict.fromkeys(Path(s).parent for s in shards):
+        p = d.parent / "ground_truth.parquet"
+        if p.is_file():
+            return p
+    return None
+
+
+def confusion(df: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """Per noise type: samples, kept, dropped, % dropped and the first drop reasons that caught them."""
+    noise = df["uid"].map(truth.drop_duplicates("uid").set_index("uid")["noise"]).fillna("(not in ground truth)")
+    d = df.assign(noise=noise.to_numpy())
+    t = d.groupby("noise").agg(samples=("keep", "size"), kept=("keep", "sum"))
+    t["dropped"] = t["samples"] - t["kept"]
+    t["% dropped"] = (100 * t["dropped"] / t["samples"]).round(1)
+    top = d[~d["keep"]].groupby("noise")["drop_reason"].agg(
+        lambda r: ", ".join(f"{k} {v}" for k, v in r.value_counts().head(3).items()))
+    t["caught by (first rule)"] = top.reindex(t.index).fillna("")
+    return t.sort_values(["samples"], ascending=False)
+
+
+def _truth(df: pd.DataFrame, shards: list[str]) -> str:
+    path = ground_truth_path(shards)
+    if path is None:
         return ""
-    w, h, pad = 720, 200, 40
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    pts = " ".join(f"{pad + (x - x0) / ((x1 - x0) or 1) * (w - 2 * pad):.1f},"
-                   f"{h - pad / 2 - (y - y0) / ((y1 - y0) or 1) * (h - pad):.1f}" for x, y in zip(xs, ys))
-    return (f'<svg width="{w}" height="{h}" role="img" aria-label="{html.escape(title)}">'
-            f'<polyline points="{pts}" fill="none" stroke="#4c78a8" stroke-width="1.5"/>'
-            f'<text x="{pad}" y="14">{html.escape(title)}: {ys[0]:.3f} at step {xs[0]:.0f} -> {ys[-1]:.3f} at step {xs[-1]:.0f}</text></svg>')
+    t = confusion(df, pd.read_parquet(path, columns=["uid", "noise"]))
+    rows = [[i, *r] for i, r in zip(t.index, t.itertuples(index=False))]
+    clean = t.loc["clean"] if "clean" in t.index else None
+    noisy = t.drop(index=["clean", "(not in ground truth)"], errors="ignore")
+    line = (f"<p>Clean samples dropped: <b>{int(clean['dropped']):,}</b> of {int(clean['samples']):,}; noisy samples "
+            f"kept: <b>{int(noisy['kept'].sum()):,}</b> of {int(noisy['samples'].sum()):,}.</p>") if clean is not None else ""
+    return (f"<section><h2>Ground truth (<code>{esc(path)}</code>)</h2>{line}<div class='plots'>"
+            f"{_truth_plot(t)}<div>{_table(['noise', *t.columns], rows)}</div></div></section>")
 
 
-def _thumbs(df: pd.DataFrame, shards: list[str], wanted: set[str]) -> dict[str, str]:
-    """uid -> data URI of a 96 px JPEG thumbnail; reads only the shards holding wanted samples, and
-    each only up to its last wanted sample."""
-    from shardio.decode import decode_image
-    from pipeline.ingest import read_shard
-    from shardio.shards import shard_id
+# ---- examples ----
 
-    need = df.loc[df["uid"].isin(wanted)].groupby("shard")["uid"].apply(set).to_dict()
-    out: dict[str, str] = {}
-    for path in shards:
-        todo = need.get(shard_id(path), set())
-        for s in read_shard(path) if todo else ():
-            if not todo:
-                break
-            todo.discard(s.uid)
-            if s.uid in wanted and s.uid not in out and s.image is not None:
-                im, _ = decode_image(s.image)
-                if im is None:
-                    continue
-                im.thumbnail((96, 96))
-                buf = io.BytesIO()
-                im.save(buf, "JPEG", quality=80)
-                out[s.uid] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+def score_filters(df: pd.DataFrame, filters: dict) -> list[tuple[str, str, float, np.ndarray]]:
+    """(instance, score column, threshold, fails mask) of every filter that cuts a score at a threshold."""
+    out = []
+    reasons = df["drop_reasons"].map(lambda r: set(r))
+    for name, f in filters.items():
+        col = f"{name}.score" if f"{name}.score" in df else f.get("column")
+        if "threshold" in f and col in df:
+            fails = reasons.map(lambda r, rs=set(f["reasons"]): bool(r & rs)).to_numpy(bool)
+            out.append((name, col, float(f["threshold"]), fails))
     return out
 
 
-def _cell(uid: str, caption: str, thumbs: dict[str, str], note: str = "") -> str:
-    img = (f'<img src="{thumbs[uid]}" alt="{html.escape(caption[:80])}">' if uid in thumbs
-           else '<div class="noimg">no image</div>')
-    return (f'<figure>{img}<figcaption>{html.escape(caption[:120])}'
-            f'{"<br><small>" + html.escape(note) + "</small>" if note else ""}</figcaption></figure>')
+def at_threshold(df: pd.DataFrame, col: str, t: float, fails: np.ndarray, n: int = AT_THRESHOLD):
+    """Row indices of the usable samples nearest the threshold: (just kept, just dropped) by this filter."""
+    s = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
+    ok = df["ingest_error"].isna().to_numpy() & np.isfinite(s)
+    dist = np.abs(s - t)
+    pick = [np.flatnonzero(ok & m)[np.argsort(dist[ok & m], kind="stable")[:n]] for m in (~fails, fails)]
+    return list(pick[0]), list(pick[1])
 
+
+def _thumbs(df: pd.DataFrame, shards: list[str], wanted: set[int], side: int = 112) -> dict[int, str]:
+    """row -> data URI of a JPEG thumbnail; reads only the shards holding wanted rows, each only up to
+    its last wanted sample."""
+    from pipeline.ingest import read_shard
+    from shardio.decode import decode_image
+    from shardio.shards import shard_id
+
+    sub = df.loc[sorted(wanted), ["shard", "key"]]
+    need: dict[str, dict[str, int]] = {}
+    for i, sid, key in zip(sub.index, sub["shard"], sub["key"]):
+        need.setdefault(sid, {}).setdefault(key, i)
+    out: dict[int, str] = {}
+    for path in shards:
+        todo = dict(need.get(shard_id(path), {}))
+        for s in read_shard(path) if todo else ():
+            i = todo.pop(s.key, None)
+            if i is not None and s.image is not None:
+                im, _ = decode_image(s.image)
+                if im is not None:
+                    im.thumbnail((side, side))
+                    buf = io.BytesIO()
+                    im.save(buf, "JPEG", quality=80)
+                    out[i] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+            if not todo:
+                break
+    return out
+
+
+def _cell(df: pd.DataFrame, i: int, thumbs: dict, scores: list[str], note: str = "") -> str:
+    r = df.loc[i]
+    caption = "" if pd.isna(r["caption"]) else str(r["caption"])
+    img = (f'<img src="{thumbs[i]}" alt="{esc(caption[:80])}">' if i in thumbs
+           else '<div class="noimg">no image</div>')
+    lines = [f"{c} {r[c]:.4f}" for c in scores if pd.notna(r[c])]
+    if pd.notna(r.get("ingest_error")):
+        lines.append(str(r["ingest_error"])[:100])
+    elif not r["keep"]:
+        lines.append("dropped: " + ", ".join(r["drop_reasons"]))
+    if note:
+        lines.append(note)
+    status = "kept" if r["keep"] else "dropped"
+    return (f'<figure class="{status}">{img}<figcaption><span class="cap">{esc(caption[:160])}</span>'
+            + "".join(f"<small>{esc(x)}</small>" for x in lines) + "</figcaption></figure>")
+
+
+def dup_groups(df: pd.DataFrame, filters: dict, n: int = GROUPS) -> list[tuple[str, str, list[tuple[int, list[int]]]]]:
+    """Per dedup filter: (instance, distance column, [(kept row, duplicate rows)]), biggest groups first.
+    Groups come from the filters' ``*.dup_of`` columns; exact_dedup groups by sha256."""
+    first_row = {}
+    usable = df["ingest_error"].isna().to_numpy()
+    for i, u in zip(df.index[usable], df["uid"][usable]):
+        first_row.setdefault(u, i)
+    out = []
+    for name, f in filters.items():
+        dcol = next((c for c in f.get("columns", []) if c.endswith(".dup_of") and c in df), None)
+        if dcol is not None:
+            dist = next((c for c in f["columns"] if c != dcol and c.rsplit(".", 1)[-1] in ("rms", "max_sim")), "")
+            g = df.loc[df[dcol].notna(), dcol]
+        elif f.get("type") == "exact_dedup":
+            dist = ""
+            dropped = df["drop_reasons"].map(lambda r, rs=set(f.get("reasons", [])): bool(set(r) & rs)).to_numpy(bool)
+            firsts = df[usable & ~dropped].drop_duplicates("sha256").set_index("sha256")["uid"]
+            g = df.loc[dropped, "sha256"].map(firsts).dropna()
+        else:
+            continue
+        groups = sorted(((first_row.get(rep), list(rows.index)) for rep, rows in g.groupby(g)),
+                        key=lambda x: (-len(x[1]), x[1][0]))
+        if groups:
+            out.append((name, dist, [(rep, rows[:5]) for rep, rows in groups[:n] if rep is not None]))
+    return out
+
+
+# ---- the page ----
 
 def write_report(out: str | Path, df: pd.DataFrame, shards: list[str], manifest: dict,
                  train_dir: str | Path | None = None, seed: int = 0) -> Path:
     out = Path(out)
+    df = df.reset_index(drop=True)
+    df["drop_reasons"] = df["drop_reasons"].map(lambda r: [] if r is None else list(r))
     rng = np.random.default_rng(seed)
-    pick = {}
-    kept = df.index[df["keep"]].to_numpy()
-    pick["kept"] = list(rng.choice(kept, min(PER_GRID, len(kept)), replace=False)) if len(kept) else []
-    for reason, g in df[~df["keep"]].groupby("drop_reason"):
-        pick[f"dropped: {reason}"] = list(rng.choice(g.index.to_numpy(), min(PER_GRID, len(g)), replace=False))
-    groups = []
-    for col in ("near_dup_of", "semdedup_dup_of"):
-        if col in df:
-            dups = df[df[col].notna()]
-            for rep, g in list(dups.groupby(col))[:6]:
-                groups.append((col, rep, list(g["uid"])[:5]))
-    uid_of = df["uid"]
-    wanted = {uid_of[i] for rows in pick.values() for i in rows} | {u for _, r, us in groups for u in [r, *us]}
-    thumbs = _thumbs(df, shards, wanted)
-    caption = dict(zip(df["uid"], df["caption"].fillna("")))
+    filters = manifest.get("filters", {})
+    scorer_cols = [s["column"] for s in manifest.get("scorers", []) if s.get("column") in df]
+    score_cols = scorer_cols + [f"{n}.score" for n in filters if f"{n}.score" in df]
+    cuts = score_filters(df, filters)
 
-    parts = [f"<h1>Curation report: <code>{html.escape(str(out))}</code></h1>",
-             f"<p><b>{manifest['samples_in']:,}</b> samples in, <b>{manifest['kept']:,}</b> kept, "
-             f"<b>{manifest['dropped']:,}</b> dropped ({manifest['kept'] / max(manifest['samples_in'], 1):.1%} kept).</p>",
-             "<h2>Dropped by reason (first failing rule)</h2>",
-             _bars(sorted(manifest["dropped_by_reason"].items(), key=lambda kv: -kv[1]), "dropped by reason"),
-             "<h2>Every failing rule</h2>",
-             _bars(sorted(manifest.get("failing_by_rule", {}).items(), key=lambda kv: -kv[1]), "failing by rule")]
-    for name, info in manifest.get("thresholds", {}).items():
-        col = info.get("column") if isinstance(info, dict) else None
-        if col and col in df:
-            parts += [f"<h2>{html.escape(col)} histogram ({html.escape(name)})</h2>",
-                      _histogram(df[col].to_numpy(np.float64), info.get("threshold"), col)]
-    for col in ("semdedup_cluster", "image_cluster"):
-        if col in df and (df[col] >= 0).any():
-            sizes = df.loc[df[col] >= 0, col].value_counts().to_numpy()
-            parts += [f"<h2>Cluster sizes ({html.escape(col)}: {len(sizes)} clusters, median {int(np.median(sizes))})</h2>",
-                      _histogram(sizes.astype(np.float64), None, "cluster sizes", bins=min(40, len(sizes)))]
-    for title, rows in pick.items():
-        parts.append(f"<h2>{html.escape(title)} ({len(rows)} random examples)</h2><div class='grid'>")
-        for i in rows:
-            r = df.loc[i]
-            note = "" if r["keep"] else ", ".join(r["drop_reasons"])
-            parts.append(_cell(r["uid"], caption[r["uid"]], thumbs, note))
-        parts.append("</div>")
-    if groups:
-        parts.append("<h2>Duplicate groups (kept first)</h2>")
-        for col, rep, members in groups:
-            parts.append(f"<div class='grid dup'><span class='tag'>{html.escape(col)}</span>")
-            parts.append(_cell(rep, caption.get(rep, ""), thumbs, "kept"))
-            parts += [_cell(u, caption.get(u, ""), thumbs, "dropped") for u in members]
+    def sample(rows) -> list[int]:
+        rows = np.asarray(rows)
+        return sorted(rng.choice(rows, min(PER_GRID, len(rows)), replace=False).tolist()) if len(rows) else []
+
+    grids = [("Kept (random)", sample(df.index[df["keep"]]), "")]
+    for reason, n in sorted(manifest.get("dropped_by_reason", {}).items(), key=lambda kv: -kv[1]):
+        grids.append((f"dropped: {reason}", sample(df.index[df["drop_reason"] == reason]), f"{n:,} samples"))
+    near = [(name, *at_threshold(df, col, t, fails)) for name, col, t, fails in cuts]
+    dups = dup_groups(df, filters)
+    wanted = {i for _, rows, _ in grids for i in rows} | {i for _, a, b in near for i in a + b}
+    wanted |= {i for _, _, gs in dups for rep, rows in gs for i in [rep, *rows]}
+    thumbs = _thumbs(df, shards, wanted)
+
+    n_in = manifest["samples_in"]
+    pools = ", ".join(dict.fromkeys(str(Path(s).parent) for s in shards)) or "(no shards)"
+    parts = [f"<h1>Curation report</h1><p class='sub'>pool <code>{esc(pools)}</code> &middot; config "
+             f"<code>{esc(manifest.get('config_hash'))}</code></p>",
+             f"<div class='cards'><div><b>{n_in:,}</b> samples in</div><div><b>{manifest['kept']:,}</b> kept</div>"
+             f"<div><b>{manifest['dropped']:,}</b> dropped</div><div><b>{manifest['kept'] / max(n_in, 1):.1%}</b> "
+             "kept</div></div>",
+             "<div class='setup'>", _setup(manifest), _inputs(manifest), "</div>",
+             "<h2>Drops and scores</h2><div class='plots'>",
+             _reason_plot(manifest.get("dropped_by_reason", {}), manifest.get("failing_by_rule", {}))]
+    for name, col, t, fails in cuts:
+        parts.append(_score_plot(df, col, fails, t, f"{col} histogram ({name})"))
+    for col in scorer_cols:
+        if col not in {c for _, c, _, _ in cuts}:
+            parts.append(_score_plot(df, col, None, None, f"{col} histogram (no threshold)"))
+    for col in [c for f in filters.values() for c in f.get("columns", []) if c.endswith(".cluster") and c in df]:
+        sizes = df.loc[df[col] >= 0, col].value_counts().to_numpy()
+        if sizes.size:
+            parts.append(_size_plot(sizes, col))
+    parts += ["</div>", _truth(df, shards)]
+    for (name, col, t, _), (_, kept, dropped) in zip(cuts, near):
+        parts.append(f"<h2>At the threshold: {esc(name)} ({esc(col)} {t:.4g})</h2><div class='two'>"
+                     f"<div><h3>just kept</h3><div class='grid'>"
+                     + "".join(_cell(df, i, thumbs, score_cols) for i in kept)
+                     + "</div></div><div><h3>just dropped</h3><div class='grid'>"
+                     + "".join(_cell(df, i, thumbs, score_cols) for i in dropped) + "</div></div></div>")
+    for title, rows, note in grids:
+        parts.append(f"<h2>{esc(title)} <small>{esc(note)} ({len(rows)} random examples)</small></h2>"
+                     "<div class='grid'>" + "".join(_cell(df, i, thumbs, score_cols) for i in rows) + "</div>")
+    if dups:
+        parts.append("<h2>Duplicates: the kept sample first, then its duplicates</h2><div class='two'>")
+        for name, dist, groups in dups:
+            parts.append(f"<div><h3>{esc(name)}</h3>")
+            for rep, rows in groups:
+                parts.append("<div class='grid dup'>" + _cell(df, rep, thumbs, score_cols, "kept by this filter")
+                             + "".join(_cell(df, i, thumbs, score_cols, f"{dist.rsplit('.', 1)[-1]} "
+                                             f"{df.at[i, dist]:.3f}" if dist else "") for i in rows) + "</div>")
             parts.append("</div>")
+        parts.append("</div>")
     if train_dir:
         parts += _training(Path(train_dir))
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>curate report</title>"
@@ -170,23 +403,36 @@ def _training(train: Path) -> list[str]:
     if metrics.is_file():
         rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
         rows = [r for r in rows if "loss" in r and "step" in r]
-        parts += ["<h2>Training curve</h2>", _line([r["step"] for r in rows], [r["loss"] for r in rows], "loss")]
+        if len(rows) >= 2:
+            parts += ["<h2>Training</h2><div class='plots'>",
+                      _line_plot([r["step"] for r in rows], [r["loss"] for r in rows], "step", "loss",
+                                 f"Training loss ({train.name})"), "</div>"]
     for res in sorted(train.glob("**/eval*.jsonl")) + sorted(train.glob("results.jsonl")):
         rows = [json.loads(x) for x in res.read_text().splitlines() if x.strip()]
         if rows:
-            parts.append(f"<h2>Evaluation ({html.escape(res.name)})</h2><table><tr><th>task</th><th>metric</th><th>value</th></tr>")
+            table = []
             for r in rows:
                 val = r.get("main", (r.get("metrics") or {}).get("acc1"))
-                parts.append(f"<tr><td>{html.escape(str(r.get('task')))}</td><td>{html.escape(str(r.get('metric', 'acc1')))}</td>"
-                             f"<td>{'' if val is None else f'{val:.4f}'}</td></tr>")
-            parts.append("</table>")
+                table.append([r.get("task"), r.get("metric", "acc1"), "" if val is None else f"{val:.4f}"])
+            parts.append(f"<h2>Evaluation ({esc(res.name)})</h2>" + _table(["task", "metric", "value"], table))
     return parts
 
 
-CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1100px;color:#222}
-h2{margin-top:28px;font-size:18px}svg text{font-size:12px}
-.grid{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;margin:6px 0}
-figure{margin:0;width:120px}figure img,.noimg{width:96px;height:96px;object-fit:contain;background:#f4f4f4;display:block}
-.noimg{font-size:11px;color:#888;text-align:center;line-height:96px}
-figcaption{font-size:11px;word-wrap:break-word}.dup{border-left:3px solid #f58518;padding-left:8px}
-.tag{font-size:11px;color:#f58518;width:100%}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"""
+CSS = """body{font-family:system-ui,sans-serif;margin:16px 24px;color:#222}
+h1{margin:0 0 4px}h2{margin-top:28px;font-size:19px;border-bottom:1px solid #ddd}h3{font-size:15px;margin:12px 0 4px}
+h2 small{font-weight:normal;color:#666;font-size:13px}.sub{color:#555;margin:0 0 12px}
+.cards{display:flex;gap:12px;flex-wrap:wrap}.cards div{background:#f4f6f8;padding:10px 16px;border-radius:6px}
+.cards b{font-size:22px;display:block}
+.two{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:8px 24px}
+.setup{display:grid;grid-template-columns:repeat(auto-fit,minmax(640px,1fr));gap:8px 32px}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:12px}
+.plot svg{width:100%;height:auto}
+.grid{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start;margin:6px 0}
+figure{margin:0;width:140px;border-top:3px solid #ccc;padding-top:4px}figure.kept{border-color:#54a24b}
+figure.dropped{border-color:#e45756}
+figure img,.noimg{width:112px;height:112px;object-fit:contain;background:#f4f4f4;display:block}
+.noimg{font-size:11px;color:#888;text-align:center;line-height:112px}
+figcaption{font-size:11px;overflow-wrap:anywhere}figcaption small{display:block;color:#555}
+.dup{border-left:3px solid #f58518;padding-left:8px}
+table{border-collapse:collapse;font-size:13px;margin:4px 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}
+pre{font-size:11px;background:#f7f7f7;padding:8px;overflow:auto;max-height:400px}"""

@@ -10,18 +10,21 @@ from tests.shardmaker import make_pool, make_task
 CONFIG = "clip:\n  - {model: curate-tiny, batch_size: 16}\nfilters:\n  - {type: clip_score, fraction: 0.5}\n"
 
 
-def test_curate_flow_runs_under_prefect(tmp_path, prefect_server):
+def test_curate_flow_runs_under_prefect_and_equals_the_library(tmp_path, prefect_server):
     from flows.curate import curate
+    from pipeline.publish import checksums
+    from pipeline.run import run_curation
 
-    make_pool(tmp_path / "pool", n=40, per_shard=20, plant={4: "corrupt"})
+    make_pool(tmp_path / "pool", n=40, per_shard=20, plant={4: "corrupt", 9: "noimage", 13: "dup"})
     (tmp_path / "c.yaml").write_text(CONFIG)
-    m = curate(pool=str(tmp_path / "pool" / "{00000..00001}.tar"), out=str(tmp_path / "out"),
-               config=str(tmp_path / "c.yaml"))
+    pool = str(tmp_path / "pool" / "{00000..00001}.tar")
+    m = curate(pool=pool, out=str(tmp_path / "out"), config=str(tmp_path / "c.yaml"))
     meta = pd.read_parquet(tmp_path / "out" / "metadata.parquet")
     assert m["samples_in"] == 40 == len(meta)
-    assert m["kept"] + m["dropped"] == 40
-    assert m["dropped_by_reason"]["decode"] == 1
-    assert m["kept"] == 20  # DataComp rule on 39 scored: n = int(39 * .5) = 19 -> 20 at or above
+    assert m["dropped_by_reason"]["format"] == 1 and m["dropped_by_reason"]["no_image"] == 1
+    assert m["kept"] == 20  # DataComp rule on 38 scored: n = int(38 * .5) = 19 -> 20 at or above
+    run_curation(pool, tmp_path / "lib", str(tmp_path / "c.yaml"), progress=False)
+    assert checksums(tmp_path / "out") == checksums(tmp_path / "lib")
 
 
 def test_bad_config_fails_the_flow_with_a_clear_message(tmp_path):
@@ -47,33 +50,46 @@ def test_curate_then_train_eval_records_lineage(tmp_path, prefect_server):
     assert json.loads((tmp_path / "out" / "train" / "results.jsonl").read_text())["n"] == 8
 
 
-def test_second_run_annotates_only_new_shards_and_a_bad_shard_fails_alone(tmp_path, prefect_server, monkeypatch):
-    import flows.curate as fc
+@pytest.mark.parametrize("path", ["library", "flow"])
+def test_one_failure_policy_for_the_library_and_the_flow(tmp_path, prefect_server, monkeypatch, path):
+    import pipeline.annotate
     from flows.curate import curate
+    from pipeline.publish import checksums
+    from pipeline.run import ShardsFailed, run_curation
 
     make_pool(tmp_path / "pool", n=80, per_shard=20)  # 4 shards
-    real = fc.annotate_shard
+    real = pipeline.annotate.annotate_shard
 
     def flaky(shard, *a, **k):  # a disk error on one shard, every try
-        if shard.endswith("00003.tar"):
+        if str(shard).endswith("00003.tar"):
             raise OSError(f"simulated I/O error reading {shard}")
         return real(shard, *a, **k)
 
-    monkeypatch.setattr(fc, "annotate_shard", flaky)
+    monkeypatch.setattr(pipeline.annotate, "annotate_shard", flaky)
     (tmp_path / "c.yaml").write_text(CONFIG)
     (tmp_path / "p").mkdir()
     for name in ("00000.tar", "00001.tar"):
         (tmp_path / "p" / name).symlink_to(tmp_path / "pool" / name)
-    kw = dict(pool=str(tmp_path / "p"), out=str(tmp_path / "out"), config=str(tmp_path / "c.yaml"), retries=0)
-    m1 = curate(**kw)
-    assert (m1["shards_annotated"], m1["stage_runs"], m1["samples_in"]) == (2, 4, 40)
-    (tmp_path / "p" / "00002.tar").symlink_to(tmp_path / "pool" / "00002.tar")
-    (tmp_path / "p" / "00003.tar").symlink_to(tmp_path / "pool" / "00003.tar")
-    m2 = curate(**kw)
-    assert (m2["shards_annotated"], m2["stage_runs"], m2["samples_in"]) == (1, 2, 60)
-    assert [f["shard"].endswith("00003.tar") for f in m2["failed_shards"]] == [True]
-    assert "simulated I/O error" in m2["failed_shards"][0]["error"]
-    assert m2["kept"] + m2["dropped"] == 60
+    out = tmp_path / "out"
+
+    def run(**kw):
+        if path == "flow":
+            return curate(pool=str(tmp_path / "p"), out=str(out), config=str(tmp_path / "c.yaml"), retries=0, **kw)
+        return run_curation(str(tmp_path / "p"), out, str(tmp_path / "c.yaml"), progress=False, retries=0, **kw)
+
+    m1 = run()
+    assert (m1["run"]["shards_annotated"], m1["run"]["stage_runs"], m1["samples_in"]) == (2, 4, 40)
+    before = checksums(out)
+    for name in ("00002.tar", "00003.tar"):
+        (tmp_path / "p" / name).symlink_to(tmp_path / "pool" / name)
+    with pytest.raises(ShardsFailed, match="00003.tar.*simulated I/O error"):
+        run()
+    assert checksums(out) == before  # nothing published: the previous output stays whole
+    m2 = run(on_failure="partial")
+    assert (m2["run"]["shards_annotated"], m2["samples_in"]) == (0, 60)  # shard 2 was annotated by the failed run
+    assert [f["shard"].endswith("00003.tar") for f in m2["not_processed_shards"]] == [True]
+    assert "simulated I/O error" in m2["not_processed_shards"][0]["error"]
+    assert set(pd.read_parquet(out / "metadata.parquet")["shard"]) == {"00000", "00001", "00002"}
 
 
 def test_two_runs_on_one_output_are_refused(tmp_path):
@@ -108,7 +124,7 @@ def test_served_deployment_run_completes(tmp_path):
     (tmp_path / "c.yaml").write_text(CONFIG)
     r = run_deployment(str(tmp_path / "pool"), str(tmp_path / "out"), str(tmp_path / "c.yaml"), timeout=300)
     assert r["deployment_run_completed"], json.dumps(r, indent=1)
-    assert r["output_shards_exist"] and r["kept"] + r["dropped"] == 40
+    assert r["output_shards_exist"] and r["samples_in"] == 40
 
 
 def test_prefect_yaml_entrypoints_exist_and_take_their_parameters():

@@ -42,8 +42,7 @@ class ClipScore(Filter):
         return f"clip_score[{tag(self.column)}{rule}]"
 
     def compute(self, ctx: Context) -> Result:
-        scores = ctx.df[self.column].to_numpy()
-        scores = np.where(ctx.ok, scores, np.nan)
+        scores = ctx.df[self.column].to_numpy()  # DataComp: the cutoff is over every row that has a score
         t = float(self.threshold) if self.threshold is not None else top_fraction_threshold(scores, self.fraction)
         with np.errstate(invalid="ignore"):
             fails = ~(scores >= t)  # NaN fails too
