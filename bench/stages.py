@@ -149,7 +149,7 @@ def main() -> None:
         sids = [shard_id(s) for s in shards]
         t0 = time.time()
         df = load_columns(tmp / "ingest", sids, cfg)
-        df, _ = decide(df, cfg, Arrays(tmp / "ingest", sids))
+        df, _, _ = decide(df, cfg, Arrays(tmp / "ingest", sids))
         t_decide = time.time() - t0
         res["stages"]["decide"] = {"samples_per_s": round(n / t_decide), "filters": [f.type for f in cfg.filters]}
         t0 = time.time()

@@ -87,8 +87,8 @@ def tag(text: str, wn: "WordNet | None" = None) -> Tagged:
     tags, ents = [], []
     for w, t in tagged:
         base, _, label = t.partition("-")
-        ok = label in ENTITY_LABELS
-        tag_ = base if ok else t
+        ok = label in ENTITY_LABELS and w[:1].isupper()  # the list matches any case
+        tag_ = (base if ok else "NN") if label in ENTITY_LABELS else t
         if not tag_.startswith("NNP") and w not in lexicon and w.lower() not in lexicon:
             tag_ = wn.only_pos(w) or tag_
         tags.append(tag_)

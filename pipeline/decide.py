@@ -76,9 +76,9 @@ def ingest_reasons(df: pd.DataFrame) -> np.ndarray:
 
 
 def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Path | None = None
-           ) -> tuple[pd.DataFrame, dict]:
-    """Add keep / drop_reason / drop_reasons and each filter instance's columns; return the table and,
-    per instance, what it used (thresholds, counts, seconds)."""
+           ) -> tuple[pd.DataFrame, dict, dict]:
+    """Add keep / drop_reason / drop_reasons and each filter instance's columns; return the table, what
+    each instance used (thresholds, counts) and the seconds each took."""
     arrays = arrays or Arrays(None, [])
     n = len(df)
     cause = ingest_reasons(df) if n else np.zeros(0, object)
@@ -88,6 +88,7 @@ def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Pa
     names = sorted({c for c in cause if c is not None}, key=lambda r: (r not in INGEST_REASONS, r))
     fails: list[tuple[str, np.ndarray]] = [(r, cause == r) for r in names] + [("duplicate_uid", dup_uid)]
     info: dict = {}
+    seconds: dict = {}
     new_cols: dict = {}
     ctx = Context(df, ok, arrays, config, Path(run) if run is not None else (arrays.run if arrays else None))
     for f in config.filters:
@@ -103,7 +104,8 @@ def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Pa
                 raise RuntimeError(f"filter {f.instance!r} wrote column {out!r} it does not declare")
             new_cols[f.out_column(out)] = _typed(values, f.outputs[out], n)
         info[f.instance] = {"type": f.type, "reasons": f.reasons(), "columns": [f.out_column(o) for o in f.outputs],
-                            **res.info, "seconds": round(time.time() - t0, 3)}
+                            **res.info}
+        seconds[f.instance] = round(time.time() - t0, 3)
     df = df.assign(**new_cols)
     matrix = np.stack([m for _, m in fails], axis=1) if n else np.zeros((0, len(fails)), bool)
     labels = np.array([r for r, _ in fails], dtype=object)
@@ -111,7 +113,7 @@ def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Pa
     first = matrix.argmax(axis=1)
     df["drop_reason"] = np.where(df["keep"], None, labels[first] if n else labels[:0]).astype(object)
     df["drop_reasons"] = [list(labels[row]) for row in matrix]
-    return df, info
+    return df, info, seconds
 
 
 def _empty_result(f: Filter):

@@ -194,19 +194,24 @@ def _assign_doc(d: Doc, img: np.ndarray, txt: np.ndarray, threshold: float, s: S
     for r in rows_kept:
         i = ok_idx[r]
         members[str(info[i]["image_name"]).lower()] = d.data[i]
+    ledger = [{"image_name": k["image_name"], "status": "kept", "matched_text_index": k["matched_text_index"],
+               "matched_sim": k["matched_sim"]} for k in kept]
+    ledger += [{"status": x["reason"], **{k: v for k, v in x.items() if k != "reason"}} for x in dropped]
     row = {"key": d.key, "sentences": len(d.doc["text_list"]), "images_in": len(info), "kept": len(kept),
-           **{f"dropped_{k}": v for k, v in counts.items()}}
+           **{f"dropped_{k}": v for k, v in counts.items()}, "images": json.dumps(ledger, ensure_ascii=False)}
     return row, members
 
 
 def summarize(results: list[dict], out: str | Path, settings: Settings, scorer_name: str) -> dict:
-    """Write ``out/documents.parquet`` (one row per document) and ``out/summary.json``; return the summary."""
+    """Write ``out/documents.parquet`` (one row per document: counts, whether it was written, and
+    ``images``, a JSON list of every image with its status, kept or the drop reason, and its matched
+    sentence) and ``out/summary.json``; return the summary."""
     import pandas as pd
 
     out = Path(out)
     docs = pd.DataFrame([r for res in results for r in res["documents"]],
                         columns=["shard", "key", "sentences", "images_in", "kept", *[f"dropped_{k}" for k in REASONS],
-                                 "written"])
+                                 "written", "images"])
     docs.to_parquet(out / "documents.parquet", index=False)
     summary = {"settings": settings.model_dump(), "scorer": scorer_name, "shards": len(results),
                "documents_in": int(len(docs)), "documents_written": int(docs["written"].sum()),

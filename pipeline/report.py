@@ -84,10 +84,11 @@ def _score_plot(df: pd.DataFrame, column: str, fails: np.ndarray | None, thresho
     if not ok.any():
         return f"<p>no finite {esc(column)} values</p>"
     keep = df["keep"].to_numpy(bool)
+    other = "dropped" if fails is None else "dropped by another rule"
     fails = np.zeros(len(df), bool) if fails is None else fails
     parts = [(s[ok & keep], "kept", COLORS["kept"]),
              (s[ok & fails], "dropped by this filter", COLORS["dropped"]),
-             (s[ok & ~keep & ~fails], "dropped by another rule", COLORS["other"])]
+             (s[ok & ~keep & ~fails], other, COLORS["other"])]
     parts = [p for p in parts if p[0].size]
     fig = _figure(7, 3.2)
     ax = fig.add_subplot()
@@ -424,7 +425,8 @@ h2 small{font-weight:normal;color:#666;font-size:13px}.sub{color:#555;margin:0 0
 .cards{display:flex;gap:12px;flex-wrap:wrap}.cards div{background:#f4f6f8;padding:10px 16px;border-radius:6px}
 .cards b{font-size:22px;display:block}
 .two{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:8px 24px}
-.setup{display:grid;grid-template-columns:repeat(auto-fit,minmax(640px,1fr));gap:8px 32px}
+.setup{display:grid;grid-template-columns:minmax(0,3fr) minmax(0,2fr);gap:8px 32px}.setup table{width:100%}
+@media (max-width:1000px){.setup{grid-template-columns:minmax(0,1fr)}}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:12px}
 .plot svg{width:100%;height:auto}
 .grid{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start;margin:6px 0}
@@ -434,5 +436,5 @@ figure img,.noimg{width:112px;height:112px;object-fit:contain;background:#f4f4f4
 .noimg{font-size:11px;color:#888;text-align:center;line-height:112px}
 figcaption{font-size:11px;overflow-wrap:anywhere}figcaption small{display:block;color:#555}
 .dup{border-left:3px solid #f58518;padding-left:8px}
-table{border-collapse:collapse;font-size:13px;margin:4px 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}
+table{border-collapse:collapse;font-size:13px;margin:4px 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;overflow-wrap:anywhere}
 pre{font-size:11px;background:#f7f7f7;padding:8px;overflow:auto;max-height:400px}"""

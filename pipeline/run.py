@@ -122,7 +122,7 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
     infos = [done[s]["info"] for s in shards]
     df = load_columns(p.work, sids, p.config)
     point("decide")
-    df, filters = decide(df, p.config, Arrays(p.work, sids), run=p.work)
+    df, filters, seconds = decide(df, p.config, Arrays(p.work, sids), run=p.work)
     found = sum(i["samples_found"] for i in infos)
     if found != len(df):
         raise RuntimeError(f"accounting: the shards hold {found} samples but decide saw {len(df)}")
@@ -153,6 +153,7 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
     manifest["report"] = "report.html"
     write_report(stage, df.reset_index(drop=True), shards, manifest)
     manifest["run"]["decide_export_seconds"] = round(time.time() - t0, 2)
+    manifest["run"]["filter_seconds"] = seconds
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     point("publish:staged")
     version = publish.commit(p.out, stage)

@@ -52,7 +52,7 @@ def test_kept_and_dropped_counts_are_the_planted_ones(table):
 
 def test_datacomp_default_min_side_drops_small_images(table):
     m, df = table
-    out, _ = decide(df.reset_index(), load_config({"filters": [{"type": "basic"}]}))
+    out, _, _ = decide(df.reset_index(), load_config({"filters": [{"type": "basic"}]}))
     usable = out["ingest_error"].isna()
     assert (out.loc[usable, "drop_reasons"].map(lambda r: "basic:min_side" in r)).all()  # 40 px < 200 px
     s = summarize(out)
