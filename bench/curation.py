@@ -141,7 +141,7 @@ def main() -> None:
                                                     Path(m30["uids"]), 0.3)
         from pipeline.decide import Arrays, load_columns
         from shardio.shards import expand, shard_id
-        from schemas.config import load_config
+        from pipeline.config import load_config
 
         sids = [shard_id(s) for s in expand(str(pool / "shards"))]
         if not (work / "columns" / "clip_score").exists():

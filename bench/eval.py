@@ -7,7 +7,7 @@
    open_clip model from the local weights file, wds datasets from the local folders, fp32 like ours),
    and the largest difference on acc1, mean per-class recall and retrieval recall@1/@5.
 CLIP_benchmark 1.6.2 runs from bench/.peer/ with numpy 2.2.6 and webdataset 0.2.86 (its pins do not
-fit ours: ENVIRONMENT.md), installed there on first use without touching the project's venv.
+fit ours: its numpy<2 and webdataset<0.3 pins conflict with this stack), installed there on first use without touching the project's venv.
 """
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ def main() -> None:
     from pipeline.export import export
     from pipeline.run import run_curation
     from shardio.shards import expand, shard_id
-    from schemas.config import load_config
+    from pipeline.config import load_config
 
     shards = expand(a.pool)
     n_all = sum(_read(s) for s in shards[:1]) * len(shards)

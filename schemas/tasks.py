@@ -8,7 +8,7 @@ from the task folder (DataComp's download writes them there). Folder names are C
 ``wds_<name>`` datasets without the prefix. A task whose folder is absent is reported missing,
 never scored.
 
-Main metrics and groups follow DataComp (ANCHORS.md): acc1 by default, mean per-class recall for
+Main metrics and groups follow DataComp (Gadre et al. 2023, github.com/mlfoundations/datacomp): acc1 by default, mean per-class recall for
 Caltech-101, FGVC Aircraft, Flowers and Pets, mean of both directions' recall@1 for Flickr30k and
 MSCOCO; its special metrics (WinoGAViL jaccard, iWildCam macro-F1, FMoW worst-region, Dollar Street
 and GeoDE worst-group) need annotations the wds classification layout lacks: those tasks are listed,

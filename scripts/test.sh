@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/lint-imports --no-cache  # package boundaries (pyproject.toml [tool.importlinter])
 exec .venv/bin/python -m pytest -q "$@"

@@ -53,7 +53,8 @@ def test_bad_samples_are_counted_and_skipped(tmp_path):
     r = train(cfg(tmp_path, tmp_path / "pool", samples_seen=16 * 8, batch_size=16, lr=1e-3))
     assert r["steps"] == 8
     # 128 samples drawn with shard resampling over one 40-sample shard: every pass meets all three.
-    assert set(r["bad_samples"]) == {"unidentified_image", "broken_image", "empty_image"}
+    assert set(r["bad_samples"]) == {"format", "decode"}  # garbage bytes; truncated and empty images
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["bad_samples"] == r["bad_samples"]
 
 
 def test_resume_after_crash_reaches_the_same_step(tmp_path):
@@ -160,7 +161,7 @@ def test_torchrun_ddp_two_processes_on_cpu(tmp_path):
 
     make_pool(tmp_path / "pool", n=100, per_shard=50)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "pipeline.cli", "train", "--data", str(tmp_path / "pool"), "--out", str(tmp_path / "run"),
+           "-m", "app.cli", "train", "--data", str(tmp_path / "pool"), "--out", str(tmp_path / "run"),
            "--samples-seen", "256", "--batch-size", "32", "--workers", "0", "--lr", "1e-3"]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

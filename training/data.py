@@ -21,10 +21,18 @@ from training.transforms import fast_train_transform
 log = logging.getLogger(__name__)
 
 
-def _warn_tar_error(exn: Exception) -> bool:
-    """webdataset handler: a broken tar member or stream is logged and skipped, never fatal."""
-    log.warning("skipping unreadable shard data: %r", exn)
-    return True
+def _samples(src: Iterator[dict]) -> Iterator[dict]:
+    """Shard urls -> samples through the shared reader (shardio/tar.py): every complete sample of a
+    truncated or odd tar is used; a broken shard is logged once per shard, never fatal."""
+    from shardio.tar import TarReport, iter_samples
+
+    for item in src:
+        report = TarReport(item["url"])
+        for s in iter_samples(item["url"], report):
+            if not s.duplicate:
+                yield {"__key__": s.key, **s.members}
+        if report.error:
+            log.warning("shard %s: %s (its complete samples were used)", item["url"], report.error)
 
 
 def _batches(src: Iterator[dict], preprocess: Callable, tokenizer: Callable, batch_size: int, seed: int):
@@ -32,12 +40,18 @@ def _batches(src: Iterator[dict], preprocess: Callable, tokenizer: Callable, bat
     fast = fast_train_transform(preprocess)
     rng = random.Random(seed)
     images, captions, bad = [], [], Counter()
+    told: set[str] = set()
     for sample in src:
         data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
         img, reason = decode_image(data)
         caption = sample.get("txt")
         if img is None or caption is None:
-            bad[(reason or "no_caption").split(":")[0]] += 1
+            kind = (reason or "no_caption").split(":")[0]
+            bad[kind] += 1
+            if kind not in told:  # one line per reason, not per sample; counts go to the summary
+                told.add(kind)
+                log.warning("skipping samples that cannot be trained on (%s), e.g. %s; counted by reason",
+                            kind, sample.get("__key__"))
             continue
         try:
             images.append(fast.image(img, rng) if fast else preprocess(img))
@@ -59,7 +73,7 @@ def train_loader(data: str | list[str], preprocess: Callable, tokenizer: Callabl
     urls = expand(data)
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed, deterministic=True),
-        wds.tarfile_to_samples(handler=_warn_tar_error),
+        _Stage(_samples),
         wds.shuffle(shuffle, initial=min(shuffle, 500), seed=seed),
         _Stage(_batches, preprocess, tokenizer, batch_size, seed),
     )

@@ -1,6 +1,6 @@
 """Training presets: DataComp's fixed recipes per scale, and CPU-sized ones for demos and tests.
 
-DataComp (Gadre et al. 2023, ANCHORS.md): samples seen = pool size; AdamW wd 0.2, betas (0.9, 0.98)
+DataComp (Gadre et al. 2023, github.com/mlfoundations/datacomp): samples seen = pool size; AdamW wd 0.2, betas (0.9, 0.98)
 (xlarge: beta2 0.95), eps 1e-6, cosine schedule, bf16 autocast, gradient checkpointing, local loss
 with gather-with-grad, resampled shards, 5 checkpoints per run.
 """
