@@ -66,7 +66,7 @@ def killed_then_rerun(env: dict, pool: Path, out: Path, config: str, after_shard
     if r.returncode != 0:
         raise RuntimeError("rerun after the kill failed:\n" + r.stdout[-2000:] + r.stderr[-2000:])
     m = json.loads((out / "manifest.json").read_text())
-    return {"shards_done_at_kill": done_at_kill, "rerun_shards_annotated": m["shards_annotated"],
+    return {"shards_done_at_kill": done_at_kill, "rerun_shards_annotated": m["run"]["shards_annotated"],
             "rerun_kept": m["kept"], "rerun_samples_in": m["samples_in"]}
 
 
@@ -92,10 +92,10 @@ def main() -> None:
             r2 = deployment_run(env)
             m2 = json.loads((out / "manifest.json").read_text())
         res.update(deployment_run_completed=r1["completed"] and r2["completed"],
-                   first_run={"shards": half, "shards_annotated": m1["shards_annotated"], "stage_runs": m1["stage_runs"],
+                   first_run={"shards": half, "shards_annotated": m1["run"]["shards_annotated"], "stage_runs": m1["run"]["stage_runs"],
                               "samples_in": m1["samples_in"], "kept": m1["kept"], "seconds": r1["seconds"]},
-                   second_run_new_shards=len(shards) - half, second_run_shards_annotated=m2["shards_annotated"],
-                   second_run_shard_stage_runs=m2["stage_runs"], second_run_samples_in=m2["samples_in"],
+                   second_run_new_shards=len(shards) - half, second_run_shards_annotated=m2["run"]["shards_annotated"],
+                   second_run_shard_stage_runs=m2["run"]["stage_runs"], second_run_samples_in=m2["samples_in"],
                    second_run_seconds=r2["seconds"])
         reference = checksums(out)
         print(json.dumps(res, indent=2), flush=True)

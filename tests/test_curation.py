@@ -1,4 +1,3 @@
-import heapq
 import io
 import json
 import tarfile
@@ -14,6 +13,7 @@ from pipeline.filters.clip_score import top_fraction_threshold
 from pipeline.publish import checksums
 from pipeline.run import run_curation
 from shardio.shards import expand, iter_tar_samples
+from tests.oracles import datacomp_top_fraction_uids
 from tests.shardmaker import make_pool, uid
 
 PLANT = {3: "corrupt", 10: "truncated", 30: "empty", 41: "noimage", 52: "missing"}
@@ -50,18 +50,9 @@ def test_planted_problems_get_exactly_their_reason(curated):
     assert meta.loc[meta["ingest_error"].isna(), "clip_score"].notna().all()
 
 
-def _datacomp_uids(uids, scores, fraction):
-    """DataComp's published rule (baselines/apply_filter.py), written independently: the threshold is
-    the (int(n * fraction) + 1)-th largest score, keep score >= threshold; uids packed big-endian."""
-    pairs = [(u, s) for u, s in zip(uids, scores) if np.isfinite(s)]
-    t = heapq.nlargest(int(len(pairs) * fraction) + 1, [s for _, s in pairs])[-1]
-    kept = sorted(bytes.fromhex(u) for u, s in pairs if s >= t)
-    return np.array([tuple(np.frombuffer(b, ">u8").astype("u8")) for b in kept], np.dtype("u8,u8"))
-
-
 def test_top_fraction_and_uid_file_match_datacomp(curated):
     root, _, meta = curated
-    expect = _datacomp_uids(meta["uid"], meta["clip_score"].to_numpy(np.float64), 0.3)
+    expect = datacomp_top_fraction_uids(meta["uid"], meta["clip_score"].to_numpy(np.float64), 0.3)
     buf = io.BytesIO()
     np.save(buf, expect)
     assert (root / "out" / "uids.npy").read_bytes() == buf.getvalue()
