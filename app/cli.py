@@ -101,6 +101,9 @@ def cmd_report(a) -> None:
     print(f"wrote {path}")
 
 
+LOSSES = ["clip", "siglip"]  # training.train.TrainConfig.loss; a test keeps the two equal
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="curate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -141,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=None, help="global batch size (default: 256)")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the model's tuned one)")
     t.add_argument("--accum-steps", type=int, default=None, help="gradient accumulation micro-batches (exact)")
-    t.add_argument("--loss", choices=["clip", "siglip"], default=None, help="ClipLoss or SigLipLoss (default: clip)")
+    t.add_argument("--loss", choices=LOSSES, default=None, help="ClipLoss or SigLipLoss (default: clip)")
     t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None, help="auto: bf16 on GPU")
     t.add_argument("--grad-checkpointing", action="store_true", help="trade compute for activation memory")
     t.add_argument("--init", default=None, help="start from this checkpoint folder")

@@ -18,7 +18,8 @@ from PIL import Image
 MAX_PIXELS = 64_000_000
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode as RGB; transparency is laid on white."""
     if im.mode == "RGB":
         return im
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
@@ -61,7 +62,7 @@ def open_image(data: bytes | None, max_side: int | None = None
             if max_side and im.format == "JPEG":
                 im.draft("RGB", (max_side, max_side))
             im.load()
-        return _to_rgb(im), size, None
+        return to_rgb(im), size, None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return None, size, f"decode: decompression bomb, {e}"
     except Image.UnidentifiedImageError:

@@ -200,3 +200,11 @@ def test_fast_val_transform_gives_open_clip_pixels():
     ims.append(Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8)))  # grey: converted to RGB
     assert torch.allclose(fast(ims), torch.stack([pre(im) for im in ims]), atol=1e-5)
     assert fast_val_transform(lambda im: im) is None  # any other transform: no fast path
+
+
+def test_cli_offers_exactly_the_trainer_losses():
+    import typing
+
+    from app.cli import LOSSES
+
+    assert LOSSES == list(typing.get_args(TrainConfig.model_fields["loss"].annotation))

@@ -41,14 +41,12 @@ def run_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin
               only: list[str] | None = None, device: str = "auto", weights: str | None = None,
               few_shot: int = 0) -> dict:
     """``few_shot`` > 0 adds a k-shot linear probe beside zero-shot on classification tasks."""
-    from shardio.device import pick_device
-    from training.model import load_clip
+    from training.model import load_for_eval
 
     tasks = [t for t in suite(suite_name) if not only or t.key in only or t.folder in only]
     ckpt_dir = Path(checkpoint)
     results = Path(results or (ckpt_dir / f"eval_{suite_name}.jsonl" if ckpt_dir.is_dir() else f"eval_{suite_name}.jsonl"))
     done = _done(results, str(checkpoint))
-    device = pick_device(device)
     clip = None
     t0 = time.time()
     for task in tasks:
@@ -58,8 +56,7 @@ def run_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin
         if task.metric in SPECIAL:  # needs annotations the wds layout lacks
             continue
         if clip is None:
-            clip = load_clip(checkpoint, weights, device=device)
-            clip.model.eval()
+            clip, device = load_for_eval(checkpoint, weights, device)
         r = {"task": task.key, "checkpoint": str(checkpoint), "group": task.group, "metric": task.metric,
              **evaluate_task(clip, task, folder, device, few_shot), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         append_result(results, r)

@@ -79,6 +79,16 @@ def load_clip(model: str, checkpoint: str | None = None, device: str = "cpu",
     return Clip(m, pre_train, pre_val, open_clip.get_tokenizer(name), name, model_cfg)
 
 
+def load_for_eval(checkpoint: str, weights: str | None = None, device: str = "auto") -> tuple[Clip, str]:
+    """A model ready to evaluate (eval mode, on ``device``, 'auto' picked): every evaluation loads this way."""
+    from shardio.device import pick_device
+
+    device = pick_device(device)
+    clip = load_clip(checkpoint, weights, device=device)
+    clip.model.eval()
+    return clip, device
+
+
 def save_checkpoint_dir(path: str | Path, model: torch.nn.Module, model_cfg: dict,
                         info: dict[str, Any]) -> Path:
     """Write an open_clip local-dir checkpoint atomically (temp folder, then rename)."""

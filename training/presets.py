@@ -19,8 +19,8 @@ PRESETS: dict[str, dict] = {
     "xlarge": {**DATACOMP, "model": "ViT-L-14", "samples_seen": 12_800_000_000, "batch_size": 90_112, "lr": 1e-3,
                "warmup": 10_000, "beta2": 0.95},
     # CPU: curate-tiny learns Fashion-MNIST (0.85 zero-shot top-1 at 120k clean samples, bench/trainer.py)
-    "cpu-tiny": {"model": "curate-tiny", "samples_seen": 120_000, "batch_size": 256, "lr": 2e-3, "warmup": 0.1},
-    "cpu-demo": {"model": "curate-tiny", "samples_seen": 60_000, "batch_size": 256, "lr": 2e-3, "warmup": 0.1},
+    "cpu-tiny": {"model": "curate-tiny", "samples_seen": 120_000, "batch_size": 256, "warmup": 0.1},
+    "cpu-demo": {"model": "curate-tiny", "samples_seen": 60_000, "batch_size": 256, "warmup": 0.1},
 }
 
 

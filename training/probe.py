@@ -65,13 +65,10 @@ def k_shot(y: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 
 def linear_probe(checkpoint: str, task_root: str | Path, k: int = 10, seed: int = 0, device: str = "auto",
                  weights: str | None = None) -> dict:
-    from shardio.device import pick_device
-    from training.model import load_clip
+    from training.model import load_for_eval
 
     t0 = time.time()
-    device = pick_device(device)
-    clip = load_clip(checkpoint, weights, device=device)
-    clip.model.eval()
+    clip, device = load_for_eval(checkpoint, weights, device)
     r = probe(clip, task_root, k, seed, device)
     return {"task": Path(task_root).name, "checkpoint": str(checkpoint), **r, "seconds": round(time.time() - t0, 2)}
 

@@ -114,8 +114,11 @@ def make_loss(cfg: TrainConfig, rank: int, world: int):
                               rank=rank, world_size=world)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train (resuming from ``out_dir`` if a run was interrupted); return a summary with ``checkpoint``."""
+def train(cfg: TrainConfig, adapter=None) -> dict:
+    """Train (resuming from ``out_dir`` if a run was interrupted); return a summary with ``checkpoint``.
+
+    ``adapter`` (fine-tuning, training/lora.py) has ``wrap(model) -> model`` (called before the optimizer
+    is built), ``merge(model) -> model`` (the plain open_clip model to save) and ``info() -> dict``."""
     from shardio.device import pick_device
     from training.data import train_loader
 
@@ -132,6 +135,8 @@ def train(cfg: TrainConfig) -> dict:
     model = clip.model
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if adapter is not None:
+        model = adapter.wrap(model)
     opt = make_optimizer(model, cfg)
     start = _resume(ckpt_dir / "state_latest.pt", cfg, model, opt, device)
     if rank == 0:
@@ -184,8 +189,10 @@ def train(cfg: TrainConfig) -> dict:
               "train_seconds": round(seconds, 1), "resumed_from_step": start, "bad_samples": bad,
               "device": device, "world_size": world}
     if stop == cfg.steps and rank == 0:
-        info = {"train": cfg.model_dump(), "result": result, "base_model": clip.name}
-        result["checkpoint"] = str(save_checkpoint_dir(out / "final", unwrap(model), clip.model_cfg, info))
+        info = {"train": cfg.model_dump(), "result": result, "base_model": clip.name,
+                **(adapter.info() if adapter is not None else {})}
+        final = adapter.merge(unwrap(model)) if adapter is not None else unwrap(model)
+        result["checkpoint"] = str(save_checkpoint_dir(out / "final", final, clip.model_cfg, info))
         (out / "result.json").write_text(json.dumps(result, indent=2))
     dist.barrier()
     return result

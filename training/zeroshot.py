@@ -83,13 +83,10 @@ def classify(clip, task_root: str | Path, batch_size: int = 256, device: str = "
 def evaluate_zeroshot(checkpoint: str, task_root: str | Path, batch_size: int = 256, device: str = "auto",
                       weights: str | None = None) -> dict:
     """``checkpoint``: a checkpoint folder or model name; ``weights``: a weights file for that name."""
-    from shardio.device import pick_device
-    from training.model import load_clip
+    from training.model import load_for_eval
 
     t0 = time.time()
-    device = pick_device(device)
-    clip = load_clip(checkpoint, weights, device=device)
-    clip.model.eval()
+    clip, device = load_for_eval(checkpoint, weights, device)
     m = classify(clip, task_root, batch_size, device)
     n, templates = m.pop("n"), m.pop("templates")
     return {"task": Path(task_root).name, "checkpoint": str(checkpoint), "n": n, "metrics": m,

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from shardio.decode import to_rgb
+
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 OPENCLIPART_DIR = Path("/usr/share/openclipart")
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
@@ -203,9 +205,7 @@ def openclipart_image(rel_png: str, max_side: int = 128) -> tuple[Image.Image | 
             im.draft("RGB", (max_side, max_side))
             im = im.convert("RGBA")
         im.thumbnail((max_side, max_side))
-        bg = Image.new("RGB", im.size, (255, 255, 255))
-        bg.paste(im, mask=im.getchannel("A"))
-        return bg, size
+        return to_rgb(im), size
     except Exception:  # noqa: BLE001 - unreadable source files are skipped and counted
         return None, None
 
@@ -243,10 +243,7 @@ def _render(ch: str) -> Image.Image:
 
 
 def emoji_image(ch: str) -> Image.Image:
-    im = _render(ch)
-    bg = Image.new("RGB", im.size, (255, 255, 255))
-    bg.paste(im, mask=im.getchannel("A"))
-    return bg.resize((64, 64), Image.LANCZOS)
+    return to_rgb(_render(ch)).resize((64, 64), Image.LANCZOS)
 
 
 # --- synthetic fallback --------------------------------------------------------------------------
