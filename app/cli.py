@@ -1,7 +1,8 @@
 """``curate``: one entry point for people who do not drive Prefect directly.
 
     curate build-pool   write the built-in sample pool (real data, synthetic fallback)
-    curate run          curate shards: CLIP scores, filters, filtered shards + uids + manifest
+    curate run          curate shards (or DataComp metadata): scores, filters, filtered shards + uids + manifest
+    curate reshard      a uid list + the pool's shards -> filtered shards (after a metadata-only run)
     curate train        CLIP contrastive training on shards, fixed samples seen
     curate eval         zero-shot evaluation of a checkpoint on a CLIP_benchmark-layout task
     curate demo         the whole loop on the sample pool, with and without filtering
@@ -44,6 +45,14 @@ def cmd_run(a) -> None:
         print(f"not processed: {f['shard']}: {f['error']}", file=sys.stderr)
     print(f"filtered shards: {a.out}/shards   uids: {a.out}/uids.npy   manifest: {a.out}/manifest.json   "
           f"report: {a.out}/report.html   log: {a.out}/curate.log")
+
+
+def cmd_reshard(a) -> None:
+    from pipeline.reshard import reshard
+
+    m = reshard(a.uids, a.pool, a.out, a.samples_per_shard)
+    print(json.dumps({k: m[k] for k in ("uids_in_list", "written", "not_found")}, indent=2))
+    print(f"filtered shards: {a.out}/shards")
 
 
 def cmd_train(a) -> None:
@@ -132,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a shard that fails after retries: fail the run, publishing nothing (default), or "
                         "publish without it (its samples are listed as not processed)")
     r.set_defaults(func=cmd_run)
+
+    rs = sub.add_parser("reshard", help="uid list + shards -> filtered shards",
+                        description="Write the samples of a uid list (DataComp's u8,u8 .npy, e.g. from a "
+                                    "metadata-only `curate run`) from the pool's shards into new shards.")
+    rs.add_argument("--uids", required=True, help="uid array (.npy)")
+    rs.add_argument("--pool", required=True, help="shards: a folder, a braced pattern or a glob")
+    rs.add_argument("--out", required=True, help="output folder (shards/, uids.npy, manifest.json)")
+    rs.add_argument("--samples-per-shard", type=int, default=10_000, help="samples per output shard (default: 10000)")
+    rs.set_defaults(func=cmd_reshard)
 
     t = sub.add_parser("train", help="train a CLIP model", description="CLIP contrastive training at a fixed samples-seen budget.")
     t.add_argument("--data", required=True, help="training shards (folder, braced pattern or glob)")

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import schemas
 from pipeline.clip_stage import get_scorer
 from pipeline.ingest import INGEST_COLUMNS, ShardInfo, caption_languages, ingest_row, read_shard
+from pipeline.metadata import ingest_table, is_metadata, precomputed
 from pipeline.neardup import SIDE, thumbnail
 from schemas.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from schemas.config import RUNTIME_FIELDS, ClipModel
@@ -32,6 +33,7 @@ from shardio.shards import atomic_write_table, shard_base, shard_id
 CACHE_KEY = b"curate_cache_key"
 SHARD_INFO = "curate_shard_info"
 INGEST_VERSION = 4
+CLIP_VERSION = 2  # 2: scores stored as float64, pool-wide scores of precomputed columns
 
 
 def input_identity(shard: str | Path) -> dict:
@@ -70,6 +72,8 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]) -> dict:
     """Run the ingest and CLIP stages on one shard; return what ran, the row count and its accounting."""
+    if is_metadata(shard):
+        return annotate_metadata(shard, run_dir, clip)
     run = Path(run_dir)
     sid = shard_id(shard)
     ingest_path = run / "columns" / "ingest" / f"{sid}.parquet"
@@ -78,6 +82,7 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     for spec in clip:
         cfg = scorer_identity(spec)
         cfg["weights"] = weights_identity(spec) if not spec.precomputed else _sidecar_identity(shard)
+        cfg["version"] = CLIP_VERSION
         key = cache_key(spec.column, cfg, shard)
         if not is_done(run / "columns" / spec.column / f"{sid}.parquet", key):
             todo_clip.append((spec, key))
@@ -119,7 +124,7 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
                     flush()
         flush()
         if need_ingest:
-            langs = caption_languages([s.caption for s, *_ in samples])
+            langs = caption_languages([s.caption_full for s, *_ in samples])
             rows = [ingest_row(s, w, h, err, size, lang) for (s, w, h, err, size), lang in zip(samples, langs)]
         else:
             info = shard_info(ingest_path)
@@ -155,10 +160,42 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
         _save_npy(edir / f"{sid}.txt.npy", txt)
         tbl = pa.table({"uid": pa.array(uids, pa.string()),
                         "row": pa.array(np.arange(n), pa.int64()),
-                        spec.column: pa.array(score, pa.float32())})
+                        spec.column: pa.array(score.astype(np.float64), pa.float64())})
         _write(run / "columns" / spec.column / f"{sid}.parquet", tbl, key)
         ran.append(spec.column)
     return {"shard": sid, "ran": ran, "rows": n, "info": info}
+
+
+def annotate_metadata(parquet: str | Path, run_dir: str | Path, clip: list[ClipModel]) -> dict:
+    """A metadata-only "shard" (DataComp's metadata parquet + npz): ingest columns from the metadata,
+    precomputed scores and embeddings; nothing to decode."""
+    run = Path(run_dir)
+    sid = Path(parquet).stem
+    ingest_path = run / "columns" / "ingest" / f"{sid}.parquet"
+    ran = []
+    key = cache_key("ingest", {"version": INGEST_VERSION, "metadata": True}, parquet)
+    if not is_done(ingest_path, key):
+        tbl, info = ingest_table(parquet)
+        _write(ingest_path, tbl, key, {SHARD_INFO: json.dumps(info.as_dict())})
+        ran.append("ingest")
+    info = shard_info(ingest_path)
+    uids = pq.read_table(ingest_path, columns=["uid"]).column("uid").to_pylist()
+    for spec in clip:
+        ckey = cache_key(spec.column, scorer_identity(spec), parquet)
+        out = run / "columns" / spec.column / f"{sid}.parquet"
+        if is_done(out, ckey):
+            continue
+        score, img, txt = precomputed(parquet, spec, len(uids))
+        edir = run / "embeddings" / spec.column
+        if img is not None:
+            _save_npy(edir / f"{sid}.img.npy", img)
+            _save_npy(edir / f"{sid}.txt.npy", txt)
+        _save_npy(run / "columns" / spec.column / f"{sid}.pool.npy", score)
+        tbl = pa.table({"uid": pa.array(uids, pa.string()), "row": pa.array(np.arange(len(uids)), pa.int64()),
+                        spec.column: pa.array(score.astype(np.float64), pa.float64())})
+        _write(out, tbl, ckey)
+        ran.append(spec.column)
+    return {"shard": sid, "ran": ran, "rows": len(uids), "info": info}
 
 
 def shard_info(ingest_path: Path) -> ShardInfo:
@@ -190,8 +227,11 @@ def _write_precomputed(shard, run: Path, sid: str, spec: ClipModel, key: str, ui
     pos = {u: i for i, u in enumerate(side["uid"].astype(str).str.lower())}
     where = np.array([pos.get(u, -1) for u in uids], np.int64)
     have = where >= 0
-    score = np.full(len(uids), np.nan, np.float32)
-    score[have] = side[col].to_numpy(np.float32)[where[have]]
+    every = side[col].to_numpy()  # the column's own dtype: a float64 cutoff is not rounded
+    score = np.full(len(uids), np.nan, np.float64)
+    score[have] = every[where[have]]
+    # every listed row's score, downloaded or not: DataComp's cutoff is over the pool's metadata
+    _save_npy(run / "columns" / spec.column / f"{sid}.pool.npy", every)
     edir = run / "embeddings" / spec.column
     if npz_path.is_file():
         with np.load(npz_path) as z:
@@ -201,7 +241,7 @@ def _write_precomputed(shard, run: Path, sid: str, spec: ClipModel, key: str, ui
                 out[have] = arr[where[have]]
                 _save_npy(edir / f"{sid}.{part}.npy", out)
     tbl = pa.table({"uid": pa.array(uids, pa.string()), "row": pa.array(np.arange(len(uids)), pa.int64()),
-                    spec.column: pa.array(score, pa.float32())})
+                    spec.column: pa.array(score, pa.float64())})
     _write(run / "columns" / spec.column / f"{sid}.parquet", tbl, key)
 
 

@@ -59,6 +59,15 @@ class Arrays:
             self._cache[rel] = np.concatenate(parts) if parts else np.zeros(empty_shape, np.float32)
         return self._cache[rel]
 
+    def pool_scores(self, column: str) -> np.ndarray | None:
+        """Every listed row's score (precomputed columns: downloaded or not), when each shard has them."""
+        if self.run is None:
+            return None
+        paths = [self.run / "columns" / column / f"{sid}.pool.npy" for sid in self.sids]
+        if not paths or not all(p.is_file() for p in paths):
+            return None
+        return np.concatenate([np.load(p) for p in paths])
+
     def thumbs(self) -> np.ndarray:
         return self._load("thumbs/{sid}.npy", (0, 32, 32)).astype(np.uint8, copy=False)
 

@@ -36,7 +36,7 @@ def write_shards(df: pd.DataFrame, shards: list[str], out_dir: Path, samples_per
         want.setdefault(sid, set()).add(key)
     captions = captions or {}
     writer = ShardWriter(out_dir, samples_per_shard)
-    written, used = 0, set()
+    written = 0
     half = len(kept) // 2
     for path in shards:
         sid = shard_id(path)
@@ -52,9 +52,7 @@ def write_shards(df: pd.DataFrame, shards: list[str], out_dir: Path, samples_per
                 members["txt"] = new_caption.encode("utf-8")
             elif "txt" in members and len(members["txt"]) > MAX_CAPTION_CHARS:
                 members["txt"] = members["txt"].decode("utf-8", "replace")[:MAX_CAPTION_CHARS].encode("utf-8")
-            key = s.key if s.key not in used else f"{sid}/{s.key}"
-            used.add(key)
-            writer.write_raw(key, members)
+            writer.write_raw(s.key if s.key not in writer.keys else f"{sid}/{s.key}", members)
             written += 1
             if written == half:
                 point("export:mid")
@@ -87,7 +85,7 @@ def export(df: pd.DataFrame, shards: list[str], out: str | Path, samples_per_sha
     """Write shards, uids.npy, metadata.parquet and manifest.json into ``out`` (a staging folder)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = write_shards(df, shards, out / "shards", samples_per_shard, captions)
+    written = write_shards(df, shards, out / "shards", samples_per_shard, captions) if shards else []
     uids = uid_array(df.loc[df["keep"], "uid"])
     tmp = out / ".uids.tmp.npy"
     np.save(tmp, uids)

@@ -36,7 +36,9 @@ class Sample:
     image_ext: str | None
     meta: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # "<reason>: <detail>" when the sample cannot be used
-    caption_chars: int = 0  # before truncation
+    caption_chars: int = 0  # of the whole caption, before the cut
+    caption_words: int = 0
+    caption_full: str = ""  # for language id, which sees the raw caption as DataComp's does; not stored
 
 
 @dataclass
@@ -98,7 +100,7 @@ def _to_sample(raw, sid: str, listed: dict[str, dict]) -> Sample:
         error = f"no_image: no image member (members: {', '.join(sorted(members)) or 'none'})"
     uid = valid_uid(meta.get("uid")) or derive_uid(sid, key)
     return Sample(uid, key, sid, caption[:MAX_CAPTION_CHARS], members.get(ext) if ext else None, ext, meta, error,
-                  len(caption))
+                  len(caption), len(caption.split()), caption)
 
 
 def read_shard(path: str | Path, info: ShardInfo | None = None) -> Iterator[Sample]:
@@ -144,7 +146,7 @@ def ingest_row(s: Sample, width: int | None, height: int | None, decode_error: s
         "original_width": ow if ow is not None else original[0],
         "original_height": oh if oh is not None else original[1],
         "width": width, "height": height, "ingest_error": s.error or decode_error,
-        "caption_words": len(s.caption.split()), "caption_chars": s.caption_chars,
+        "caption_words": s.caption_words, "caption_chars": s.caption_chars,
         "caption_lang": lang[0], "caption_lang_score": lang[1],
     }
 

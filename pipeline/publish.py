@@ -63,6 +63,10 @@ def _links(out: Path) -> None:
     for name in ENTRIES:
         link = out / name
         want = Path("current") / name
+        if not (out / want).exists():  # e.g. no shards/ in a metadata-only output
+            if link.is_symlink():
+                link.unlink()
+            continue
         if link.is_symlink():
             if Path(os.readlink(link)) == want:
                 continue

@@ -26,6 +26,7 @@ from pipeline.config import CurateConfig, load_config
 from pipeline.executors import Executor, make
 from pipeline.faults import point
 from pipeline.lock import exclusive
+from pipeline.metadata import is_metadata
 from shardio.shards import expand, shard_id
 
 log = logging.getLogger("curate")
@@ -58,7 +59,9 @@ def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | di
         raise ValueError(f"--out {out} is a file; give a folder for the curation output")
     if work is not None and Path(work).exists() and not Path(work).is_dir():
         raise ValueError(f"--work {work} is a file; give a folder")
-    shards = expand(pool)
+    shards = _expand(pool)
+    if any(is_metadata(s) for s in shards):
+        _check_metadata_only(shards, config)
     by_id: dict[str, str] = {}
     for s in shards:
         sid = shard_id(s)
@@ -69,6 +72,31 @@ def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | di
     shards = list(by_id.values())
     digest = hashlib.sha256(json.dumps(config.model_dump(), sort_keys=True, default=str).encode()).hexdigest()[:12]
     return Plan(shards, out, Path(work) if work is not None else out, config, digest)
+
+
+def _expand(pool) -> list[str]:
+    """Shards, or (a folder with no tars) a DataComp metadata folder of parquets."""
+    try:
+        return expand(pool)
+    except FileNotFoundError:
+        folder = Path(pool) if isinstance(pool, (str, Path)) else None
+        if folder is not None and folder.is_dir() and any(folder.glob("*.parquet")):
+            return sorted(str(p) for p in folder.glob("*.parquet"))
+        raise
+
+
+def _check_metadata_only(shards: list[str], config: CurateConfig) -> None:
+    from pipeline.metadata import is_metadata
+
+    if not all(is_metadata(s) for s in shards):
+        raise ValueError("the pool mixes tars and metadata parquets; give one or the other")
+    for spec in config.clip:
+        if not spec.precomputed:
+            raise ValueError(f"scorer {spec.model!r} needs images, and this pool is metadata only: use "
+                             "'precomputed: l14' (or b32), the scores shipped with the metadata")
+    for f in config.filters:
+        if f.needs_thumbs:
+            raise ValueError(f"filter {f.instance!r} compares images, and this pool is metadata only")
 
 
 def annotate_job(args: tuple[str, str, list[str]]) -> dict:
@@ -149,7 +177,8 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
     declared = {f.out_column(o): t for f in p.config.filters for o, t in f.outputs.items()}
     captions = _rewritten_captions(df, p.config)
     stage = publish.staging(p.out)
-    manifest = export(df, shards, stage, p.config.export.samples_per_shard, manifest, declared, captions)
+    tars = [s for s in shards if not is_metadata(s)]
+    manifest = export(df, tars, stage, p.config.export.samples_per_shard, manifest, declared, captions)
     manifest["report"] = "report.html"
     write_report(stage, df.reset_index(drop=True), shards, manifest)
     manifest["run"]["decide_export_seconds"] = round(time.time() - t0, 2)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 
 HERE = Path(__file__).parent
-TYPES = {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(),
+TYPES = {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(), "float64": pa.float64(),
           "bool": pa.bool_(), "list<string>": pa.list_(pa.string())}
 
 
@@ -18,11 +18,11 @@ def columns() -> dict[str, dict]:
 
 
 def arrow_type(name: str) -> pa.DataType:
-    """Arrow type of a declared column; extra score columns ``clip_score_<tag>`` and ``concept_<name>`` are float32."""
+    """Arrow type of a declared column; extra score columns ``clip_score_<tag>`` are clip_score's type."""
     if name in columns():
         return TYPES[columns()[name]["type"]]
-    if name.startswith(("clip_score_", "concept_")):
-        return pa.float32()
+    if name.startswith("clip_score_"):
+        return TYPES[columns()["clip_score"]["type"]]
     raise KeyError(f"column {name!r} is not declared in schemas/columns.json")
 
 

@@ -52,8 +52,10 @@ SHARD_SUFFIX = re.compile(r"(\.tar|\.tar\.gz|\.tgz)$")
 
 
 def shard_id(path: str | Path) -> str:
-    """The shard's name without ``.tar`` / ``.tar.gz`` (``00012``), the id of its per-shard outputs."""
-    return SHARD_SUFFIX.sub("", Path(path).name)
+    """The shard's name without ``.tar`` / ``.tar.gz`` (``00012``), the id of its per-shard outputs; a
+    metadata-only shard (a DataComp ``.parquet``) is named by its stem."""
+    name = Path(path).name
+    return name[: -len(".parquet")] if name.endswith(".parquet") else SHARD_SUFFIX.sub("", name)
 
 
 def shard_base(path: str | Path) -> str:
@@ -91,6 +93,7 @@ class ShardWriter:
         self.tar: tarfile.TarFile | None = None
         self.t0 = time.time()
         self.paths: list[str] = []
+        self.keys: set[str] = set()  # every key written, across shards
 
     def write(self, key: str, image: bytes | None, ext: str, caption: str, meta: dict[str, Any],
               extra: dict[str, bytes] | None = None) -> None:
@@ -116,6 +119,7 @@ class ShardWriter:
     def _add(self, key: str, members: dict[str, bytes], row: dict[str, Any]) -> None:
         if self.tar is None:
             self._open()
+        self.keys.add(key)
         for suffix, data in members.items():
             info = tarfile.TarInfo(f"{key}.{suffix}")
             info.size = len(data)

@@ -42,8 +42,14 @@ class ClipScore(Filter):
         return f"clip_score[{tag(self.column)}{rule}]"
 
     def compute(self, ctx: Context) -> Result:
-        scores = ctx.df[self.column].to_numpy()  # DataComp: the cutoff is over every row that has a score
-        t = float(self.threshold) if self.threshold is not None else top_fraction_threshold(scores, self.fraction)
+        scores = ctx.df[self.column].to_numpy()
+        # DataComp: the cutoff is over the pool's metadata, every row with a score (listed rows that were
+        # never downloaded included, when the scores came with the metadata)
+        pool = ctx.arrays.pool_scores(self.column) if ctx.arrays is not None else None
+        over = pool if pool is not None else scores
+        t = float(self.threshold) if self.threshold is not None else top_fraction_threshold(over, self.fraction)
         with np.errstate(invalid="ignore"):
             fails = ~(scores >= t)  # NaN fails too
-        return Result({"": fails}, info={"column": self.column, "threshold": t, "fraction": self.fraction})
+        return Result({"": fails}, info={"column": self.column, "threshold": t, "fraction": self.fraction,
+                                         "cutoff_over": "metadata" if pool is not None else "samples",
+                                         "cutoff_rows": int(np.isfinite(over).sum())})

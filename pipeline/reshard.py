@@ -1,0 +1,59 @@
+"""Reshard: a uid list (DataComp's ``u8,u8`` array, e.g. from a metadata-only run) plus the pool's
+shards -> filtered shards, like DataComp's resharder. Published atomically like a curation output."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import publish
+from pipeline.ingest import derive_uid, valid_uid
+from pipeline.lock import exclusive
+from shardio.shards import ShardWriter, expand, shard_id
+from shardio.tar import iter_samples
+
+
+def uid_strings(uids_file: str | Path) -> set[str]:
+    arr = np.load(uids_file)
+    if arr.dtype != np.dtype("u8,u8"):
+        raise ValueError(f"{uids_file} is not a DataComp uid array (dtype u8,u8), it holds {arr.dtype}")
+    return {f"{int(a):016x}{int(b):016x}" for a, b in arr.tolist()}
+
+
+def _uid(sample, sid: str) -> str:
+    try:
+        meta = json.loads(sample.members.get("json", b"{}"))
+    except (ValueError, UnicodeDecodeError):
+        meta = {}
+    return (valid_uid(meta.get("uid")) if isinstance(meta, dict) else None) or derive_uid(sid, sample.key)
+
+
+def reshard(uids_file: str | Path, pool: str | list[str], out: str | Path, samples_per_shard: int = 10_000) -> dict:
+    """Copy every sample whose uid is in the list (first occurrence) into new shards; return the manifest."""
+    t0 = time.time()
+    want = uid_strings(uids_file)
+    shards = expand(pool)
+    out = Path(out)
+    with exclusive(out):
+        stage = publish.staging(out)
+        writer = ShardWriter(stage / "shards", samples_per_shard)
+        found: set[str] = set()
+        for path in shards:
+            sid = shard_id(path)
+            for s in iter_samples(path):
+                u = _uid(s, sid)
+                if s.duplicate or u not in want or u in found:
+                    continue
+                found.add(u)
+                writer.write_raw(s.key if s.key not in writer.keys else f"{sid}/{s.key}", dict(s.members))
+        written = writer.close()
+        np.save(stage / "uids.npy", np.load(uids_file))
+        manifest = {"uids_in_list": len(want), "written": len(found), "not_found": len(want - found),
+                    "input_shards": shards, "uid_list": str(uids_file),
+                    "output_shards": [str(Path("shards") / Path(p).name) for p in written],
+                    "run": {"seconds": round(time.time() - t0, 2)}}
+        (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        version = publish.commit(out, stage)
+    return {**manifest, "root": str(version)}
