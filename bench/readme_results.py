@@ -1,4 +1,4 @@
-"""Rewrite the README's "Results" section from bench/results/grid.md, grid.json and stages.json.
+"""Rewrite bench/README.md's "Results" section from bench/results/grid.md, grid.json and stages.json.
 
     .venv/bin/python bench/readme_results.py      (bench/grid.py and bench/stages.py call it too)
 """
@@ -18,7 +18,7 @@ def section() -> str:
     if (res / "grid.json").is_file():
         g = json.loads((res / "grid.json").read_text())
         parts += [(res / "grid.md").read_text().replace("# Experiment grid", "### Experiment grid"),
-                  "![average per strategy](bench/results/grid.svg)", "",
+                  "![average per strategy](results/grid.svg)", "",
                   f"`.venv/bin/python bench/grid.py` ({g['machine']}). Scorers: `clip_score_*`, `laion2b`, "
                   "image-based and D² use a CLIP trained on the raw pool (no filter, seed 0); `dfn_30` uses the "
                   "filtering network trained on the trusted split. `best` is the one of our " + str(len(g.get("selection", {}))) + " declared "
@@ -63,7 +63,7 @@ def section() -> str:
 
 
 def update_readme() -> None:
-    path = ROOT / "README.md"
+    path = ROOT / "bench" / "README.md"
     text = path.read_text()
     if START not in text:
         raise SystemExit(f"README.md has no {START} marker")

@@ -51,7 +51,7 @@ def _svg(fig) -> str:
 
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.fonttype": "none", "text.parse_math": False, "svg.hashsalt": "report"}):
-        fig.savefig(buf, format="svg")
+        fig.savefig(buf, format="svg", metadata={"Date": None})  # the same run, the same bytes
     text = buf.getvalue()
     return f'<div class="plot">{text[text.index("<svg"):]}</div>'
 
@@ -117,18 +117,20 @@ def _size_plot(sizes: np.ndarray, column: str) -> str:
 
 
 def _truth_plot(t: pd.DataFrame) -> str:
-    fig = _figure(7, 0.9 + 0.4 * len(t))
+    """Share kept / dropped per noise type (bars of equal length), labelled with the counts."""
+    fig = _figure(7, 1.1 + 0.4 * len(t))
     ax = fig.add_subplot()
     y = np.arange(len(t))
-    kept = ax.barh(y, t["kept"], color=COLORS["kept"], label="kept")
-    dropped = ax.barh(y, t["dropped"], left=t["kept"], color=COLORS["dropped"], label="dropped")
-    ax.bar_label(kept, label_type="center", fontsize=7)
-    ax.bar_label(dropped, label_type="center", fontsize=7)
-    ax.set_yticks(y, list(t.index), fontsize=8)
+    share = 100 * t["kept"] / t["samples"]
+    for left, width, n, key in ((0, share, t["kept"], "kept"), (share, 100 - share, t["dropped"], "dropped")):
+        bars = ax.barh(y, width, left=left, color=COLORS[key], label=key)
+        ax.bar_label(bars, [f"{v:,}" if w >= 8 else "" for v, w in zip(n, width)], label_type="center", fontsize=7)
+    ax.set_yticks(y, [f"{i} ({n:,})" for i, n in zip(t.index, t["samples"])], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("samples")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of the noise type's samples")
     ax.set_title("Ground truth: kept / dropped by noise type")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.5 / len(t)), ncols=2)
     return _svg(fig)
 
 
@@ -157,17 +159,17 @@ def _setup(manifest: dict) -> str:
                for s in manifest.get("scorers", [])]
     rows = []
     for name, f in manifest.get("filters", {}).items():
-        skip = {"type", "reasons", "columns", "seconds", "threshold"}
+        skip = {"type", "reasons", "columns", "seconds", "threshold"}  # (older manifests held seconds)
         params = ", ".join(f"{k}={_num(v)}" for k, v in f.items() if k not in skip and v is not None)
         reasons = Html("<br>".join(f"{esc(r)}: {first.get(r, 0):,} / {every.get(r, 0):,}" for r in f.get("reasons", [])))
-        rows.append([name, f.get("type"), f.get("threshold", ""), params, reasons, f.get("seconds", "")])
+        rows.append([name, f.get("type"), f.get("threshold", ""), params, reasons])
     cfg = json.dumps(manifest.get("config", {}), indent=1, default=str)
     return (f"<section class='panel'><h2>Setup</h2><p>Config hash <code>{esc(manifest.get('config_hash'))}</code>, "
             f"{len(manifest.get('input_shards', [])):,} input shards.</p><h3>Scorers</h3>"
             + (_table(["column", "model", "checkpoint", "precomputed"], scorers) if scorers else "<p>none</p>")
             + "<h3>Filters (in order; unusable samples drop first)</h3>"
-            + (_table(["instance", "type", "threshold", "parameters and results", "reason: dropped (first rule) / failing",
-                       "seconds"], rows) if rows else "<p>none</p>")
+            + (_table(["instance", "type", "threshold", "parameters and results",
+                       "reason: dropped (first rule) / failing"], rows) if rows else "<p>none</p>")
             + f"<details><summary>full config</summary><pre>{esc(cfg)}</pre></details></section>")
 
 
@@ -202,8 +204,8 @@ def ground_truth_path(shards: list[str]) -> Path | None:
 
 def confusion(df: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """Per noise type: samples, kept, dropped, % dropped and the first drop reasons that caught them."""
-    noise = df["uid"].map(truth.drop_duplicates("uid").set_index("uid")["noise"]).fillna("(not in ground truth)")
-    d = df.assign(noise=noise.to_numpy())
+    labels = truth.drop_duplicates("uid").set_index("uid")["noise"].fillna("clean")  # null noise = clean
+    d = df.assign(noise=df["uid"].map(labels).fillna("(not in ground truth)").to_numpy())
     t = d.groupby("noise").agg(samples=("keep", "size"), kept=("keep", "sum"))
     t["dropped"] = t["samples"] - t["kept"]
     t["% dropped"] = (100 * t["dropped"] / t["samples"]).round(1)
@@ -283,7 +285,7 @@ def _cell(df: pd.DataFrame, i: int, thumbs: dict, scores: list[str], note: str =
     caption = "" if pd.isna(r["caption"]) else str(r["caption"])
     img = (f'<img src="{thumbs[i]}" alt="{esc(caption[:80])}">' if i in thumbs
            else '<div class="noimg">no image</div>')
-    lines = [f"{c} {r[c]:.4f}" for c in scores if pd.notna(r[c])]
+    lines = [f"{c} {r[c]:.5f}" for c in scores if pd.notna(r[c])]
     if pd.notna(r.get("ingest_error")):
         lines.append(str(r["ingest_error"])[:100])
     elif not r["keep"]:
@@ -308,7 +310,7 @@ def dup_groups(df: pd.DataFrame, filters: dict, n: int = GROUPS) -> list[tuple[s
         if dcol is not None:
             dist = next((c for c in f["columns"] if c != dcol and c.rsplit(".", 1)[-1] in ("rms", "max_sim")), "")
             g = df.loc[df[dcol].notna(), dcol]
-        elif f.get("type") == "exact_dedup":
+        elif f.get("type") == "exact_dedup" and "sha256" in df:
             dist = ""
             dropped = df["drop_reasons"].map(lambda r, rs=set(f.get("reasons", [])): bool(set(r) & rs)).to_numpy(bool)
             firsts = df[usable & ~dropped].drop_duplicates("sha256").set_index("sha256")["uid"]
@@ -369,7 +371,7 @@ def write_report(out: str | Path, df: pd.DataFrame, shards: list[str], manifest:
             parts.append(_size_plot(sizes, col))
     parts += ["</div>", _truth(df, shards)]
     for (name, col, t, _), (_, kept, dropped) in zip(cuts, near):
-        parts.append(f"<h2>At the threshold: {esc(name)} ({esc(col)} {t:.4g})</h2><div class='two'>"
+        parts.append(f"<h2>At the threshold: {esc(name)} ({esc(col)} {t:.5f})</h2><div class='two'>"
                      f"<div><h3>just kept</h3><div class='grid'>"
                      + "".join(_cell(df, i, thumbs, score_cols) for i in kept)
                      + "</div></div><div><h3>just dropped</h3><div class='grid'>"
@@ -436,5 +438,5 @@ figure img,.noimg{width:112px;height:112px;object-fit:contain;background:#f4f4f4
 .noimg{font-size:11px;color:#888;text-align:center;line-height:112px}
 figcaption{font-size:11px;overflow-wrap:anywhere}figcaption small{display:block;color:#555}
 .dup{border-left:3px solid #f58518;padding-left:8px}
-table{border-collapse:collapse;font-size:13px;margin:4px 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;overflow-wrap:anywhere}
+table{border-collapse:collapse;font-size:13px;margin:4px 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;overflow-wrap:break-word}th{hyphens:none}
 pre{font-size:11px;background:#f7f7f7;padding:8px;overflow:auto;max-height:400px}"""
