@@ -13,50 +13,29 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from schemas.checkpoint import CONFIG_FILE, MODEL_CONFIG_DIR
 from schemas.config import ClipModel
 from shardio.compat import ensure_torchvision
 from shardio.device import pick_device
+from shardio.models import open_clip_name
 from shardio.pixels import fast_val_transform
 
 ensure_torchvision()  # before open_clip imports torchvision, in every process
 
 
-def open_clip_name(model: str) -> str:
-    """A model spec as open_clip names it: ``local-dir:PATH`` for a checkpoint folder, the stem of a
-    JSON config (registered), or a built-in / preset name; a clear error otherwise."""
-    ensure_torchvision()
-    import open_clip
-
-    open_clip.add_model_config(MODEL_CONFIG_DIR)
-    if model.startswith("local-dir:"):
-        return model
-    p = Path(model)
-    if p.is_dir():
-        if not (p / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"scorer {p} is a folder without {CONFIG_FILE}: not a checkpoint folder")
-        return f"local-dir:{p.resolve()}"
-    if p.suffix == ".json":
-        if not p.is_file():
-            raise FileNotFoundError(f"scorer model config {p} does not exist")
-        open_clip.add_model_config(p)
-        return p.stem
-    if open_clip.get_model_config(model) is None:
-        hint = " (a checkpoint folder that does not exist?)" if ("/" in model or model.startswith(".")) else ""
-        raise ValueError(f"scorer model {model!r} is neither an open_clip model name nor a checkpoint folder{hint}")
-    return model
-
-
 def check_scorer(spec: ClipModel) -> None:
     """Validate a scorer's model and weights file before any work starts (no model is built)."""
     if spec.model:
-        open_clip_name(spec.model)
+        open_clip_name(spec.model, "scorer model")
     if spec.checkpoint and not Path(spec.checkpoint).is_file():
         raise FileNotFoundError(f"scorer weights file {spec.checkpoint} does not exist")
 
 
 class ClipScorer:
-    """Holds one open_clip model; ``embed`` returns (image_emb, text_emb, scores) as numpy."""
+    """Holds one open_clip model; ``embed`` returns (image_emb, text_emb, scores) as numpy.
+
+    CPU side: ``prepare`` turns one decoded image into its uint8 model input (resize + crop, no
+    normalising). Device side, per batch: the uint8 batch (pinned, copied without blocking on a GPU)
+    is normalised where the towers run, and the towers run in bf16 on a GPU (``precision: auto``)."""
 
     def __init__(self, spec: ClipModel):
         import open_clip
@@ -75,15 +54,29 @@ class ClipScorer:
         self.fast = fast_val_transform(self.preprocess)  # same pixels, tensor steps per batch
         self.dim = int(self.embed_texts(["x"]).shape[1])
 
+    @property
+    def input_side(self) -> int | None:
+        """The side an image needs for this model's transform (its shorter side is resized to it), or
+        None when the transform is not open_clip's standard one (then images are decoded in full)."""
+        return self.fast.size if self.fast else None
+
+    def prepare(self, im: Image.Image):
+        """One image's CPU-side model input: uint8 HxWx3 on the fast path, else the transform's tensor."""
+        return self.fast.image(im) if self.fast else self.preprocess(im)
+
     def embed(self, images: list[Image.Image], captions: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.embed_prepared([self.prepare(im) for im in images], captions)
+
+    def embed_prepared(self, prepared: list, captions: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Embed and score a batch of ``prepare`` outputs with their captions."""
         import torch
 
-        if not images:
+        if not prepared:
             z = np.zeros((0, self.dim), np.float32)
             return z, z.copy(), np.zeros(0, np.float32)
         with torch.no_grad():
-            pixels = self.pixels(images).to(self.device)
-            tokens = self.tokenizer(captions).to(self.device)
+            pixels = self._pixels_on_device(prepared)
+            tokens = self._to_device(self.tokenizer(captions))
             with self._autocast():
                 img = self.model.encode_image(pixels, normalize=True).float()
                 txt = self.model.encode_text(tokens, normalize=True).float()
@@ -91,19 +84,33 @@ class ClipScorer:
         return img.cpu().numpy(), txt.cpu().numpy(), scores.cpu().numpy()
 
     def pixels(self, images: list[Image.Image]):
+        """A normalised float batch on the CPU (the transform's output for each image)."""
         import torch
 
         return self.fast(images) if self.fast else torch.stack([self.preprocess(im) for im in images])
+
+    def _to_device(self, t):
+        if self.device == "cpu":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
+    def _pixels_on_device(self, prepared: list):
+        import torch
+
+        if self.fast:  # uint8 travels (4x fewer bytes than float); normalised on the device
+            return self.fast.normalize(self._to_device(torch.from_numpy(np.stack(prepared))))
+        return self._to_device(torch.stack(prepared))
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         import torch
 
         out = []
+        bs = self.spec.batch_size
         with torch.no_grad():
-            for i in range(0, len(images), self.spec.batch_size):
-                pixels = self.pixels(images[i:i + self.spec.batch_size])
+            for i in range(0, len(images), bs):
+                pixels = self._pixels_on_device([self.prepare(im) for im in images[i:i + bs]])
                 with self._autocast():
-                    out.append(self.model.encode_image(pixels.to(self.device), normalize=True).float().cpu().numpy())
+                    out.append(self.model.encode_image(pixels, normalize=True).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:

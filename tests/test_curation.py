@@ -163,7 +163,7 @@ def test_presets_resolve_by_name_and_broken_yaml_is_one_line(tmp_path):
 
 def test_missing_scorer_is_caught_before_any_work(tmp_path):
     make_pool(tmp_path / "pool", n=5)
-    with pytest.raises(ValueError, match="'no-such-model' is neither"):
+    with pytest.raises(ValueError, match="unknown scorer model 'no-such-model'"):
         run_curation(str(tmp_path / "pool"), tmp_path / "out", {"clip": [{"model": "no-such-model"}]}, progress=False)
     with pytest.raises(FileNotFoundError, match="weights file"):
         run_curation(str(tmp_path / "pool"), tmp_path / "out",

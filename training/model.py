@@ -18,6 +18,7 @@ import open_clip  # noqa: E402
 import torch  # noqa: E402
 
 from schemas.checkpoint import CONFIG_FILE, WEIGHTS_FILE  # noqa: E402
+from shardio.models import open_clip_name  # noqa: E402
 from schemas.checkpoint import MODEL_CONFIG_DIR as CONFIG_DIR  # noqa: E402
 
 open_clip.add_model_config(CONFIG_DIR)
@@ -39,25 +40,7 @@ def is_checkpoint_dir(path: str | Path) -> bool:
 
 def resolve_name(model: str) -> str:
     """Turn a model spec into an open_clip name: built-in/preset name, JSON config, or folder."""
-    if model.startswith("local-dir:"):
-        return model
-    p = Path(model)
-    if p.is_dir():
-        if not is_checkpoint_dir(p):
-            raise FileNotFoundError(f"{p} is a folder without {CONFIG_FILE}: not a checkpoint folder")
-        return f"local-dir:{p.resolve()}"
-    if p.suffix == ".json":
-        if not p.is_file():
-            raise FileNotFoundError(f"model config {p} does not exist")
-        open_clip.add_model_config(p)
-        return p.stem
-    if open_clip.get_model_config(model) is None:
-        raise ValueError(
-            f"unknown model {model!r}: give an open_clip name (e.g. ViT-B-32), a project preset "
-            f"({', '.join(sorted(x.stem for x in CONFIG_DIR.glob('*.json')))}), a JSON model config, "
-            "or a checkpoint folder"
-        )
-    return model
+    return open_clip_name(model)
 
 
 def load_clip(model: str, checkpoint: str | None = None, device: str = "cpu",
