@@ -6,7 +6,8 @@
     curate train        CLIP contrastive training on shards, fixed samples seen
     curate eval         zero-shot evaluation of a checkpoint on a CLIP_benchmark-layout task
     curate demo         the whole loop on the sample pool, with and without filtering
-    curate serve        serve the Prefect deployments (curate/laion-subset, ...)
+    curate interleave   place images on sentences in mmc4-style interleaved documents
+    curate serve        serve the Prefect deployments (curate/laion-subset, nightly chain)
 """
 from __future__ import annotations
 
@@ -209,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--train", default=None, help="a training output folder (metrics.jsonl, eval jsonl)")
     rp.set_defaults(func=cmd_report)
 
+    from app.cli_interleave import add_commands as add_interleave
+
+    add_interleave(sub)
     sub.add_parser("serve", help="serve the Prefect deployments (curate serve --help for its options)",
                    add_help=False)
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")

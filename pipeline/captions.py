@@ -51,6 +51,7 @@ def _tagger():
 TOKEN = re.compile(r"https?://\S+|www\.\S+|(?:[A-Z]\.)+(?=\s|$)|\w+(?:[-.'’_/@&]\w+)*|\S")
 CLITIC = re.compile(r"(?i)^(.+?)(['’]s|n['’]t)$")
 ENTITY_LABELS = {"PERS": "person", "LOC": "location", "ORG": "organization"}
+LEXFILES = {"PERS": 18, "LOC": 15, "ORG": 14}  # WordNet lexicographer files: noun.person, noun.location, noun.group
 
 
 @dataclass
@@ -155,12 +156,13 @@ class WordNet:
             s = self._cache[offset] = Synset(int(p[1]), tuple(p[4:k:2]), ptrs)
         return s
 
-    def instance(self, words: list[str], first_sense_only: bool = False) -> Synset | None:
-        """The first instance synset (a named entity) of ``words`` as one lemma, or None."""
+    def instance(self, words: list[str], first_sense_only: bool = False, lexfile: int | None = None) -> Synset | None:
+        """The first instance synset (a named entity) of ``words`` as one lemma (of ``lexfile`` if
+        given), or None."""
         offsets = self.index.get("_".join(words).lower(), [])
         for o in offsets[:1] if first_sense_only else offsets:
             s = self.synset(o)
-            if s.targets("@i"):
+            if s.targets("@i") and lexfile in (None, s.lexfile):
                 return s
         return None
 
@@ -184,7 +186,7 @@ class WordNet:
         return h.words[0].replace("_", " ").lower()
 
     @functools.cached_property
-    def _pos_lemmas(self) -> dict[str, set[str]]:
+    def pos_lemmas(self) -> dict[str, set[str]]:
         out = {}
         for pos in ("noun", "verb", "adj", "adv"):
             with open(self.root / f"index.{pos}", encoding="latin-1") as f:
@@ -195,7 +197,7 @@ class WordNet:
         """NN / NNS / VB / JJ / RB when WordNet has the word (or its -s stem) under one part of speech."""
         w = word.lower()
         for form, plural in ((w, False), (w[:-1] if w.endswith("s") else "", True)):
-            hits = [p for p, lemmas in self._pos_lemmas.items() if form in lemmas]
+            hits = [p for p, lemmas in self.pos_lemmas.items() if form in lemmas]
             if len(hits) == 1 and (not plural or hits[0] == "noun"):
                 return {"noun": "NNS" if plural else "NN", "verb": "VB", "adj": "JJ", "adv": "RB"}[hits[0]]
         return None
@@ -309,7 +311,14 @@ COORDINATION = re.compile(r"^\s*(?:,\s*)?(?:and|&|,)\s*$", re.I)
 
 
 def _proper(t: Tagged, i: int) -> bool:
-    return t.tags[i].startswith("NNP")
+    """Part of a name: a proper noun, or a capitalised adjective or noun ("British Columbia")."""
+    return t.tags[i].startswith("NNP") or (t.tokens[i][:1].isupper() and t.tags[i].startswith(("JJ", "NN")))
+
+
+def _common(word: str, wn: WordNet, lexicon) -> bool:
+    """A word with a common use ("Black", "Service", "Turkey"): capitalised alone, it is no evidence of a name."""
+    low = word.lower()
+    return not lexicon.get(low, "NNP").startswith("NNP") or any(low in wn.pos_lemmas[p] for p in ("verb", "adj", "adv"))
 
 
 def entities(t: Tagged, wn: WordNet) -> tuple[list[tuple[int, int, str]], int]:
@@ -329,11 +338,18 @@ def entities(t: Tagged, wn: WordNet) -> tuple[list[tuple[int, int, str]], int]:
             hit = None
             for e in range(j, k, -1):
                 words = t.tokens[k:e]
-                # an unknown capitalised word (or a sentence-initial one) is weak evidence of a name:
-                # then the word's most frequent sense must be the named entity
-                weak = e - k == 1 and (k == 0 or not lexicon.get(words[0], "").startswith("NNP"))
-                s = wn.instance(words, first_sense_only=weak)
-                if s is not None and words[-1].lower() not in CONNECTORS:
+                # one word alone: a name on Pattern's list, found in WordNet with the same kind; or, when
+                # it stands alone, a proper noun with no common use that names the entity in its most
+                # frequent sense (so "Black", "Paris" of "Paris Hilton" and "Wheeler" of "Michael
+                # Wheeler" are no entities)
+                s = None
+                if e - k > 1:
+                    s = wn.instance(words)
+                elif t.ents[k]:
+                    s = wn.instance(words, lexfile=LEXFILES[t.ents[k]])
+                elif j - i == 1 and t.tags[k].startswith("NNP") and not _common(words[0], wn, lexicon):
+                    s = wn.instance(words, first_sense_only=True)
+                if s is not None and words[-1].lower() not in CONNECTORS and words[0].lower() not in CONNECTORS:
                     hit = (k, e, wn.hypernym(s))
                     break
             if hit is None and t.ents[k]:
@@ -342,7 +358,7 @@ def entities(t: Tagged, wn: WordNet) -> tuple[list[tuple[int, int, str]], int]:
                     e += 1
                 hit = (k, e, ENTITY_LABELS[t.ents[k]])
             if hit is None:
-                unresolved += t.tokens[k].lower() not in CONNECTORS
+                unresolved += t.tags[k].startswith("NNP")
                 k += 1
             else:
                 found.append(hit)

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import linear_sum_assignment
 
 REASONS = ("low_similarity", "unmatched", "decode")
+DECODE_SIDE = 256  # JPEGs decode at a reduced scale down to this side (the scorer sees 224 px or less)
 
 
 class Settings(BaseModel):
@@ -110,7 +111,7 @@ def read_docs(shard: str | Path) -> tuple[list[Doc], list[str]]:
         for i, im_info in enumerate(info):
             name = str(im_info.get("image_name", "")).lower() if isinstance(im_info, dict) else ""
             raw = s.members.get(name) if name else None
-            im, why = decode_image(raw) if raw is not None else (None, f"no member {s.key}.{name}")
+            im, why = decode_image(raw, DECODE_SIDE) if raw is not None else (None, f"no member {s.key}.{name}")
             images.append(im)
             data.append(raw)
             if im is None:
@@ -143,11 +144,12 @@ def interleave_shard(shard: str | Path, out_dir: str | Path, scorer, settings: S
     t0 = time.time()
     scorer = _scorer(scorer)
     docs, notes = read_docs(shard)
-    embedded = []
-    for d in docs:
-        ok = [im for im in d.images if im is not None]
-        img = scorer.embed_images(ok) if ok else np.zeros((0, 1), np.float32)
-        embedded.append((img, _texts(scorer, [str(t) for t in d.doc["text_list"]])))
+    images = [im for d in docs for im in d.images if im is not None]  # one batched pass per shard
+    img_all = scorer.embed_images(images) if images else np.zeros((0, 1), np.float32)
+    txt_all = _texts(scorer, [str(t) for d in docs for t in d.doc["text_list"]])
+    img_at = np.cumsum([0] + [sum(im is not None for im in d.images) for d in docs])
+    txt_at = np.cumsum([0] + [len(d.doc["text_list"]) for d in docs])
+    embedded = [(img_all[img_at[n]:img_at[n + 1]], txt_all[txt_at[n]:txt_at[n + 1]]) for n in range(len(docs))]
     threshold = settings.min_sim if settings.min_sim is not None else null_threshold(embedded, settings.null_quantile)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,8 +217,9 @@ def summarize(results: list[dict], out: str | Path, settings: Settings, scorer_n
     docs.to_parquet(out / "documents.parquet", index=False)
     summary = {"settings": settings.model_dump(), "scorer": scorer_name, "shards": len(results),
                "documents_in": int(len(docs)), "documents_written": int(docs["written"].sum()),
-               "images_in": int(docs["images_in"].sum()), "images_kept": int(docs["kept"].sum()),
+               "images_in": int(docs["images_in"].sum()), "images_kept": int(docs["kept"][docs["written"]].sum()),
                "images_dropped": {k: int(docs[f"dropped_{k}"].sum()) for k in REASONS},
+               "images_in_documents_not_written": int(docs["kept"][~docs["written"]].sum()),
                "thresholds": {r["shard"]: r["threshold"] for r in results},
                "notes": {r["shard"]: r["notes"] for r in results if r["notes"]},
                "seconds": round(sum(r["seconds"] for r in results), 3)}
@@ -234,4 +237,5 @@ def run_interleave(docs: str | list[str], out: str | Path, scorer, settings: Set
     shards = expand(docs)
     out = Path(out)
     results = [interleave_shard(s, out / "shards", scorer, settings) for s in shards]
-    return summarize(results, out, settings, scorer_name or (scorer if isinstance(scorer, str) else type(scorer).__name__))
+    name = scorer_name or (scorer if isinstance(scorer, str) else type(scorer).__name__)
+    return summarize(results, out, settings, name)

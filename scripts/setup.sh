@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DATA_PKGS="dataset-fashion-mnist openclipart-png openclipart-svg fonts-noto-color-emoji chromium-headless-shell"
+DATA_PKGS="dataset-fashion-mnist openclipart-png openclipart-svg fonts-noto-color-emoji chromium-headless-shell wordnet-base"
 missing=""
 for p in $DATA_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

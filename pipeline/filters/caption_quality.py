@@ -77,6 +77,7 @@ class CaptionQuality(Filter):
         if self.first_capital:
             bad_case |= ~col("first_capital", bool)
         oov = col("oov_ratio")
+        no_oov = np.zeros(len(rows), bool)
         fails = {"pos_coverage": cover < 1.0,
                  "noun_ratio": col("noun_ratio") > self.max_noun_ratio,
                  "unique_words": col("unique_ratio") < self.min_unique_ratio,
@@ -85,7 +86,7 @@ class CaptionQuality(Filter):
                  "nsfw": col("nsfw_hits", np.int32) > 0,
                  "boilerplate": np.array([r["boilerplate"] is not None for r in rows], bool),
                  "keyword_list": col("segments", np.int32) > self.max_segments,
-                 "vocabulary": oov > self.max_oov_ratio if self.max_oov_ratio is not None else np.zeros(len(rows), bool)}
+                 "vocabulary": oov > self.max_oov_ratio if self.max_oov_ratio is not None else no_oov}
         columns = {"pos_coverage": cover, "noun_ratio": col("noun_ratio"), "unique_ratio": col("unique_ratio"),
                    "max_repeat": col("max_repeat", np.int32), "capital_ratio": caps,
                    "nsfw_hits": col("nsfw_hits", np.int32), "boilerplate": [r["boilerplate"] for r in rows],

@@ -17,7 +17,8 @@ class Hypernymize(Filter):
     """Needs Pattern's tagger (PyPI ``textblob``) and WordNet 3.0 (Debian ``wordnet-base``); fails
     with the package to install when either is missing."""
     type: Literal["hypernymize"]
-    wordnet: str = Field("/usr/share/wordnet", description="WordNet 3.0 database folder (index.noun, data.noun)")
+    wordnet: str | None = Field(None, description="WordNet 3.0 database folder (index.noun, data.noun); default "
+                                                  "$CURATE_WORDNET, else /usr/share/wordnet")
     merge: bool = Field(True, description="entities of one class joined by 'and' become its plural (CC3M)")
 
     checks = ()
@@ -25,9 +26,9 @@ class Hypernymize(Filter):
     rewrites_caption: ClassVar[bool] = True
 
     def compute(self, ctx: Context) -> Result:
-        from pipeline.captions import hypernymize, wordnet
+        from pipeline.captions import WORDNET_DIR, hypernymize, wordnet
 
-        wn = wordnet(self.wordnet)
+        wn = wordnet(self.wordnet or WORDNET_DIR)
         cache: dict[str, tuple[str, int, int]] = {}
         out, entities, unresolved = [], 0, 0
         for i, c in enumerate(ctx.df["caption"].tolist()):
