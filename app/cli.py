@@ -211,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     from app.cli_interleave import add_commands as add_interleave
+    from app.cli_ssl import add_commands as add_ssl
 
     add_interleave(sub)
+    add_ssl(sub)  # after train and eval: it adds --objective to train and image-only probing to eval
     sub.add_parser("serve", help="serve the Prefect deployments (curate serve --help for its options)",
                    add_help=False)
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")

@@ -18,15 +18,18 @@ import copy
 import json
 import math
 import os
+import random
 import time
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from training.model import load_clip, save_checkpoint_dir
+from training.transforms import FastTrainTransform
 from training.train import TrainConfig, _close, _log, _progress, _resume, _save_state, _trim_log, lr_at, make_optimizer
 
 # Published defaults: SimCLR's CIFAR-10 temperature (the closest setting to 32 px inputs) and crop
@@ -42,7 +45,8 @@ class SSLConfig(TrainConfig):
     objective: Literal["simclr", "moco"] = "simclr"
     moco_version: Literal[2, 3] = 2
     temperature: float | None = Field(None, gt=0, description="default: the paper's (simclr 0.5, moco 0.2)")
-    momentum: float = Field(0.99, ge=0, le=1, description="MoCo key encoder momentum (v3: start of its cosine ramp to 1)")
+    momentum: float = Field(0.99, ge=0, le=1,
+                            description="MoCo key encoder momentum (v3: start of its cosine ramp to 1)")
     queue_size: int = Field(4096, gt=0, description="MoCo v2 queue length (keys)")
     proj_hidden: int = Field(512, gt=0, description="hidden width of the projection / prediction MLPs")
     proj_dim: int = Field(128, gt=0, description="output width of the projection MLP")
@@ -70,26 +74,82 @@ class SSLConfig(TrainConfig):
 # ---- augmentations ----
 
 class TwoViews:
-    """SimCLR's augmentation, drawn twice per image: random resized crop, flip, colour jitter
-    (strength 0.5: 0.4, 0.4, 0.4, 0.1, p=0.8), grayscale (p=0.2), Gaussian blur (p=0.5, kernel 10%
-    of the side, sigma 0.1-2), scaled to the tower's input size. Returns a (2, 3, H, W) tensor."""
+    """The per-image half of the augmentation, drawn twice: random resized crop (torchvision's box
+    algorithm, bicubic) and horizontal flip. Returns uint8 (2, H, W, 3); ``Augment`` does the rest
+    once per batch, on the training device (torchvision's per-image ops took 60-100 ms a pair of views
+    on the 2-core dev machine)."""
 
-    def __init__(self, size: int, mean, std, crop_min: float = 0.08) -> None:
-        from torchvision import transforms as T
-
-        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
-        self.t = T.Compose([
-            T.RandomResizedCrop(size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(),
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ])
+    def __init__(self, size: int, crop_min: float = 0.08) -> None:
+        self.crop = FastTrainTransform(size, (crop_min, 1.0), (3 / 4, 4 / 3), (0, 0, 0), (1, 1, 1))
+        self.rng: random.Random | None = None
 
     def __call__(self, img) -> torch.Tensor:
-        return torch.stack([self.t(img), self.t(img)])
+        if self.rng is None:  # seeded in the process that uses it (loader workers differ)
+            self.rng = random.Random(torch.initial_seed())
+        views = [self.crop.image(img, self.rng) for _ in range(2)]
+        views = [v[:, ::-1] if self.rng.random() < 0.5 else v for v in views]
+        return torch.from_numpy(np.stack(views))
+
+
+class Augment:
+    """SimCLR's colour distortion and blur on a uint8 (B, H, W, 3) batch, per-sample parameters:
+    colour jitter (strength 0.5: brightness, contrast, saturation 0.4, hue 0.1; p=0.8; fixed order;
+    hue as a rotation of the YIQ chroma plane), grayscale (p=0.2), Gaussian blur (p=0.5, kernel 10%
+    of the side, sigma 0.1-2), then the model's normalisation. Returns float (B, 3, H, W)."""
+
+    def __init__(self, size: int, mean, std) -> None:
+        self.kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
+        self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).float() / 255
+        b, dev = len(x), x.device
+        jitter = torch.rand(b, device=dev) < 0.8
+        x = torch.where(jitter.view(-1, 1, 1, 1), colour_jitter(x, 0.4, 0.4, 0.4, 0.1), x)
+        grey = (torch.rand(b, device=dev) < 0.2).view(-1, 1, 1, 1)
+        x = torch.where(grey, gray(x).expand_as(x), x)
+        blur = (torch.rand(b, device=dev) < 0.5).view(-1, 1, 1, 1)
+        x = torch.where(blur, gaussian_blur(x, self.kernel, torch.empty(b, device=dev).uniform_(0.1, 2.0)), x)
+        return (x - self.mean.to(dev)) / self.std.to(dev)
+
+
+def _factors(b: int, strength: float, dev) -> torch.Tensor:
+    return torch.empty(b, 1, 1, 1, device=dev).uniform_(1 - strength, 1 + strength)
+
+
+def gray(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma, torchvision's grayscale weights; (B, 1, H, W)."""
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+def colour_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float) -> torch.Tensor:
+    b, dev = len(x), x.device
+    x = (x * _factors(b, brightness, dev)).clamp(0, 1)
+    m = gray(x).mean((1, 2, 3), keepdim=True)
+    x = ((x - m) * _factors(b, contrast, dev) + m).clamp(0, 1)
+    g = gray(x)
+    x = ((x - g) * _factors(b, saturation, dev) + g).clamp(0, 1)
+    theta = torch.empty(b, device=dev).uniform_(-hue, hue) * 2 * math.pi
+    c, s = theta.cos(), theta.sin()
+    rot = torch.zeros(b, 3, 3, device=dev)
+    rot[:, 0, 0], rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = 1, c, -s, s, c
+    m = (YIQ.inverse().float().to(dev) @ rot @ YIQ.float().to(dev))  # (B, 3, 3)
+    return torch.bmm(m, x.flatten(2)).view_as(x).clamp(0, 1)
+
+
+YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+
+
+def gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with a per-sample sigma, reflect padding (torchvision's)."""
+    b, c, h, w = x.shape
+    r = torch.arange(kernel, device=x.device, dtype=x.dtype) - kernel // 2
+    k = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None] ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, kernel)
+    y = F.pad(x.reshape(1, b * c, h, w), [kernel // 2] * 4, mode="reflect")
+    y = F.conv2d(y, k.view(b * c, 1, 1, kernel), groups=b * c)
+    y = F.conv2d(y, k.view(b * c, 1, kernel, 1), groups=b * c)
+    return y.view(b, c, h, w)
 
 
 def no_tokens(captions: list[str]) -> torch.Tensor:
@@ -161,7 +221,10 @@ def mlp(dims: list[int], bn: bool, last_bn: bool = False) -> torch.nn.Sequential
 
 
 class SSLModel(torch.nn.Module):
-    """The encoder (an open_clip image tower, shared with its CLIP model) with the objective's heads."""
+    """The encoder (an open_clip image tower, shared with its CLIP model) with the objective's heads.
+
+    The ViT tower has LayerNorm only and MoCo v2's head no BatchNorm, so MoCo's shuffled BN (which
+    stops keys and queries of one batch sharing statistics) has nothing to do here."""
 
     def __init__(self, encoder: torch.nn.Module, dim: int, cfg: SSLConfig) -> None:
         super().__init__()
@@ -229,9 +292,11 @@ def pretrain(cfg: SSLConfig) -> dict:
                 else torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"))
 
     size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size
-    views = TwoViews(size, visual.image_mean, visual.image_std, cfg.crop_min or CROP_MIN[cfg.kind])
+    views = TwoViews(size, cfg.crop_min or CROP_MIN[cfg.kind])
+    augment = Augment(size, visual.image_mean, visual.image_std)
+    workers = cfg.workers if cfg.workers is not None else (4 if device.startswith("cuda") else 0)
     loader = iter(train_loader(cfg.train_data, views, no_tokens, cfg.batch_size, seed=cfg.seed * 7919 + start,
-                               workers=cfg.workers if cfg.workers is not None else (4 if device.startswith("cuda") else 0)))
+                               workers=workers))
     every = max(1, cfg.steps // cfg.checkpoints)
     stop = min(cfg.steps, cfg.max_steps or cfg.steps)
     bad: dict[str, int] = {}
@@ -245,9 +310,10 @@ def pretrain(cfg: SSLConfig) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         images = images.to(device, non_blocking=True)
+        x1, x2 = augment(images[:, 0]), augment(images[:, 1])
         opt.zero_grad(set_to_none=True)
         with autocast:
-            loss = model(images[:, 0], images[:, 1], momentum_at(step, cfg))
+            loss = model(x1, x2, momentum_at(step, cfg))
         loss.backward()
         opt.step()
         loss_v, done = float(loss.detach()), step + 1

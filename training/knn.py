@@ -1,0 +1,142 @@
+"""Image-tower probes for models without a usable text tower (SSL checkpoints): linear probe and k-NN.
+
+k-NN is the weighted vote SimCLR / MoCo / DINO report (Wu et al. 2018): each scored image's ``k``
+nearest labelled images by cosine similarity vote for their class with weight exp(sim / T), k=20,
+T=0.07. Labelled images and scored images are chosen as training/probe.py chooses them (the task's
+``train/`` split, or ``shots`` per class drawn from ``test/`` and scored on the rest); one feature
+pass serves both probes, and zero-shot is added when the model has a trained text tower.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from training.probe import fit, k_shot, pick_l2
+from training.zeroshot import append_result, metrics, read_task
+
+
+def knn_logits(train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, n_classes: int, k: int = 20,
+               temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+    """Class votes (N, n_classes) of L2-normalised features ``x`` against the labelled ``train_x``."""
+    k = min(k, len(train_x))
+    out = []
+    for xs in x.split(chunk):
+        sim, idx = (xs @ train_x.T).topk(k, dim=1)
+        out.append(torch.zeros(len(xs), n_classes).scatter_add_(1, train_y[idx], (sim / temperature).exp()))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def features(clip, task_root: str | Path, device: str, split: str = "test", batch: int = 512):
+    """L2-normalised image embeddings and labels of a split, through the batched eval transform
+    (shardio/pixels.py: torchvision's pixels) when the model's is open_clip's standard one."""
+    from shardio.evaltask import iter_split
+    from shardio.pixels import fast_val_transform
+    from training.probe import features as slow_features
+
+    fast = fast_val_transform(clip.preprocess_val)
+    if fast is None:
+        return slow_features(clip.model, clip.preprocess_val, task_root, device, split)
+    xs, ys, arrays, labels = [], [], [], []
+    for last, (_, img, s) in _mark_last(iter_split(task_root, split, need="cls")):
+        arrays.append(fast.image(img))
+        labels.append(int(s["cls"]))
+        if len(arrays) == batch or last:
+            xs.append(clip.model.encode_image(fast.batch(arrays).to(device), normalize=True).float().cpu())
+            ys.append(torch.tensor(labels))
+            arrays, labels = [], []
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _mark_last(items):
+    it = iter(items)
+    prev = next(it, None)
+    if prev is None:
+        return
+    for item in it:
+        yield False, prev
+        prev = item
+    yield True, prev
+
+
+def is_image_only(checkpoint: str | Path) -> bool:
+    from training.model import checkpoint_info, is_checkpoint_dir
+
+    return is_checkpoint_dir(checkpoint) and bool(checkpoint_info(checkpoint).get("image_only"))
+
+
+def image_probes(clip, task_root: str | Path, shots: int = 10, neighbours: int = 20, seed: int = 0,
+                 device: str = "cpu") -> dict:
+    """Linear probe and k-NN of a loaded model's image encoder on one classification task."""
+    classnames, _ = read_task(task_root)
+    n = len(classnames)
+    x, y = features(clip, task_root, device)
+    if (Path(task_root) / "train" / "nshards.txt").is_file():
+        xt, yt = features(clip, task_root, device, split="train")
+        sel = k_shot(yt, shots, seed)
+        xt, yt, source = xt[sel], yt[sel], "train split"
+    else:
+        sel = k_shot(y, shots, seed)
+        rest = torch.ones(len(y), dtype=torch.bool)
+        rest[sel] = False
+        xt, yt, x, y, source = x[sel], y[sel], x[rest], y[rest], "shots per class drawn from test, scored on the rest"
+    if len(y) == 0:
+        raise ValueError(f"{task_root}: no images left to score after drawing {shots} per class")
+    l2 = pick_l2(xt, yt, n, seed)
+    with torch.no_grad():
+        linear = metrics(fit(xt, yt, n, l2)(x), y, n)
+    knn = metrics(knn_logits(xt, yt, x, n, neighbours), y, n)
+    return {"shots": shots, "seed": seed, "n_train": int(len(yt)), "n": int(len(y)), "train_source": source,
+            "linear": {"l2": l2, **linear}, "knn": {"k": neighbours, "temperature": 0.07, **knn}}
+
+
+def probe_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin", results: str | Path | None = None,
+                only: list[str] | None = None, shots: int = 10, neighbours: int = 20, device: str = "auto",
+                weights: str | None = None) -> dict:
+    """The suite's classification tasks by linear probe and k-NN (plus zero-shot unless image-only).
+
+    Appends one json line per task to ``results`` (default ``<checkpoint>/probe_<suite>.jsonl``),
+    skips tasks already there, and returns the per-task rows with the means of each score."""
+    from schemas.tasks import suite
+    from training.model import load_for_eval
+    from training.zeroshot import classify
+
+    tasks = [t for t in suite(suite_name)
+             if t.kind == "classification" and (not only or t.key in only or t.folder in only)]
+    default = Path(checkpoint) if Path(checkpoint).is_dir() else Path(".")
+    results = Path(results or default / f"probe_{suite_name}.jsonl")
+    done = {}
+    if results.is_file():
+        rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+        done = {r["task"]: r for r in rows if r.get("checkpoint") == str(checkpoint)}
+    text = not is_image_only(checkpoint)
+    clip = None
+    for task in tasks:
+        folder = Path(data_root) / task.folder
+        if task.key in done or not (folder / "test" / "nshards.txt").is_file():
+            continue
+        if clip is None:
+            clip, device = load_for_eval(checkpoint, weights, device)
+        t0 = time.time()
+        try:
+            r = image_probes(clip, folder, shots, neighbours, device=device)
+        except ValueError as e:  # e.g. one image per class: nothing left to score
+            r = {"error": str(e)}
+        if text:
+            r["zero_shot"] = classify(clip, folder, device=device)
+        r = {"task": task.key, "checkpoint": str(checkpoint), "metric": task.metric, **r,
+             "seconds": round(time.time() - t0, 2)}
+        append_result(results, r)
+        done[task.key] = r
+    rows = [done[t.key] for t in tasks if t.key in done]
+
+    def mean(kind):
+        vals = [r[kind][r["metric"]] for r in rows if kind in r]
+        return sum(vals) / len(vals) if vals else None
+
+    return {"checkpoint": str(checkpoint), "suite": suite_name, "results": str(results), "rows": rows,
+            "image_only": not text, "mean_linear": mean("linear"), "mean_knn": mean("knn"),
+            "mean_zero_shot": mean("zero_shot") if text else None}
