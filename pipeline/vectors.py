@@ -1,5 +1,5 @@
 """Vector steps shared by the global filters: exact nearest-neighbour search, spherical k-means,
-and neighbours restricted to clusters (never all-pairs over the pool).
+neighbours restricted to clusters and inverted-file scans (never all-pairs over the pool).
 
 Two backends give the same answers (tested): ``faiss`` (faiss-cpu, or faiss-gpu where it installs)
 and ``torch`` (matmul + top-k, on the GPU when there is one). ``auto`` picks torch on a GPU and faiss
@@ -62,7 +62,7 @@ def search(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "auto")
 
 def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Spherical k-means on unit vectors: (centroids (k, d), assignment (n,)); ``k`` is capped at n.
-    The centroids come from ``faiss.Kmeans`` on both backends (seeded random init, ``niter`` Lloyd
+    The centroids come from ``faiss.Kmeans`` on both backends (seeded k-means++ init, ``niter`` Lloyd
     iterations on at most 256 sampled points per centroid, empty clusters split); every row is then
     assigned to its nearest centroid by ``search`` on the chosen backend (the n * k pass)."""
     import faiss
@@ -71,7 +71,8 @@ def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, backend: str =
     if len(x) == 0:
         return np.zeros((0, x.shape[1]), np.float32), np.zeros(0, np.int64)
     k = max(1, min(k, len(x)))
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True)
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True,
+                      init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS)
     km.train(x)
     cent = np.ascontiguousarray(km.centroids, np.float32)
     _, idx = search(cent, x, 1, backend)
@@ -110,3 +111,33 @@ def cluster_knn(x: np.ndarray, cent: np.ndarray, assign: np.ndarray, k: int, npr
         j = np.where(np.isfinite(s), j, -1)
         sims[g, :s.shape[1]], idx[g, :j.shape[1]] = s, j
     return sims, idx
+
+
+def list_search(queries: np.ndarray, probes: np.ndarray, base: np.ndarray, lists: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverted-file scan as matrix products: the top-``k`` inner products of each query among the base
+    rows whose list (``lists``, one per base row) is one of the query's ``probes`` (nq, nprobe); one
+    product per list. Returns (scores, indices) best first, -inf / -1 where fewer than ``k``."""
+    nq, nlist = len(queries), int(max(lists.max(initial=-1), probes.max(initial=-1))) + 1
+    border = np.argsort(lists, kind="stable")
+    bstart = np.searchsorted(lists[border], np.arange(nlist + 1))
+    base = torch.from_numpy(np.ascontiguousarray(base[border], np.float32))  # each list's rows together
+    queries = torch.from_numpy(np.ascontiguousarray(queries, np.float32))
+    qrow = np.repeat(np.arange(nq), probes.shape[1])
+    qorder = np.argsort(probes.ravel(), kind="stable")
+    qrow, qstart = qrow[qorder], np.searchsorted(probes.ravel()[qorder], np.arange(nlist + 1))
+    hits_q, hits_b, hits_s = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    for c in range(nlist):
+        b, q = border[bstart[c]:bstart[c + 1]], qrow[qstart[c]:qstart[c + 1]]
+        if len(b) and len(q):
+            s, top = (queries[q] @ base[bstart[c]:bstart[c + 1]].T).topk(min(k, len(b)), dim=1)
+            hits_q.append(np.repeat(q, top.shape[1])), hits_b.append(b[top.numpy()].ravel())
+            hits_s.append(s.numpy().ravel())
+    q, b, s = np.concatenate(hits_q), np.concatenate(hits_b), np.concatenate(hits_s)
+    o = np.lexsort((-s, q))  # per query, best first
+    q, b, s = q[o], b[o], s[o]
+    rank = np.arange(len(q)) - np.searchsorted(q, q)
+    keep = rank < k
+    scores, idx = np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
+    scores[q[keep], rank[keep]], idx[q[keep], rank[keep]] = s[keep], b[keep]
+    return scores, idx
