@@ -85,10 +85,10 @@ def breakdown(shard: str, spec) -> dict:
         ims = [im for im, _ in dec if im is not None]
         caps = [s.caption for s, (im, _) in zip(samples, dec) if im is not None]
         px = timed("model preprocess", lambda: scorer.pixels(ims))
-        tok = timed("tokenize", lambda: scorer.clip.tokenizer(caps))
+        tok = timed("tokenize", lambda: scorer.tokenizer(caps))
         with torch.no_grad():
-            timed("image tower", lambda: scorer.clip.model.encode_image(px, normalize=True))
-            timed("text tower", lambda: scorer.clip.model.encode_text(tok, normalize=True))
+            timed("image tower", lambda: scorer.model.encode_image(px, normalize=True))
+            timed("text tower", lambda: scorer.model.encode_text(tok, normalize=True))
     torch.set_num_threads(threads)
     n = len(samples)
     t0 = time.perf_counter()

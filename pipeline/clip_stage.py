@@ -50,7 +50,7 @@ class ClipScorer:
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=spec.checkpoint, device=self.device, pretrained_text=False)
         self.model.eval()
-        self.tokenizer = open_clip.get_tokenizer(name)
+        self.tokenizer = fast_tokenizer(open_clip.get_tokenizer(name))
         self.fast = fast_val_transform(self.preprocess)  # same pixels, tensor steps per batch
         self.dim = int(self.embed_texts(["x"]).shape[1])
 
@@ -126,6 +126,49 @@ class ClipScorer:
 
         bf16 = self.spec.precision == "bf16" or (self.spec.precision == "auto" and self.device == "cuda")
         return torch.autocast(self.device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+class FastTokenizer:
+    """open_clip's SimpleTokenizer (``clean='lower'``, no reduction) giving the same ids with less work:
+    printable ASCII without '&' skips ftfy and HTML unescaping (both leave such text as it is), only
+    the words that fit the context are encoded, and the rows are filled in numpy."""
+
+    def __init__(self, tok) -> None:
+        self.tok = tok
+        self.fit = tok.context_length - 2  # ids between the start and end tokens
+
+    def ids(self, text: str) -> list[int]:
+        tok, plain = self.tok, text.isascii() and text.isprintable() and "&" not in text
+        text = " ".join(text.split()).lower() if plain else tok.clean_fn(text)
+        out: list[int] = []
+        for m in tok.pat.finditer(text):
+            word = m.group() if plain else "".join(tok.byte_encoder[b] for b in m.group().encode("utf-8"))
+            out.extend(tok.encoder[t] for t in tok.bpe(word).split(" "))
+            if len(out) >= self.fit:
+                break
+        return out[:self.fit]
+
+    def __call__(self, texts: str | list[str]):
+        import torch
+
+        texts = [texts] if isinstance(texts, str) else texts
+        rows = np.zeros((len(texts), self.fit + 2), np.int64)
+        rows[:, 0] = self.tok.sot_token_id
+        for i, text in enumerate(texts):
+            ids = self.ids(text)
+            rows[i, 1:len(ids) + 1] = ids
+            rows[i, len(ids) + 1] = self.tok.eot_token_id
+        return torch.from_numpy(rows)
+
+
+def fast_tokenizer(tok):
+    """``FastTokenizer`` over open_clip's default tokenizer; any other tokenizer as it is."""
+    from open_clip.tokenizer import SimpleTokenizer, _clean_lower
+
+    if (type(tok) is SimpleTokenizer and tok.clean_fn is _clean_lower and tok.reduction_fn is None
+            and (tok.context_length or 0) >= 3):
+        return FastTokenizer(tok)
+    return tok
 
 
 @lru_cache(maxsize=4)

@@ -1,5 +1,10 @@
 """Pillow decoding with errors as values: a bad image is a recorded reason, never a crash.
 
+Plain JPEGs (YCbCr or grey) are decoded by simplejpeg when it is installed: the same libjpeg-turbo
+settings and scale as Pillow's, so the same pixels, without Pillow's per-image Python work (~2x
+faster on 256 px images). Anything else, and any JPEG simplejpeg warns about, takes Pillow's path,
+so the outcome and reason are Pillow's.
+
 A reason reads ``"<kind>: <detail>"`` with kind ``no_image`` (nothing to decode), ``format`` (bytes
 that are no image format Pillow reads) or ``decode`` (a known format whose data is broken or too
 large). Any mode comes out RGB: alpha is laid on white, 16-bit and float images are scaled to 8 bits,
@@ -12,6 +17,11 @@ import warnings
 
 import numpy as np
 from PIL import Image
+
+try:
+    import simplejpeg
+except ImportError:  # Pillow alone gives the same results, slower
+    simplejpeg = None
 
 # Pool images above this many pixels are refused as decompression bombs (Pillow's own default
 # is ~89M; openclipart ships a 20,990 x 29,700 PNG).
@@ -34,6 +44,30 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def draft_scale(w: int, h: int, side: int | None) -> int:
+    """Pillow's ``Image.draft`` choice: the largest of 8, 4, 2, 1 keeping both sides >= ``side``."""
+    k = min(w // side, h // side) if side else 1
+    return next(a for a in (8, 4, 2, 1) if k >= a or a == 1)
+
+
+def _fast_jpeg(data: bytes, max_side: int | None) -> tuple[Image.Image, tuple[int, int]] | None:
+    """A plain JPEG through simplejpeg at Pillow's draft scale; None hands it to Pillow."""
+    if simplejpeg is None or data[:3] != b"\xff\xd8\xff":  # Pillow's JPEG signature
+        return None
+    try:
+        h, w, space, _ = simplejpeg.decode_jpeg_header(data)
+        if space not in ("YCbCr", "Gray") or w * h > MAX_PIXELS or w < 1 or h < 1:
+            return None
+        a = draft_scale(w, h, max_side)
+        want = (-(-h // a), -(-w // a))  # Pillow's drafted size
+        arr = simplejpeg.decode_jpeg(data, "RGB", min_height=want[0], min_width=want[1], strict=True)
+    except Exception:  # noqa: BLE001 - warnings and errors: Pillow decides and words the reason
+        return None
+    if arr.shape[:2] != want:
+        return None
+    return Image.frombuffer("RGB", (want[1], want[0]), arr, "raw", "RGB", 0, 1), (w, h)
+
+
 def decode_image(data: bytes | None, max_side: int | None = None) -> tuple[Image.Image | None, str | None]:
     """Return ``(RGB image, None)`` or ``(None, reason)``. ``max_side``: a JPEG may be decoded at 1/2,
     1/4 or 1/8 scale inside libjpeg (``Image.draft``) while both sides stay >= max_side."""
@@ -41,13 +75,22 @@ def decode_image(data: bytes | None, max_side: int | None = None) -> tuple[Image
     return im, reason
 
 
-def open_image(data: bytes | None, max_side: int | None = None
+def open_image(data: bytes | None, max_side: int | None = None, reduce: bool = False
                ) -> tuple[Image.Image | None, tuple[int, int] | None, str | None]:
-    """``(RGB image, stored size from the header, None)`` or ``(None, size if known, reason)``."""
+    """``(RGB image, stored size from the header, None)`` or ``(None, size if known, reason)``.
+
+    ``max_side``: a JPEG is decoded at 1/2, 1/4 or 1/8 scale inside libjpeg (``Image.draft``) while
+    both sides stay >= max_side; with ``reduce``, any image (JPEG after its draft) whose shorter side
+    is still >= 2 * max_side is then box-reduced by the largest integer factor that keeps both sides
+    >= max_side. The size returned is the header's, before any reduction: a full decode's size."""
     if data is None:
         return None, None, "no_image: the sample has no image member"
     if len(data) == 0:
         return None, None, "decode: the image member is empty (0 bytes)"
+    fast = _fast_jpeg(data, max_side)
+    if fast is not None:
+        im, size = fast
+        return _reduce(im, max_side) if reduce else im, size, None
     size = None
     try:
         with warnings.catch_warnings():
@@ -59,10 +102,11 @@ def open_image(data: bytes | None, max_side: int | None = None
                 return None, size, f"decode: decompression bomb, {w}x{h} pixels > {MAX_PIXELS}"
             if w < 1 or h < 1:
                 return None, size, f"decode: image has no pixels ({w}x{h})"
-            if max_side and im.format == "JPEG":
+            if max_side and im.format in ("JPEG", "MPO"):
                 im.draft("RGB", (max_side, max_side))
             im.load()
-        return to_rgb(im), size, None
+        im = to_rgb(im)
+        return _reduce(im, max_side) if reduce else im, size, None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return None, size, f"decode: decompression bomb, {e}"
     except Image.UnidentifiedImageError:
@@ -71,3 +115,10 @@ def open_image(data: bytes | None, max_side: int | None = None
         return None, size, f"decode: broken image data ({e})"
     except Exception as e:  # noqa: BLE001 - any decoder bug is a recorded reason
         return None, size, f"decode: {type(e).__name__}: {e}"
+
+
+def _reduce(im: Image.Image, side: int | None) -> Image.Image:
+    """Box-reduce by the largest integer factor keeping both sides >= side (none below 2x side)."""
+    if side and min(im.size) >= 2 * side:
+        return im.reduce(min(im.size) // side)
+    return im

@@ -16,8 +16,13 @@ class Normalize:
         self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
 
     def batch(self, arrays: list[np.ndarray]) -> torch.Tensor:
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
-        return (x - self.mean) / self.std
+        return self.normalize(torch.from_numpy(np.stack(arrays)))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, H, W, 3) uint8 on any device -> (N, 3, H, W) float, normalised there."""
+        if self.mean.device != x.device:
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
 
 
 class FastValTransform(Normalize):
@@ -29,6 +34,7 @@ class FastValTransform(Normalize):
         self.size = size
 
     def image(self, im: Image.Image) -> np.ndarray:
+        """One image's uint8 model input (size x size x 3), before normalising."""
         s, (w, h) = self.size, im.size
         if (w, h) != (s, s):
             nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)  # torchvision's Resize(int)
@@ -37,7 +43,7 @@ class FastValTransform(Normalize):
             if (nw, nh) != (s, s):  # torchvision's CenterCrop rounding
                 top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
                 im = im.crop((left, top, left + s, top + s))
-        return np.asarray(im.convert("RGB"))
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
         return self.batch([self.image(im) for im in images])
