@@ -17,7 +17,6 @@ from the reported table.
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import statistics
 import sys
@@ -162,23 +161,28 @@ def markdown(t: dict, meta: dict) -> str:
 
 
 def svg(t: dict) -> str:
-    """A bar chart of the average with ±std error bars; plain SVG, no plotting library."""
-    items = sorted(t.items(), key=lambda kv: -kv[1]["average_mean"])
-    top = max(r["average_mean"] + (r["average_std"] or 0) for _, r in items) * 1.1
-    w, bar, left = 760, 22, 190
-    h = 40 + len(items) * (bar + 8)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
-             f'<text x="{left}" y="18">average over the built-in suite (mean ± std over seeds)</text>']
-    for i, (name, r) in enumerate(items):
-        y = 30 + i * (bar + 8)
-        x1 = left + (w - left - 60) * r["average_mean"] / top
-        parts.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{html.escape(name)}</text>')
-        parts.append(f'<rect x="{left}" y="{y}" width="{x1 - left:.1f}" height="{bar}" fill="#4c78a8"/>')
-        if r["average_std"]:
-            d = (w - left - 60) * r["average_std"] / top
-            parts.append(f'<line x1="{x1 - d:.1f}" x2="{x1 + d:.1f}" y1="{y + bar / 2}" y2="{y + bar / 2}" stroke="black"/>')
-        parts.append(f'<text x="{x1 + 6:.1f}" y="{y + 15}">{r["average_mean"]:.4f}</text>')
-    return "\n".join(parts + ["</svg>"]) + "\n"
+    """A bar chart of the average with ±std error bars (matplotlib, as SVG)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = sorted(t.items(), key=lambda kv: kv[1]["average_mean"])
+    names = [n for n, _ in items]
+    mean = [r["average_mean"] for _, r in items]
+    std = [r["average_std"] or 0 for _, r in items]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(items) + 1.2))
+    bars = ax.barh(names, mean, xerr=std, color="#4c78a8", ecolor="black", capsize=3)
+    ax.bar_label(bars, labels=[f"{m:.4f}" for m in mean], padding=18, fontsize=8)
+    ax.set_xlabel("average over the built-in suite (mean ± std over seeds)")
+    ax.set_xlim(0, max(m + d for m, d in zip(mean, std)) * 1.25)
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def main() -> None:
