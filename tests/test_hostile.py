@@ -114,3 +114,15 @@ def test_a_reader_refuses_an_output_that_never_completed(tmp_path):
     assert _cli(tmp_path / "pool", tmp_path / "out", cfg, kill="publish:staged").returncode == -9
     with pytest.raises(NotPublished, match="no complete curation output"):
         published(tmp_path / "out")
+
+
+def test_the_prefect_flow_gives_the_same_output_on_the_corpus(hostile, prefect_server):
+    import json as _json
+
+    from flows.curate import curate
+
+    c, _, _ = hostile
+    cfg = c.root / "cfg.json"
+    cfg.write_text(_json.dumps(CONFIG))
+    curate(pool=str(c.root / "pool"), out=str(c.root / "flow"), config=str(cfg))
+    assert checksums(c.root / "flow") == checksums(c.root / "out")
