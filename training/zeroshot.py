@@ -69,13 +69,18 @@ def metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> dict[
 def classify(clip, task_root: str | Path, batch_size: int = 256, device: str = "cpu") -> dict:
     """Zero-shot classification metrics of a loaded model on one task folder."""
     classnames, templates = read_task(task_root)
+    from tqdm import tqdm
+
     w = classifier(clip.model, clip.tokenizer, classnames, templates, device)
     logits, target = [], []
+    bar = tqdm(desc=Path(task_root).name, unit="img", leave=False, mininterval=2)  # progress inside a task
     for images, labels in iter_batches(task_root, clip.preprocess_val, batch_size):
         with torch.no_grad():
             img = clip.model.encode_image(images.to(device), normalize=True)
         logits.append((100.0 * img @ w).float().cpu())
         target.append(labels)
+        bar.update(len(labels))
+    bar.close()
     logits_t, target_t = torch.cat(logits), torch.cat(target)
     return {"n": int(len(target_t)), "templates": len(templates), **metrics(logits_t, target_t, len(classnames))}
 
