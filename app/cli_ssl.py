@@ -140,20 +140,10 @@ def add_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m app.cli_ssl ...``: the curate CLI with these commands added (until app/cli.py wires them)."""
-    from app import cli
+    """``python -m app.cli_ssl ...``: the same as ``curate ...`` (app/cli.py wires these commands)."""
+    from app.cli import main as curate_main
 
-    parser = cli.build_parser()
-    add_commands(next(x for x in parser._actions if isinstance(x, argparse._SubParsersAction)))
-    cli._offline()
-    a = parser.parse_args(argv)
-    try:
-        a.func(a)
-    except (ValueError, FileNotFoundError) as e:
-        import sys
-
-        print(f"curate {a.command}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    curate_main(argv)
 
 
 if __name__ == "__main__":
