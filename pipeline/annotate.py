@@ -191,7 +191,9 @@ def decode_side(scorers: list) -> int | None:
     """The side every consumer of a decoded image still gets (both sides >= it): the 32 px thumbnail
     and each scorer's input side; None (a full decode) when a scorer's transform is not the standard
     resize-shorter-side + centre-crop, whose need is unknown."""
-    sides = [SIDE]
+    # thumbnails are BOX-reduced from at least twice their side: decoding JPEG copies at 1/2 or 1/4
+    # scale straight to 32 px moved near-dedup recall on the sample pool from 0.958 to 0.943
+    sides = [2 * SIDE]
     for sc in scorers:
         if sc.input_side is None:
             return None

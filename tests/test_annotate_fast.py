@@ -102,8 +102,8 @@ def test_decode_side_covers_every_consumer():
         def __init__(self, side):
             self.input_side = side
 
-    assert annotate.decode_side([]) == SIDE  # the thumbnail alone
-    assert annotate.decode_side([Scorer(16)]) == SIDE
+    assert annotate.decode_side([]) == 2 * SIDE  # the thumbnail alone: reduced from twice its side
+    assert annotate.decode_side([Scorer(16)]) == 2 * SIDE
     assert annotate.decode_side([Scorer(32), Scorer(224)]) == 224
     assert annotate.decode_side([Scorer(224), Scorer(None)]) is None  # a transform we cannot read: full decode
 
@@ -148,7 +148,7 @@ def test_rerun_skips_and_decode_side_is_in_the_cache_key(tmp_path, monkeypatch):
     shard = mixed_pool(tmp_path / "pool")
     assert annotate.annotate_shard(shard, tmp_path / "run", [TINY])["ran"] == ["ingest", "clip_score"]
     assert annotate.annotate_shard(shard, tmp_path / "run", [TINY])["ran"] == []
-    monkeypatch.setattr(annotate, "decode_side", lambda scorers: 64)  # as if a larger scorer joined
+    monkeypatch.setattr(annotate, "decode_side", lambda scorers: 128)  # as if a larger scorer joined
     assert annotate.annotate_shard(shard, tmp_path / "run", [TINY])["ran"] == ["ingest", "clip_score"]
 
 
