@@ -142,7 +142,7 @@ def _typed(values, kind: str, n: int):
 def summarize(df: pd.DataFrame) -> dict:
     dropped = df[~df["keep"]]
     by_reason = dropped["drop_reason"].value_counts().sort_index()
-    all_rules = pd.Series([r for rs in dropped["drop_reasons"] for r in rs], dtype=object).value_counts().sort_index()
+    all_rules = dropped["drop_reasons"].explode().dropna().value_counts().sort_index()
     return {"samples_in": int(len(df)), "kept": int(df["keep"].sum()), "dropped": int(len(dropped)),
             "dropped_by_reason": {k: int(v) for k, v in by_reason.items()},
             "failing_by_rule": {k: int(v) for k, v in all_rules.items()}}

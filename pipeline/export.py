@@ -4,7 +4,6 @@ Everything is written into a staging folder; pipeline/publish.py makes it visibl
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pyarrow as pa
 import schemas
 from pipeline.faults import point
 from pipeline.ingest import MAX_CAPTION_CHARS
-from shardio.shards import ShardWriter, atomic_write_bytes, atomic_write_table, shard_id
+from shardio.shards import ShardWriter, atomic_write_table, shard_id
 from shardio.tar import iter_samples
 
 
@@ -82,7 +81,8 @@ def metadata_table(df: pd.DataFrame, declared: dict[str, str]) -> pa.Table:
 
 def export(df: pd.DataFrame, shards: list[str], out: str | Path, samples_per_shard: int, manifest: dict,
            declared: dict[str, str] | None = None, captions: dict | None = None) -> dict:
-    """Write shards, uids.npy, metadata.parquet and manifest.json into ``out`` (a staging folder)."""
+    """Write shards, uids.npy and metadata.parquet into ``out`` (a staging folder); return the manifest
+    with the outputs added (the caller writes it last, after the report)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = write_shards(df, shards, out / "shards", samples_per_shard, captions) if shards else []
@@ -93,5 +93,4 @@ def export(df: pd.DataFrame, shards: list[str], out: str | Path, samples_per_sha
     atomic_write_table(out / "metadata.parquet", metadata_table(df, declared or {}))
     manifest = {**manifest, "output_shards": written, "uids": "uids.npy", "metadata": "metadata.parquet",
                 "uid_count": int(len(uids))}
-    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
     return manifest

@@ -62,10 +62,9 @@ def precomputed(parquet: str | Path, spec: ClipModel, n: int) -> tuple[np.ndarra
     """(score with the column's own dtype, image and text embeddings or None) of a metadata parquet."""
     path = Path(parquet)
     col = f"clip_{spec.precomputed}_similarity_score"
-    t = pq.read_table(path, columns=[c for c in (col,) if c in pq.read_schema(path).names])
-    if col not in t.column_names:
+    if col not in pq.read_schema(path).names:
         raise ValueError(f"{path} has no '{col}' column for the precomputed '{spec.precomputed}' scorer")
-    score = t.column(col).to_numpy(zero_copy_only=False)
+    score = pq.read_table(path, columns=[col]).column(col).to_numpy(zero_copy_only=False)
     npz = path.with_suffix(".npz")
     if not npz.is_file():
         return score, None, None

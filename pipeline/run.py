@@ -180,9 +180,10 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
     tars = [s for s in shards if not is_metadata(s)]
     manifest = export(df, tars, stage, p.config.export.samples_per_shard, manifest, declared, captions)
     manifest["report"] = "report.html"
+    manifest["run"]["filter_seconds"] = seconds
     write_report(stage, df.reset_index(drop=True), shards, manifest)
     manifest["run"]["decide_export_seconds"] = round(time.time() - t0, 2)
-    manifest["run"]["filter_seconds"] = seconds
+    # written last: publish refuses a staged folder without it
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     point("publish:staged")
     version = publish.commit(p.out, stage)

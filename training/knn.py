@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from training.probe import fit, k_shot, pick_l2
+from training.probe import fit, pick_l2, shot_split
 from training.zeroshot import append_result, metrics, read_task
 
 
@@ -73,16 +73,7 @@ def image_probes(clip, task_root: str | Path, shots: int = 10, neighbours: int =
     """Linear probe and k-NN of a loaded model's image encoder on one classification task."""
     classnames, _ = read_task(task_root)
     n = len(classnames)
-    x, y = features(clip, task_root, device)
-    if (Path(task_root) / "train" / "nshards.txt").is_file():
-        xt, yt = features(clip, task_root, device, split="train")
-        sel = k_shot(yt, shots, seed)
-        xt, yt, source = xt[sel], yt[sel], "train split"
-    else:
-        sel = k_shot(y, shots, seed)
-        rest = torch.ones(len(y), dtype=torch.bool)
-        rest[sel] = False
-        xt, yt, x, y, source = x[sel], y[sel], x[rest], y[rest], "shots per class drawn from test, scored on the rest"
+    xt, yt, x, y, source = shot_split(task_root, lambda split: features(clip, task_root, device, split), shots, seed)
     if len(y) == 0:
         raise ValueError(f"{task_root}: no images left to score after drawing {shots} per class")
     l2 = pick_l2(xt, yt, n, seed)

@@ -73,19 +73,26 @@ def linear_probe(checkpoint: str, task_root: str | Path, k: int = 10, seed: int 
     return {"task": Path(task_root).name, "checkpoint": str(checkpoint), **r, "seconds": round(time.time() - t0, 2)}
 
 
+def shot_split(task_root: str | Path, embed, k: int, seed: int):
+    """(labelled x, y, scored x, y, where the labels came from): ``k`` per class of the task's ``train/``
+    split when it has one, else ``k`` per class drawn from ``test/`` and scored on the rest.
+    ``embed(split)`` gives a split's features and labels."""
+    x, y = embed("test")
+    if (Path(task_root) / "train" / "nshards.txt").is_file():
+        xt, yt = embed("train")
+        sel = k_shot(yt, k, seed)
+        return xt[sel], yt[sel], x, y, "train split"
+    sel = k_shot(y, k, seed)
+    rest = torch.ones(len(y), dtype=torch.bool)
+    rest[sel] = False
+    return x[sel], y[sel], x[rest], y[rest], "k per class drawn from test, scored on the rest"
+
+
 def probe(clip, task_root: str | Path, k: int = 10, seed: int = 0, device: str = "cpu") -> dict:
     """k-shot linear probe of a loaded model's image encoder on one classification task."""
     classnames, _ = read_task(task_root)
-    x, y = features(clip.model, clip.preprocess_val, task_root, device)
-    if (Path(task_root) / "train" / "nshards.txt").is_file():
-        xt, yt = features(clip.model, clip.preprocess_val, task_root, device, split="train")
-        sel = k_shot(yt, k, seed)
-        xt, yt, source = xt[sel], yt[sel], "train split"
-    else:
-        sel = k_shot(y, k, seed)
-        rest = torch.ones(len(y), dtype=torch.bool)
-        rest[sel] = False
-        xt, yt, x, y, source = x[sel], y[sel], x[rest], y[rest], "k per class drawn from test, scored on the rest"
+    xt, yt, x, y, source = shot_split(
+        task_root, lambda split: features(clip.model, clip.preprocess_val, task_root, device, split), k, seed)
     l2 = pick_l2(xt, yt, len(classnames), seed)
     clf = fit(xt, yt, len(classnames), l2)
     with torch.no_grad():
