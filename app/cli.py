@@ -28,8 +28,9 @@ def cmd_build_pool(a) -> None:
     from app.sample_pool import build_pool
 
     info = build_pool(a.out, a.samples, seed=a.seed, samples_per_shard=a.samples_per_shard,
-                      n_trusted=a.trusted, data=a.data)
-    print(json.dumps({k: info[k] for k in info if k in ("data", "counts", "noise_counts", "eval_task")}, indent=2))
+                      n_trusted=a.trusted, data=a.data, preset=a.preset)
+    keys = ("data", "preset", "clean_share", "counts", "noise_counts", "eval_task")
+    print(json.dumps({k: info[k] for k in info if k in keys}, indent=2))
 
 
 def cmd_run(a) -> None:
@@ -96,7 +97,8 @@ def cmd_demo(a) -> None:
     from app.demo import run_demo
 
     run_demo(a.root, samples=a.samples, trusted=a.trusted, samples_seen=a.samples_seen,
-             scorer_samples_seen=a.scorer_samples_seen, fraction=a.fraction, seed=a.seed, data=a.data, pool_dir=a.pool)
+             scorer_samples_seen=a.scorer_samples_seen, strategy=a.strategy, seed=a.seed, data=a.data,
+             pool_dir=a.pool, preset=a.preset)
 
 
 def cmd_report(a) -> None:
@@ -121,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build-pool", help="write the built-in sample pool", description="Write the sample pool "
                        "(img2dataset-layout shards, a trusted clean split, eval tasks, ground truth).")
     b.add_argument("--out", default="data/sample_pool", help="output folder (default: data/sample_pool)")
+    b.add_argument("--preset", choices=["web", "clean"], default="web",
+                   help="noise mix: web (at most 30%% clean, like web alt-text pools) or clean (~71%% clean) "
+                        "(default: web)")
     b.add_argument("--samples", type=int, default=20_000,
                    help="pool samples (default: 20000; ~70000 uses all the real data)")
     b.add_argument("--trusted", type=int, default=10_000, help="trusted clean samples (default: 10000)")
@@ -188,15 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "<checkpoint>/eval_<suite>.jsonl)")
     e.set_defaults(func=cmd_eval)
 
-    d = sub.add_parser("demo", help="the whole loop on the sample pool",
-                       description="Build the sample pool, bootstrap a scorer on its trusted split, curate with and "
-                                   "without CLIP-score filtering, train both at equal samples seen, evaluate both.")
+    d = sub.add_parser("demo", help="the whole loop on the sample pool, ending in a verdict",
+                       description="Build the sample pool (web preset), train a filtering network on its trusted "
+                                   "split, curate with no filter and with the committed grid's best strategy, train "
+                                   "both at equal samples seen, evaluate both on the built-in suite.")
     d.add_argument("--root", default="runs/demo", help="run folder (default: runs/demo)")
     d.add_argument("--samples", type=int, default=20_000, help="pool samples (default: 20000)")
     d.add_argument("--trusted", type=int, default=10_000, help="trusted samples for the scorer (default: 10000)")
-    d.add_argument("--samples-seen", type=int, default=60_000, help="training budget per model (default: 60000)")
-    d.add_argument("--scorer-samples-seen", type=int, default=40_000, help="scorer training budget (default: 40000)")
-    d.add_argument("--fraction", type=float, default=0.7, help="CLIP-score top fraction kept (default: 0.7; the pool is ~71%% clean)")
+    d.add_argument("--samples-seen", type=int, default=None, help="training budget per model (default: the pool "
+                   "size, DataComp's rule)")
+    d.add_argument("--scorer-samples-seen", type=int, default=None,
+                   help="filtering network's training budget (default: 40000, as the grid's)")
+    d.add_argument("--strategy", default=None, help="curation strategy compared with no filter (default: the "
+                   "committed grid's best, bench/results/grid_web.json)")
+    d.add_argument("--preset", choices=["web", "clean"], default="web", help="pool noise mix (default: web)")
     d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     d.add_argument("--pool", default="data/sample_pool", help="sample pool folder, built if missing or "
                    "built with other settings (default: data/sample_pool)")

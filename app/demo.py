@@ -1,8 +1,10 @@
-"""The whole loop on the built-in sample pool, printed as one summary.
+"""The whole loop on the built-in sample pool, ending in one verdict: does curation help?
 
-pool -> bootstrap a scorer on the trusted split (the data-filtering-network recipe: a CLIP model
-trained on clean data scores the noisy pool) -> curate twice from one scoring pass (no filter;
-CLIP-score top fraction) -> train both at equal samples seen -> zero-shot on Fashion-MNIST test.
+pool (web preset: at most 30% clean) -> a filtering network trained on the trusted split (the DFN
+recipe) -> curate twice: no filter, and the strategy the committed grid chose as best on its
+validation suite -> train both at equal samples seen (DataComp's rule: samples seen = pool size) ->
+the built-in suite for both: average with group means and bootstrap standard errors, beside the
+committed grid's seed spread, and what each dropped per planted noise type.
 """
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import time
 from pathlib import Path
 
 from pipeline.run import run_curation
+
+GRID = Path(__file__).resolve().parents[1] / "bench" / "results" / "grid_web.json"
+DEFAULT_STRATEGY = "ours_dfn_30"  # when no committed grid names a best strategy
 
 
 def machine() -> str:
@@ -36,12 +41,23 @@ def _step(name: str, timings: dict):
     return _T()
 
 
+def committed_grid(path: Path = GRID) -> dict:
+    """The committed grid's best strategy and per-strategy spread ({} when there is none)."""
+    if not path.is_file():
+        return {}
+    g = json.loads(path.read_text())
+    return {"best": g.get("best_strategy") or g.get("best"), "samples_seen": g.get("samples_seen"),
+            "seeds": g.get("seeds"), "strategies": {k: {m: v.get(m) for m in ("average_mean", "average_std")}
+                                                    for k, v in g.get("strategies", {}).items()}}
+
+
 def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int = 10_000,
-             samples_seen: int = 60_000, scorer_samples_seen: int = 40_000, fraction: float = 0.7,
-             seed: int = 0, data: str = "auto", pool_dir: str | Path = "data/sample_pool") -> dict:
+             samples_seen: int | None = None, scorer_samples_seen: int | None = None, strategy: str | None = None,
+             seed: int = 0, data: str = "auto", pool_dir: str | Path = "data/sample_pool", preset: str = "web") -> dict:
     from app.sample_pool import build_pool
+    from app.strategies import DFN_SAMPLES_SEEN, candidates
+    from training.evalsuite import run_suite
     from training.train import TrainConfig, train
-    from training.zeroshot import append_result, evaluate_zeroshot
 
     t0 = time.time()
     root = Path(root)
@@ -52,86 +68,93 @@ def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int
     root.mkdir(parents=True)
     pool_dir = Path(pool_dir)
     timings: dict[str, float] = {}
+    grid = committed_grid()
+    strategy = strategy or grid.get("best") or DEFAULT_STRATEGY
 
     with _step("1. sample pool", timings):
-        info = build_pool(pool_dir, samples, seed=seed, n_trusted=trusted, data=data)
-    eval_task = str(pool_dir / "eval" / info.get("eval_task", "fashion_mnist"))
+        info = build_pool(pool_dir, samples, seed=seed, n_trusted=trusted, data=data, preset=preset)
+    seen = samples_seen or info["counts"]["pool"]
 
-    with _step("2. bootstrap the scorer on the trusted split", timings):
-        scorer = train(TrainConfig(train_data=str(pool_dir / "trusted"), model="curate-tiny",
-                                   out_dir=str(root / "scorer"), samples_seen=scorer_samples_seen, seed=seed))
-    scorer_dir = str(Path(scorer["checkpoint"]))
+    with _step("2. filtering network: a CLIP trained on the trusted split", timings):
+        dfn = train(TrainConfig(train_data=str(pool_dir / "trusted"), model="curate-tiny", out_dir=str(root / "dfn"),
+                                samples_seen=scorer_samples_seen or DFN_SAMPLES_SEEN, seed=seed))["checkpoint"]
 
-    clip = [{"model": scorer_dir}]
-    configs = {"no_filter": {"clip": clip, "filters": []},
-               "clip_score": {"clip": clip, "filters": [{"type": "clip_score", "fraction": fraction}]}}
-    manifests = {}
-    with _step("3. curate (one scoring pass, two decisions)", timings):
-        for name, cfg in configs.items():
-            manifests[name] = run_curation(str(pool_dir / "shards"), root / name, cfg, work=root / "work")
-            m = manifests[name]
+    runs: dict[str, dict] = {}
+    web = None
+    for name in ("no_filter", strategy):
+        if name == "no_filter":
+            cfg = {"filters": []}
+        else:
+            plan = candidates(pool_dir, web, dfn)
+            if name not in plan:
+                raise ValueError(f"unknown strategy {name!r}: one of {', '.join(plan)}")
+            cfg = plan[name]
+        with _step(f"3. curate: {name}", timings):
+            m = run_curation(str(pool_dir / "shards"), root / name, cfg, work=root / "work", progress=False)
             print(f"{name}: {m['samples_in']} in, {m['kept']} kept, dropped by reason {m['dropped_by_reason']}")
-
-    results = {}
-    for name in configs:
-        with _step(f"4. train on {name} ({samples_seen} samples seen)", timings):
+        with _step(f"4. train on {name} ({seen} samples seen)", timings):
             r = train(TrainConfig(train_data=str(root / name / "shards"), model="curate-tiny",
-                                  out_dir=str(root / f"train_{name}"), samples_seen=samples_seen, seed=seed))
-        with _step(f"5. zero-shot eval of {name}", timings):
-            ev = evaluate_zeroshot(r["checkpoint"], eval_task)
-            ev["curation"] = name
-            append_result(root / "results.jsonl", ev)
-        results[name] = {"train": r, "eval": ev}
+                                  out_dir=str(root / f"train_{name}"), samples_seen=seen, seed=seed))
+        if name == "no_filter":
+            web = r["checkpoint"]  # the raw pool's CLIP: the "web CLIP" that CLIP-score filters use
+        with _step(f"5. built-in suite: {name}", timings):
+            ev = run_suite(r["checkpoint"], pool_dir / "eval", results=root / f"train_{name}" / "eval.jsonl")
+        runs[name] = {"kept": m["kept"], "dropped_by_reason": m["dropped_by_reason"],
+                      "average": ev["average"], "average_se": ev.get("average_se"),
+                      "groups": {g: v["mean"] for g, v in ev["groups"].items()},
+                      "dropped_by_noise": _dropped_by_noise(pool_dir, root / name),
+                      "train_samples_per_s": r.get("samples_per_s")}
 
-    top1 = {n: results[n]["eval"]["metrics"]["acc1"] for n in results}
-    truth = _noise_caught(pool_dir, root / "clip_score")
     summary = {
-        "samples_in": manifests["clip_score"]["samples_in"],
-        "kept": manifests["clip_score"]["kept"],
-        "dropped": manifests["clip_score"]["dropped"],
-        "dropped_by_reason": manifests["clip_score"]["dropped_by_reason"],
-        "kept_no_filter": manifests["no_filter"]["kept"],
-        "clip_score_fraction": fraction,
-        "zero_shot_top1_no_filter": top1["no_filter"],
-        "zero_shot_top1_clip_score": top1["clip_score"],
-        "samples_seen": samples_seen,
-        "scorer_samples_seen": scorer_samples_seen,
-        "train_samples_per_s": {n: results[n]["train"].get("samples_per_s") for n in results},
-        "noise_dropped_by_clip_score": truth,
-        "pool_data": info.get("data"),
-        "eval_task": eval_task,
-        "timings_s": timings,
-        "wall_seconds": round(time.time() - t0, 1),
-        "machine": machine(),
+        "verdict": round(runs[strategy]["average"] - runs["no_filter"]["average"], 4),
+        "strategy": strategy, "samples_in": info["counts"]["pool"], "pool_preset": preset,
+        "pool_clean_share": info.get("clean_share"), "samples_seen": seen, "runs": runs,
+        "committed_grid": {k: grid.get("strategies", {}).get(k) for k in ("no_filter", "best")} if grid else None,
+        "committed_grid_seeds": grid.get("seeds"), "pool_data": info.get("data"),
+        "timings_s": timings, "wall_seconds": round(time.time() - t0, 1), "machine": machine(),
     }
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_summary(summary)
     return summary
 
 
-def _noise_caught(pool_dir: Path, curated: Path) -> dict:
-    """Share of each injected noise type that the CLIP-score run dropped (ground truth table)."""
+def _dropped_by_noise(pool_dir: Path, curated: Path) -> dict:
+    """Share of each planted noise type that a run dropped (the pool's ground truth table)."""
     import pandas as pd
 
     gt_path = pool_dir / "ground_truth.parquet"
     if not gt_path.is_file():
         return {}
     gt = pd.read_parquet(gt_path, columns=["uid", "noise"]).fillna({"noise": "clean"})
-    meta = pd.read_parquet(curated / "metadata.parquet", columns=["uid", "keep"])
-    df = gt.merge(meta, on="uid", how="left")
-    out = {}
-    for noise, g in df.groupby("noise"):
-        out[noise or "clean"] = {"n": int(len(g)), "dropped_share": round(float((~g["keep"].astype(bool)).mean()), 3)}
-    return out
+    meta = pd.read_parquet(curated / "metadata.parquet", columns=["uid", "keep"]).drop_duplicates("uid")
+    df = gt.merge(meta, on="uid", how="left").fillna({"keep": False})
+    return {noise: {"n": int(len(g)), "dropped_share": round(float((~g["keep"].astype(bool)).mean()), 3)}
+            for noise, g in df.groupby("noise")}
 
 
 def _print_summary(s: dict) -> None:
-    print("\n================ curate demo: summary ================")
-    print(f"pool: {s['samples_in']} samples ({s['pool_data']} data); CLIP-score top {s['clip_score_fraction']:.0%} "
-          f"kept {s['kept']}, dropped {s['dropped']} {s['dropped_by_reason']}")
-    for noise, v in s["noise_dropped_by_clip_score"].items():
-        print(f"  {noise:>18}: {v['n']:6d} samples, {v['dropped_share']:.0%} dropped")
-    print(f"zero-shot top-1 on {Path(s['eval_task']).name} after {s['samples_seen']} samples seen:")
-    print(f"  no filter         : {s['zero_shot_top1_no_filter']:.4f}")
-    print(f"  CLIP-score filter : {s['zero_shot_top1_clip_score']:.4f}")
+    nf, best, name = s["runs"]["no_filter"], s["runs"][s["strategy"]], s["strategy"]
+    groups = list(nf["groups"])
+    print("\n================ curate demo: does curation help? ================")
+    print(f"pool: {s['samples_in']} samples ({s['pool_preset']} preset, {s['pool_clean_share']:.0%} clean, "
+          f"{s['pool_data']} data); each model sees {s['samples_seen']} samples")
+    verdict = "helps" if s["verdict"] > 0 else "does not help"
+    print(f"verdict: {name} {verdict}: built-in suite average {best['average']:.4f} vs no filter "
+          f"{nf['average']:.4f} ({s['verdict']:+.4f}; bootstrap SE {best['average_se']} / {nf['average_se']})")
+    print(f"{'':>24}{'no filter':>12}{name:>16}")
+    print(f"{'kept':>24}{nf['kept']:>12}{best['kept']:>16}")
+    for g in groups:
+        a, b = nf["groups"][g], best["groups"].get(g)
+        print(f"{g:>24}{a:>12.4f}{b:>16.4f}" if a is not None and b is not None else f"{g:>24}")
+    print(f"{'average':>24}{nf['average']:>12.4f}{best['average']:>16.4f}")
+    grid = s.get("committed_grid") or {}
+    if grid.get("no_filter") and grid.get("best"):
+        def ms(v):
+            return f"{v['average_mean']:.4f} ± {v['average_std'] or 0:.4f}"
+        print(f"{'committed grid':>24}{ms(grid['no_filter']):>16}{ms(grid['best']):>18}   "
+              f"(mean ± std over seeds {s['committed_grid_seeds']})")
+    print("share dropped per planted noise type:")
+    for noise, v in best["dropped_by_noise"].items():
+        a = nf["dropped_by_noise"].get(noise, {}).get("dropped_share", 0.0)
+        print(f"{noise:>24}{a:>12.0%}{v['dropped_share']:>16.0%}   ({v['n']} samples)")
     print(f"wall time: {s['wall_seconds']} s   ({s['machine']})")

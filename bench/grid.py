@@ -1,18 +1,21 @@
-"""The DataComp-style experiment grid on the sample pool -> bench/results/grid.json, grid.md, grid.svg.
+"""The DataComp-style experiment grid on the sample pool -> bench/results/grid_web.json, .md, .svg.
 
-    .venv/bin/python bench/grid.py [--seeds 0 1 2 3 4] [--samples-seen 60000] [--only no_filter clip_score_30]
+    .venv/bin/python -m bench.grid                       # web pool, samples seen = pool size, 3 seeds
+    .venv/bin/python -m bench.grid --budget 3            # the 3x budget variant (no filter, CLIP score, best)
+    .venv/bin/python -m bench.grid --preset clean --tag ""   # the older grid on the ~71% clean pool
 
-Every strategy curates the same pool (one annotate pass, cached in runs/grid/work), then for each
-seed a `curate-tiny` model trains on what it kept at the same samples-seen budget and is evaluated on
-the built-in suite (DataComp-style groups: ImageNet analogue, distribution shifts, VTAB-like,
-retrieval, average). Resumable: finished (strategy, seed) runs are read back from runs/grid/runs.jsonl.
+Every strategy curates the same pool (one annotate pass per scorer, cached in <root>/work), then for
+each seed a `curate-tiny` model trains on what it kept at the same samples-seen budget (DataComp's
+rule: samples seen = pool size) and is evaluated on the built-in suite (DataComp-style groups:
+ImageNet analogue, distribution shifts, VTAB-like, retrieval, average; bootstrap standard errors per
+task). Resumable: finished (strategy, seed, budget) runs are read back from <root>/runs.jsonl.
 
 Scorers, as in the field: `clip_score_*` use a CLIP trained on the raw pool (the no-filter model of
-seed 0, the analogue of OpenAI's web-trained CLIP); `dfn_*` use the filtering network trained on the
-trusted split (runs/bench-skeleton/scorer, the DFN recipe). Baseline settings were fixed before any
-result was seen (the two D² candidates were added after the first full grid); `best` is the one of our declared combinations (`candidates`) with the highest
-mean average on the validation suite (pool's val/ folder) over the first three seeds, never picked
-from the reported table.
+the first seed, the analogue of OpenAI's web-trained CLIP); `dfn_*` use the filtering network trained
+on the trusted split (<root>/dfn, the DFN recipe). Baseline settings were fixed before any result was
+seen; `best` is the one of our declared combinations (`candidates`) with the highest mean average on
+the validation suite (pool's val/ folder) over the first three seeds, never picked from the reported
+table. What each strategy kept is measured against the pool's ground truth (kept share per noise type).
 """
 from __future__ import annotations
 
@@ -29,59 +32,7 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "results"
 GROUPS = ["ImageNet", "ImageNet dist. shifts", "VTAB", "Retrieval"]  # training/evalsuite.py group names
 
-
-def strategies(pool: Path, web: str | None, dfn: str) -> dict[str, dict]:
-    """Strategy name -> curation config. ``web`` is None until the no-filter model exists."""
-    small = {"min_side": 24}  # originals: Fashion-MNIST 28 px, tiny-image noise 6-15 px; DataComp uses 200
-    english = {"type": "basic", "min_words": 0, "min_chars": 0, "min_side": 0, "max_aspect": 1e6}
-    caption = {"type": "basic", "min_words": 2, "min_chars": 6, "min_side": 0, "max_aspect": 1e6}
-    classes = sorted({c.strip() for f in (pool / "eval").glob("*/classnames.txt")
-                      for c in f.read_text().splitlines() if c.strip()})
-    dfn_clip = [{"model": dfn, "column": "clip_score_dfn"}]
-    out = {"no_filter": {"filters": []},
-           "basic": {"filters": [{"type": "basic", **small}]},
-           "text_based": {"filters": [english, {"type": "text_based", "classnames": classes}]},
-           "dfn_30": {"clip": dfn_clip, "filters": [{"type": "clip_score", "column": "clip_score_dfn", "fraction": 0.3}]}}
-    if web:
-        w = [{"model": web, "column": "clip_score"}]
-        image_based = {"type": "image_based", "targets": [str(pool / "trusted")], "clusters": 200}
-        out.update({
-            "clip_score_30": {"clip": w, "filters": [{"type": "clip_score", "fraction": 0.3}]},
-            "clip_score_45": {"clip": w, "filters": [{"type": "clip_score", "fraction": 0.45}]},
-            "laion2b": {"clip": w, "filters": [english, {"type": "clip_score", "fraction": 0.5}]},
-            "image_based": {"clip": w, "filters": [caption, image_based]},
-            "image_based_clip_score": {"clip": w, "filters": [caption, image_based,
-                                                              {"type": "clip_score", "fraction": 0.3}]},
-            "semdedup_clip_score": {"clip": w, "filters": [
-                {"type": "semantic_dedup", "clusters": 200, "eps": 0.01}, {"type": "clip_score", "fraction": 0.3}]},
-            "d2_pruning": {"clip": w, "filters": [{"type": "d2_pruning", "budget": 0.3}]},
-        })
-    return out
-
-
-def candidates(pool: Path, web: str, dfn: str) -> dict[str, dict]:
-    """Our combinations: dedup + decontamination, then the trusted-data filtering network (DFN), the
-    web CLIP, both, or D² coverage. ``best`` is the one with the highest average on the validation
-    suite (items in no pool, trusted split or test task), mean of the lowest three seeds - chosen
-    before the reported suite is looked at."""
-    clean = [{"type": "exact_dedup"}, {"type": "near_dedup"},
-             {"type": "decontaminate", "eval_dirs": [str(pool / "eval")]}]
-    dfn_clip = [{"model": dfn, "column": "clip_score_dfn"}]
-    web_clip = [{"model": web, "column": "clip_score"}]
-
-    def top(column, fraction):
-        return {"type": "clip_score", "column": column, "fraction": fraction}
-
-    return {"ours_dfn_60": {"clip": dfn_clip, "filters": clean + [top("clip_score_dfn", 0.6)]},
-            "ours_dfn_30": {"clip": dfn_clip, "filters": clean + [top("clip_score_dfn", 0.3)]},
-            "ours_dfn_web": {"clip": dfn_clip + web_clip,
-                             "filters": clean + [top("clip_score_dfn", 0.6), top("clip_score", 0.45)]},
-            "ours_web_30": {"clip": web_clip, "filters": clean + [top("clip_score", 0.3)]},
-            # added after the first full grid, where coverage (D²) beat cleanliness; the choice is
-            # still made on the validation suite only
-            "ours_d2": {"clip": web_clip, "filters": clean + [{"type": "d2_pruning", "budget": 0.3}]},
-            "ours_dfn_d2": {"clip": dfn_clip + web_clip, "filters": clean + [
-                top("clip_score_dfn", 0.8), {"type": "d2_pruning", "budget": 0.35}]}}
+from app.strategies import DFN_SAMPLES_SEEN, candidates, strategies  # noqa: E402 - after the path insert
 
 
 def validate(root: Path, pool: Path, row: dict) -> float | None:
@@ -93,15 +44,15 @@ def validate(root: Path, pool: Path, row: dict) -> float | None:
     from app.sample_pool.build import write_validation_shifts
 
     write_validation_shifts(pool / "val")  # pools built before the validation suite had its shifts
-    name = f"{row['strategy']}-s{row['seed']}"
-    return run_suite(row["checkpoint"], pool / "val", "validation", results=root / "train" / name / "val.jsonl")["average"]
+    return run_suite(row["checkpoint"], pool / "val", "validation",
+                     results=Path(row["checkpoint"]).parent / "val.jsonl")["average"]
 
 
-def done_runs(path: Path) -> dict[tuple[str, int], dict]:
+def done_runs(path: Path) -> dict[tuple[str, int, int], dict]:
     if not path.is_file():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {(r["strategy"], r["seed"]): r for r in rows}
+    return {(r["strategy"], r["seed"], r["samples_seen"]): r for r in rows}
 
 
 def run_one(root: Path, pool: Path, name: str, cfg: dict, seed: int, samples_seen: int, log: Path) -> dict:
@@ -114,30 +65,47 @@ def run_one(root: Path, pool: Path, name: str, cfg: dict, seed: int, samples_see
         run_curation(str(pool / "shards"), cur, cfg, work=root / "work", progress=False)
     m = json.loads((cur / "manifest.json").read_text())
     t0 = time.time()
-    tr = train(TrainConfig(train_data=str(cur / "shards"), model="curate-tiny", out_dir=str(root / "train" / f"{name}-s{seed}"),
+    out = root / "train" / f"{name}-s{seed}-n{samples_seen}"
+    tr = train(TrainConfig(train_data=str(cur / "shards"), model="curate-tiny", out_dir=str(out),
                            samples_seen=samples_seen, seed=seed))
-    ev = run_suite(tr["checkpoint"], pool / "eval", results=root / "train" / f"{name}-s{seed}" / "eval.jsonl")
+    ev = run_suite(tr["checkpoint"], pool / "eval", results=out / "eval.jsonl")
     row = {"strategy": name, "seed": seed, "dataset_size": m["kept"], "samples_seen": samples_seen,
            "groups": {g: v["mean"] for g, v in ev["groups"].items()}, "average": ev["average"],
-           "tasks": {r["task"]: r["main"] for r in ev["rows"]}, "train_seconds": round(time.time() - t0, 1),
-           "checkpoint": tr["checkpoint"]}
+           "average_se": ev.get("average_se"), "tasks": {r["task"]: r["main"] for r in ev["rows"]},
+           "task_se": {r["task"]: r.get("se") for r in ev["rows"]},
+           "train_seconds": round(time.time() - t0, 1), "checkpoint": tr["checkpoint"]}
     with open(log, "a") as f:
         f.write(json.dumps(row) + "\n")
-    print(f"{name} seed {seed}: size {row['dataset_size']}, average {row['average']:.4f}", flush=True)
+    print(f"{name} seed {seed} ({samples_seen} seen): size {row['dataset_size']}, average {row['average']:.4f}",
+          flush=True)
     return row
+
+
+def composition(pool: Path, curated: Path) -> dict:
+    """Kept share per planted noise type (ground truth), and the clean share of the kept set."""
+    import pandas as pd
+
+    gt = pd.read_parquet(pool / "ground_truth.parquet", columns=["uid", "noise"]).fillna({"noise": "clean"})
+    meta = pd.read_parquet(curated / "metadata.parquet", columns=["uid", "keep"]).drop_duplicates("uid")
+    df = gt.merge(meta, on="uid", how="left").fillna({"keep": False})
+    kept = df[df["keep"].astype(bool)]
+    return {"kept_share_by_noise": {k: round(float(g["keep"].astype(bool).mean()), 3) for k, g in df.groupby("noise")},
+            "clean_share_of_kept": round(float((kept["noise"] == "clean").mean()), 3) if len(kept) else None}
 
 
 def table(rows: dict[tuple[str, int], dict], order: list[str]) -> dict:
     out = {}
     for name in order:
-        runs = [r for (n, _), r in sorted(rows.items()) if n == name]
+        runs = [r for k, r in sorted(rows.items()) if k[0] == name]
         if not runs:
             continue
         avgs = [r["average"] for r in runs]
+        ses = [r.get("average_se") for r in runs]
         out[name] = {"dataset_size": runs[0]["dataset_size"], "seeds": [r["seed"] for r in runs],
                      "average_mean": round(statistics.mean(avgs), 4),
                      "average_std": round(statistics.stdev(avgs), 4) if len(avgs) > 1 else None,
-                     "averages": [round(a, 4) for a in avgs]}
+                     "averages": [round(a, 4) for a in avgs],
+                     "bootstrap_se": round(statistics.mean(ses), 4) if ses and None not in ses else None}
         for g in GROUPS:
             vals = [r["groups"].get(g) for r in runs if r["groups"].get(g) is not None]
             if vals:
@@ -150,13 +118,19 @@ def markdown(t: dict, meta: dict) -> str:
     def pm(v):
         return "" if v is None else (f"{v['mean']:.4f} ± {v['std']:.4f}" if v.get("std") is not None else f"{v['mean']:.4f}")
 
-    lines = [f"# Experiment grid: {meta['samples_seen']} samples seen, seeds {meta['seeds']}, `curate-tiny`", "",
-             "| strategy | dataset size | ImageNet analogue | shifts | VTAB-like | retrieval | average |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"# Experiment grid: {meta.get('preset', 'clean')} pool ({meta.get('pool_clean_share')} clean), "
+             f"{meta['samples_seen']} samples seen, seeds {meta['seeds']}, `curate-tiny`", "",
+             "| strategy | dataset size | clean share of kept | ImageNet analogue | shifts | VTAB-like | retrieval | "
+             "average ± seed std | bootstrap SE |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in sorted(t.items(), key=lambda kv: -kv[1]["average_mean"]):
         avg = f"**{r['average_mean']:.4f}** ± {r['average_std']:.4f}" if r["average_std"] is not None else f"{r['average_mean']:.4f}"
         label = f"best (= {meta['best']})" if name == "best" and meta.get("best") else name
-        lines.append(f"| {label} | {r['dataset_size']} | " + " | ".join(pm(r.get(g)) for g in GROUPS) + f" | {avg} |")
+        se = "" if r.get("bootstrap_se") is None else f"{r['bootstrap_se']:.4f}"
+        lines.append(f"| {label} | {r['dataset_size']} | {r.get('clean_share_of_kept', '')} | "
+                     + " | ".join(pm(r.get(g)) for g in GROUPS) + f" | {avg} | {se} |")
+    keys = ["clip_score_30_minus_no_filter", "clip_score_spread", "best_strategy", "best_baseline",
+            "best_minus_best_baseline", "suite_bootstrap_se"]
+    lines += [""] + [f"- `{k}`: {meta[k]}" for k in keys if k in meta]
     return "\n".join(lines) + "\n"
 
 
@@ -185,78 +159,118 @@ def svg(t: dict) -> str:
     return buf.getvalue()
 
 
+BASELINES = ["no_filter", "basic", "text_based", "image_based", "image_based_clip_score", "laion2b",
+             "clip_score_30", "clip_score_45"]  # DataComp's own baselines (the others are ours or the field's)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pool", default="data/sample_pool")
-    ap.add_argument("--dfn", default="runs/bench-skeleton/scorer/final", help="filtering network (trusted-data scorer)")
-    ap.add_argument("--root", default="runs/grid")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--samples-seen", type=int, default=60_000)
+    ap.add_argument("--preset", choices=["web", "clean"], default="web", help="sample pool noise mix (default: web)")
+    ap.add_argument("--pool", default="data/sample_pool", help="pool folder (built with --preset when it differs)")
+    ap.add_argument("--samples", type=int, default=20_000, help="pool size when the pool is built (default 20000)")
+    ap.add_argument("--dfn", default=None, help="filtering network (default: trained on the pool's trusted split)")
+    ap.add_argument("--root", default=None, help="run folder (default: runs/grid-<preset>)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--samples-seen", type=int, default=None, help="default: the pool size (DataComp's rule)")
+    ap.add_argument("--budget", type=int, default=1, help="samples seen = this x the pool size; above 1 only "
+                    "--budget-strategies run")
+    ap.add_argument("--budget-strategies", nargs="+", default=["no_filter", "clip_score_30", "best"])
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--select-seeds", type=int, default=3,
                     help="how many of --seeds (the lowest) each candidate trains for the choice of `best`")
     ap.add_argument("--web", default=None, help="web-trained CLIP for the clip_score strategies (default: this "
-                                                 "grid's no-filter model, seed of the first seed)")
-    ap.add_argument("--tag", default="", help="write grid<tag>.json/.md/.svg (the README shows the untagged grid)")
+                                                 "grid's no-filter model of the first seed)")
+    ap.add_argument("--tag", default=None, help="write grid<tag>.json/.md/.svg (default: _<preset>)")
     a = ap.parse_args()
-    pool, root = Path(a.pool), Path(a.root)
+    from app.sample_pool import build_pool
+    from training.train import TrainConfig, train
+
+    pool, root = Path(a.pool), Path(a.root or f"runs/grid-{a.preset}")
+    tag = f"_{a.preset}" if a.tag is None else a.tag
+    info = build_pool(pool, a.samples, preset=a.preset)
+    base_seen = a.samples_seen or info["counts"]["pool"]
+    seen = base_seen * a.budget
     root.mkdir(parents=True, exist_ok=True)
     log = root / "runs.jsonl"
     rows = done_runs(log)
     t0 = time.time()
-    # the web-trained CLIP (no filter, seed 0) comes first: the CLIP-score strategies score with it
+    dfn = a.dfn or str(root / "dfn" / "final")
+    if not Path(dfn).is_dir():  # the filtering network: a CLIP trained on the clean trusted split
+        dfn = train(TrainConfig(train_data=str(pool / "trusted"), model="curate-tiny", out_dir=str(root / "dfn"),
+                                samples_seen=DFN_SAMPLES_SEEN, seed=0))["checkpoint"]
     first = min(a.seeds)
-    if ("no_filter", first) not in rows:
-        rows[("no_filter", first)] = run_one(root, pool, "no_filter", {"filters": []}, first, a.samples_seen, log)
-    web = a.web or rows[("no_filter", first)]["checkpoint"]
-    plan = strategies(pool, web, a.dfn)
-    # choose `best` among our declared combinations: mean validation-suite average over the first
-    # `--select-seeds` seeds (one seed moves as much as the strategies differ)
-    cands = candidates(pool, web, a.dfn)
+    # the web-trained CLIP (no filter, first seed, base budget) comes first: CLIP-score strategies use it
+    if ("no_filter", first, base_seen) not in rows:
+        rows[("no_filter", first, base_seen)] = run_one(root, pool, "no_filter", {"filters": []}, first, base_seen, log)
+    web = a.web or rows[("no_filter", first, base_seen)]["checkpoint"]
+    plan = strategies(pool, web, dfn)
+    cands = candidates(pool, web, dfn)
     select_seeds = sorted(a.seeds)[:a.select_seeds]
-    selection, chosen = {}, None
+    selection = {}
     for name, cfg in cands.items() if not a.only or "best" in a.only else ():
         vals = []
         for seed in select_seeds:
-            if (name, seed) not in rows:
-                rows[(name, seed)] = run_one(root, pool, name, cfg, seed, a.samples_seen, log)
-            vals.append(validate(root, pool, rows[(name, seed)]))
+            if (name, seed, base_seen) not in rows:
+                rows[(name, seed, base_seen)] = run_one(root, pool, name, cfg, seed, base_seen, log)
+            vals.append(validate(root, pool, rows[(name, seed, base_seen)]))
         selection[name] = {"validation_average": None if None in vals else round(statistics.mean(vals), 4),
-                           "validation_by_seed": vals, "dataset_size": rows[(name, first)]["dataset_size"]}
-    if selection:
-        chosen = max(selection, key=lambda k: selection[k]["validation_average"] or 0.0)
+                           "validation_by_seed": vals, "dataset_size": rows[(name, first, base_seen)]["dataset_size"]}
+    chosen = max(selection, key=lambda k: selection[k]["validation_average"] or 0.0) if selection else None
+    if chosen:
         print(f"best = {chosen} (validation averages: "
               + ", ".join(f"{k} {v['validation_average']}" for k, v in selection.items()) + ")", flush=True)
         plan["best"] = cands[chosen]
-    for seed in a.seeds if chosen else ():  # the chosen combination's runs are the best strategy's runs
-        if (chosen, seed) not in rows:
-            rows[(chosen, seed)] = run_one(root, pool, chosen, cands[chosen], seed, a.samples_seen, log)
-        rows[("best", seed)] = {**rows[(chosen, seed)], "strategy": "best"}
-    for name, cfg in plan.items():
-        if (a.only and name not in a.only) or name == "best":
-            continue
+    wanted = [n for n in plan if (not a.only or n in a.only) and (a.budget == 1 or n in a.budget_strategies)]
+    for name in wanted:
+        run_as = chosen if name == "best" else name
         for seed in a.seeds:
-            if (name, seed) not in rows:
-                rows[(name, seed)] = run_one(root, pool, name, cfg, seed, a.samples_seen, log)
+            if (run_as, seed, seen) not in rows:
+                rows[(run_as, seed, seen)] = run_one(root, pool, run_as, plan[name], seed, seen, log)
+            if name == "best":  # the chosen combination's runs are the best strategy's runs
+                rows[("best", seed, seen)] = {**rows[(run_as, seed, seen)], "strategy": "best"}
     from app.demo import machine
 
-    t = table({k: v for k, v in rows.items() if k[1] in a.seeds}, list(plan))
-    meta = {"samples_seen": a.samples_seen, "seeds": a.seeds, "model": "curate-tiny", "web_clip": web, "dfn": a.dfn,
-            "best": chosen, "selection": selection, "select_seeds": select_seeds,
-            "candidates": table({k: v for k, v in rows.items() if k[1] in a.seeds and k[0] in cands}, list(cands)),
-            "configs": {**plan, **cands},
+    at_budget = {k: v for k, v in rows.items() if k[1] in a.seeds and k[2] == seen}
+    t = table(at_budget, [n for n in plan if n in wanted])
+    for name in t:
+        t[name].update(composition(pool, root / "curated" / (chosen if name == "best" else name)))
+    meta = {"preset": a.preset, "pool_clean_share": info.get("clean_share"), "pool_size": info["counts"]["pool"],
+            "samples_seen": seen, "budget": a.budget, "seeds": a.seeds, "model": "curate-tiny", "web_clip": web,
+            "dfn": dfn, "best": chosen, "selection": selection, "select_seeds": select_seeds,
+            "candidates": table({k: v for k, v in at_budget.items() if k[0] in cands}, list(cands)),
+            "configs": {**plan, **cands}, **verdict(t, chosen),
             "wall_seconds_this_call": round(time.time() - t0, 1), "machine": machine()}
+    if a.budget != 1:
+        tag += f"_x{a.budget}"
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"grid{a.tag}.json").write_text(json.dumps({"strategies": t, **meta}, indent=2) + "\n")
-    (OUT / f"grid{a.tag}.md").write_text(markdown(t, meta))
-    (OUT / f"grid{a.tag}.svg").write_text(svg(t))
+    (OUT / f"grid{tag}.json").write_text(json.dumps({"strategies": t, **meta}, indent=2) + "\n")
+    (OUT / f"grid{tag}.md").write_text(markdown(t, meta))
+    (OUT / f"grid{tag}.svg").write_text(svg(t))
     print(markdown(t, meta))
-    if not a.tag:
-        from bench.readme_results import update_readme
+    if tag == "_web" and chosen:
+        report_shot(root / "curated" / chosen, root / "train" / f"{chosen}-s{first}-n{seen}")
+    from bench.readme_results import update_readme
 
-        if chosen:
-            report_shot(root / "curated" / chosen, root / "train" / f"{chosen}-s{first}")
-        update_readme()
+    update_readme()
+
+
+def verdict(t: dict, chosen: str | None) -> dict:
+    """The figures the grid is judged by (None where a strategy did not run)."""
+    def g(name, key):
+        return (t.get(name) or {}).get(key)
+
+    out = {"best_strategy": chosen, "clip_score_30_minus_no_filter": None, "clip_score_spread": None,
+           "best_minus_best_baseline": None, "best_baseline": None, "suite_bootstrap_se": None}
+    if g("clip_score_30", "average_mean") is not None and g("no_filter", "average_mean") is not None:
+        out["clip_score_30_minus_no_filter"] = round(g("clip_score_30", "average_mean") - g("no_filter", "average_mean"), 4)
+        out["clip_score_spread"] = round((g("clip_score_30", "average_std") or 0) + (g("no_filter", "average_std") or 0), 4)
+    base = {n: t[n]["average_mean"] for n in BASELINES if n in t}
+    if base and "best" in t:
+        out["best_baseline"] = max(base, key=base.get)
+        out["best_minus_best_baseline"] = round(t["best"]["average_mean"] - base[out["best_baseline"]], 4)
+    ses = [r["bootstrap_se"] for r in t.values() if r.get("bootstrap_se") is not None]
+    out["suite_bootstrap_se"] = round(statistics.mean(ses), 4) if ses else None
+    return out
 
 
 def report_shot(curated: Path, train_dir: Path) -> None:

@@ -177,3 +177,22 @@ def test_trusted_and_validation_cover_every_source(pool):
     from schemas.tasks import VALIDATION
 
     assert all((out / "val" / t.folder / "test" / "nshards.txt").is_file() for t in VALIDATION)
+
+
+def test_web_preset_is_mostly_noise(tmp_path):
+    """The web preset: at most 30% clean, unrelated alt-text the largest noise type, exact copies
+    concentrated on few popular originals, every planted change in the ground truth table."""
+    n = 600
+    info = build_pool(tmp_path / "web", n, seed=3, samples_per_shard=200, n_trusted=50, preset="web")
+    gt = pd.read_parquet(tmp_path / "web" / "ground_truth.parquet")
+    planted = gt["noise"].dropna().value_counts().to_dict()
+    assert planted == {k: v for k, v in counts_for(n, "web").items() if v}
+    assert info["preset"] == "web" and info["clean_share"] == round(float(gt["noise"].isna().mean()), 4) <= 0.30
+    assert max(planted, key=planted.get) == "unrelated_caption"
+    unrelated = gt[gt["noise"] == "unrelated_caption"]
+    assert (unrelated["caption"] != unrelated["clean_caption"]).all()
+    exact = gt[gt["noise"] == "exact_duplicate"]
+    assert exact["noise_of"].nunique() < len(exact) / 5  # popular images, many copies each
+    assert set(exact["noise_of"]) <= set(gt.loc[gt["noise"].isna(), "uid"])
+    with pytest.raises(ValueError, match="unknown pool preset"):
+        build_pool(tmp_path / "x", 100, preset="dirty")

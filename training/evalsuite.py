@@ -30,7 +30,8 @@ def evaluate_task(clip, task: Task, folder: Path, device: str, few_shot: int = 0
 
     t0 = time.time()
     m = retrieve(clip, folder, device=device) if task.kind == "retrieval" else classify(clip, folder, device=device)
-    r = {"metrics": m, "main": m.get(task.metric)}
+    se = m.pop("se", {})
+    r = {"metrics": m, "main": m.get(task.metric), "se": se.get(task.metric)}
     if few_shot and task.kind == "classification":
         fs = probe(clip, folder, few_shot, device=device)
         r["few_shot"] = {**fs, "main": fs["metrics"].get(task.metric)}
@@ -81,7 +82,7 @@ def aggregate(tasks: list[Task], done: dict[str, dict], data_root: Path) -> dict
         else:
             status, main = "missing", None
         rows.append({"task": t.key, "group": t.group, "metric": t.metric, "scored": t.scored, "status": status,
-                     "main": main, "few_shot": fs})
+                     "main": main, "se": (r or {}).get("se"), "few_shot": fs})
     scored = [r for r in rows if r["scored"]]
     have = [r for r in scored if r["main"] is not None]
     groups = {}
@@ -89,9 +90,18 @@ def aggregate(tasks: list[Task], done: dict[str, dict], data_root: Path) -> dict
         vals = [r["main"] for r in have if r["group"] == g]
         total = sum(1 for r in scored if r["group"] == g)
         if total:
-            groups[g] = {"mean": sum(vals) / len(vals) if vals else None, "tasks": len(vals), "of": total}
+            groups[g] = {"mean": sum(vals) / len(vals) if vals else None, "tasks": len(vals), "of": total,
+                         "se": _se([r for r in have if r["group"] == g])}
     return {"rows": rows, "groups": groups, "average": sum(r["main"] for r in have) / len(have) if have else None,
-            "tasks_covered": len(have), "tasks_scored": len(scored)}
+            "average_se": _se(have), "tasks_covered": len(have), "tasks_scored": len(scored)}
+
+
+def _se(rows: list[dict]) -> float | None:
+    """Bootstrap standard error of the rows' plain mean (tasks resampled apart; None if one lacks it)."""
+    from training.bootstrap import se_of_mean
+
+    ses = [r.get("se") for r in rows]
+    return None if not ses or None in ses else round(se_of_mean(ses), 5)
 
 
 def write_tables(s: dict, results: Path) -> None:
@@ -99,14 +109,16 @@ def write_tables(s: dict, results: Path) -> None:
         return "" if v is None else f"{v:.4f}"
 
     lines = [f"# {s['suite']} suite: `{s['checkpoint']}`", "",
-             f"Average over {s['tasks_covered']} of {s['tasks_scored']} scored tasks: **{fmt(s['average'])}**", "",
-             "| group | mean | tasks |", "|---|---|---|"]
-    lines += [f"| {g} | {fmt(v['mean'])} | {v['tasks']} of {v['of']} |" for g, v in s["groups"].items()]
-    lines += ["", "| task | group | main metric | zero-shot | few-shot probe | status |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['group']} | {r['metric']} | {fmt(r['main'])} | {fmt(r['few_shot'])} | {r['status']} |"
-              for r in s["rows"]]
+             f"Average over {s['tasks_covered']} of {s['tasks_scored']} scored tasks: **{fmt(s['average'])}** "
+             f"(bootstrap SE {fmt(s.get('average_se'))})", "",
+             "| group | mean | bootstrap SE | tasks |", "|---|---|---|---|"]
+    lines += [f"| {g} | {fmt(v['mean'])} | {fmt(v.get('se'))} | {v['tasks']} of {v['of']} |" for g, v in s["groups"].items()]
+    lines += ["", "| task | group | main metric | zero-shot | bootstrap SE | few-shot probe | status |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['group']} | {r['metric']} | {fmt(r['main'])} | {fmt(r.get('se'))} | {fmt(r['few_shot'])} "
+              f"| {r['status']} |" for r in s["rows"]]
     results.with_suffix(".md").write_text("\n".join(lines) + "\n")
     with open(results.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["task", "group", "metric", "scored", "status", "main", "few_shot"])
+        w = csv.DictWriter(f, fieldnames=["task", "group", "metric", "scored", "status", "main", "se", "few_shot"])
         w.writeheader()
         w.writerows(s["rows"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from shardio.evaltask import iter_split
@@ -25,23 +26,31 @@ def read_pairs(task_root: str | Path) -> tuple[list, list[str], list[int]]:
 
 def recall_at(scores: torch.Tensor, owner: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
     """``scores``: texts x images; ``owner[t]`` = index of text t's image."""
-    out = {}
+    from training.bootstrap import se_mean
+
+    out, se = {}, {}
     n_img = scores.shape[1]
     for k in ks:
         kk = min(k, n_img)
-        t2i = (scores.topk(kk, dim=1).indices == owner[:, None]).any(1).float().mean()
+        t2i_hits = (scores.topk(kk, dim=1).indices == owner[:, None]).any(1).float()
         top_texts = scores.topk(min(k, scores.shape[0]), dim=0).indices  # k x images
-        i2t = (owner[top_texts] == torch.arange(n_img)[None]).any(0).float().mean()
+        i2t_hits = (owner[top_texts] == torch.arange(n_img)[None]).any(0).float()
+        t2i, i2t = t2i_hits.mean(), i2t_hits.mean()
+        # the two directions resampled apart (texts, images): SE of their mean
+        se[f"mean_recall@{k}"] = 0.5 * float(np.hypot(se_mean(t2i_hits.numpy()), se_mean(i2t_hits.numpy())))
         out[f"image_retrieval_recall@{k}"] = float(t2i)  # CLIP_benchmark's names: text -> image
         out[f"text_retrieval_recall@{k}"] = float(i2t)  # image -> text
         out[f"mean_recall@{k}"] = float((t2i + i2t) / 2)
+    out["se"] = se
     return out
 
 
 @torch.no_grad()
 def retrieve(clip, task_root: str | Path, batch_size: int = 256, device: str = "cpu") -> dict:
     images, texts, owner = read_pairs(task_root)
-    img = torch.cat([clip.model.encode_image(torch.stack([clip.preprocess_val(im) for im in images[i:i + batch_size]])
+    from training.zeroshot import preprocess_batch
+
+    img = torch.cat([clip.model.encode_image(preprocess_batch(clip.preprocess_val, images[i:i + batch_size])
                                              .to(device), normalize=True).float().cpu()
                      for i in range(0, len(images), batch_size)])
     txt = torch.cat([clip.model.encode_text(clip.tokenizer(texts[i:i + batch_size]).to(device), normalize=True)

@@ -47,13 +47,22 @@ def classifier(model, tokenizer, classnames: list[str], templates: list[str], de
 def iter_batches(task_root: str | Path, preprocess, batch_size: int, split: str = "test"):
     images, labels = [], []
     for _, img, s in iter_split(task_root, split, need="cls"):
-        images.append(preprocess(img))
+        images.append(img)
         labels.append(int(s["cls"]))
         if len(images) == batch_size:
-            yield torch.stack(images), torch.tensor(labels)
+            yield preprocess_batch(preprocess, images), torch.tensor(labels)
             images, labels = [], []
     if images:
-        yield torch.stack(images), torch.tensor(labels)
+        yield preprocess_batch(preprocess, images), torch.tensor(labels)
+
+
+def preprocess_batch(preprocess, images: list) -> torch.Tensor:
+    """open_clip's eval transform over a batch: the tensor steps once per batch when the transform is
+    the standard one (same pixels), else image by image."""
+    from shardio.pixels import fast_val_transform
+
+    fast = fast_val_transform(preprocess)
+    return fast(images) if fast is not None else torch.stack([preprocess(im) for im in images])
 
 
 def metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> dict[str, float]:
@@ -62,8 +71,12 @@ def metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> dict[
     correct = topk == target[:, None]
     pred = topk[:, 0]
     recalls = [float((pred[target == c] == c).float().mean()) for c in range(n_classes) if (target == c).any()]
+    from training.bootstrap import se_mean, se_mean_per_class_recall
+
+    hits = correct[:, 0].numpy()
     return {"acc1": float(correct[:, 0].float().mean()), "acc5": float(correct.any(1).float().mean()),
-            "mean_per_class_recall": float(np.mean(recalls))}
+            "mean_per_class_recall": float(np.mean(recalls)),
+            "se": {"acc1": se_mean(hits), "mean_per_class_recall": se_mean_per_class_recall(hits, target.numpy())}}
 
 
 def classify(clip, task_root: str | Path, batch_size: int = 256, device: str = "cpu") -> dict:

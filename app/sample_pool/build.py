@@ -21,7 +21,7 @@ import pandas as pd
 
 from app.sample_pool import sources as src
 from shardio.evaltask import write_retrieval_task, write_task
-from app.sample_pool.noise import ADDED, counts_for, plant
+from app.sample_pool.noise import ADDED, POPULAR, PRESETS, counts_for, plant
 from app.sample_pool.suite import FMNIST_TEMPLATES as TEMPLATES
 from app.sample_pool.suite import write_builtin_suite
 from shardio.shards import ShardWriter, atomic_write_bytes
@@ -29,7 +29,7 @@ from shardio.shards import ShardWriter, atomic_write_bytes
 SHARE = {"openclipart": 0.12, "emoji": 0.08}  # the rest is Fashion-MNIST
 TRUSTED_SHARE = {"openclipart": 0.15, "emoji": 0.025}  # of the trusted split; the rest is Fashion-MNIST
 VAL = {"fashion_mnist": 2000, "openclipart": 300, "emoji": 150}  # validation items per source
-VERSION = 6  # bump when the builder's output changes, so existing pools are rebuilt
+VERSION = 7  # bump when the builder's output changes, so existing pools are rebuilt
 
 
 def resolve_data(data: str) -> str:
@@ -52,12 +52,16 @@ def resolve_data(data: str) -> str:
 
 
 def build_pool(out: str | Path, n: int, seed: int = 0, samples_per_shard: int = 1000, n_trusted: int = 10_000,
-               data: str = "auto") -> dict:
+               data: str = "auto", preset: str = "clean") -> dict:
+    """``preset``: the noise mix (app/sample_pool/noise.py PRESETS): ``web`` (at most 30% clean, the
+    demo's and the grid's) or ``clean`` (~71% clean)."""
     out = Path(out)
     if n < 10 or n_trusted < 0 or not 0 < samples_per_shard <= 10_000:
         raise ValueError("need n >= 10, n_trusted >= 0 and 0 < samples_per_shard <= 10000")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown pool preset {preset!r}: one of {', '.join(PRESETS)}")
     args = {"n": n, "seed": seed, "samples_per_shard": samples_per_shard, "n_trusted": n_trusted,
-            "data": resolve_data(data), "version": VERSION}
+            "data": resolve_data(data), "preset": preset, "version": VERSION}
     if (out / "pool.json").is_file():
         info = json.loads((out / "pool.json").read_text())
         if info.get("args") == args:
@@ -68,11 +72,11 @@ def build_pool(out: str | Path, n: int, seed: int = 0, samples_per_shard: int = 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    counts = counts_for(n)
+    counts = counts_for(n, preset)
     n_base = n - sum(counts[k] for k in ADDED)
     make = _real if args["data"] == "real" else _synthetic
     base, trusted, eval_copies, task, skipped = make(n_base, n_trusted, counts["eval_copy"], rng, tmp / "eval")
-    records = plant(base, counts, rng, eval_copies)
+    records = plant(base, counts, rng, eval_copies, POPULAR[preset])
     for r in records + trusted:
         r["uid"] = _uid(seed, r)
     for r in records:  # duplicates point at their original's uid
@@ -82,7 +86,8 @@ def build_pool(out: str | Path, n: int, seed: int = 0, samples_per_shard: int = 
     truth = _write(records, tmp / "shards", samples_per_shard, seed)
     _write(trusted, tmp / "trusted", samples_per_shard, seed)
     truth.to_parquet(tmp / "ground_truth.parquet", index=False)
-    info = {"args": args, "data": args["data"], "eval_task": task,
+    clean_share = round(float(truth["noise"].isna().mean()), 4)
+    info = {"args": args, "data": args["data"], "preset": preset, "clean_share": clean_share, "eval_task": task,
             "counts": {"pool": len(records), "trusted": len(trusted),
                        "shards": len(list((tmp / "shards").glob("*.tar"))),
                        "by_source": truth["source"].value_counts().sort_index().to_dict(),
@@ -95,8 +100,8 @@ def build_pool(out: str | Path, n: int, seed: int = 0, samples_per_shard: int = 
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    print(f"sample pool: {len(records)} samples ({args['data']} data) + {len(trusted)} trusted in {out} "
-          f"({info['seconds']} s)")
+    print(f"sample pool ({preset}): {len(records)} samples ({args['data']} data, {clean_share:.0%} clean) + "
+          f"{len(trusted)} trusted in {out} ({info['seconds']} s)")
     return info
 
 
@@ -192,8 +197,8 @@ def _real(n_base, n_trusted, n_eval_copy, rng, eval_dir):
     trusted += trusted_oc + emoji(em_t)
     val_oc, s3 = clipart(oc_v, len(oc_v))
     write_validation(eval_dir.parent / "val", [(images[i], labels[i]) for i in val_fm], val_oc, emoji(em_v))
-    test_x, test_y = write_fmnist_task(eval_dir / "fashion_mnist")
-    write_builtin_suite(eval_dir, (test_x, test_y))
+    test_x, test_y = src.fmnist("test")
+    copy_suite(eval_dir)
     copies = []
     for i in rng.choice(len(test_x), n_eval_copy, replace=False) if n_eval_copy else []:
         label = src.FMNIST_CLASSES[test_y[i]]
@@ -233,6 +238,27 @@ def write_validation_shifts(root: str | Path) -> list[str]:
                        [(src.encode(shift(im, kind), "PNG"), int(s["cls"])) for _, im, s in iter_split(base, need="cls")])
             written.append(f"fashion_mnist_{kind}")
     return written
+
+
+SUITE_VERSION = 2  # bump when the built-in suite's tasks change
+
+
+def copy_suite(eval_dir: Path) -> None:
+    """The built-in suite does not depend on the pool's size or seed: write it once into the cache
+    (``$CURATE_CACHE``, default ~/.cache/curate) and copy it into each pool."""
+    import os
+
+    key = hashlib.sha256(json.dumps([SUITE_VERSION, src.real_data_status()]).encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("CURATE_CACHE", Path.home() / ".cache" / "curate")) / f"suite-{key}"
+    if not (cache / "done").is_file():
+        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_fmnist_task(tmp / "fashion_mnist")
+        write_builtin_suite(tmp, src.fmnist("test"))
+        (tmp / "done").write_text("")
+        shutil.rmtree(cache, ignore_errors=True)
+        tmp.rename(cache)
+    shutil.copytree(cache, eval_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("done"))
 
 
 def write_fmnist_task(root: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -12,20 +12,40 @@ from PIL import Image
 
 from app.sample_pool.sources import EMOJI_LANGS, TRANSLATIONS, emoji_name, encode
 
-# Share of the pool per noise type. The first group changes existing samples; ADDED ones are extra
-# copies that count toward the pool size.
-FRACTIONS = {"swapped_caption": 0.10, "junk_caption": 0.05, "non_english": 0.03, "corrupt_image": 0.005,
-             "truncated_image": 0.005, "tiny_image": 0.01, "extreme_aspect": 0.01,
-             "exact_duplicate": 0.04, "near_duplicate": 0.04, "eval_copy": 0.003}
+# Share of the pool per noise type, per preset. The first group changes existing samples; ADDED ones
+# are extra copies that count toward the pool size.
+# ``clean``: a mostly clean pool (~71% clean), the one the first benchmarks used.
+# ``web``: at most 30% clean, shaped like web alt-text pools: LAION's CLIP filter kept ~10% of the
+# Common Crawl pairs it scored (Schuhmann et al. 2021), Conceptual Captions kept ~3% of alt-texts
+# after its text filters (Sharma et al. 2018), DataComp's best small-scale filters keep ~30% of
+# CommonPool and its basic filter ~25% (Gadre et al. 2023). Captions that do not describe the image
+# are the largest share, then boilerplate (file names, "click here", SEO keyword lists), non-English
+# text, copies of popular images (SemDeDup found ~50% of LAION-440M removable as semantic
+# duplicates, Abbas et al. 2023), tiny / extreme images and corrupt files.
+PRESETS = {
+    "clean": {"swapped_caption": 0.10, "junk_caption": 0.05, "non_english": 0.03, "corrupt_image": 0.005,
+              "truncated_image": 0.005, "tiny_image": 0.01, "extreme_aspect": 0.01,
+              "exact_duplicate": 0.04, "near_duplicate": 0.04, "eval_copy": 0.003},
+    "web": {"unrelated_caption": 0.30, "swapped_caption": 0.04, "junk_caption": 0.12, "non_english": 0.06,
+            "corrupt_image": 0.01, "truncated_image": 0.01, "tiny_image": 0.02, "extreme_aspect": 0.02,
+            "exact_duplicate": 0.08, "near_duplicate": 0.06, "eval_copy": 0.003},
+}
+FRACTIONS = PRESETS["clean"]
+POPULAR = {"clean": 0, "web": 20}  # exact copies drawn from few popular originals: about this many copies each
 ADDED = ("exact_duplicate", "near_duplicate", "eval_copy")
 JUNK = ["IMG_{n}.JPG", "DSC{n:05d}.jpg", "click here", "", "image", "untitled", "download now", "photo.jpg",
         "https://cdn.shop-{n}.com/img/p/{n}.jpg", "thumbnail", "Image may contain: 1 item", "{n}", "null",
-        "Lorem ipsum dolor sit amet", "see more", "no description available"]
+        "Lorem ipsum dolor sit amet", "see more", "no description available",
+        "cheap flights hotels car rental best deals {n}", "free shipping best price top rated sale outlet",
+        "wallpaper hd 4k free download", "home | about | contact | blog", "buy now pay later no credit check",
+        "Copyright {n} All rights reserved"]
 
 
-def counts_for(n: int) -> dict[str, int]:
+def counts_for(n: int, preset: str = "clean") -> dict[str, int]:
     """Planted count per type: ``round(share * n)``, at least 1 (2 for swaps) from 300 samples up."""
-    out = {k: int(round(f * n)) for k, f in FRACTIONS.items()}
+    if preset not in PRESETS:
+        raise ValueError(f"unknown pool preset {preset!r}: one of {', '.join(PRESETS)}")
+    out = {k: int(round(f * n)) for k, f in PRESETS[preset].items()}
     if n >= 300:
         out = {k: max(v, 2 if k == "swapped_caption" else 1) for k, v in out.items()}
     out["swapped_caption"] -= out["swapped_caption"] % 2  # swaps come in pairs
@@ -40,8 +60,10 @@ def _fmt(rec: dict) -> str:
     return "JPEG" if rec["ext"] == "jpg" else "PNG"
 
 
-def plant(base: list[dict], counts: dict[str, int], rng: np.random.Generator, eval_copies: list[dict]) -> list[dict]:
-    """Return base records (some changed) + added copies, noise recorded on each."""
+def plant(base: list[dict], counts: dict[str, int], rng: np.random.Generator, eval_copies: list[dict],
+          popular: int = 0) -> list[dict]:
+    """Return base records (some changed) + added copies, noise recorded on each. ``popular`` > 0: exact
+    copies come from few originals, about that many copies each (Zipf-like, as popular web images)."""
     recs = [{**r, "noise": None, "detail": None, "noise_of": None} for r in base]
     order = [int(i) for i in rng.permutation(len(recs))]
     taken: set[int] = set()
@@ -68,6 +90,12 @@ def plant(base: list[dict], counts: dict[str, int], rng: np.random.Generator, ev
         recs[i]["caption"], recs[j]["caption"] = recs[j]["clean_caption"], recs[i]["clean_caption"]
         for a, b in ((i, j), (j, i)):
             recs[a].update(noise="swapped_caption", detail=f"caption of record {b} ({recs[b]['label']})")
+    for i in take(counts.get("unrelated_caption", 0)):
+        j = int(rng.integers(len(recs)))
+        while recs[j]["label"] == recs[i]["label"]:
+            j = int(rng.integers(len(recs)))
+        recs[i].update(caption=recs[j]["clean_caption"], noise="unrelated_caption",
+                       detail=f"alt-text of record {j} ({recs[j]['label']})")
     for i in take(counts["junk_caption"]):
         junk = JUNK[rng.integers(len(JUNK))].format(n=int(rng.integers(1, 99999)))
         recs[i].update(caption=junk, noise="junk_caption", detail=repr(junk))
@@ -92,16 +120,27 @@ def plant(base: list[dict], counts: dict[str, int], rng: np.random.Generator, ev
 
     clean = [i for i in order if recs[i]["noise"] is None]
     added = []
-    for j, i in enumerate(clean[: counts["exact_duplicate"]]):
+    exact, used = _originals(clean, counts["exact_duplicate"], popular, rng)
+    for j, i in enumerate(exact):
         added.append({**recs[i], "noise": "exact_duplicate", "detail": "byte-identical copy", "noise_of": i,
                       "copy": f"exact{j}"})
-    for j, i in enumerate(clean[counts["exact_duplicate"]: counts["exact_duplicate"] + counts["near_duplicate"]]):
+    for j, i in enumerate(clean[used: used + counts["near_duplicate"]]):
         image, detail = near_copy(recs[i], rng)
         added.append({**recs[i], "image": image, "ext": "jpg", "noise": "near_duplicate", "detail": detail,
                       "noise_of": i, "copy": f"near{j}"})
     for r in eval_copies[: counts["eval_copy"]]:
         added.append({**r, "noise": "eval_copy", "detail": "image from the evaluation set"})
     return recs + added
+
+
+def _originals(clean: list[int], n: int, popular: int, rng: np.random.Generator) -> tuple[list[int], int]:
+    """The original of each of ``n`` exact copies - distinct clean records, or (``popular``) the first
+    few with Zipf-distributed copy counts - and how many of ``clean`` that used up."""
+    if not popular or not clean or not n:
+        return clean[:n], min(n, len(clean))
+    k = max(1, min(len(clean), n // popular))
+    weights = 1.0 / np.arange(1, k + 1)
+    return [clean[int(i)] for i in rng.choice(k, size=n, p=weights / weights.sum())], k
 
 
 def near_copy(rec: dict, rng: np.random.Generator) -> tuple[bytes, str]:
