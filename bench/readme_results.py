@@ -1,4 +1,4 @@
-"""Rewrite bench/README.md's "Results" section from bench/results/grid.md, grid.json and stages.json.
+"""Rewrite bench/README.md's "Results" section from bench/results/grid_web.*, grid.*, stages.json.
 
     .venv/bin/python bench/readme_results.py      (bench/grid.py and bench/stages.py call it too)
 """
@@ -15,9 +15,13 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 def section() -> str:
     res = ROOT / "bench" / "results"
     parts = []
+    for tag in ("_web", "_web_x3"):
+        if (res / f"grid{tag}.json").is_file():
+            parts += web_grid(res, tag)
     if (res / "grid.json").is_file():
         g = json.loads((res / "grid.json").read_text())
-        parts += [(res / "grid.md").read_text().replace("# Experiment grid", "### Experiment grid"),
+        parts += ["### The older grid, on the ~71% clean pool (2,000-image shifts; before the web preset)", "",
+                  (res / "grid.md").read_text().replace("# Experiment grid", "#### Experiment grid"),
                   "![average per strategy](results/grid.svg)", "",
                   f"`.venv/bin/python bench/grid.py` ({g['machine']}). Scorers: `clip_score_*`, `laion2b`, "
                   "image-based and D² use a CLIP trained on the raw pool (no filter, seed 0); `dfn_30` uses the "
@@ -62,13 +66,37 @@ def section() -> str:
     return "\n".join(parts) + "\n"
 
 
-def update_readme() -> None:
-    path = ROOT / "bench" / "README.md"
+def web_grid(res: Path, tag: str) -> list[str]:
+    g = json.loads((res / f"grid{tag}.json").read_text())
+    sel = ", ".join(f"{k} {v['validation_average']:.4f}" for k, v in g.get("selection", {}).items()
+                    if v.get("validation_average") is not None)
+    return [(res / f"grid{tag}.md").read_text().replace("# Experiment grid", "### Experiment grid"),
+            f"![average per strategy](results/grid{tag}.svg)", "",
+            f"`.venv/bin/python -m bench.grid{' --budget ' + str(g['budget']) if g.get('budget', 1) != 1 else ''}` "
+            f"({g['machine']}; {g['wall_seconds_this_call']} s for the last call). Scorers: `clip_score_*`, "
+            "`laion2b`, image-based and D² use a CLIP trained on the raw pool (no filter, first seed); `dfn_30` "
+            "and our combinations use the filtering network trained on the trusted split. `best` = "
+            f"`{g.get('best')}`, the highest validation-suite average of our declared combinations ({sel}). "
+            f"Settings are in `grid{tag}.json` (`configs`); what each kept, per planted noise type, is in its "
+            "`kept_share_by_noise`.", ""]
+
+
+def _replace(path: Path, start: str, end: str, body: str) -> None:
     text = path.read_text()
-    if START not in text:
-        raise SystemExit(f"README.md has no {START} marker")
-    new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{section()}{END}", text, flags=re.S)
-    path.write_text(new)
+    if start not in text:
+        raise SystemExit(f"{path} has no {start} marker")
+    path.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}{end}", text,
+                           flags=re.S))
+
+
+def update_readme() -> None:
+    """bench/README.md's results section, and the web grid's table and plot in the top README."""
+    _replace(ROOT / "bench" / "README.md", START, END, section())
+    res = ROOT / "bench" / "results"
+    if (res / "grid_web.json").is_file():
+        body = (res / "grid_web.md").read_text().replace("# Experiment grid", "#### Experiment grid")
+        _replace(ROOT / "README.md", "<!-- grid:start -->", "<!-- grid:end -->",
+                 body + "\n![average per strategy](bench/results/grid_web.svg)\n")
 
 
 if __name__ == "__main__":
