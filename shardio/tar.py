@@ -3,8 +3,9 @@
 ``iter_samples(path, report)`` yields one :class:`TarSample` per key and records in ``report``
 everything it could not use, instead of raising. It reads in two passes:
 
-1. headers only (the standard library's ``tarfile`` parses ustar / pax / GNU headers): for every
-   regular member its data offset and size, grouped by key. Damage (a cut, a garbage header, a
+1. headers only: for every regular member its data offset and size, grouped by key. Plain
+   archives of regular files (what webdataset and img2dataset write) are walked directly; anything
+   else - pax / GNU long names, links, folders, damage - by the standard library's ``tarfile``. Damage (a cut, a garbage header, a
    file that is no tar at all) ends this pass and is written to ``report.error`` before the first
    sample is yielded.
 2. data: each sample's members are read with positioned reads (``os.pread``), samples in the order
@@ -181,6 +182,11 @@ def _index(f: BinaryIO, size: int, report: TarReport, pread) -> tuple[list[_Entr
     entries: list[_Entry] = []
     latest: dict[str, _Entry] = {}
     skipped = report.skipped
+    plain = _plain_members(pread, size)
+    if plain is not None:  # the common case, read without tarfile: same members, same order
+        for name, offset, n in plain:
+            _group(name, offset, n, entries, latest, skipped)
+        return entries, None
     start = 0  # where the current (possibly concatenated) archive begins
     while True:
         f.seek(start)
@@ -215,22 +221,7 @@ def _index(f: BinaryIO, size: int, report: TarReport, pread) -> tuple[list[_Entr
             else:
                 skipped.append((name, _skip_reason(info)))
                 continue
-            key, ext, note = _split(name)
-            if key is None:
-                skipped.append((name, ext))
-                continue
-            e = latest.get(key)
-            if e is None:
-                e = latest[key] = _Entry(key, False)
-                entries.append(e)
-            elif ext in e.members:
-                e = latest[key] = _Entry(key, True)
-                entries.append(e)
-            e.members[ext] = (info.offset_data, info.size)
-            if note is not None:
-                if e.problems is None:
-                    e.problems = []
-                e.problems.append(note)
+            _group(name, info.offset_data, info.size, entries, latest, skipped)
         # tarfile stopped at ``pos``: a clean end-of-archive marker, or damage
         error = _why_stopped(pos, size, pread, len(entries), first=pos == 0)
         if error is not None:
@@ -239,6 +230,67 @@ def _index(f: BinaryIO, size: int, report: TarReport, pread) -> tuple[list[_Entr
         if nxt is None:
             return entries, None
         start = nxt  # more data after the end marker: a concatenated archive (cat a.tar b.tar)
+
+
+def _group(name: str, offset: int, n: int, entries: list[_Entry], latest: dict[str, _Entry],
+           skipped: list) -> None:
+    """File member ``name`` (data at ``offset``, ``n`` bytes) joins its key's latest sample."""
+    key, ext, note = _split(name)
+    if key is None:
+        skipped.append((name, ext))
+        return
+    e = latest.get(key)
+    if e is None:
+        e = latest[key] = _Entry(key, False)
+        entries.append(e)
+    elif ext in e.members:
+        e = latest[key] = _Entry(key, True)
+        entries.append(e)
+    e.members[ext] = (offset, n)
+    if note is not None:
+        if e.problems is None:
+            e.problems = []
+        e.problems.append(note)
+
+
+_POSIX, _GNU = b"ustar\x0000", b"ustar  \x00"
+
+
+def _plain_members(pread, size: int) -> list[tuple[str, int, int]] | None:
+    """``(name, data offset, size)`` of every member when the archive is what webdataset writers
+    produce - ustar / GNU headers with valid checksums, regular files only, octal sizes, one archive
+    ending in a zero block, nothing cut - else None, and tarfile reads it. The names are the ones
+    tarfile gives (POSIX prefix joined, UTF-8 with surrogateescape)."""
+    out = []
+    pos = 0
+    while pos + BLOCK <= size:
+        block = pread(pos, BLOCK)
+        if len(block) != BLOCK:
+            return None
+        if block[0] == 0:  # end-of-archive: only zeros may follow
+            return out if block.count(0) == BLOCK and _after_zeros(pos, size, pread) is None else None
+        magic, kind = block[257:265], block[156:157]
+        if (magic != _POSIX and magic != _GNU) or kind not in (b"0", b"\0") or block[124] & 0x80:
+            return None
+        try:
+            n = int(block[124:136].rstrip(b" \0") or b"0", 8)
+            chk = int(block[148:156].rstrip(b" \0"), 8)
+        except ValueError:
+            return None
+        if chk != sum(block[:148]) + 256 + sum(block[156:]):  # the checksum field counts as spaces
+            return None
+        name = block[:100].split(b"\0", 1)[0]
+        if magic == _POSIX and block[345] != 0:
+            name = block[345:500].split(b"\0", 1)[0] + b"/" + name
+        name = name.decode("utf-8", "surrogateescape")
+        if name.endswith("/"):  # a directory written the V7 way
+            return None
+        data = pos + BLOCK
+        if data + n > size:
+            return None
+        out.append((name, data, n))
+        pos = data + -(-n // BLOCK) * BLOCK
+    return None
 
 
 def _skip_reason(info: tarfile.TarInfo) -> str:

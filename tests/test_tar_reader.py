@@ -477,3 +477,56 @@ def test_random_damage_never_raises(tmp_path):
             "truncated", "corrupt", "not_a_tar", "empty_file"), report.error
     p.write_bytes(raw)  # and the intact shard still reads whole
     assert {f"{s.key}.{e}": d for s in iter_samples(p) for e, d in s.members.items()} == originals
+
+
+def _both_paths(path, monkeypatch):
+    """Samples read by the direct header walk and by tarfile alone (the walk turned off)."""
+    import shardio.tar as tar
+
+    fast = [(s.key, s.members, s.problems, s.duplicate) for s in tar.iter_samples(path)]
+    with monkeypatch.context() as m:
+        m.setattr(tar, "_plain_members", lambda pread, size: None)
+        slow = [(s.key, s.members, s.problems, s.duplicate) for s in tar.iter_samples(path)]
+    return fast, slow
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_direct_header_walk_reads_what_tarfile_reads(tmp_path, monkeypatch, fmt):
+    import shardio.tar as tar
+
+    path = tmp_path / "s.tar"
+    long_dir = "d" * 90 + "/" + "e" * 60  # > 100 chars: ustar's prefix field, GNU / pax long names
+    names = ["0001.jpg", "0001.txt", f"{long_dir}/0002.jpg", f"{long_dir}/0002.txt", "0001.jpg", "café/0003.json"]
+    with tarfile.open(path, "w", format=fmt) as t:
+        for i, name in enumerate(names):
+            data = bytes([i]) * (i * 300 + 1)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    fast, slow = _both_paths(path, monkeypatch)
+    assert fast == slow and len(fast) == 4 and fast[2][3] is True  # the repeated 0001.jpg
+    calls = []
+    monkeypatch.setattr(tar, "_plain_members", lambda pread, size: calls.append(1) or None)
+    list(tar.iter_samples(path))
+    assert calls == [1]
+
+
+def test_direct_header_walk_hands_odd_archives_to_tarfile(tmp_path, monkeypatch):
+    import shardio.tar as tar
+
+    good = tmp_path / "a.tar"
+    with tarfile.open(good, "w", format=tarfile.USTAR_FORMAT) as t:
+        for name in ("1.jpg", "1.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            t.addfile(info, io.BytesIO(b"abc"))
+    raw = good.read_bytes()
+    cases = {"concatenated": raw + raw, "cut": raw[:700], "no end block": raw[:1536],
+             "bad checksum": raw[:148] + b"0000000\0" + raw[156:]}
+    for name, data in cases.items():
+        p = tmp_path / f"{name}.tar"
+        p.write_bytes(data)
+        size = len(data)
+        assert tar._plain_members(lambda o, n, d=data: d[o:o + n], size) is None, name
+        fast, slow = _both_paths(p, monkeypatch)
+        assert fast == slow, name

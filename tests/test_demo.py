@@ -1,0 +1,29 @@
+"""README command one, shrunk: the demo runs end to end on a small web pool and ends in a verdict."""
+import json
+
+import pytest
+
+from app.demo import committed_grid, run_demo
+
+
+def test_committed_grid_is_read_when_present(tmp_path):
+    assert committed_grid(tmp_path / "absent.json") == {}
+    g = {"best_strategy": "ours_dfn_30", "seeds": [0, 1, 2], "samples_seen": 20000,
+         "strategies": {"no_filter": {"average_mean": 0.2, "average_std": 0.01}}}
+    (tmp_path / "g.json").write_text(json.dumps(g))
+    got = committed_grid(tmp_path / "g.json")
+    assert got["best"] == "ours_dfn_30" and got["strategies"]["no_filter"]["average_std"] == 0.01
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_prints_a_verdict(tmp_path, capsys):
+    s = run_demo(tmp_path / "demo", samples=400, trusted=200, samples_seen=512, scorer_samples_seen=512,
+                 strategy="ours_dfn_30", pool_dir=tmp_path / "pool")
+    out = capsys.readouterr().out
+    assert "verdict: ours_dfn_30" in out and "share dropped per planted noise type" in out
+    nf, best = s["runs"]["no_filter"], s["runs"]["ours_dfn_30"]
+    assert s["pool_preset"] == "web" and s["pool_clean_share"] <= 0.30
+    assert best["kept"] < nf["kept"] <= s["samples_in"]
+    assert s["verdict"] == round(best["average"] - nf["average"], 4)
+    assert best["dropped_by_noise"]["corrupt_image"]["dropped_share"] == 1.0
+    assert set(nf["groups"]) >= {"ImageNet", "ImageNet dist. shifts"}
