@@ -149,7 +149,7 @@ def main() -> None:
             run_curation(str(pool / "shards"), Path(tmp) / "o", {"clip": [{"model": a.scorer}]}, work=work)
         arr = Arrays(work, sids)
         df = load_columns(work, sids, load_config({"clip": [{"model": a.scorer}]}))
-        res["scaling"] = scaling(arr.image("clip_score"), arr.text("clip_score"),
+        res["scaling"] = scaling(arr.image("clip_score").load(), arr.text("clip_score").load(),
                                  df["clip_score"].to_numpy(np.float32), a.backend)
     pool_args = json.loads((pool / "pool.json").read_text())["args"] if (pool / "pool.json").is_file() else {}
     res.update(pool=str(pool), pool_seed=pool_args.get("seed"), scorer=a.scorer, backend=a.backend, machine=machine())

@@ -385,7 +385,9 @@ class Phases:
             ("pipeline.decide.Arrays", "image", "arrays.image"), ("pipeline.decide.Arrays", "text", "arrays.text"),
             ("pipeline.semdedup", "semdedup", "semdedup()"), ("pipeline.d2", "d2_select", "d2_select()"),
             ("pipeline.centroids", "kmeans", "vectors.kmeans"), ("pipeline.d2", "kmeans", "vectors.kmeans"),
-            ("pipeline.d2", "cluster_knn", "vectors.cluster_knn"),
+            ("pipeline.vectors", "assign", "vectors.assign"), ("pipeline.d2", "knn", "vectors.knn"),
+            ("pipeline.d2", "select", "d2.select"), ("pipeline.d2", "merge", "d2.merge"),
+            ("pipeline.semdedup", "walk", "semdedup.walk"),
             ("pipeline.vectors", "normalize", "vectors.normalize"),
             ("pipeline.semdedup", "normalize", "vectors.normalize"), ("pipeline.d2", "normalize", "vectors.normalize"),
             ("pipeline.semdedup", "usable", "vectors.usable"), ("pipeline.d2", "usable", "vectors.usable")]

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.vectors import kmeans, normalize, search
+from pipeline.vectors import assign, kmeans
 
 
-def fit_or_reuse(x: np.ndarray, k: int, niter: int, seed: int, backend: str, cache_dir: Path | None, key: dict,
+def fit_or_reuse(x, k: int, niter: int, seed: int, backend: str, cache_dir: Path | None, key: dict,
                  refit_growth: float = 0.5) -> tuple[np.ndarray, np.ndarray, str]:
-    """(centroids, assignment, "fitted" | "reused")."""
+    """(centroids, assignment, "fitted" | "reused"); ``x`` an array or a view (pipeline/embeddings.py)."""
     if cache_dir is None or len(x) == 0:  # nothing to fit is nothing to save
-        cent, assign = kmeans(x, k, niter, seed, backend)
-        return cent, assign, "fitted"
+        cent, labels = kmeans(x, k, niter, seed, backend)
+        return cent, labels, "fitted"
     digest = hashlib.sha256(json.dumps({**key, "k": k, "niter": niter, "seed": seed}, sort_keys=True,
                                        default=str).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"centroids-{digest}.npz"
@@ -32,11 +32,10 @@ def fit_or_reuse(x: np.ndarray, k: int, niter: int, seed: int, backend: str, cac
         with np.load(path) as z:
             cent, n_fit = z["centroids"], int(z["n_fit"])
         if n_fit <= len(x) <= n_fit * (1 + refit_growth) and cent.shape[1] == x.shape[1]:
-            _, idx = search(cent, normalize(x), 1, backend)
-            return cent, idx[:, 0], "reused"
-    cent, assign = kmeans(x, k, niter, seed, backend)
+            return cent, assign(x, cent, backend), "reused"
+    cent, labels = kmeans(x, k, niter, seed, backend)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
     np.savez(tmp, centroids=cent, n_fit=len(x))
     os.replace(tmp, path)
-    return cent, assign, "fitted"
+    return cent, labels, "fitted"

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from pipeline.embeddings import Shards
 from pipeline.filters import Context, Filter
 
 INGEST_REASONS = ("duplicate_key", "metadata", "no_image", "format", "decode")
@@ -39,23 +40,26 @@ def load_columns(run_dir: str | Path, shard_ids: list[str], config) -> pd.DataFr
 
 
 class Arrays:
-    """Row-aligned per-shard arrays of a run (thumbnails, embeddings), loaded on first use."""
+    """Row-aligned per-shard arrays of a run: thumbnails (loaded on first use) and embeddings (a view of
+    the per-shard files, pipeline/embeddings.py: memory-mapped, read a chunk or a cluster at a time)."""
 
     def __init__(self, run_dir: str | Path | None, shard_ids: list[str]):
         self.run = Path(run_dir) if run_dir is not None else None
         self.sids = shard_ids
         self._cache: dict = {}
 
-    def _load(self, rel: str, empty_shape: tuple) -> np.ndarray:
+    def _paths(self, rel: str) -> list[Path]:
         if self.run is None:
             raise ValueError("this filter needs the run folder (thumbnails / embeddings); pass work=")
+        paths = [self.run / rel.format(sid=sid) for sid in self.sids]
+        for sid, path in zip(self.sids, paths):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: rerun the annotate step for shard {sid}")
+        return paths
+
+    def _load(self, rel: str, empty_shape: tuple) -> np.ndarray:
         if rel not in self._cache:
-            parts = []
-            for sid in self.sids:
-                path = self.run / rel.format(sid=sid)
-                if not path.is_file():
-                    raise FileNotFoundError(f"{path} is missing: rerun the annotate step for shard {sid}")
-                parts.append(np.load(path, mmap_mode="r"))
+            parts = [np.load(p, mmap_mode="r") for p in self._paths(rel)]
             self._cache[rel] = np.concatenate(parts) if parts else np.zeros(empty_shape, np.float32)
         return self._cache[rel]
 
@@ -71,11 +75,11 @@ class Arrays:
     def thumbs(self) -> np.ndarray:
         return self._load("thumbs/{sid}.npy", (0, 32, 32)).astype(np.uint8, copy=False)
 
-    def image(self, column: str) -> np.ndarray:
-        return self._load(f"embeddings/{column}/{{sid}}.img.npy", (0, 1)).astype(np.float32)
+    def image(self, column: str) -> Shards:
+        return Shards(self._paths(f"embeddings/{column}/{{sid}}.img.npy"))
 
-    def text(self, column: str) -> np.ndarray:
-        return self._load(f"embeddings/{column}/{{sid}}.txt.npy", (0, 1)).astype(np.float32)
+    def text(self, column: str) -> Shards:
+        return Shards(self._paths(f"embeddings/{column}/{{sid}}.txt.npy"))
 
 
 def ingest_reasons(df: pd.DataFrame) -> np.ndarray:

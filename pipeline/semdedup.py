@@ -6,16 +6,21 @@ Keep rule (documented, configurable):
   ``farthest`` - SemDeDup's default: least prototypical first (lowest cosine to the centroid);
   ``score``    - highest value of a score column first (e.g. the CLIP score);
   ``first``    - pool order (shard, then row).
-Cost: k-means (n * k per iteration) + sum over clusters of size^2; never n^2.
+Cost: k-means (n * k per iteration, on a sample) + sum over clusters of size^2; never n^2.
+Out of core: the embeddings may be a view of per-shard files (pipeline/embeddings.py); k-means trains
+on a sample and assigns a chunk at a time, then each cluster's rows are gathered (a few clusters at
+once, pipeline/vectors.by_cluster), compared a block of columns at a time, and freed.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from pipeline.vectors import kmeans, members, normalize, torch_device, usable
+from pipeline.embeddings import view
+from pipeline.vectors import by_cluster, kmeans, normalize, torch_device, usable
 
 MAX_CLUSTER = 40_000
+BLOCK = 1024  # columns of a cluster's similarity matrix computed at once
 
 
 def priority(x: np.ndarray, cent: np.ndarray, assign: np.ndarray, rule: str,
@@ -32,39 +37,63 @@ def priority(x: np.ndarray, cent: np.ndarray, assign: np.ndarray, rule: str,
     raise ValueError(f"unknown keep rule {rule!r}: use farthest, score or first")
 
 
-def semdedup(emb: np.ndarray, k: int, eps: float, rule: str = "farthest", score: np.ndarray | None = None,
+def semdedup(emb, k: int, eps: float, rule: str = "farthest", score: np.ndarray | None = None,
              valid: np.ndarray | None = None, niter: int = 20, seed: int = 0, backend: str = "auto",
              fit=None) -> dict:
-    """``fit(x, k, niter) -> (centroids, assignment)`` replaces the k-means (e.g. saved centroids).
-    Return per-row arrays: cluster, duplicate_of (row index or -1), max_sim (SemDeDup's M: the highest
-    cosine to any item before it in keep order, within its cluster)."""
+    """``emb``: an array or a view (pipeline/embeddings.py). ``fit(x, k, niter) -> (centroids,
+    assignment)`` replaces the k-means (e.g. saved centroids). Return per-row arrays: cluster,
+    duplicate_of (row index or -1), max_sim (SemDeDup's M: the highest cosine to any item before it in
+    keep order, within its cluster, floored at 0)."""
+    emb = view(emb)
     n = len(emb)
     rows = np.flatnonzero(usable(emb, valid))  # NaN / zero embeddings (undecodable rows) take no part
     out = {"cluster": np.full(n, -1, np.int64), "duplicate_of": np.full(n, -1, np.int64),
            "max_sim": np.full(n, np.nan, np.float32)}
     if len(rows) == 0:
         return out
-    x = normalize(emb[rows])
+    x = emb.subset(rows)
     cent, assign = fit(x, k, niter) if fit else kmeans(x, k, niter, seed, backend)
-    key = priority(x, cent, assign, rule, None if score is None else score[rows])
-    dev = torch_device()
-    groups = members(assign)
-    biggest = max(len(g) for g in groups)
+    biggest = int(np.bincount(assign).max())
     if biggest > MAX_CLUSTER:
-        raise ValueError(f"semantic_dedup: a cluster holds {biggest:,} samples (> {MAX_CLUSTER:,}; its similarity "
-                         f"matrix would not fit in memory): raise 'clusters' (now {k}) to about n / 1000")
-    for g in groups:
-        g = g[np.lexsort((g, key[g]))]  # priority, then pool order
-        xs = torch.from_numpy(x[g]).to(dev)
-        sim = torch.triu(xs @ xs.T, diagonal=1).cpu().numpy()  # sim[j, a]: j visited before a
-        earlier = sim.max(0) if len(g) > 1 else np.zeros(1, np.float32)
-        out["max_sim"][rows[g]] = np.where(np.arange(len(g)) > 0, earlier, np.nan)
-        kept = np.ones(len(g), bool)
-        for a in np.flatnonzero(earlier > 1 - eps):  # only items close to something earlier need the walk
-            s = np.where(kept[:a], sim[:a, a], -np.inf)
+        raise ValueError(f"semantic_dedup: a cluster holds {biggest:,} samples (> {MAX_CLUSTER:,}; its pairwise "
+                         f"pass would be too slow and its rows too big): raise 'clusters' (now {k}) to about n / 1000")
+    score = None if score is None else score[rows]
+    for g, xs in by_cluster(x, assign):
+        xs = normalize(xs)
+        key = priority(xs, cent, assign[g], rule, None if score is None else score[g])
+        order = np.lexsort((g, key))  # priority, then pool order
+        g, xs = g[order], xs[order]
+        max_sim, dup = walk(xs, eps)
+        out["max_sim"][rows[g]] = max_sim
+        hit = dup >= 0
+        out["duplicate_of"][rows[g[hit]]] = rows[g[dup[hit]]]
+        out["cluster"][rows[g]] = assign[g]
+    return out
+
+
+def walk(xs: np.ndarray, eps: float, block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One cluster, rows in keep order: (max_sim, dup). max_sim[a] = the highest cosine of row a to a row
+    before it, floored at 0 (NaN for the first); dup[a] = the most similar row kept before a when that
+    cosine is > 1 - eps, else -1. Columns ``block`` (BLOCK) at a time: memory len(xs) * block, not
+    len(xs)^2."""
+    block = block or BLOCK
+    dev = torch_device()
+    t = torch.from_numpy(np.ascontiguousarray(xs, np.float32)).to(dev)
+    n = len(xs)
+    max_sim = np.full(n, np.nan, np.float32)
+    dup = np.full(n, -1, np.int64)
+    kept = np.ones(n, bool)
+    for c0 in range(0, n, block):
+        c1 = min(n, c0 + block)
+        later = torch.arange(c1, device=dev)[:, None] >= torch.arange(c0, c1, device=dev)[None, :]
+        sim = (t[:c1] @ t[c0:c1].T).masked_fill_(later, 0.0).cpu().numpy()  # sim[j, a - c0], j before a
+        earlier = sim.max(0)
+        max_sim[c0:c1] = earlier
+        for a in np.flatnonzero(earlier > 1 - eps) + c0:  # only items close to something earlier need the walk
+            s = np.where(kept[:a], sim[:a, a - c0], -np.inf)
             j = int(s.argmax())
             if s[j] > 1 - eps:
                 kept[a] = False
-                out["duplicate_of"][rows[g[a]]] = rows[g[j]]
-        out["cluster"][rows[g]] = assign[g]
-    return out
+                dup[a] = j
+    max_sim[0] = np.nan
+    return max_sim, dup

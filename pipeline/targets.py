@@ -4,6 +4,8 @@ image-based (DataComp): k-means over the pool's image embeddings; each target im
 ImageNet-1k train) is assigned to its nearest centroid; samples in those clusters are kept.
 concept: a score per sample = max cosine between its image embedding and the embeddings of text
 prompts describing the content (e.g. "a photo of a shoe"); kept above / below a threshold.
+Both read the pool's embeddings as a view of per-shard files (pipeline/embeddings.py): k-means trains
+on a sample and assigns a chunk at a time; concept scores are dot products a chunk at a time.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from pipeline.embeddings import view
 from pipeline.vectors import kmeans, normalize, search, usable
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -63,18 +66,21 @@ def embed_targets(scorer, paths: list[str], limit: int | None = None) -> np.ndar
     return np.concatenate(out)[:limit]
 
 
-def image_based(pool_img: np.ndarray, valid: np.ndarray, targets: np.ndarray, k: int, niter: int = 20,
+def image_based(pool_img, valid: np.ndarray, targets: np.ndarray, k: int, niter: int = 20,
                 seed: int = 0, backend: str = "auto", fit=None) -> tuple[np.ndarray, np.ndarray, int]:
     """(in_target per row, cluster per row (-1 if not usable), number of target clusters).
-    ``fit(x, k, niter) -> (centroids, assignment)`` replaces the k-means (e.g. saved centroids).
-    A target goes to its nearest centroid that holds a pool sample (k may exceed the distinct samples)."""
-    rows = np.flatnonzero(usable(pool_img, valid))
+    ``pool_img``: an array or a view. ``fit(x, k, niter) -> (centroids, assignment)`` replaces the
+    k-means (e.g. saved centroids). A target goes to its nearest centroid that holds a pool sample (k may
+    exceed the distinct samples)."""
+    pool = view(pool_img)
+    rows = np.flatnonzero(usable(pool, valid))
     targets = np.asarray(targets, np.float32)
     targets = targets[usable(targets)] if len(targets) else targets
-    cluster = np.full(len(pool_img), -1, np.int64)
+    cluster = np.full(len(pool), -1, np.int64)
     if len(rows) == 0 or len(targets) == 0:
-        return np.zeros(len(pool_img), bool), cluster, 0
-    cent, assign = fit(pool_img[rows], k, niter) if fit else kmeans(pool_img[rows], k, niter, seed, backend)
+        return np.zeros(len(pool), bool), cluster, 0
+    x = pool.subset(rows)
+    cent, assign = fit(x, k, niter) if fit else kmeans(x, k, niter, seed, backend)
     cluster[rows] = assign
     held = np.unique(assign)
     _, near = search(cent[held], normalize(targets), 1, backend)
@@ -82,11 +88,18 @@ def image_based(pool_img: np.ndarray, valid: np.ndarray, targets: np.ndarray, k:
     return np.isin(cluster, wanted), cluster, int(len(wanted))
 
 
-def concept_score(pool_img: np.ndarray, valid: np.ndarray, prompt_emb: np.ndarray) -> np.ndarray:
-    """Max cosine to a prompt per row; NaN where the row is not valid or has no embedding."""
-    ok = usable(pool_img, valid)
-    out = np.full(len(pool_img), np.nan, np.float32)
+def concept_score(pool_img, valid: np.ndarray, prompt_emb: np.ndarray) -> np.ndarray:
+    """Max cosine to a prompt per row; NaN where the row is not valid or has no embedding.
+    ``pool_img``: an array or a view, read a chunk at a time."""
+    pool = view(pool_img)
+    out = np.full(len(pool), np.nan, np.float32)
     prompts = np.asarray(prompt_emb, np.float32)
-    if ok.any() and len(prompts):
-        out[ok] = (normalize(pool_img[ok]) @ normalize(prompts).T).max(1)
+    if len(prompts) == 0:
+        return out
+    prompts = normalize(prompts)
+    valid = np.asarray(valid, bool)
+    for start, block in pool.chunks():
+        ok = usable(block, valid[start:start + len(block)])
+        if ok.any():
+            out[start:start + len(block)][ok] = (normalize(block[ok]) @ prompts.T).max(1)
     return out

@@ -1,17 +1,27 @@
 """Vector steps shared by the global filters: exact nearest-neighbour search, spherical k-means,
-neighbours restricted to clusters and inverted-file scans (never all-pairs over the pool).
+neighbours inside a cluster and inverted-file scans (never all-pairs over the pool).
 
 Two backends give the same answers (tested): ``faiss`` (faiss-cpu, or faiss-gpu where it installs)
 and ``torch`` (matmul + top-k, on the GPU when there is one). ``auto`` picks torch on a GPU and faiss
 on a CPU. k-means centroids come from faiss.Kmeans on both backends, so they do not depend on the
 backend; only the nearest-centroid search runs on it.
+
+Out of core: ``kmeans``, ``assign``, ``usable`` and ``by_cluster`` take a view of per-shard embedding
+files (pipeline/embeddings.py) as well as an array, and hold a chunk or a few clusters at a time.
 """
 from __future__ import annotations
+
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from pipeline.embeddings import View, view
+
 CHUNK = 16384
+PER_CENTROID = 256  # k-means trains on at most this many rows a centroid (faiss's max_points_per_centroid)
+TRAIN_BYTES = 256 << 20  # ... and, from a view, on at most this many float32 bytes (but 39 rows a centroid)
+BATCH_BYTES = 64 << 20  # float32 bytes of clusters gathered at once by by_cluster
 
 
 def pick(backend: str = "auto") -> str:
@@ -28,10 +38,16 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(n, 1e-12))
 
 
-def usable(x: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """Rows with a finite, non-zero vector (and ``valid`` when given): the rows a global step can use."""
-    x = np.asarray(x, np.float32).reshape(len(x), -1) if len(x) else np.zeros((0, 1), np.float32)
-    ok = np.isfinite(x).all(1) & (np.abs(x).max(1, initial=0) > 0)
+def usable(x, valid: np.ndarray | None = None) -> np.ndarray:
+    """Rows with a finite, non-zero vector (and ``valid`` when given): the rows a global step can use.
+    A view is read a chunk at a time."""
+    if isinstance(x, View):
+        ok = np.zeros(len(x), bool)
+        for start, block in x.chunks():
+            ok[start:start + len(block)] = usable(block)
+    else:
+        x = np.asarray(x, np.float32).reshape(len(x), -1) if len(x) else np.zeros((0, 1), np.float32)
+        ok = np.isfinite(x).all(1) & (np.abs(x).max(1, initial=0) > 0)
     return ok if valid is None else ok & np.asarray(valid, bool)
 
 
@@ -60,23 +76,42 @@ def search(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "auto")
     return np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
 
 
-def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def kmeans(x, k: int, niter: int = 20, seed: int = 0, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Spherical k-means on unit vectors: (centroids (k, d), assignment (n,)); ``k`` is capped at n.
     The centroids come from ``faiss.Kmeans`` on both backends (seeded k-means++ init, ``niter`` Lloyd
-    iterations on at most 256 sampled points per centroid, empty clusters split); every row is then
-    assigned to its nearest centroid by ``search`` on the chosen backend (the n * k pass)."""
+    iterations on at most 256 points a centroid, empty clusters split): an array goes to faiss whole
+    (faiss draws the 256 a centroid itself); a view (pipeline/embeddings.py) gives faiss a seeded sample
+    of that size, at most TRAIN_BYTES (not under 39 a centroid, faiss's minimum), so the pool is never
+    in memory at once. Every row is then assigned to its nearest centroid by ``assign`` (the n * k
+    pass, a chunk at a time)."""
     import faiss
 
-    x = normalize(x)
-    if len(x) == 0:
-        return np.zeros((0, x.shape[1]), np.float32), np.zeros(0, np.int64)
-    k = max(1, min(k, len(x)))
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True,
+    v = view(x)
+    if len(v) == 0:
+        return np.zeros((0, v.shape[1]), np.float32), np.zeros(0, np.int64)
+    k = max(1, min(k, len(v)))
+    if isinstance(x, View):
+        rows = min(k * PER_CENTROID, max(k * 39, TRAIN_BYTES // (4 * v.shape[1])))
+        train = v.sample(rows, seed)[1]
+        train /= np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)  # normalize, in place
+    else:
+        train = normalize(x)
+    km = faiss.Kmeans(train.shape[1], k, niter=niter, seed=seed, spherical=True, max_points_per_centroid=PER_CENTROID,
                       init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS)
-    km.train(x)
+    km.train(train)
+    del train
     cent = np.ascontiguousarray(km.centroids, np.float32)
-    _, idx = search(cent, x, 1, backend)
-    return cent, idx[:, 0].astype(np.int64)
+    return cent, assign(v, cent, backend)
+
+
+def assign(x, cent: np.ndarray, backend: str = "auto") -> np.ndarray:
+    """Each row's nearest centroid (rows normalised), a chunk at a time."""
+    x = view(x)
+    out = np.zeros(len(x), np.int64)
+    for start, block in x.chunks():
+        _, idx = search(cent, normalize(block), 1, backend)
+        out[start:start + len(block)] = idx[:, 0]
+    return out
 
 
 def members(assign: np.ndarray) -> list[np.ndarray]:
@@ -86,30 +121,41 @@ def members(assign: np.ndarray) -> list[np.ndarray]:
     return [g for g in np.split(order, bounds) if len(g)]
 
 
-def cluster_knn(x: np.ndarray, cent: np.ndarray, assign: np.ndarray, k: int, nprobe: int = 2,
-                backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """k nearest neighbours of every row (itself excluded) among the rows of its ``nprobe`` nearest
-    clusters, as an inverted-file index does: cost ~ n * (cluster size * nprobe), not n^2.
-    Returns (similarities, indices) with -1 where fewer than ``k`` candidates exist."""
-    x = normalize(x)
+def by_cluster(x, assign: np.ndarray, max_bytes: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rows ascending, their float32 vectors) of each cluster in turn. Clusters are gathered a few at
+    a time, one ``take`` of up to ``max_bytes`` (BATCH_BYTES; a bigger cluster alone), so only they are
+    in memory."""
+    x, max_bytes = view(x), max_bytes or BATCH_BYTES
+    batch, size = [], 0
+    for g in members(assign):
+        batch.append(g)
+        size += len(g)
+        if size * 4 * x.shape[1] >= max_bytes:
+            yield from _split(x, batch)
+            batch, size = [], 0
+    if batch:
+        yield from _split(x, batch)
+
+
+def _split(x: View, groups: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    block = x.take(np.concatenate(groups))
+    start = 0
+    for g in groups:
+        yield g, block[start:start + len(g)]
+        start += len(g)
+
+
+def knn(x: np.ndarray, k: int, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of every row among the rows of ``x`` (itself excluded), as
+    (similarities, indices) with -inf / -1 where fewer than ``k`` others exist."""
     n = len(x)
     sims = np.full((n, k), -np.inf, np.float32)
     idx = np.full((n, k), -1, np.int64)
-    groups = members(assign)
-    by_cluster = {int(assign[g[0]]): g for g in groups}
-    _, probe = search(cent, cent, min(nprobe, len(cent)), backend)  # clusters near each cluster
-    for g in groups:
-        c = int(assign[g[0]])
-        cand = np.concatenate([by_cluster.get(int(p), np.zeros(0, np.int64)) for p in probe[c]])
-        kk = min(k + 1, len(cand))
-        s, j = search(x[cand], x[g], kk, backend)
-        j = cand[j]
-        self_hit = j == g[:, None]
-        s = np.where(self_hit, -np.inf, s)
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        s, j = np.take_along_axis(s, order, 1), np.take_along_axis(j, order, 1)
-        j = np.where(np.isfinite(s), j, -1)
-        sims[g, :s.shape[1]], idx[g, :j.shape[1]] = s, j
+    s, j = search(x, x, min(k + 1, n), backend)
+    s = np.where(j == np.arange(n)[:, None], -np.inf, s)  # a copy may come before the row itself
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    s, j = np.take_along_axis(s, order, 1), np.take_along_axis(j, order, 1)
+    sims[:, :s.shape[1]], idx[:, :j.shape[1]] = s, np.where(np.isfinite(s), j, -1)
     return sims, idx
 
 

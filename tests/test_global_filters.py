@@ -12,7 +12,7 @@ from pipeline.neardup import near_duplicates, rival_rms, thumbnail
 from pipeline.semdedup import semdedup
 from shardio.shards import ShardWriter
 from pipeline.targets import concept_score, image_based
-from pipeline.vectors import cluster_knn, kmeans, normalize, search
+from pipeline.vectors import kmeans, knn, normalize, search
 from pipeline.run import run_curation
 from pipeline.config import load_config
 from tests.shardmaker import uid
@@ -170,12 +170,13 @@ def test_backends_agree_on_search_and_kmeans():
         assert (a1 == a2).all() and np.allclose(c1, c2, atol=1e-5)
 
 
-def test_cluster_knn_equals_exact_search_when_probing_every_cluster():
+def test_knn_is_exact_search_without_the_row_itself():
     x = normalize(np.random.default_rng(2).normal(size=(300, 16)))
-    cent, assign = kmeans(x, 6, seed=0)
-    s, i = cluster_knn(x, cent, assign, 4, nprobe=6)
+    s, i = knn(x, 4)
     es, ei = search(x, x, 5)
-    assert (i == ei[:, 1:]).all()
+    assert (i == ei[:, 1:]).all() and np.allclose(s, es[:, 1:])
+    s, i = knn(x[:3], 4)  # fewer rows than k: -inf / -1 past the others
+    assert (i[:, 2:] == -1).all() and np.isinf(s[:, 2:]).all() and (i[:, :2] >= 0).all()
 
 
 def test_semdedup_flags_exactly_the_planted_near_copies_and_keeps_by_rule():

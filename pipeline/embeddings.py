@@ -1,0 +1,136 @@
+"""Row-aligned views of a pool's embeddings, one ``.npy`` file a shard, memory-mapped and never
+concatenated: the global steps read them a chunk or a few clusters at a time, so their memory follows
+the chunk, not the pool.
+
+A view has ``len``, ``shape`` (rows, dim) and
+  ``take(rows)``     float32 rows, only those asked for (any order; sorted reads fastest);
+  ``chunks(size)``   (start row, float32 block) in row order, ~32 MB a block by default;
+  ``sample(n, seed)`` (sorted rows, their float32 block): n distinct rows drawn with a seeded generator;
+  ``subset(rows)``   a view of those rows (position i is row rows[i]).
+``view(x)`` wraps a plain array (small inputs, tests) and passes a view through.
+A shard's file is mapped only while a read touches it, so what was read leaves the process's RSS.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+CHUNK_BYTES = 32 << 20  # float32 bytes a chunk
+
+
+class View:
+    shape: tuple[int, int]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:  # pragma: no cover - every view defines it
+        raise NotImplementedError
+
+    def chunk_rows(self) -> int:
+        return max(1, CHUNK_BYTES // (4 * max(1, self.shape[1])))
+
+    def chunks(self, size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        size = size or self.chunk_rows()
+        for start in range(0, len(self), size):
+            yield start, self.take(np.arange(start, min(len(self), start + size)))
+
+    def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        if n >= len(self):
+            rows = np.arange(len(self))
+        else:
+            rows = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+        return rows, self.take(rows)
+
+    def subset(self, rows: np.ndarray) -> "View":
+        return Subset(self, rows)
+
+    def load(self) -> np.ndarray:
+        """Every row as one float32 array: for small pools only."""
+        return self.take(np.arange(len(self)))
+
+
+class Shards(View):
+    """Per-shard parts one after another: ``.npy`` paths (mapped on each read) or arrays in memory."""
+
+    def __init__(self, parts: list, dim: int = 1):
+        self.parts, lens, widths = [], [], []
+        for p in parts:
+            if isinstance(p, (str, Path)):
+                shape, fortran, dtype, offset = _header(p)
+                self.parts.append((str(p), shape, "F" if fortran else "C", dtype, offset))
+            else:
+                p = np.asarray(p)
+                p = p.reshape(len(p), -1) if p.ndim != 2 else p
+                self.parts.append(p)
+                shape = p.shape
+            lens.append(shape[0])
+            widths.append(shape[1] if len(shape) > 1 else 1)
+        dims = {w for w, n in zip(widths, lens) if n} or set(widths[:1]) or {dim}  # empty parts: any width
+        if len(dims) > 1:
+            raise ValueError(f"embedding parts differ in width: {sorted(dims)}")
+        self.starts = np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
+        self.shape = (int(self.starts[-1]), dims.pop())
+
+    def _open(self, i: int) -> np.ndarray:
+        p = self.parts[i]
+        if isinstance(p, np.ndarray):
+            return p
+        path, shape, order, dtype, offset = p
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64).ravel()
+        out = np.empty((len(rows), self.shape[1]), np.float32)
+        if len(rows) == 0:
+            return out
+        if rows.min() < 0 or rows.max() >= len(self):
+            raise IndexError(f"rows outside 0..{len(self) - 1}")
+        order = None if (rows[1:] >= rows[:-1]).all() else np.argsort(rows, kind="stable")
+        srt = rows if order is None else rows[order]
+        part = np.searchsorted(self.starts, srt, side="right") - 1
+        cuts = np.flatnonzero(np.diff(part)) + 1
+        for lo, hi in zip([0, *cuts], [*cuts, len(srt)]):
+            local = srt[lo:hi] - self.starts[part[lo]]
+            arr = self._open(int(part[lo]))
+            whole = local[-1] - local[0] + 1 == hi - lo and (np.diff(local) == 1).all()
+            block = arr[local[0]:local[-1] + 1] if whole else arr[local]
+            if order is None:
+                out[lo:hi] = block
+            else:
+                out[order[lo:hi]] = block
+            del arr, block  # unmap before the next shard
+        return out
+
+
+class Subset(View):
+    def __init__(self, base: View, rows: np.ndarray):
+        self.base, self.rows = base, np.asarray(rows, np.int64)
+        self.shape = (len(self.rows), base.shape[1])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return self.base.take(self.rows[np.asarray(rows, np.int64)])
+
+    def subset(self, rows: np.ndarray) -> View:
+        return Subset(self.base, self.rows[np.asarray(rows, np.int64)])
+
+
+def view(x) -> View:
+    """``x`` itself when it is a view, else a view of the array ``x``."""
+    if isinstance(x, View):
+        return x
+    x = np.asarray(x)
+    return Shards([x.reshape(len(x), -1) if len(x) else x.reshape(0, x.shape[-1] if x.ndim == 2 else 1)])
+
+
+def _header(path) -> tuple[tuple, bool, np.dtype, int]:
+    """(shape, fortran order, dtype, data offset) of a ``.npy`` file."""
+    from numpy.lib import format as npy
+
+    with open(path, "rb") as f:
+        version = npy.read_magic(f)
+        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        return shape, fortran, dtype, f.tell()
