@@ -110,7 +110,7 @@ def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int
         "strategy": strategy, "samples_in": info["counts"]["pool"], "pool_preset": preset,
         "pool_clean_share": info.get("clean_share"), "samples_seen": seen, "runs": runs,
         "committed_grid": {k: grid.get("strategies", {}).get(k) for k in ("no_filter", "best")} if grid else None,
-        "committed_grid_seeds": grid.get("seeds"), "pool_data": info.get("data"),
+        "committed_grid_seeds": grid.get("seeds"), "pool_data": info.get("data"), "seed": seed,
         "timings_s": timings, "wall_seconds": round(time.time() - t0, 1), "machine": machine(),
     }
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -132,15 +132,29 @@ def _dropped_by_noise(pool_dir: Path, curated: Path) -> dict:
             for noise, g in df.groupby("noise")}
 
 
+def verdict_line(s: dict) -> str:
+    """The committed grid's answer over seeds (one run's difference is within the seeds' spread)."""
+    grid = s.get("committed_grid") or {}
+    nf, best = grid.get("no_filter"), grid.get("best")
+    if not (nf and best and best.get("average_std") is not None and nf.get("average_std") is not None):
+        return "no committed grid to judge by (run python -m bench.grid); this run's figures below"
+    diff, spread = best["average_mean"] - nf["average_mean"], best["average_std"] + nf["average_std"]
+    word = "helps" if diff > spread else "does not help by more than the seeds' spread" if diff > 0 else "hurts"
+    return (f"curation {word}: {s['strategy']} {best['average_mean']:.4f} ± {best['average_std']:.4f} vs no filter "
+            f"{nf['average_mean']:.4f} ± {nf['average_std']:.4f} over seeds {s['committed_grid_seeds']} "
+            f"({diff:+.4f}; the two seed spreads add to {spread:.4f})")
+
+
 def _print_summary(s: dict) -> None:
     nf, best, name = s["runs"]["no_filter"], s["runs"][s["strategy"]], s["strategy"]
     groups = list(nf["groups"])
     print("\n================ curate demo: does curation help? ================")
     print(f"pool: {s['samples_in']} samples ({s['pool_preset']} preset, {s['pool_clean_share']:.0%} clean, "
           f"{s['pool_data']} data); each model sees {s['samples_seen']} samples")
-    verdict = "helps" if s["verdict"] > 0 else "does not help"
-    print(f"verdict: {name} {verdict}: built-in suite average {best['average']:.4f} vs no filter "
-          f"{nf['average']:.4f} ({s['verdict']:+.4f}; bootstrap SE {best['average_se']} / {nf['average_se']})")
+    print(f"verdict: {verdict_line(s)}")
+    print(f"this run (seed {s['seed']}): built-in suite average {best['average']:.4f} with {name} vs "
+          f"{nf['average']:.4f} with no filter ({s['verdict']:+.4f}; bootstrap SE {best['average_se']} / "
+          f"{nf['average_se']})")
     print(f"{'':>24}{'no filter':>12}{name:>16}")
     print(f"{'kept':>24}{nf['kept']:>12}{best['kept']:>16}")
     for g in groups:
