@@ -17,7 +17,7 @@ from schemas.config import ClipModel
 from shardio.compat import ensure_torchvision
 from shardio.device import pick_device
 from shardio.models import open_clip_name
-from shardio.pixels import fast_val_transform
+from shardio.pixels import batch_transform, fast_val_transform
 
 ensure_torchvision()  # before open_clip imports torchvision, in every process
 
@@ -52,6 +52,7 @@ class ClipScorer:
         self.model.eval()
         self.tokenizer = fast_tokenizer(open_clip.get_tokenizer(name))
         self.fast = fast_val_transform(self.preprocess)  # same pixels, tensor steps per batch
+        self._batch = batch_transform(self.preprocess)
         self.dim = int(self.embed_texts(["x"]).shape[1])
 
     @property
@@ -85,9 +86,7 @@ class ClipScorer:
 
     def pixels(self, images: list[Image.Image]):
         """A normalised float batch on the CPU (the transform's output for each image)."""
-        import torch
-
-        return self.fast(images) if self.fast else torch.stack([self.preprocess(im) for im in images])
+        return self._batch(images)
 
     def _to_device(self, t):
         if self.device == "cpu":

@@ -61,3 +61,12 @@ def fast_val_transform(preprocess) -> FastValTransform | None:
             or not resize.antialias or tuple(crop.size) != (size, size)):
         return None
     return FastValTransform(size, norm.mean, norm.std)
+
+
+def batch_transform(preprocess):
+    """``images -> float batch``: the batched path when ``preprocess`` is open_clip's standard eval
+    transform (same pixels), else ``preprocess`` image by image."""
+    fast = fast_val_transform(preprocess)
+    if fast is not None:
+        return fast
+    return lambda images: torch.stack([preprocess(im) for im in images])

@@ -6,7 +6,7 @@ import torch
 
 from training.bootstrap import se_mean, se_mean_per_class_recall, se_of_mean
 from training.retrieval import recall_at
-from training.zeroshot import metrics
+from training.zeroshot import metrics, standard_errors
 
 
 def test_se_of_an_accuracy_matches_the_binomial_formula():
@@ -29,7 +29,7 @@ def test_metrics_carry_their_standard_errors():
     logits = torch.eye(10)[torch.arange(100) % 10]
     target = torch.arange(100) % 10
     target[:20] = (target[:20] + 1) % 10  # 80% right
-    m = metrics(logits, target, 10)
-    assert abs(m["acc1"] - 0.8) < 1e-6 and 0.02 < m["se"]["acc1"] < 0.06
+    m, se = metrics(logits, target, 10), standard_errors(logits, target)
+    assert abs(m["acc1"] - 0.8) < 1e-6 and 0.02 < se["acc1"] < 0.06 and se["mean_per_class_recall"] > 0
     r = recall_at(torch.eye(30), torch.arange(30))
     assert r["mean_recall@1"] == 1.0 and r["se"]["mean_recall@1"] == 0.0

@@ -30,36 +30,11 @@ def knn_logits(train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, n_
 
 
 @torch.no_grad()
-def features(clip, task_root: str | Path, device: str, split: str = "test", batch: int = 512):
-    """L2-normalised image embeddings and labels of a split, through the batched eval transform
-    (shardio/pixels.py: torchvision's pixels) when the model's is open_clip's standard one."""
-    from shardio.evaltask import iter_split
-    from shardio.pixels import fast_val_transform
-    from training.probe import features as slow_features
+def features(clip, task_root: str | Path, device: str, split: str = "test"):
+    """L2-normalised image embeddings and labels of a split (batched eval transform)."""
+    from training.probe import features as probe_features
 
-    fast = fast_val_transform(clip.preprocess_val)
-    if fast is None:
-        return slow_features(clip.model, clip.preprocess_val, task_root, device, split)
-    xs, ys, arrays, labels = [], [], [], []
-    for last, (_, img, s) in _mark_last(iter_split(task_root, split, need="cls")):
-        arrays.append(fast.image(img))
-        labels.append(int(s["cls"]))
-        if len(arrays) == batch or last:
-            xs.append(clip.model.encode_image(fast.batch(arrays).to(device), normalize=True).float().cpu())
-            ys.append(torch.tensor(labels))
-            arrays, labels = [], []
-    return torch.cat(xs), torch.cat(ys)
-
-
-def _mark_last(items):
-    it = iter(items)
-    prev = next(it, None)
-    if prev is None:
-        return
-    for item in it:
-        yield False, prev
-        prev = item
-    yield True, prev
+    return probe_features(clip.model, clip.preprocess_val, task_root, device, split)
 
 
 def is_image_only(checkpoint: str | Path) -> bool:

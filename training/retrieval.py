@@ -48,9 +48,10 @@ def recall_at(scores: torch.Tensor, owner: torch.Tensor, ks=(1, 5)) -> dict[str,
 @torch.no_grad()
 def retrieve(clip, task_root: str | Path, batch_size: int = 256, device: str = "cpu") -> dict:
     images, texts, owner = read_pairs(task_root)
-    from training.zeroshot import preprocess_batch
+    from shardio.pixels import batch_transform
 
-    img = torch.cat([clip.model.encode_image(preprocess_batch(clip.preprocess_val, images[i:i + batch_size])
+    batch = batch_transform(clip.preprocess_val)
+    img = torch.cat([clip.model.encode_image(batch(images[i:i + batch_size])
                                              .to(device), normalize=True).float().cpu()
                      for i in range(0, len(images), batch_size)])
     txt = torch.cat([clip.model.encode_text(clip.tokenizer(texts[i:i + batch_size]).to(device), normalize=True)

@@ -45,24 +45,18 @@ def classifier(model, tokenizer, classnames: list[str], templates: list[str], de
 
 
 def iter_batches(task_root: str | Path, preprocess, batch_size: int, split: str = "test"):
+    from shardio.pixels import batch_transform
+
+    batch = batch_transform(preprocess)
     images, labels = [], []
     for _, img, s in iter_split(task_root, split, need="cls"):
         images.append(img)
         labels.append(int(s["cls"]))
         if len(images) == batch_size:
-            yield preprocess_batch(preprocess, images), torch.tensor(labels)
+            yield batch(images), torch.tensor(labels)
             images, labels = [], []
     if images:
-        yield preprocess_batch(preprocess, images), torch.tensor(labels)
-
-
-def preprocess_batch(preprocess, images: list) -> torch.Tensor:
-    """open_clip's eval transform over a batch: the tensor steps once per batch when the transform is
-    the standard one (same pixels), else image by image."""
-    from shardio.pixels import fast_val_transform
-
-    fast = fast_val_transform(preprocess)
-    return fast(images) if fast is not None else torch.stack([preprocess(im) for im in images])
+        yield batch(images), torch.tensor(labels)
 
 
 def metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> dict[str, float]:
@@ -71,12 +65,16 @@ def metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> dict[
     correct = topk == target[:, None]
     pred = topk[:, 0]
     recalls = [float((pred[target == c] == c).float().mean()) for c in range(n_classes) if (target == c).any()]
+    return {"acc1": float(correct[:, 0].float().mean()), "acc5": float(correct.any(1).float().mean()),
+            "mean_per_class_recall": float(np.mean(recalls))}
+
+
+def standard_errors(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Bootstrap standard errors of top-1 accuracy and mean per-class recall."""
     from training.bootstrap import se_mean, se_mean_per_class_recall
 
-    hits = correct[:, 0].numpy()
-    return {"acc1": float(correct[:, 0].float().mean()), "acc5": float(correct.any(1).float().mean()),
-            "mean_per_class_recall": float(np.mean(recalls)),
-            "se": {"acc1": se_mean(hits), "mean_per_class_recall": se_mean_per_class_recall(hits, target.numpy())}}
+    hits = (logits.argmax(1) == target).numpy()
+    return {"acc1": se_mean(hits), "mean_per_class_recall": se_mean_per_class_recall(hits, target.numpy())}
 
 
 def classify(clip, task_root: str | Path, batch_size: int = 256, device: str = "cpu") -> dict:
@@ -95,7 +93,8 @@ def classify(clip, task_root: str | Path, batch_size: int = 256, device: str = "
         bar.update(len(labels))
     bar.close()
     logits_t, target_t = torch.cat(logits), torch.cat(target)
-    return {"n": int(len(target_t)), "templates": len(templates), **metrics(logits_t, target_t, len(classnames))}
+    return {"n": int(len(target_t)), "templates": len(templates), **metrics(logits_t, target_t, len(classnames)),
+            "se": standard_errors(logits_t, target_t)}
 
 
 def evaluate_zeroshot(checkpoint: str, task_root: str | Path, batch_size: int = 256, device: str = "auto",
@@ -106,8 +105,8 @@ def evaluate_zeroshot(checkpoint: str, task_root: str | Path, batch_size: int = 
     t0 = time.time()
     clip, device = load_for_eval(checkpoint, weights, device)
     m = classify(clip, task_root, batch_size, device)
-    n, templates = m.pop("n"), m.pop("templates")
-    return {"task": Path(task_root).name, "checkpoint": str(checkpoint), "n": n, "metrics": m,
+    n, templates, se = m.pop("n"), m.pop("templates"), m.pop("se")
+    return {"task": Path(task_root).name, "checkpoint": str(checkpoint), "n": n, "metrics": m, "se": se,
             "templates": templates, "seconds": round(time.time() - t0, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
