@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 
+POOL_PRESETS = ["web", "clean"]  # app/sample_pool/noise.py PRESETS (not imported: the CLI starts light)
+
+
 def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -123,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build-pool", help="write the built-in sample pool", description="Write the sample pool "
                        "(img2dataset-layout shards, a trusted clean split, eval tasks, ground truth).")
     b.add_argument("--out", default="data/sample_pool", help="output folder (default: data/sample_pool)")
-    b.add_argument("--preset", choices=["web", "clean"], default="web",
+    b.add_argument("--preset", choices=POOL_PRESETS, default="web",
                    help="noise mix: web (at most 30%% clean, like web alt-text pools) or clean (~71%% clean) "
                         "(default: web)")
     b.add_argument("--samples", type=int, default=20_000,
@@ -206,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="filtering network's training budget (default: 40000, as the grid's)")
     d.add_argument("--strategy", default=None, help="curation strategy compared with no filter (default: the "
                    "committed grid's best, bench/results/grid_web.json)")
-    d.add_argument("--preset", choices=["web", "clean"], default="web", help="pool noise mix (default: web)")
+    d.add_argument("--preset", choices=POOL_PRESETS, default="web", help="pool noise mix (default: web)")
     d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     d.add_argument("--pool", default="data/sample_pool", help="sample pool folder, built if missing or "
                    "built with other settings (default: data/sample_pool)")

@@ -46,8 +46,7 @@ def committed_grid(path: Path = GRID) -> dict:
     if not path.is_file():
         return {}
     g = json.loads(path.read_text())
-    return {"best": g.get("best_strategy") or g.get("best"), "samples_seen": g.get("samples_seen"),
-            "seeds": g.get("seeds"), "strategies": {k: {m: v.get(m) for m in ("average_mean", "average_std")}
+    return {"best": g.get("best_strategy"), "seeds": g.get("seeds"), "strategies": {k: {m: v.get(m) for m in ("average_mean", "average_std")}
                                                     for k, v in g.get("strategies", {}).items()}}
 
 
@@ -55,7 +54,7 @@ def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int
              samples_seen: int | None = None, scorer_samples_seen: int | None = None, strategy: str | None = None,
              seed: int = 0, data: str = "auto", pool_dir: str | Path = "data/sample_pool", preset: str = "web") -> dict:
     from app.sample_pool import build_pool
-    from app.strategies import DFN_SAMPLES_SEEN, candidates
+    from app.strategies import DFN_SAMPLES_SEEN, candidates, strategies
     from training.evalsuite import run_suite
     from training.train import TrainConfig, train
 
@@ -68,7 +67,7 @@ def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int
     root.mkdir(parents=True)
     pool_dir = Path(pool_dir)
     timings: dict[str, float] = {}
-    grid = committed_grid()
+    grid = committed_grid() if preset == "web" else {}  # the committed grid is the web pool's
     strategy = strategy or grid.get("best") or DEFAULT_STRATEGY
 
     with _step("1. sample pool", timings):
@@ -85,7 +84,7 @@ def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int
         if name == "no_filter":
             cfg = {"filters": []}
         else:
-            plan = candidates(pool_dir, web, dfn)
+            plan = {**strategies(pool_dir, web, dfn), **candidates(pool_dir, web, dfn)}
             if name not in plan:
                 raise ValueError(f"unknown strategy {name!r}: one of {', '.join(plan)}")
             cfg = plan[name]
@@ -120,16 +119,22 @@ def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int
 
 def _dropped_by_noise(pool_dir: Path, curated: Path) -> dict:
     """Share of each planted noise type that a run dropped (the pool's ground truth table)."""
+    t = noise_table(pool_dir, curated)
+    return {} if t is None else {k: {"n": int(r["samples"]), "dropped_share": round(float(r["dropped"] / r["samples"]), 3)}
+                                 for k, r in t.iterrows()}
+
+
+def noise_table(pool_dir: str | Path, curated: str | Path):
+    """pipeline.report's per-noise-type table (samples, kept, dropped) of a run, or None without ground truth."""
     import pandas as pd
 
-    gt_path = pool_dir / "ground_truth.parquet"
-    if not gt_path.is_file():
-        return {}
-    gt = pd.read_parquet(gt_path, columns=["uid", "noise"]).fillna({"noise": "clean"})
-    meta = pd.read_parquet(curated / "metadata.parquet", columns=["uid", "keep"]).drop_duplicates("uid")
-    df = gt.merge(meta, on="uid", how="left").fillna({"keep": False})
-    return {noise: {"n": int(len(g)), "dropped_share": round(float((~g["keep"].astype(bool)).mean()), 3)}
-            for noise, g in df.groupby("noise")}
+    from pipeline.report import confusion
+
+    truth = Path(pool_dir) / "ground_truth.parquet"
+    if not truth.is_file():
+        return None
+    meta = pd.read_parquet(Path(curated) / "metadata.parquet", columns=["uid", "keep", "drop_reason"])
+    return confusion(meta, pd.read_parquet(truth, columns=["uid", "noise"]))
 
 
 def verdict_line(s: dict) -> str:

@@ -123,12 +123,12 @@ def part_global(n: int, device: str) -> dict:
     with h.cpu_only():
         (cent, assign), km_c = h.timed(lambda: kmeans(x, k, 20, 0, backend="faiss"))
         sd_c, sd_c_s = h.timed(lambda: semdedup(x, k, EPS, fit=lambda *_: (cent, assign), backend="faiss"))
-        (nb_c, how), nn_c = h.timed(lambda: h.d2_knn(x, cent, assign, KNN_K, "faiss"))
+        (nb_c, how), nn_c = h.timed(lambda: h.d2_knn(x, assign, KNN_K, "faiss"))
     search(x[:256], x[:256], 1, "torch")  # CUDA context and matmul libraries loaded before the clock starts
     (cent_g, assign_g, which), km_g = h.timed(lambda: h.kmeans_gpu(x, k, 20, 0, device), sync=True)
     # semantic dedup and the k-NN on the CPU's clustering, so their agreement is the backend's alone
     sd_g, sd_g_s = h.timed(lambda: semdedup(x, k, EPS, fit=lambda *_: (cent, assign), backend="torch"), sync=True)
-    (nb_g, _), nn_g = h.timed(lambda: h.d2_knn(x, cent, assign, KNN_K, "torch"), sync=True)
+    (nb_g, _), nn_g = h.timed(lambda: h.d2_knn(x, assign, KNN_K, "torch"), sync=True)
     kept_c, kept_g = sd_c["duplicate_of"] < 0, sd_g["duplicate_of"] < 0
 
     def pair(c, g):

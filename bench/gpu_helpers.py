@@ -152,17 +152,14 @@ def kmeans_gpu(x: np.ndarray, k: int, niter: int, seed: int, device: str) -> tup
     return cent, search(cent, normalize(x), 1, "torch")[1][:, 0], f"{kind or 'torch'} k-means, torch assignment"
 
 
-def d2_knn(x: np.ndarray, cent: np.ndarray, assign: np.ndarray, k: int, backend: str) -> tuple[np.ndarray, str]:
-    """D²'s neighbour graph given a clustering: the project's ``cluster_knn`` (2 nearest clusters
-    probed) where pipeline/vectors.py has it, else its exact ``knn`` inside each cluster (its newer
-    API). Returns (neighbour indices (n, k), -1 where fewer; which ran)."""
+def d2_knn(x: np.ndarray, assign: np.ndarray, k: int, backend: str) -> tuple[np.ndarray, str]:
+    """D²'s neighbour graph given a clustering, as pipeline/d2.py builds it: the exact ``knn`` inside
+    each cluster. Returns (neighbour indices (n, k), -1 where fewer; which ran)."""
     import pipeline.vectors as v
 
-    if hasattr(v, "cluster_knn"):
-        return v.cluster_knn(x, cent, assign, k, nprobe=2, backend=backend)[1], "vectors.cluster_knn, nprobe 2"
     idx = np.full((len(x), k), -1, np.int64)
-    for g in v.members(assign):
-        j = v.knn(x[g], k, backend)[1]
+    for g, xs in v.by_cluster(x, assign):
+        j = v.knn(xs, k, backend)[1]
         idx[g] = np.where(j >= 0, g[np.maximum(j, 0)], -1)
     return idx, "vectors.knn inside each cluster"
 

@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "results"
 GROUPS = ["ImageNet", "ImageNet dist. shifts", "VTAB", "Retrieval"]  # training/evalsuite.py group names
 
-from app.strategies import DFN_SAMPLES_SEEN, candidates, strategies  # noqa: E402 - after the path insert
+from app.sample_pool.noise import PRESETS  # noqa: E402 - after the path insert
+from app.strategies import DFN_SAMPLES_SEEN, candidates, strategies  # noqa: E402
 
 
 def validate(root: Path, pool: Path, row: dict) -> float | None:
@@ -41,9 +42,6 @@ def validate(root: Path, pool: Path, row: dict) -> float | None:
 
     if not (pool / "val").is_dir():
         return None
-    from app.sample_pool.build import write_validation_shifts
-
-    write_validation_shifts(pool / "val")  # pools built before the validation suite had its shifts
     return run_suite(row["checkpoint"], pool / "val", "validation",
                      results=Path(row["checkpoint"]).parent / "val.jsonl")["average"]
 
@@ -83,14 +81,12 @@ def run_one(root: Path, pool: Path, name: str, cfg: dict, seed: int, samples_see
 
 def composition(pool: Path, curated: Path) -> dict:
     """Kept share per planted noise type (ground truth), and the clean share of the kept set."""
-    import pandas as pd
+    from app.demo import noise_table
 
-    gt = pd.read_parquet(pool / "ground_truth.parquet", columns=["uid", "noise"]).fillna({"noise": "clean"})
-    meta = pd.read_parquet(curated / "metadata.parquet", columns=["uid", "keep"]).drop_duplicates("uid")
-    df = gt.merge(meta, on="uid", how="left").fillna({"keep": False})
-    kept = df[df["keep"].astype(bool)]
-    return {"kept_share_by_noise": {k: round(float(g["keep"].astype(bool).mean()), 3) for k, g in df.groupby("noise")},
-            "clean_share_of_kept": round(float((kept["noise"] == "clean").mean()), 3) if len(kept) else None}
+    t = noise_table(pool, curated).drop(index="(not in ground truth)", errors="ignore")
+    kept = t["kept"].sum()
+    return {"kept_share_by_noise": {k: round(float(r["kept"] / r["samples"]), 3) for k, r in t.sort_index().iterrows()},
+            "clean_share_of_kept": round(float(t["kept"].get("clean", 0) / kept), 3) if kept else None}
 
 
 def table(rows: dict[tuple[str, int], dict], order: list[str]) -> dict:
@@ -166,7 +162,7 @@ BASELINES = ["no_filter", "basic", "text_based", "image_based", "image_based_cli
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=["web", "clean"], default="web", help="sample pool noise mix (default: web)")
+    ap.add_argument("--preset", choices=list(PRESETS), default="web", help="sample pool noise mix (default: web)")
     ap.add_argument("--pool", default="data/sample_pool", help="pool folder (built with --preset when it differs)")
     ap.add_argument("--samples", type=int, default=20_000, help="pool size when the pool is built (default 20000)")
     ap.add_argument("--dfn", default=None, help="filtering network (default: trained on the pool's trusted split)")

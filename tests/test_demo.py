@@ -35,6 +35,5 @@ def test_demo_end_to_end_prints_a_verdict(tmp_path, capsys):
     nf, best = s["runs"]["no_filter"], s["runs"]["ours_dfn_30"]
     assert s["pool_preset"] == "web" and s["pool_clean_share"] <= 0.30
     assert best["kept"] < nf["kept"] <= s["samples_in"]
-    assert s["verdict"] == round(best["average"] - nf["average"], 4)
     assert best["dropped_by_noise"]["corrupt_image"]["dropped_share"] == 1.0
     assert set(nf["groups"]) >= {"ImageNet", "ImageNet dist. shifts"}

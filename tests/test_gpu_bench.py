@@ -84,8 +84,8 @@ def test_agreement_measures_and_the_cpu_fallbacks():
     torch_cent = h.torch_kmeans(x, 3, 10, 0, "cpu")  # the last resort when faiss does not import
     relabelled = np.argmax(x @ torch_cent.T, axis=1)
     assert h.assignment_agreement(assign, relabelled)["matched_assignment_share"] > 0.99
-    nb_f, how = h.d2_knn(x, cent, assign, 5, "faiss")
-    nb_t, _ = h.d2_knn(x, cent, assign, 5, "torch")
+    nb_f, how = h.d2_knn(x, assign, 5, "faiss")
+    nb_t, _ = h.d2_knn(x, assign, 5, "torch")
     assert how and h.knn_agreement(nb_f, nb_t)["neighbour_recall"] > 0.99
     assert h.knn_agreement(np.array([[1, 2, 3], [4, 5, -1]]), np.array([[3, 2, 1], [4, 6, -1]])) == \
         {"neighbour_recall": 0.8, "same_neighbours_share": 0.5}

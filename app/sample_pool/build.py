@@ -21,7 +21,7 @@ import pandas as pd
 
 from app.sample_pool import sources as src
 from shardio.evaltask import write_retrieval_task, write_task
-from app.sample_pool.noise import ADDED, POPULAR, PRESETS, counts_for, plant
+from app.sample_pool.noise import ADDED, POPULAR, counts_for, plant
 from app.sample_pool.suite import FMNIST_TEMPLATES as TEMPLATES
 from app.sample_pool.suite import write_builtin_suite
 from shardio.shards import ShardWriter, atomic_write_bytes
@@ -58,8 +58,7 @@ def build_pool(out: str | Path, n: int, seed: int = 0, samples_per_shard: int = 
     out = Path(out)
     if n < 10 or n_trusted < 0 or not 0 < samples_per_shard <= 10_000:
         raise ValueError("need n >= 10, n_trusted >= 0 and 0 < samples_per_shard <= 10000")
-    if preset not in PRESETS:
-        raise ValueError(f"unknown pool preset {preset!r}: one of {', '.join(PRESETS)}")
+    counts = counts_for(n, preset)  # checks the preset's name
     args = {"n": n, "seed": seed, "samples_per_shard": samples_per_shard, "n_trusted": n_trusted,
             "data": resolve_data(data), "preset": preset, "version": VERSION}
     if (out / "pool.json").is_file():
@@ -72,7 +71,6 @@ def build_pool(out: str | Path, n: int, seed: int = 0, samples_per_shard: int = 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    counts = counts_for(n, preset)
     n_base = n - sum(counts[k] for k in ADDED)
     make = _real if args["data"] == "real" else _synthetic
     base, trusted, eval_copies, task, skipped = make(n_base, n_trusted, counts["eval_copy"], rng, tmp / "eval")
@@ -240,7 +238,7 @@ def write_validation_shifts(root: str | Path) -> list[str]:
     return written
 
 
-SUITE_VERSION = 2  # bump when the built-in suite's tasks change
+SUITE_VERSION = 3  # bump when the built-in suite's tasks change
 
 
 def copy_suite(eval_dir: Path) -> None:
@@ -249,16 +247,16 @@ def copy_suite(eval_dir: Path) -> None:
     import os
 
     key = hashlib.sha256(json.dumps([SUITE_VERSION, src.real_data_status()]).encode()).hexdigest()[:12]
-    cache = Path(os.environ.get("CURATE_CACHE", Path.home() / ".cache" / "curate")) / f"suite-{key}"
-    if not (cache / "done").is_file():
+    cache = src.cache_dir() / f"suite-{key}"
+    if not cache.is_dir():  # written aside, then renamed: a cache folder is always complete
         tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        write_fmnist_task(tmp / "fashion_mnist")
-        write_builtin_suite(tmp, src.fmnist("test"))
-        (tmp / "done").write_text("")
-        shutil.rmtree(cache, ignore_errors=True)
-        tmp.rename(cache)
-    shutil.copytree(cache, eval_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("done"))
+        write_builtin_suite(tmp, write_fmnist_task(tmp / "fashion_mnist"))
+        try:
+            tmp.rename(cache)
+        except OSError:  # another process wrote it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(cache, eval_dir, dirs_exist_ok=True)
 
 
 def write_fmnist_task(root: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,6 @@ PRESETS = {
             "corrupt_image": 0.01, "truncated_image": 0.01, "tiny_image": 0.02, "extreme_aspect": 0.02,
             "exact_duplicate": 0.08, "near_duplicate": 0.06, "eval_copy": 0.003},
 }
-FRACTIONS = PRESETS["clean"]
 POPULAR = {"clean": 0, "web": 20}  # exact copies drawn from few popular originals: about this many copies each
 ADDED = ("exact_duplicate", "near_duplicate", "eval_copy")
 JUNK = ["IMG_{n}.JPG", "DSC{n:05d}.jpg", "click here", "", "image", "untitled", "download now", "photo.jpg",

@@ -52,6 +52,11 @@ TRANSLATIONS = {  # non-English captions for Fashion-MNIST items (de, fr, es, it
 EMOJI_LANGS = ["de", "fr", "es", "it", "pt"]  # the order of TRANSLATIONS
 
 
+def cache_dir() -> Path:
+    """Where work shared by every pool is kept (``$CURATE_CACHE``, default ~/.cache/curate)."""
+    return Path(os.environ.get("CURATE_CACHE", Path.home() / ".cache" / "curate"))
+
+
 def real_data_status() -> dict[str, bool]:
     return {"fashion_mnist": (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
             "openclipart": (OPENCLIPART_DIR / "png").is_dir() and (OPENCLIPART_DIR / "svg").is_dir(),
@@ -150,7 +155,7 @@ def distinct_drawings(items: list[str]) -> list[str]:
 
     ident = [[it, content_key("openclipart", it)] for it in items]
     key = hashlib.sha256(json.dumps([ident, VARIANT_RMS]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("CURATE_CACHE", Path.home() / ".cache" / "curate")) / f"openclipart-{key}.json"
+    cache = cache_dir() / f"openclipart-{key}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     from concurrent.futures import ProcessPoolExecutor
