@@ -159,10 +159,17 @@ def test_scorer_prepared_batches_equal_plain_embedding():
     assert sc.input_side == 32
     ims = [Image.fromarray(picture(w, h, i)) for i, (w, h) in enumerate([(32, 32), (64, 40), (300, 200)])]
     caps = ["a red square", "ein Bild", ""]
-    a = sc.embed(ims, caps)
-    b = sc.embed_prepared([sc.prepare(im) for im in ims], caps)
-    for x, y in zip(a, b):
-        np.testing.assert_allclose(x, y, atol=1e-6)
+    img, txt, score = sc.embed_prepared([sc.prepare(im) for im in ims], caps)
+    # open_clip's own path: its transform image by image, its tokenizer, its towers
+    import open_clip
+    import torch
+
+    with torch.no_grad():
+        ref_img = sc.model.encode_image(torch.stack([sc.preprocess(im) for im in ims]), normalize=True).numpy()
+        ref_txt = sc.model.encode_text(open_clip.get_tokenizer("curate-tiny")(caps), normalize=True).numpy()
+    np.testing.assert_allclose(img, ref_img, atol=1e-5)
+    np.testing.assert_allclose(txt, ref_txt, atol=1e-5)
+    np.testing.assert_allclose(score, (ref_img * ref_txt).sum(1), atol=1e-5)
     np.testing.assert_allclose(sc.pixels(ims).numpy(), sc._pixels_on_device([sc.prepare(im) for im in ims]).numpy())
     assert sc._to_device(sc.pixels(ims)).device.type == "cpu"
 
