@@ -23,18 +23,26 @@ import heapq
 import numpy as np
 
 from pipeline.embeddings import View, view
-from pipeline.vectors import by_cluster, kmeans, knn, normalize, usable
+from pipeline.vectors import by_cluster, kmeans, knn, usable
 
 
 class Joined(View):
-    """Normalised image and text embeddings side by side, the pair normalised again."""
+    """Normalised image and text embeddings side by side, the pair normalised again (each half scaled
+    to length 1 / sqrt(2): rows are unit length, as both halves are non-zero for usable rows)."""
+    unit = True
 
     def __init__(self, img: View, txt: View):
         self.img, self.txt = img, txt
         self.shape = (len(img), img.shape[1] + txt.shape[1])
 
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        return normalize(np.concatenate([normalize(self.img.take(rows)), normalize(self.txt.take(rows))], axis=1))
+    def take(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        d = self.img.shape[1]
+        out = np.empty((len(rows), self.shape[1]), np.float32) if out is None else out
+        for half, part in ((out[:, :d], self.img), (out[:, d:], self.txt)):
+            part.take(rows, half)
+            norm = np.sqrt(np.einsum("ij,ij->i", half, half))[:, None]
+            half *= np.float32(np.sqrt(0.5)) / np.maximum(norm, 1e-12)
+        return out
 
 
 def d2_select(img, txt, difficulty: np.ndarray, budget: float, k: int = 10,

@@ -3,10 +3,13 @@ concatenated: the global steps read them a chunk or a few clusters at a time, so
 the chunk, not the pool.
 
 A view has ``len``, ``shape`` (rows, dim) and
-  ``take(rows)``     float32 rows, only those asked for (any order; sorted reads fastest);
+  ``take(rows, out)`` float32 rows, only those asked for (any order; sorted reads fastest), written
+                     into ``out`` (a (len(rows), dim) float32 array or view of one) when given;
   ``chunks(size)``   (start row, float32 block) in row order, ~32 MB a block by default;
   ``sample(n, seed)`` (sorted rows, their float32 block): n distinct rows drawn with a seeded generator;
-  ``subset(rows)``   a view of those rows (position i is row rows[i]).
+  ``subset(rows)``   a view of those rows (position i is row rows[i]);
+  ``unit``           True when its rows are known to be unit length (nothing to normalise).
+Shard files also give ``stored(size)``: (start row, block as stored, e.g. float16) in row order.
 ``view(x)`` wraps a plain array (small inputs, tests) and passes a view through.
 A shard's file is mapped only while a read touches it, so what was read leaves the process's RSS.
 """
@@ -22,11 +25,12 @@ CHUNK_BYTES = 32 << 20  # float32 bytes a chunk
 
 class View:
     shape: tuple[int, int]
+    unit = False  # rows known to be unit length (nothing to normalise)
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def take(self, rows: np.ndarray) -> np.ndarray:  # pragma: no cover - every view defines it
+    def take(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
     def chunk_rows(self) -> int:
@@ -81,9 +85,18 @@ class Shards(View):
         path, shape, order, dtype, offset = p
         return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
 
-    def take(self, rows: np.ndarray) -> np.ndarray:
+    def stored(self, size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(start row, block) in row order as stored (e.g. float16), a shard's file mapped in turn."""
+        size = size or self.chunk_rows()
+        for i, start in enumerate(self.starts[:-1].tolist()):
+            arr = self._open(i)
+            for lo in range(0, len(arr), size):
+                yield start + lo, np.asarray(arr[lo:lo + size]).reshape(min(size, len(arr) - lo), -1)
+            del arr
+
+    def take(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         rows = np.asarray(rows, np.int64).ravel()
-        out = np.empty((len(rows), self.shape[1]), np.float32)
+        out = np.empty((len(rows), self.shape[1]), np.float32) if out is None else out
         if len(rows) == 0:
             return out
         if rows.min() < 0 or rows.max() >= len(self):
@@ -107,11 +120,11 @@ class Shards(View):
 
 class Subset(View):
     def __init__(self, base: View, rows: np.ndarray):
-        self.base, self.rows = base, np.asarray(rows, np.int64)
+        self.base, self.rows, self.unit = base, np.asarray(rows, np.int64), base.unit
         self.shape = (len(self.rows), base.shape[1])
 
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        return self.base.take(self.rows[np.asarray(rows, np.int64)])
+    def take(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return self.base.take(self.rows[np.asarray(rows, np.int64)], out)
 
     def subset(self, rows: np.ndarray) -> View:
         return Subset(self.base, self.rows[np.asarray(rows, np.int64)])

@@ -3,25 +3,31 @@ neighbours inside a cluster and inverted-file scans (never all-pairs over the po
 
 Two backends give the same answers (tested): ``faiss`` (faiss-cpu, or faiss-gpu where it installs)
 and ``torch`` (matmul + top-k, on the GPU when there is one). ``auto`` picks torch on a GPU and faiss
-on a CPU. k-means centroids come from faiss.Kmeans on both backends, so they do not depend on the
-backend; only the nearest-centroid search runs on it.
+on a CPU for ``search``; the dense products against a small base (nearest centroid, neighbours inside
+a cluster) take torch for ``auto`` on a CPU too (a matmul there is ~6x faster than faiss's flat
+search). k-means centroids come from ``lloyd`` (seeded, on the CPU) on both backends, so they do not
+depend on the backend; only the nearest-centroid search runs on it.
 
 Out of core: ``kmeans``, ``assign``, ``usable`` and ``by_cluster`` take a view of per-shard embedding
 files (pipeline/embeddings.py) as well as an array, and hold a chunk or a few clusters at a time.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from pipeline.embeddings import View, view
+from pipeline.embeddings import Shards, View, view
 
 CHUNK = 16384
-PER_CENTROID = 256  # k-means trains on at most this many rows a centroid (faiss's max_points_per_centroid)
+PER_CENTROID = 256  # k-means trains on at most this many rows a centroid (as faiss's max_points_per_centroid)
 TRAIN_BYTES = 256 << 20  # ... and, from a view, on at most this many float32 bytes (but 39 rows a centroid)
 BATCH_BYTES = 64 << 20  # float32 bytes of clusters gathered at once by by_cluster
+SIM_FLOATS = 16 << 20  # similarities computed at once (64 MB): query rows a product
+PROJ = 64  # dimensions of the random projection k-means++ seeding measures distances in
+SEED_ROWS = 8192  # rows k-means++ seeding draws from (but 4 a centroid): its cost ~ k, not k^2
 
 
 def pick(backend: str = "auto") -> str:
@@ -32,6 +38,11 @@ def pick(backend: str = "auto") -> str:
     return backend
 
 
+def dense(backend: str = "auto") -> str:
+    """The backend of products against a small base (centroids, one cluster): torch for ``auto``."""
+    return "torch" if backend == "auto" else pick(backend)
+
+
 def normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     n = np.linalg.norm(x, axis=1, keepdims=True)
@@ -40,11 +51,14 @@ def normalize(x: np.ndarray) -> np.ndarray:
 
 def usable(x, valid: np.ndarray | None = None) -> np.ndarray:
     """Rows with a finite, non-zero vector (and ``valid`` when given): the rows a global step can use.
-    A view is read a chunk at a time."""
+    A view is read a chunk at a time (shard files as stored: float16 is checked on its bits)."""
     if isinstance(x, View):
         ok = np.zeros(len(x), bool)
-        for start, block in x.chunks():
+        for start, block in (x.stored() if isinstance(x, Shards) else x.chunks()):
             ok[start:start + len(block)] = usable(block)
+    elif isinstance(x, np.ndarray) and x.dtype == np.float16 and x.ndim == 2:  # exponent all ones: inf, NaN
+        u = x.view(np.uint16)
+        ok = ((u & 0x7C00) != 0x7C00).all(1) & (u & 0x7FFF).any(1)
     else:
         x = np.asarray(x, np.float32).reshape(len(x), -1) if len(x) else np.zeros((0, 1), np.float32)
         ok = np.isfinite(x).all(1) & (np.abs(x).max(1, initial=0) > 0)
@@ -69,48 +83,101 @@ def search(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "auto")
     dev = torch_device()
     b = torch.from_numpy(np.ascontiguousarray(base, np.float32)).to(dev)
     out_s, out_i = [], []
-    for i in range(0, len(queries), CHUNK):
-        q = torch.from_numpy(np.ascontiguousarray(queries[i:i + CHUNK], np.float32)).to(dev)
-        s, j = (q @ b.T).topk(k, dim=1)
+    step = max(1, min(CHUNK, SIM_FLOATS // len(base)))  # a bounded block of similarities
+    for i in range(0, len(queries), step):
+        q = torch.from_numpy(np.ascontiguousarray(queries[i:i + step], np.float32)).to(dev)
+        sim = q @ b.T
+        s, j = sim.max(1, keepdim=True) if k == 1 else sim.topk(k, dim=1)  # max: the first of ties
         out_s.append(s.cpu().numpy()), out_i.append(j.cpu().numpy())
     return np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
 
 
 def kmeans(x, k: int, niter: int = 20, seed: int = 0, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Spherical k-means on unit vectors: (centroids (k, d), assignment (n,)); ``k`` is capped at n.
-    The centroids come from ``faiss.Kmeans`` on both backends (seeded k-means++ init, ``niter`` Lloyd
-    iterations on at most 256 points a centroid, empty clusters split): an array goes to faiss whole
-    (faiss draws the 256 a centroid itself); a view (pipeline/embeddings.py) gives faiss a seeded sample
-    of that size, at most TRAIN_BYTES (not under 39 a centroid, faiss's minimum), so the pool is never
-    in memory at once. Every row is then assigned to its nearest centroid by ``assign`` (the n * k
-    pass, a chunk at a time)."""
-    import faiss
-
+    The centroids come from ``lloyd`` on a seeded sample of at most 256 rows a centroid (from a view
+    also at most TRAIN_BYTES, but not under 39 a centroid), so the pool is never in memory at once.
+    Every row is then assigned to its nearest centroid by ``assign`` (the n * k pass, a chunk at a
+    time)."""
     v = view(x)
     if len(v) == 0:
         return np.zeros((0, v.shape[1]), np.float32), np.zeros(0, np.int64)
     k = max(1, min(k, len(v)))
+    rows = k * PER_CENTROID
     if isinstance(x, View):
-        rows = min(k * PER_CENTROID, max(k * 39, TRAIN_BYTES // (4 * v.shape[1])))
-        train = v.sample(rows, seed)[1]
+        rows = min(rows, max(k * 39, TRAIN_BYTES // (4 * v.shape[1])))
+    train = v.sample(rows, seed)[1]
+    if not getattr(v, "unit", False):
         train /= np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)  # normalize, in place
-    else:
-        train = normalize(x)
-    km = faiss.Kmeans(train.shape[1], k, niter=niter, seed=seed, spherical=True, max_points_per_centroid=PER_CENTROID,
-                      init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS)
-    km.train(train)
+    cent = lloyd(train, k, niter, seed)
     del train
-    cent = np.ascontiguousarray(km.centroids, np.float32)
     return cent, assign(v, cent, backend)
 
 
+def lloyd(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
+    """Spherical k-means of unit rows ``x`` on the CPU (torch matmul): seeded k-means++ seeding, then
+    ``niter`` Lloyd iterations; an empty cluster takes half of the biggest one (faiss's split)."""
+    rng = np.random.default_rng(seed)
+    t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    cent = t[torch.from_numpy(plusplus(x, k, rng))].clone()
+    sign = torch.where(torch.arange(x.shape[1]) % 2 == 0, 1.0, -1.0) / 1024
+    for _ in range(niter):
+        lab = torch.from_numpy(nearest(t, cent))
+        count = torch.bincount(lab, minlength=k)
+        cent = torch.zeros_like(cent).index_add_(0, lab, t)
+        for e in torch.nonzero(count == 0).ravel().tolist():
+            big = int(count.argmax())
+            cent[e], cent[big] = cent[big] * (1 + sign), cent[big] * (1 - sign)
+            count[e] = count[big] // 2
+            count[big] -= count[e]
+        cent /= cent.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return cent.numpy()
+
+
+def plusplus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ seeding (as scikit-learn's: of 2 + log k candidates drawn a step, the one that
+    lowers the potential most) among at most SEED_ROWS rows of ``x``, distances measured
+    after a seeded random projection to PROJ dimensions (exact when ``x`` has no more)."""
+    n, d = x.shape
+    m = max(SEED_ROWS, 4 * k)
+    among = np.arange(n) if n <= m else np.sort(rng.choice(n, m, replace=False))
+    x = x[among] if len(among) < n else x
+    if d > PROJ:
+        x = x @ (rng.standard_normal((d, PROJ)) / np.sqrt(PROJ)).astype(np.float32)
+    pt = np.ascontiguousarray(x.T)  # (PROJ, m): a step's products are one small matrix product
+    m, sq = len(x), (pt * pt).sum(0)
+    trials = 2 + int(np.log(k))
+    picks = [int(rng.integers(m))]
+    dist = np.maximum(sq + sq[picks[0]] - 2 * (pt[:, picks[0]] @ pt), 0)
+    for _ in range(k - 1):
+        cum = np.cumsum(dist, dtype=np.float64)
+        if cum[-1] <= 0:
+            cand = rng.integers(m, size=trials)
+        else:
+            cand = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1], side="right"), m - 1)
+        prod = np.ascontiguousarray(pt[:, cand].T) @ pt
+        new = np.minimum(dist, np.maximum(sq + sq[cand][:, None] - 2 * prod, 0))
+        best = int(new.sum(1).argmin())
+        picks.append(int(cand[best]))
+        dist = new[best]
+    return among[picks]
+
+
+def nearest(t: torch.Tensor, cent: torch.Tensor) -> np.ndarray:
+    """Index of each row's highest inner product with ``cent`` (the first of ties), a block at a time."""
+    out = np.empty(len(t), np.int64)
+    step = max(1, SIM_FLOATS // max(1, len(cent)))
+    for i in range(0, len(t), step):
+        out[i:i + step] = (t[i:i + step] @ cent.T).argmax(1).cpu().numpy()
+    return out
+
+
 def assign(x, cent: np.ndarray, backend: str = "auto") -> np.ndarray:
-    """Each row's nearest centroid (rows normalised), a chunk at a time."""
+    """Each row's nearest centroid (highest inner product: the same for the row normalised), a chunk at
+    a time."""
     x = view(x)
     out = np.zeros(len(x), np.int64)
     for start, block in x.chunks():
-        _, idx = search(cent, normalize(block), 1, backend)
-        out[start:start + len(block)] = idx[:, 0]
+        out[start:start + len(block)] = search(cent, block, 1, dense(backend))[1][:, 0]
     return out
 
 
@@ -151,35 +218,51 @@ def knn(x: np.ndarray, k: int, backend: str = "auto") -> tuple[np.ndarray, np.nd
     n = len(x)
     sims = np.full((n, k), -np.inf, np.float32)
     idx = np.full((n, k), -1, np.int64)
-    s, j = search(x, x, min(k + 1, n), backend)
-    s = np.where(j == np.arange(n)[:, None], -np.inf, s)  # a copy may come before the row itself
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    s, j = np.take_along_axis(s, order, 1), np.take_along_axis(j, order, 1)
+    if n < 2 or k < 1:
+        return sims, idx
+    if dense(backend) == "faiss":
+        s, j = search(x, x, min(k + 1, n), backend)
+        s = np.where(j == np.arange(n)[:, None], -np.inf, s)  # a copy may come before the row itself
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        s, j = np.take_along_axis(s, order, 1), np.take_along_axis(j, order, 1)
+    else:  # torch: blocks of rows against all, the row itself masked
+        t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(torch_device())
+        out_s, out_j, step = [], [], max(1, SIM_FLOATS // n)
+        for i in range(0, n, step):
+            sim = t[i:i + step] @ t.T
+            r = torch.arange(len(sim), device=sim.device)
+            sim[r, r + i] = -torch.inf
+            a, b = sim.topk(min(k, n - 1), dim=1)
+            out_s.append(a.cpu().numpy()), out_j.append(b.cpu().numpy())
+        s, j = np.concatenate(out_s), np.concatenate(out_j)
     sims[:, :s.shape[1]], idx[:, :j.shape[1]] = s, np.where(np.isfinite(s), j, -1)
     return sims, idx
 
 
 def list_search(queries: np.ndarray, probes: np.ndarray, base: np.ndarray, lists: np.ndarray,
                 k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inverted-file scan as matrix products: the top-``k`` inner products of each query among the base
-    rows whose list (``lists``, one per base row) is one of the query's ``probes`` (nq, nprobe); one
-    product per list. Returns (scores, indices) best first, -inf / -1 where fewer than ``k``."""
+    """Inverted-file scan: the top ``k`` inner products of each query among the base rows whose list
+    (``lists``, one per base row) is one of its ``probes`` (nq, nprobe); (scores, indices) best first,
+    -inf / -1 where fewer. One product and top-k per list, lists over threads."""
     nq, nlist = len(queries), int(max(lists.max(initial=-1), probes.max(initial=-1))) + 1
     border = np.argsort(lists, kind="stable")
     bstart = np.searchsorted(lists[border], np.arange(nlist + 1))
     base = torch.from_numpy(np.ascontiguousarray(base[border], np.float32))  # each list's rows together
-    queries = torch.from_numpy(np.ascontiguousarray(queries, np.float32))
     qrow = np.repeat(np.arange(nq), probes.shape[1])
     qorder = np.argsort(probes.ravel(), kind="stable")
     qrow, qstart = qrow[qorder], np.searchsorted(probes.ravel()[qorder], np.arange(nlist + 1))
-    hits_q, hits_b, hits_s = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
-    for c in range(nlist):
-        b, q = border[bstart[c]:bstart[c + 1]], qrow[qstart[c]:qstart[c + 1]]
-        if len(b) and len(q):
-            s, top = (queries[q] @ base[bstart[c]:bstart[c + 1]].T).topk(min(k, len(b)), dim=1)
-            hits_q.append(np.repeat(q, top.shape[1])), hits_b.append(b[top.numpy()].ravel())
-            hits_s.append(s.numpy().ravel())
-    q, b, s = np.concatenate(hits_q), np.concatenate(hits_b), np.concatenate(hits_s)
+    qs = torch.from_numpy(np.ascontiguousarray(queries[qrow], np.float32))  # queries in list order
+    top_s, top_i = torch.full((len(qrow), k), -torch.inf), torch.full((len(qrow), k), -1)
+
+    def scan(c):
+        b0, b1, q0, q1 = bstart[c], bstart[c + 1], qstart[c], qstart[c + 1]
+        if b1 > b0 and q1 > q0:
+            s, i = (qs[q0:q1] @ base[b0:b1].T).topk(min(k, b1 - b0), dim=1)
+            top_s[q0:q1, :i.shape[1]], top_i[q0:q1, :i.shape[1]] = s, i + b0
+
+    threaded(scan, np.argsort(-np.diff(bstart) * np.diff(qstart)))  # biggest lists first
+    q, s, b = np.repeat(qrow, k), top_s.numpy().ravel(), top_i.numpy().ravel()
+    q, s, b = q[b >= 0], s[b >= 0], border[b[b >= 0]]
     o = np.lexsort((-s, q))  # per query, best first
     q, b, s = q[o], b[o], s[o]
     rank = np.arange(len(q)) - np.searchsorted(q, q)
@@ -187,3 +270,16 @@ def list_search(queries: np.ndarray, probes: np.ndarray, base: np.ndarray, lists
     scores, idx = np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
     scores[q[keep], rank[keep]], idx[q[keep], rank[keep]] = s[keep], b[keep]
     return scores, idx
+
+
+def threaded(fn, items) -> None:
+    """``fn`` over ``items`` on torch's thread count of Python threads, one torch thread each: small
+    products and top-k use the cores better than with intra-op threads (on a 2-core machine, 2
+    intra-op threads on the alignment's small products took 3-7x the CPU time of 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(fn, items))
+    finally:
+        torch.set_num_threads(threads)
