@@ -20,6 +20,9 @@
 4. The n_max CLIP-score run again on a Dask cluster (a scheduler and two ``--nthreads 1`` worker
    processes over TCP on 127.0.0.1), its uids compared with the local run's.
 
+5. Near dedup needs pixels and planted copies, so its rate, precision and recall are quoted from
+   bench/results/curation.json (bench/curation.py on the 20,000-sample clean pool).
+
 A step that passes ``--step-timeout`` or ``--mem-cap-gb`` (RSS of its process tree, sampled) is
 killed and recorded as such. ``--smoke``: ~20k samples, DataComp at the largest size only.
 """
@@ -86,7 +89,7 @@ PEER_NAMES = {"no_filter": "no_filter", "basic": "basic_filter", "clip_score_l14
               "clip_score_b32": "clip_score_b32"}
 NOTES = [
     "each step is a cold run (fresh work folder) in its own subprocess; seconds are wall time and include the "
-    "fixed start-up (interpreter, imports, spawning the annotate workers: ~10-20 s), so exponents sit below 1 "
+    "fixed start-up (interpreter, imports, forking the annotate workers: ~1-3 s), so exponents sit below 1 "
     "where that start-up dominates",
     "the machine is shared with other work: cpu_exponents (CPU seconds of the step's processes) move less with "
     "its load than wall-time exponents; loadavg_1m_before gives the 1-minute load average before each step",
@@ -95,9 +98,13 @@ NOTES = [
     "peak_rss_mb is wait4's ru_maxrss (largest single process); peak_tree_rss_mb sums the process tree, "
     "sampled every 0.2 s; decide_peak_rss_mb is the run's main process after annotate (load_columns, filters, "
     "export, report), from its own sampling (20 ms) and ru_maxrss",
+    "phases inside modules a step does not import (the global filters' torch-based code) are wrapped only once "
+    "the run imports them, so timing them adds no import time or memory to the other steps",
 ]
 TARGETS = {"exponent_max": 1.1, "decide_peak_rss_mb_max": 1500, "ours_vs_datacomp_seconds_max": 1.0,
-           "identical_uids": True}
+           "identical_uids": True, "near_dedup_samples_per_s_min": 5000, "near_dedup_precision_recall_min": 0.95}
+# near dedup needs pixels and planted copies, so its figure comes from the pool benchmark's results file
+CURATION = ROOT / "bench" / "results" / "curation.json"
 
 
 # ---------------------------------------------------------------------------------------------- pool
@@ -280,7 +287,7 @@ def subset_pool(pool: Path, info: dict, n: int, folder: Path) -> Path:
     folder.mkdir(parents=True)
     for name in take:
         for ext in (".parquet", ".npz"):
-            (folder / f"{name}{ext}").symlink_to(pool / f"{name}{ext}")
+            (folder / f"{name}{ext}").symlink_to((pool / f"{name}{ext}").resolve())  # --work may be relative
     return folder
 
 
@@ -371,6 +378,32 @@ def fit_exponent(sizes: list[int], seconds: list[float]) -> float | None:
 
 # ------------------------------------------------------------------------------ ours, in a subprocess
 
+class _AfterImport:
+    """A meta-path finder that calls ``hooks[name](module)`` right after that module first executes."""
+
+    def __init__(self, hooks: dict):
+        self.hooks = hooks
+
+    def find_spec(self, name, path, target=None):
+        if name not in self.hooks:
+            return None
+        hook = self.hooks.pop(name)
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
+        else:
+            return None
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            hook(module)
+        spec.loader.exec_module = exec_module
+        return spec
+
+
 class Phases:
     """Times the run's phases and records each one's peak RSS: a thread samples RSS every 20 ms, and
     ``ru_maxrss`` growing inside a phase puts the process's exact peak there. Wraps module functions
@@ -389,8 +422,10 @@ class Phases:
             ("pipeline.d2", "select", "d2.select"), ("pipeline.d2", "merge", "d2.merge"),
             ("pipeline.semdedup", "walk", "semdedup.walk"),
             ("pipeline.vectors", "normalize", "vectors.normalize"),
-            ("pipeline.semdedup", "normalize", "vectors.normalize"), ("pipeline.d2", "normalize", "vectors.normalize"),
+            ("pipeline.semdedup", "normalize", "vectors.normalize"),
             ("pipeline.semdedup", "usable", "vectors.usable"), ("pipeline.d2", "usable", "vectors.usable")]
+
+    EAGER = {"pipeline.run", "pipeline.decide", "pipeline.export", "pipeline.report", "pipeline.publish"}
 
     def __init__(self, filters=(), progress: str | None = None):
         self.stack: list[tuple[str, float]] = []  # open phases: (label, start)
@@ -446,20 +481,37 @@ class Phases:
     def __enter__(self):
         import importlib
 
+        pending: dict[str, list] = {}
         for mod, attr, label in self.WRAP:
             path, _, cls = mod.partition(".decide.") if mod.endswith(".Arrays") else (mod, "", "")
-            m = importlib.import_module(path + (".decide" if cls else ""))
-            m = getattr(m, cls) if cls else m
-            self.saved.append((m, attr, vars(m).get(attr)))
-            setattr(m, attr, self.wrap(label, getattr(m, attr)))
+            path += ".decide" if cls else ""
+            if path in sys.modules or path in self.EAGER:
+                self._wrap_in(importlib.import_module(path), cls, attr, label)
+            else:  # wrapped when the run imports it: importing it here (torch) would add to every step
+                pending.setdefault(path, []).append((cls, attr, label))
+        self.finder = _AfterImport({k: functools.partial(self._wrap_all, v) for k, v in pending.items()})
+        sys.meta_path.insert(0, self.finder)
         for cls in self.filters:
             self.saved.append((cls, "compute", vars(cls).get("compute")))
             cls.compute = self.wrap(lambda f, ctx: f"filter:{f.instance}", cls.compute)
         threading.Thread(target=self._sample, daemon=True).start()
         return self
 
+    def _wrap_all(self, todo: list, module) -> None:
+        for cls, attr, label in todo:
+            self._wrap_in(module, cls, attr, label)
+
+    def _wrap_in(self, module, cls: str, attr: str, label: str) -> None:
+        m = getattr(module, cls) if cls else module
+        if not hasattr(m, attr):  # renamed or gone in that module: nothing to time there
+            return
+        self.saved.append((m, attr, vars(m).get(attr)))
+        setattr(m, attr, self.wrap(label, getattr(m, attr)))
+
     def __exit__(self, *exc):
         self.done.set()
+        if self.finder in sys.meta_path:
+            sys.meta_path.remove(self.finder)
         for obj, attr, fn in reversed(self.saved):
             if fn is None:  # inherited: drop the wrapper set on the class
                 delattr(obj, attr)
@@ -766,6 +818,10 @@ def summarize(res: dict, sizes: list[int], steps: list[str]) -> dict:
             identical[PEER_NAMES[step]] = all(same)
     res["datacomp_identical"] = identical
     res["ours_vs_datacomp_seconds"] = ratio
+    near = json.loads(CURATION.read_text()).get("near_dedup") if CURATION.is_file() else None
+    if near:
+        res["near_dedup"] = {**near, "source": _rel(CURATION)}
+        res["near_dedup_samples_per_s"] = near["samples_per_s"]
     exps_ok = [e for e in res["exponents"].values() if e is not None]
     res["targets"] = TARGETS
     res["targets_met"] = {
@@ -778,6 +834,8 @@ def summarize(res: dict, sizes: list[int], steps: list[str]) -> dict:
                                                         for r in ratio.values()),
         "datacomp_identical": bool(identical) and all(identical.values()),
         "dask_identical": res.get("dask_identical"),
+        "near_dedup": bool(near) and near["samples_per_s"] >= TARGETS["near_dedup_samples_per_s_min"]
+        and min(near["precision"], near["recall"]) >= TARGETS["near_dedup_precision_recall_min"],
     }
     return res
 
@@ -825,6 +883,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=None,
                     help="ours: annotate processes; DataComp: --num_workers (default 2; 1 with --smoke)")
+    ap.add_argument("--sizes", default=None, help="comma-separated pool sizes to run (default n_max/4, n_max/2, "
+                                                  "n_max); each a whole number of shards, at most n_max")
     ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated, of: {', '.join(STEPS)}")
     ap.add_argument("--no-peer", action="store_true", help="skip DataComp's baselines.py")
     ap.add_argument("--no-dask", action="store_true", help="skip the run on a Dask cluster")
@@ -856,6 +916,10 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         ap.error(f"unknown steps {sorted(unknown)}; use {', '.join(STEPS)}")
     sizes = sorted({max(per_shard, round(n_max * f / per_shard) * per_shard) for f in (0.25, 0.5)} | {n_max})
+    if a.sizes:
+        sizes = sorted({int(x) for x in a.sizes.split(",") if x})
+        if sizes[-1] > n_max or any(n % per_shard for n in sizes):
+            ap.error(f"--sizes must be whole numbers of shards ({per_shard:,} rows) up to --n-max")
     peer = not a.no_peer
     if peer and not PEER_PY.exists():
         print(peer_help(), file=sys.stderr)

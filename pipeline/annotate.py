@@ -13,6 +13,8 @@ Outputs, per shard ``S`` under the run folder:
   columns/ingest/S.parquet                 ingest columns (schemas/columns.json)
   columns/<clip column>/S.parquet          uid, row, <clip column>
   embeddings/<clip column>/S.img.npy|.txt.npy   float16, row-aligned with the ingest table
+  embeddings/<clip column>/S.npz.json      (metadata-only pools) where in DataComp's npz those embeddings
+                                           lie: read in place, never copied (pipeline/metadata.py)
   thumbs/S.npy                             uint8 (n, 32, 32) grey thumbnails (zeros if undecodable)
 Each parquet is written last and atomically; it is the stage's completion marker and carries a
 cache key (input identity + stage config) in its metadata, so reruns skip finished work.
@@ -30,10 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
-from pipeline.clip_stage import get_scorer
 from pipeline.ingest import INGEST_COLUMNS, ShardInfo, caption_languages, ingest_row, read_shard
-from pipeline.metadata import ingest_table, is_metadata, precomputed
-from pipeline.neardup import SIDE, thumbnail
+from pipeline.metadata import ingest_table, is_metadata, npz_embeddings, precomputed, precomputed_score
 from schemas.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from schemas.config import RUNTIME_FIELDS, ClipModel
 from shardio.decode import open_image
@@ -43,7 +43,19 @@ CACHE_KEY = b"curate_cache_key"
 SHARD_INFO = "curate_shard_info"
 INGEST_VERSION = 4
 CLIP_VERSION = 2  # 2: scores stored as float64, pool-wide scores of precomputed columns
-_NO_THUMB = np.zeros((SIDE, SIDE), np.uint8)  # an undecodable image's thumbnail
+SIDE = 32  # thumbnail side (pipeline.neardup.SIDE; not imported here: it imports torch)
+
+
+def get_scorer(spec_json: str):
+    from pipeline.clip_stage import get_scorer as scorer  # torch: only for runs with a model
+
+    return scorer(spec_json)
+
+
+def thumbnail(im):
+    from pipeline.neardup import thumbnail as thumb
+
+    return thumb(im)
 
 
 def input_identity(shard: str | Path) -> dict:
@@ -66,11 +78,21 @@ def is_done(path: Path, key: str) -> bool:
     return meta.get(CACHE_KEY) == key.encode()
 
 
-def _write(path: Path, tbl: pa.Table, key: str, extra: dict[str, str] | None = None) -> None:
+# work-folder columns of metadata-only pools: read back once, so written fast (no compression, and
+# dictionaries only where values repeat)
+FAST = {"compression": "none", "use_dictionary": ["shard", "image_ext", "ingest_error", "caption_lang"]}
+
+
+def _write(path: Path, tbl: pa.Table, key: str, extra: dict[str, str] | None = None, fast: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     schemas.validate(tbl)
     meta = {CACHE_KEY: key.encode(), **{k.encode(): v.encode() for k, v in (extra or {}).items()}}
-    atomic_write_table(path, tbl.replace_schema_metadata(meta))
+    if not fast:
+        atomic_write_table(path, tbl.replace_schema_metadata(meta))
+        return
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pq.write_table(tbl.replace_schema_metadata(meta), tmp, **FAST)
+    os.replace(tmp, path)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -136,7 +158,7 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
             im, size, err = (None, None, None) if s.error else open_image(s.image, side, reduce=True)
             if need_ingest:  # width/height: a full decode's, i.e. the header's size (pixels may be reduced)
                 samples.append((s, size if im is not None else (None, None), err, size or (None, None)))
-                thumbs.append(thumbnail(im) if im is not None else _NO_THUMB)
+                thumbs.append(thumbnail(im) if im is not None else np.zeros((SIDE, SIDE), np.uint8))
             if im is not None and scorers:
                 batch_rows.append(i), batch_caps.append(s.caption)
                 for sc, px in zip(scorers, batch_px):
@@ -209,28 +231,48 @@ def annotate_metadata(parquet: str | Path, run_dir: str | Path, clip: list[ClipM
     ingest_path = run / "columns" / "ingest" / f"{sid}.parquet"
     ran = []
     key = cache_key("ingest", {"version": INGEST_VERSION, "metadata": True}, parquet)
+    uids = None
     if not is_done(ingest_path, key):
         tbl, info = ingest_table(parquet)
-        _write(ingest_path, tbl, key, {SHARD_INFO: json.dumps(info.as_dict())})
+        _write(ingest_path, tbl, key, {SHARD_INFO: json.dumps(info.as_dict())}, fast=True)
         ran.append("ingest")
-    info = shard_info(ingest_path)
-    uids = pq.read_table(ingest_path, columns=["uid"]).column("uid").to_pylist()
+        info, uids = ShardInfo(**json.loads(json.dumps(info.as_dict()))), tbl.column("uid")  # as read back
+    else:
+        info = shard_info(ingest_path)
+    npz = Path(parquet).with_suffix(".npz")
     for spec in clip:
-        ckey = cache_key(spec.column, scorer_identity(spec), parquet)
+        # the embeddings stay in the npz (read in place when a step needs them): its identity is in the key
+        ident = {"size": npz.stat().st_size, "mtime_ns": npz.stat().st_mtime_ns} if npz.is_file() else None
+        ckey = cache_key(spec.column, {**scorer_identity(spec), "npz": ident, "version": CLIP_VERSION}, parquet)
         out = run / "columns" / spec.column / f"{sid}.parquet"
         if is_done(out, ckey):
             continue
-        score, img, txt = precomputed(parquet, spec, len(uids))
+        if uids is None:
+            uids = pq.read_table(ingest_path, columns=["uid"]).column("uid")
+        n = len(uids)
         edir = run / "embeddings" / spec.column
-        if img is not None:
-            _save_npy(edir / f"{sid}.img.npy", img)
-            _save_npy(edir / f"{sid}.txt.npy", txt)
+        where = npz_embeddings(npz, spec.precomputed, n) if npz.is_file() else None
+        for part in ("img", "txt"):  # a pointer or a copy, never both
+            (edir / f"{sid}.{part}.npy").unlink(missing_ok=True)
+        (edir / f"{sid}.npz.json").unlink(missing_ok=True)
+        if where is not None:
+            score = precomputed_score(parquet, spec)
+            edir.mkdir(parents=True, exist_ok=True)
+            tmp = edir / f".{sid}.npz.json.tmp{os.getpid()}"
+            tmp.write_text(json.dumps(where))
+            os.replace(tmp, edir / f"{sid}.npz.json")
+        else:  # compressed or not float16: copied out, as a view cannot map it
+            score, img, txt = precomputed(parquet, spec, n)
+            if img is not None:
+                _save_npy(edir / f"{sid}.img.npy", img)
+                _save_npy(edir / f"{sid}.txt.npy", txt)
         _save_npy(run / "columns" / spec.column / f"{sid}.pool.npy", score)
-        tbl = pa.table({"uid": pa.array(uids, pa.string()), "row": pa.array(np.arange(len(uids)), pa.int64()),
+        tbl = pa.table({"uid": uids, "row": pa.array(np.arange(n), pa.int64()),
                         spec.column: pa.array(score.astype(np.float64), pa.float64())})
-        _write(out, tbl, ckey)
+        _write(out, tbl, ckey, fast=True)
         ran.append(spec.column)
-    return {"shard": sid, "ran": ran, "rows": len(uids), "info": info}
+    rows = len(uids) if uids is not None else pq.read_metadata(ingest_path).num_rows
+    return {"shard": sid, "ran": ran, "rows": rows, "info": info}
 
 
 def shard_info(ingest_path: Path) -> ShardInfo:

@@ -7,15 +7,19 @@ first failing rule, ``drop_reasons`` every failing rule. A filter only judges us
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.embeddings import Shards
 from pipeline.filters import Context, Filter
+from pipeline.metadata import embedding_view
 
 INGEST_REASONS = ("duplicate_key", "metadata", "no_image", "format", "decode")
 _NP = {"string": object, "float32": np.float32, "int32": np.int32, "int64": np.int64, "bool": bool}
@@ -24,19 +28,28 @@ _NP = {"string": object, "float32": np.float32, "int32": np.int32, "int64": np.i
 def load_columns(run_dir: str | Path, shard_ids: list[str], config) -> pd.DataFrame:
     """Join every stage's columns for the given shards into one table (row order = pool order)."""
     run = Path(run_dir)
+    quiet_allocator()
     parts = []
     for sid in shard_ids:
-        df = pq.read_table(run / "columns" / "ingest" / f"{sid}.parquet").to_pandas()
-        df["row"] = np.arange(len(df), dtype=np.int64)
+        t = pq.read_table(run / "columns" / "ingest" / f"{sid}.parquet")
+        t = t.append_column("row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
         for spec in config.clip:
-            c = pq.read_table(run / "columns" / spec.column / f"{sid}.parquet").to_pandas()
-            if not (c["uid"].to_numpy() == df["uid"].to_numpy()).all():
+            c = pq.read_table(run / "columns" / spec.column / f"{sid}.parquet", columns=["uid", spec.column])
+            if not c.column("uid").equals(t.column("uid")):
                 raise RuntimeError(f"{spec.column} columns for shard {sid} are out of step with ingest; rerun it")
-            df[spec.column] = c[spec.column].to_numpy()
-        parts.append(df)
+            t = t.append_column(spec.column, c.column(spec.column))
+        parts.append(t.replace_schema_metadata(None))
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in ("uid", "key", "shard", "ingest_error")})
-    return pd.concat(parts, ignore_index=True)
+    table = pa.concat_tables(parts)
+    del parts
+    return table.to_pandas(split_blocks=True, self_destruct=True)
+
+
+def quiet_allocator() -> None:
+    """Arrow's system allocator: mimalloc keeps the parquet reader's freed buffers (~0.2 GB at 1M rows)."""
+    if pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())
 
 
 class Arrays:
@@ -76,16 +89,42 @@ class Arrays:
         return self._load("thumbs/{sid}.npy", (0, 32, 32)).astype(np.uint8, copy=False)
 
     def image(self, column: str) -> Shards:
-        return Shards(self._paths(f"embeddings/{column}/{{sid}}.img.npy"))
+        return self._embeddings(column, "img")
 
     def text(self, column: str) -> Shards:
-        return Shards(self._paths(f"embeddings/{column}/{{sid}}.txt.npy"))
+        return self._embeddings(column, "txt")
+
+    def _embeddings(self, column: str, part: str) -> Shards:
+        """Per-shard ``.npy`` files, or (metadata-only pools) the npz members their pointers name."""
+        rel = f"embeddings/{column}/{{sid}}.{part}.npy"
+        if self.run is None:
+            return Shards(self._paths(rel))
+        parts: list = []
+        for sid in self.sids:
+            npy = self.run / rel.format(sid=sid)
+            ptr = npy.with_name(f"{sid}.npz.json")
+            if not npy.is_file() and ptr.is_file():
+                where = json.loads(ptr.read_text())
+                parts.append({**where, "member": where[part]})
+            else:
+                parts.append(npy)
+        if all(isinstance(p, Path) for p in parts):
+            return Shards(self._paths(rel))
+        missing = [p for p in parts if isinstance(p, Path) and not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]} is missing: rerun the annotate step for shard "
+                                    f"{missing[0].name.split('.')[0]}")
+        return embedding_view(parts)
 
 
 def ingest_reasons(df: pd.DataFrame) -> np.ndarray:
     """The drop reason an ingest error names (the text before its first colon), or None."""
     err = df["ingest_error"]
-    return np.where(err.isna(), None, err.fillna("").str.split(":", n=1).str[0]).astype(object)
+    has = err.notna().to_numpy()
+    out = np.full(len(df), None, object)
+    if has.any():
+        out[has] = err[has].str.split(":", n=1).str[0].to_numpy(object)
+    return out
 
 
 def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Path | None = None
@@ -95,10 +134,10 @@ def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Pa
     arrays = arrays or Arrays(None, [])
     n = len(df)
     cause = ingest_reasons(df) if n else np.zeros(0, object)
-    usable = np.array([c is None for c in cause], bool)
+    usable = df["ingest_error"].isna().to_numpy(bool) if n else np.zeros(0, bool)
     dup_uid = df["uid"].where(usable).duplicated(keep="first").to_numpy() & usable if n else np.zeros(0, bool)
     ok = usable & ~dup_uid
-    names = sorted({c for c in cause if c is not None}, key=lambda r: (r not in INGEST_REASONS, r))
+    names = sorted(set(pd.unique(cause[~usable])), key=lambda r: (r not in INGEST_REASONS, r))
     fails: list[tuple[str, np.ndarray]] = [(r, cause == r) for r in names] + [("duplicate_uid", dup_uid)]
     info: dict = {}
     seconds: dict = {}
@@ -125,8 +164,17 @@ def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Pa
     df["keep"] = ~matrix.any(axis=1)
     first = matrix.argmax(axis=1)
     df["drop_reason"] = np.where(df["keep"], None, labels[first] if n else labels[:0]).astype(object)
-    df["drop_reasons"] = [list(labels[row]) for row in matrix]
+    df["drop_reasons"] = reason_lists(matrix, labels)
     return df, info, seconds
+
+
+def reason_lists(matrix: np.ndarray, labels: np.ndarray) -> pd.arrays.ArrowExtensionArray:
+    """Each row's failing rules in rule order, as an Arrow ``list<string>`` column (no Python list a row)."""
+    rows, cols = np.nonzero(matrix)
+    offsets = np.zeros(len(matrix) + 1, np.int32)
+    np.cumsum(matrix.sum(axis=1), out=offsets[1:])
+    values = pa.array([str(x) for x in labels], pa.string()).take(pa.array(cols.astype(np.int32)))
+    return pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(pa.array(offsets), values))
 
 
 def _empty_result(f: Filter):
@@ -144,9 +192,36 @@ def _typed(values, kind: str, n: int):
 
 
 def summarize(df: pd.DataFrame) -> dict:
-    dropped = df[~df["keep"]]
-    by_reason = dropped["drop_reason"].value_counts().sort_index()
-    all_rules = dropped["drop_reasons"].explode().dropna().value_counts().sort_index()
-    return {"samples_in": int(len(df)), "kept": int(df["keep"].sum()), "dropped": int(len(dropped)),
+    keep = df["keep"].to_numpy(bool)
+    reason = pd.Series(df["drop_reason"].to_numpy(object)[~keep], dtype=object)
+    by_reason = reason.value_counts().sort_index()
+    return {"samples_in": int(len(df)), "kept": int(keep.sum()), "dropped": int((~keep).sum()),
             "dropped_by_reason": {k: int(v) for k, v in by_reason.items()},
-            "failing_by_rule": {k: int(v) for k, v in all_rules.items()}}
+            "failing_by_rule": dict(sorted(rule_counts(df["drop_reasons"]).items()))}
+
+
+def as_lists(col: pd.Series) -> pa.ChunkedArray:
+    """A ``drop_reasons`` column as Arrow lists (decide's own, or Python / numpy lists read back)."""
+    arr = col.array
+    if isinstance(arr, pd.arrays.ArrowExtensionArray) and pa.types.is_list(arr._pa_array.type):
+        return arr._pa_array
+    return pa.chunked_array([pa.array([[] if r is None else [str(x) for x in r] for r in col], pa.list_(pa.string()))])
+
+
+def rule_counts(col: pd.Series) -> dict[str, int]:
+    flat = pc.list_flatten(as_lists(col))
+    counts = pc.value_counts(flat) if len(flat) else []
+    return {c["values"].as_py(): int(c["counts"].as_py()) for c in counts}
+
+
+def failing(col: pd.Series, rules) -> np.ndarray:
+    """Rows whose drop_reasons hold any of ``rules``."""
+    lists = as_lists(col)
+    hit = np.zeros(len(col), bool)
+    if len(col):
+        lists = lists.combine_chunks()
+        parent = pc.list_parent_indices(lists).to_numpy()
+        match = pc.is_in(pc.list_flatten(lists), value_set=pa.array(sorted(rules), pa.string()))
+        match = match.to_numpy(zero_copy_only=False)
+        hit[parent[match]] = True
+    return hit

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -34,7 +35,9 @@ class InProcess:
                         yield item, None, _error(e)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, torch: bool = True) -> None:
+    if not torch:
+        return
     import torch
 
     torch.set_num_threads(threads)
@@ -52,14 +55,16 @@ def _retrying(fn, item, retries):
 class ProcessPool:
     """One process per worker, each loading the scorer once and getting its share of the cores."""
 
-    def __init__(self, workers: int, retries: int = 1):
-        self.workers, self.retries = workers, retries
+    def __init__(self, workers: int, retries: int = 1, torch: bool = True):
+        self.workers, self.retries, self.torch = workers, retries, torch
 
     def map(self, fn, items):
         items = list(items)
         threads = max(1, (os.cpu_count() or 1) // self.workers)
-        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(threads,)) as ex:
+        # torch-free jobs in a torch-free process: fork (no interpreter start and imports per worker)
+        how = "fork" if not self.torch and "torch" not in sys.modules and os.name == "posix" else "spawn"
+        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context(how), initializer=_init_worker,
+                                 initargs=(threads, self.torch)) as ex:
             futs = {ex.submit(_retrying, fn, item, self.retries): item for item in items}
             for f in as_completed(futs):
                 try:
@@ -88,7 +93,8 @@ class Dask:
                     yield where[f.key], None, _error(e)
 
 
-def make(workers: int = 1, dask_address: str | None = None, retries: int = 1) -> Executor:
+def make(workers: int = 1, dask_address: str | None = None, retries: int = 1, torch: bool = True) -> Executor:
+    """``torch=False``: jobs that run no model (metadata-only pools), so workers skip importing torch."""
     if dask_address:
         return Dask(dask_address, retries)
-    return ProcessPool(workers, retries) if workers > 1 else InProcess(retries)
+    return ProcessPool(workers, retries, torch) if workers > 1 else InProcess(retries)

@@ -4,24 +4,59 @@ Everything is written into a staging folder; pipeline/publish.py makes it visibl
 """
 from __future__ import annotations
 
+import json
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 import schemas
 from pipeline.faults import point
 from pipeline.ingest import MAX_CAPTION_CHARS
-from shardio.shards import ShardWriter, atomic_write_table, shard_id
+from shardio.shards import ShardWriter, shard_id
 from shardio.tar import iter_samples
 
 
 def uid_array(uids) -> np.ndarray:
     """DataComp's subset format: sorted structured array of (upper, lower) 64-bit halves."""
-    arr = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in uids], np.dtype("u8,u8"))
-    arr.sort()
+    halves = _hex_halves(uids)
+    if halves is None:
+        arr = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in uids], np.dtype("u8,u8"))
+        arr.sort()
+        return arr
+    hi, lo = halves
+    order = np.lexsort((lo, hi))
+    arr = np.empty(len(order), np.dtype("u8,u8"))
+    arr["f0"], arr["f1"] = hi[order], lo[order]
     return arr
+
+
+_HEX = np.full(256, 255, np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX[_c] = _HEX[b"0123456789ABCDEF"[_i]] = _i
+
+
+def _hex_halves(uids) -> tuple[np.ndarray, np.ndarray] | None:
+    """(upper, lower) halves of 32-hex-character uids, vectorised; None when any is not one."""
+    arr = uids.array._pa_array if isinstance(getattr(uids, "array", None), pd.arrays.ArrowExtensionArray) \
+        else pa.chunked_array([pa.array(list(uids), pa.string())])
+    if arr.null_count:
+        return None
+    arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    arr = arr.cast(pa.large_binary())
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    if len(arr) and not (np.diff(offsets) == 32).all():
+        return None
+    raw = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0]:offsets[-1]] if len(arr) else np.zeros(0, np.uint8)
+    nib = _HEX[raw].reshape(len(arr), 32)
+    if (nib == 255).any():
+        return None
+    packed = np.ascontiguousarray((nib[:, 0::2] << 4) | nib[:, 1::2]).view(">u8")  # (n, 2) big-endian halves
+    return packed[:, 0].astype(np.uint64), packed[:, 1].astype(np.uint64)
 
 
 def write_shards(df: pd.DataFrame, shards: list[str], out_dir: Path, samples_per_shard: int,
@@ -76,13 +111,59 @@ def metadata_table(df: pd.DataFrame, declared: dict[str, str]) -> pa.Table:
                 raise RuntimeError(f"column {name!r} is declared nowhere (schemas/columns.json or a filter's "
                                    "outputs)") from None
         fields.append(pa.field(name, t))
-    return pa.Table.from_pandas(df, schema=pa.schema(fields), preserve_index=False)
+    tbl = pa.Table.from_pandas(df, schema=pa.schema(fields), preserve_index=False)
+    # Arrow-backed columns (decide's drop_reasons) are recorded as the object columns they read back as
+    arrow = {n for n in df.columns if isinstance(df[n].dtype, pd.ArrowDtype)}
+    meta = json.loads(tbl.schema.metadata[b"pandas"]) if arrow and tbl.schema.metadata else None
+    if meta:
+        for c in meta["columns"]:
+            if c["name"] in arrow:
+                c["numpy_type"] = "object"
+        tbl = tbl.replace_schema_metadata({**tbl.schema.metadata, b"pandas": json.dumps(meta).encode()})
+    return tbl
+
+
+UNIQUE = ("uid", "key", "url", "caption", "sha256")
+
+
+def write_metadata(path: Path, df: pd.DataFrame, declared: dict[str, str], rows: int = 1 << 17) -> None:
+    """metadata.parquet, converted and written ``rows`` at a time (no second copy of the table)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    first = metadata_table(df.iloc[:rows], declared)
+    # dictionaries where values repeat; a uid, url or caption column would only fall back to plain
+    repeat = [c for c in first.column_names if c not in UNIQUE]
+    with pq.ParquetWriter(tmp, first.schema, use_dictionary=repeat) as w:
+        w.write_table(first)
+        for lo in range(rows, len(df), rows):
+            w.write_table(metadata_table(df.iloc[lo:lo + rows], declared))
+    os.replace(tmp, path)
+
+
+class Background:
+    """``fn(*args)`` on a thread (parquet writing releases the GIL); ``join`` waits and re-raises."""
+
+    def __init__(self, fn, *args):
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn, args):
+        try:
+            fn(*args)
+        except BaseException as e:  # noqa: BLE001 - re-raised by join
+            self.error = e
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def export(df: pd.DataFrame, shards: list[str], out: str | Path, samples_per_shard: int, manifest: dict,
-           declared: dict[str, str] | None = None, captions: dict | None = None) -> dict:
+           declared: dict[str, str] | None = None, captions: dict | None = None, metadata: bool = True) -> dict:
     """Write shards, uids.npy and metadata.parquet into ``out`` (a staging folder); return the manifest
-    with the outputs added (the caller writes it last, after the report)."""
+    with the outputs added (the caller writes it last, after the report). ``metadata=False``: the
+    caller writes metadata.parquet itself (``write_metadata``), e.g. while the report is drawn."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = write_shards(df, shards, out / "shards", samples_per_shard, captions) if shards else []
@@ -90,7 +171,8 @@ def export(df: pd.DataFrame, shards: list[str], out: str | Path, samples_per_sha
     tmp = out / ".uids.tmp.npy"
     np.save(tmp, uids)
     tmp.replace(out / "uids.npy")
-    atomic_write_table(out / "metadata.parquet", metadata_table(df, declared or {}))
+    if metadata:
+        write_metadata(out / "metadata.parquet", df, declared or {})
     manifest = {**manifest, "output_shards": written, "uids": "uids.npy", "metadata": "metadata.parquet",
                 "uid_count": int(len(uids))}
     return manifest

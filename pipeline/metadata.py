@@ -10,13 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
-from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS, ShardInfo, caption_languages, valid_uid
+from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS, ShardInfo, _lid_model, caption_languages, valid_uid
 from schemas.config import ClipModel
 
 NEEDED = ("uid", "text")
+READ = ("uid", "url", "text", "original_width", "original_height", "sha256")
 
 
 def is_metadata(path: str | Path) -> bool:
@@ -26,45 +28,103 @@ def is_metadata(path: str | Path) -> bool:
 def ingest_table(parquet: str | Path) -> tuple[pa.Table, ShardInfo]:
     """The ingest columns of one metadata parquet (no image: sizes from ``original_width/height``)."""
     path = Path(parquet)
-    t = pq.read_table(path)
-    missing = [c for c in NEEDED if c not in t.column_names]
+    have = pq.read_schema(path).names
+    missing = [c for c in NEEDED if c not in have]
     if missing:
         raise ValueError(f"{path} is not DataComp metadata: it has no {', '.join(missing)} column "
-                         f"(columns: {', '.join(t.column_names[:12])})")
-    sizes = [c for c in ("original_width", "original_height") if c not in t.column_names]
+                         f"(columns: {', '.join(have[:12])})")
+    t = pq.read_table(path, columns=[c for c in READ if c in have])
+    sizes = [c for c in ("original_width", "original_height") if c not in have]
     n = t.num_rows
-    texts = [x if isinstance(x, str) else "" for x in t.column("text").to_pylist()]
-    uids = t.column("uid").to_pylist()
-    bad = [u for u in uids if valid_uid(u) is None]
-    if bad:
-        raise ValueError(f"{path}: {len(bad)} uid(s) are not 32 hex characters, first: {bad[0]!r}")
-    langs = caption_languages(texts)
+    uids = _uids(t.column("uid"), path)
+    # each distinct caption is measured and language-identified once, then spread to its rows
+    uniq, codes = _distinct(t.column("text"))
+    langs, scores = languages(uniq)
+    codes = pa.array(codes, pa.int64())
 
     def col(name):
-        return t.column(name).to_pylist() if name in t.column_names else [None] * n
+        return t.column(name) if name in have else pa.nulls(n)
 
-    rows = {"uid": [u.lower() for u in uids], "key": [u.lower() for u in uids], "shard": [path.stem] * n,
-            "url": col("url"), "caption": [x[:MAX_CAPTION_CHARS] for x in texts], "image_ext": [None] * n,
-            "image_bytes": [0] * n, "sha256": col("sha256"),
+    def spread(values, kind):
+        return pa.array(values, kind).take(codes)
+
+    none_s, none_i = pa.nulls(n, pa.string()), pa.nulls(n, pa.int32())
+    cols = {"uid": uids, "key": uids, "shard": pa.repeat(pa.scalar(path.stem), n) if n else pa.array([], pa.string()),
+            "url": col("url"), "caption": spread([x[:MAX_CAPTION_CHARS] for x in uniq], pa.string()),
+            "image_ext": none_s, "image_bytes": np.zeros(n, np.int64), "sha256": col("sha256"),
             "original_width": col("original_width"), "original_height": col("original_height"),
-            "width": [None] * n, "height": [None] * n,
+            "width": none_i, "height": none_i,
             # a size the basic filter needs and the metadata lacks is said, not guessed
-            "ingest_error": [None] * n,
-            "caption_words": [len(x.split()) for x in texts], "caption_chars": [len(x) for x in texts],
-            "caption_lang": [lang for lang, _ in langs], "caption_lang_score": [s for _, s in langs]}
+            "ingest_error": none_s,
+            "caption_words": spread([len(x.split()) for x in uniq], pa.int32()),
+            "caption_chars": spread([len(x) for x in uniq], pa.int32()),
+            "caption_lang": spread(langs, pa.string()), "caption_lang_score": spread(scores, pa.float32())}
     info = ShardInfo(path.stem, str(path), samples_found=n)
     if sizes:
         info.problems.append(f"no {' / '.join(sizes)} column: image sizes unknown (the basic filter drops them)")
-    return schemas.table(rows, INGEST_COLUMNS), info
+    return pa.table({c: _typed(cols[c], c) for c in INGEST_COLUMNS}), info
+
+
+def _typed(values, name: str):
+    want = schemas.arrow_type(name)
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if values.type == want else values.cast(want)
+    return pa.array(values, type=want)
+
+
+def _uids(col: pa.ChunkedArray, path: Path) -> pa.Array:
+    """Lower-cased uids; every one must be 32 hex characters."""
+    if pa.types.is_string(col.type) and col.null_count == 0 and pc.all(
+            pc.match_substring_regex(col, "^[0-9a-fA-F]{32}$")).as_py() in (True, None):
+        return pc.utf8_lower(col.combine_chunks())
+    uids = col.to_pylist()
+    bad = [u for u in uids if valid_uid(u) is None]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} uid(s) are not 32 hex characters, first: {bad[0]!r}")
+    return pa.array([u.lower() for u in uids], pa.string())
+
+
+def _distinct(col: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
+    """(distinct captions, each row's index into them); a missing caption is ''."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        enc = pc.dictionary_encode(pc.fill_null(col, "").combine_chunks())
+        return enc.dictionary.to_pylist(), enc.indices.to_numpy()
+    seen: dict[str, int] = {}
+    rows = [seen.setdefault(x if isinstance(x, str) else "", len(seen)) for x in col.to_pylist()]
+    return list(seen), np.array(rows, np.int64)
+
+
+def languages(texts: list[str]) -> tuple[list[str | None], np.ndarray]:
+    """``caption_languages`` (pipeline/ingest.py) with the model's C++ ``predict`` called without its
+    Python wrapper: the same labels and scores."""
+    model = _lid_model()
+    predict = getattr(getattr(model, "f", None), "predict", None)
+    if predict is None:  # not the fasttext build this relies on
+        langs = caption_languages(texts)
+        return [lang for lang, _ in langs], np.array([s for _, s in langs], np.float64)
+    labels: list[str | None] = [None] * len(texts)
+    scores = np.zeros(len(texts), np.float64)
+    for i, x in enumerate(texts):
+        if x.strip():
+            prob, label = predict(x.replace("\n", " ") + "\n", 1, 0.0, "strict")[0]
+            labels[i], scores[i] = label.replace("__label__", ""), min(float(prob), 1.0)
+    return labels, scores
+
+
+def precomputed_score(parquet: str | Path, spec: ClipModel) -> np.ndarray:
+    """The precomputed score column of a metadata parquet, with the column's own dtype."""
+    path = Path(parquet)
+    col = f"clip_{spec.precomputed}_similarity_score"
+    f = pq.ParquetFile(path)
+    if col not in f.schema_arrow.names:
+        raise ValueError(f"{path} has no '{col}' column for the precomputed '{spec.precomputed}' scorer")
+    return f.read(columns=[col]).column(col).to_numpy(zero_copy_only=False)
 
 
 def precomputed(parquet: str | Path, spec: ClipModel, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(score with the column's own dtype, image and text embeddings or None) of a metadata parquet."""
     path = Path(parquet)
-    col = f"clip_{spec.precomputed}_similarity_score"
-    if col not in pq.read_schema(path).names:
-        raise ValueError(f"{path} has no '{col}' column for the precomputed '{spec.precomputed}' scorer")
-    score = pq.read_table(path, columns=[col]).column(col).to_numpy(zero_copy_only=False)
+    score = precomputed_score(path, spec)
     npz = path.with_suffix(".npz")
     if not npz.is_file():
         return score, None, None
@@ -73,3 +133,79 @@ def precomputed(parquet: str | Path, spec: ClipModel, n: int) -> tuple[np.ndarra
     if len(img) != n:
         raise ValueError(f"{npz} holds {len(img)} embeddings for {n} rows of {path.name}")
     return score, img.astype(np.float16, copy=False), txt.astype(np.float16, copy=False)
+
+
+def _npy_header(f) -> tuple[tuple, bool, np.dtype]:
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(f)
+    read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+    return read(f)
+
+
+def npz_member(npz: str | Path, name: str) -> tuple[tuple, bool, np.dtype, int] | None:
+    """(shape, fortran order, dtype, byte offset of the data) of ``name`` inside an ``.npz``, when it
+    is stored uncompressed (``np.savez``) and so can be memory-mapped; None otherwise."""
+    import zipfile
+
+    with zipfile.ZipFile(npz) as z:
+        try:
+            info = z.getinfo(f"{name}.npy")
+        except KeyError:
+            return None
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+    with open(npz, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            return None
+        name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        shape, fortran, dtype = _npy_header(f)
+        return shape, fortran, dtype, f.tell()
+
+
+def npz_embeddings(npz: Path, tag: str, n: int) -> dict | None:
+    """Where a view reads ``<tag>_img`` / ``<tag>_txt`` of a DataComp npz in place (both float16,
+    uncompressed, ``n`` rows), or None when they must be copied out instead."""
+    out = {"npz": str(npz.resolve()), "size": npz.stat().st_size, "mtime_ns": npz.stat().st_mtime_ns}
+    for part in ("img", "txt"):
+        head = npz_member(npz, f"{tag}_{part}")
+        if head is None or head[2] != np.float16 or len(head[0]) != 2 or head[1]:
+            return None
+        if head[0][0] != n:
+            raise ValueError(f"{npz} holds {head[0][0]} embeddings for {n} rows of {npz.stem}.parquet")
+        out[part] = f"{tag}_{part}"
+    return out
+
+
+def embedding_view(parts: list):
+    """A row-aligned view (pipeline/embeddings.py) over per-shard parts: ``.npy`` paths, or pointers
+    into npz files (``npz_embeddings``'s dict plus ``member``), each mapped only while read."""
+    from pipeline.embeddings import Shards
+
+    view = Shards([])
+    lens, widths = [], []
+    for p in parts:
+        if isinstance(p, dict):
+            npz = Path(p["npz"])
+            st = npz.stat() if npz.is_file() else None
+            if st is None or (st.st_size, st.st_mtime_ns) != (p["size"], p["mtime_ns"]):
+                raise FileNotFoundError(f"{npz} is missing or changed since it was annotated: rerun the annotate step")
+            shape, fortran, dtype, offset = npz_member(npz, p["member"])
+            path = str(npz)
+        else:
+            with open(p, "rb") as f:
+                shape, fortran, dtype = _npy_header(f)
+                offset = f.tell()
+            path = str(p)
+        view.parts.append((path, shape, "F" if fortran else "C", dtype, offset))
+        lens.append(shape[0])
+        widths.append(shape[1] if len(shape) > 1 else 1)
+    dims = {w for w, n in zip(widths, lens) if n} or set(widths[:1]) or {1}
+    if len(dims) > 1:
+        raise ValueError(f"embedding parts differ in width: {sorted(dims)}")
+    view.starts = np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
+    view.shape = (int(view.starts[-1]), dims.pop())
+    return view

@@ -233,12 +233,13 @@ def _truth(df: pd.DataFrame, shards: list[str]) -> str:
 
 def score_filters(df: pd.DataFrame, filters: dict) -> list[tuple[str, str, float, np.ndarray]]:
     """(instance, score column, threshold, fails mask) of every filter that cuts a score at a threshold."""
+    from pipeline.decide import failing
+
     out = []
-    reasons = df["drop_reasons"].map(lambda r: set(r))
     for name, f in filters.items():
         col = f"{name}.score" if f"{name}.score" in df else f.get("column")
         if "threshold" in f and col in df:
-            fails = reasons.map(lambda r, rs=set(f["reasons"]): bool(r & rs)).to_numpy(bool)
+            fails = failing(df["drop_reasons"], f["reasons"])
             out.append((name, col, float(f["threshold"]), fails))
     return out
 
@@ -300,10 +301,9 @@ def _cell(df: pd.DataFrame, i: int, thumbs: dict, scores: list[str], note: str =
 def dup_groups(df: pd.DataFrame, filters: dict, n: int = GROUPS) -> list[tuple[str, str, list[tuple[int, list[int]]]]]:
     """Per dedup filter: (instance, distance column, [(kept row, duplicate rows)]), biggest groups first.
     Groups come from the filters' ``*.dup_of`` columns; exact_dedup groups by sha256."""
-    first_row = {}
+    from pipeline.decide import failing
+
     usable = df["ingest_error"].isna().to_numpy()
-    for i, u in zip(df.index[usable], df["uid"][usable]):
-        first_row.setdefault(u, i)
     out = []
     for name, f in filters.items():
         dcol = next((c for c in f.get("columns", []) if c.endswith(".dup_of") and c in df), None)
@@ -312,15 +312,27 @@ def dup_groups(df: pd.DataFrame, filters: dict, n: int = GROUPS) -> list[tuple[s
             g = df.loc[df[dcol].notna(), dcol]
         elif f.get("type") == "exact_dedup" and "sha256" in df:
             dist = ""
-            dropped = df["drop_reasons"].map(lambda r, rs=set(f.get("reasons", [])): bool(set(r) & rs)).to_numpy(bool)
+            dropped = failing(df["drop_reasons"], f.get("reasons", []))
             firsts = df[usable & ~dropped].drop_duplicates("sha256").set_index("sha256")["uid"]
             g = df.loc[dropped, "sha256"].map(firsts).dropna()
         else:
             continue
-        groups = sorted(((first_row.get(rep), list(rows.index)) for rep, rows in g.groupby(g)),
-                        key=lambda x: (-len(x[1]), x[1][0]))
+        groups = sorted(((rep, list(rows.index)) for rep, rows in g.groupby(g)), key=lambda x: (-len(x[1]), x[1][0]))
+        first_row = _first_rows(df, usable, {rep for rep, _ in groups[:n]})
+        groups = [(first_row.get(rep), rows) for rep, rows in groups]
         if groups:
             out.append((name, dist, [(rep, rows[:5]) for rep, rows in groups[:n] if rep is not None]))
+    return out
+
+
+def _first_rows(df: pd.DataFrame, usable: np.ndarray, uids: set) -> dict:
+    """uid -> the first usable row holding it, for the given uids only."""
+    if not uids:
+        return {}
+    hit = usable & df["uid"].isin(list(uids)).to_numpy()
+    out: dict = {}
+    for i, u in zip(df.index[hit], df["uid"][hit]):
+        out.setdefault(u, i)
     return out
 
 
@@ -328,9 +340,11 @@ def dup_groups(df: pd.DataFrame, filters: dict, n: int = GROUPS) -> list[tuple[s
 
 def write_report(out: str | Path, df: pd.DataFrame, shards: list[str], manifest: dict,
                  train_dir: str | Path | None = None, seed: int = 0) -> Path:
+    from pipeline.decide import as_lists
+
     out = Path(out)
     df = df.reset_index(drop=True)
-    df["drop_reasons"] = df["drop_reasons"].map(lambda r: [] if r is None else list(r))
+    df["drop_reasons"] = pd.arrays.ArrowExtensionArray(as_lists(df["drop_reasons"]))
     rng = np.random.default_rng(seed)
     filters = manifest.get("filters", {})
     scorer_cols = [s["column"] for s in manifest.get("scorers", []) if s.get("column") in df]

@@ -49,11 +49,12 @@ class Plan:
 def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | dict,
          work: str | Path | None = None) -> Plan:
     """Check everything a run needs before any work starts: config, scorers, shards, output folder."""
-    from pipeline.clip_stage import check_scorer
-
     config = config if isinstance(config, CurateConfig) else load_config(config)
     for spec in config.clip:
-        check_scorer(spec)
+        if spec.model or spec.checkpoint:  # nothing to check (nor torch to import) for a precomputed column
+            from pipeline.clip_stage import check_scorer
+
+            check_scorer(spec)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the curation output")
@@ -137,7 +138,7 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
            extra: dict | None = None) -> dict:
     """Apply the failure policy, decide, export into staging, publish; return the manifest."""
     from pipeline.decide import Arrays, decide, load_columns, summarize
-    from pipeline.export import export
+    from pipeline.export import Background, export, write_metadata
     from pipeline.report import write_report
 
     if failed and on_failure == "fail":
@@ -178,10 +179,14 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
     captions = _rewritten_captions(df, p.config)
     stage = publish.staging(p.out)
     tars = [s for s in shards if not is_metadata(s)]
-    manifest = export(df, tars, stage, p.config.export.samples_per_shard, manifest, declared, captions)
+    manifest = export(df, tars, stage, p.config.export.samples_per_shard, manifest, declared, captions, metadata=False)
     manifest["report"] = "report.html"
     manifest["run"]["filter_seconds"] = seconds
-    write_report(stage, df.reset_index(drop=True), shards, manifest)
+    meta = Background(write_metadata, stage / "metadata.parquet", df, declared)  # while the report is drawn
+    try:
+        write_report(stage, df.reset_index(drop=True), shards, manifest)
+    finally:
+        meta.join()
     manifest["run"]["decide_export_seconds"] = round(time.time() - t0, 2)
     # written last: publish refuses a staged folder without it
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
@@ -254,7 +259,8 @@ def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | 
     with exclusive(p.out), run_log(p.out):
         log.info("curating %d shards into %s (config %s)", len(p.shards), p.out, p.config_hash)
         t0 = time.time()
-        done, failed = annotate(p, make(workers, dask_address, retries), progress)
+        light = all(is_metadata(s) for s in p.shards)  # no model: workers need no torch
+        done, failed = annotate(p, make(workers, dask_address, retries, torch=not light), progress)
         seconds = time.time() - t0
         return finish(p, done, failed, on_failure, {"run": run_facts(done, seconds)})
 
