@@ -1,12 +1,13 @@
 """Curation figures -> bench/results/curation.json: what each filter drops on the sample pool,
-as precision / recall against the planted ground truth (data/sample_pool/ground_truth.parquet).
+as precision / recall against the planted ground truth (<pool>/ground_truth.parquet). The pool is the
+~71% clean preset (seed 0), whose planted copies the near-dedup thresholds were chosen on:
 
+    .venv/bin/curate build-pool --preset clean --out data/clean_pool
     .venv/bin/python bench/curation.py [--scorer runs/bench-skeleton/scorer/final]
 
-The near-dedup thresholds were chosen on the default pool (seed 0); a pool drawn with another seed
-checks them on copies they were not tuned on:
+A pool drawn with another seed checks them on copies they were not tuned on:
 
-    .venv/bin/curate build-pool --out data/pool_seed1 --seed 1 --trusted 0
+    .venv/bin/curate build-pool --preset clean --out data/pool_seed1 --seed 1 --trusted 0
     .venv/bin/python bench/curation.py --pool data/pool_seed1 --work runs/bench-curation-seed1/work \
         --out bench/results/curation_seed1.json
 
@@ -14,13 +15,16 @@ Filter -> the planted noise it should catch: decode -> corrupt + truncated image
 exact duplicate pairs (one of each pair dropped); near_dedup -> re-encoded / resized / cropped copies;
 semantic_dedup -> exact + near pairs; decontamination -> eval copies; clip_score_50 (top 50% by the
 bootstrapped scorer) -> swapped captions (recall only is meaningful: it also drops clean samples by
-design). Also: DataComp top-30% uid parity, and the global steps' cost at 1x / 2x / 4x the pool
-(fitted exponent) next to raw faiss on the same embeddings.
+design). Near dedup's rate: ``near_dedup_samples_per_s`` (pool samples / its filter seconds; see
+``near_dedup_figures``), with the 1-minute load average after the run. Also: DataComp top-30% uid
+parity, and the global steps' cost at 1x / 2x / 4x the pool (fitted exponent) next to raw faiss on
+the same embeddings.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -81,6 +85,17 @@ def score(meta: pd.DataFrame, gt: pd.DataFrame, rule: str) -> dict:
             "dropped": int(hit.sum()), "planted": int(truth.sum())}
 
 
+def near_dedup_figures(result: dict) -> dict:
+    """Near dedup's rate and quality from this script's result dict (bench/results/curation*.json): pool
+    samples / the near_dedup filter's seconds (thumbnails are made at ingest, so this is the whole
+    step), with its precision and recall on the planted copies."""
+    seconds = next(v for k, v in result["filter_seconds"].items() if k.startswith("near_dedup"))
+    q = result["filters"]["near_dedup"]
+    return {"samples_per_s": round(result["samples_in"] / seconds, 1), "samples": result["samples_in"],
+            "seconds": seconds, "precision": q["precision"], "recall": q["recall"],
+            "load_average_1min": result.get("load_average_1min")}
+
+
 def uid_parity(meta: pd.DataFrame, uids_file: Path, fraction: float) -> bool:
     """DataComp's rule from an independent implementation (tests/oracles.py), compared byte for byte."""
     from tests.oracles import datacomp_top_fraction_uids
@@ -91,9 +106,9 @@ def uid_parity(meta: pd.DataFrame, uids_file: Path, fraction: float) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pool", default="data/sample_pool")
+    ap.add_argument("--pool", default="data/clean_pool", help="a clean-preset pool (curate build-pool --preset clean)")
     ap.add_argument("--scorer", default="runs/bench-skeleton/scorer/final")
-    ap.add_argument("--work", default="runs/bench-curation/work", help="annotate cache (reused between runs)")
+    ap.add_argument("--work", default="runs/bench-curation-clean/work", help="annotate cache (reused between runs)")
     ap.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch"])
     ap.add_argument("--skip-filters", action="store_true", help="only the scaling part (e.g. on a GPU machine)")
     ap.add_argument("--out", default=str(OUT))
@@ -112,6 +127,7 @@ def main() -> None:
                                {"type": "clip_score", "fraction": 0.5}]}
             t0 = time.time()
             m = run_curation(str(pool / "shards"), Path(tmp) / "out", cfg, work=work)
+            load = round(os.getloadavg()[0], 2)  # the machine may be shared: timings are read beside it
             meta = pd.read_parquet(Path(tmp) / "out" / "metadata.parquet")
             res["filters"] = {name: score(meta, gt, rule) for name, rule in
                               (("decode", "decode"), ("exact_dedup", "exact_dedup"), ("near_dedup", "near_dedup"),
@@ -135,7 +151,9 @@ def main() -> None:
                         for u in p}
             res["natural_exact_duplicates"] = len(natural_duplicates(meta) - gt_pairs)
             res.update(samples_in=m["samples_in"], kept=m["kept"], dropped_by_reason=m["dropped_by_reason"],
-                       run_seconds=round(time.time() - t0, 1))
+                       run_seconds=round(time.time() - t0, 1), load_average_1min=load)
+            res["near_dedup"] = near_dedup_figures(res)
+            res["near_dedup_samples_per_s"] = res["near_dedup"]["samples_per_s"]
             m30 = run_curation(str(pool / "shards"), Path(tmp) / "top30", {
                 "clip": [{"model": a.scorer}], "filters": [{"type": "clip_score", "fraction": 0.3}]}, work=work)
             res["datacomp_uid_parity"] = uid_parity(pd.read_parquet(Path(tmp) / "top30" / "metadata.parquet"),
