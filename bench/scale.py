@@ -8,7 +8,8 @@
    b32 / l14 image and text embeddings around 1,000 centres plus noise, with planted exact and near
    duplicates. The pool of each size is a folder of links to the first shards.
 2. Ours, metadata-only, at n_max/4, n_max/2 and n_max: every step (no filter, CLIP score L/14 and B/32
-   30%, basic, semantic dedup, D²) is one cold run (fresh work folder) in its own subprocess, so its
+   30%, basic, semantic dedup, D², image-based with 1,000 target embeddings drawn near the pool's own,
+   no model) is one cold run (fresh work folder) in its own subprocess, so its
    wall time, CPU time and peak RSS (``wait4``'s ``ru_maxrss``: the largest process) are its own;
    inside, the run's phases (annotate, load_columns, each filter, export, report) are timed and their
    RSS sampled, which says where the peak comes from. ``exponents``: log-log slope of seconds vs n.
@@ -75,9 +76,11 @@ STEPS = {
     "semantic_dedup": {"clip": [L14], "filters": [{"type": "semantic_dedup", "clusters": SEMDEDUP_CLUSTERS,
                                                    "eps": 0.05}]},
     "d2_pruning": {"clip": [L14], "filters": [{"type": "d2_pruning", "budget": FRACTION}]},
+    # DataComp's image-based filter with its targets as embeddings (TARGETS: written beside the pool)
+    "image_based": {"clip": [L14], "filters": [{"type": "image_based", "clusters": 1000, "targets": []}]},
 }
-# image-based needs a model to embed its target images: tried, and recorded as skipped with the reason
-IMAGE_BASED = {"clip": [L14], "filters": [{"type": "image_based", "targets": ["data/eval"]}]}
+TARGETS_FILE = "targets_l14.npy"
+N_TARGETS = 1000
 # our step -> DataComp's baselines.py arguments
 PEER_BASELINES = {
     "no_filter": ["--name", "no_filter"],
@@ -614,15 +617,15 @@ def _rel(p: Path) -> str:
         return str(p)
 
 
-def image_based_status() -> str:
-    """Whether the image-based filter can run metadata-only here: the reason it cannot, or ''."""
-    from pipeline.config import load_config
-
-    try:
-        load_config(IMAGE_BASED)
-    except ValueError as e:
-        return f"skipped: {' '.join(str(e).split())}"
-    return ""
+def write_targets(path: Path, pool: Path, info: dict, seed: int) -> None:
+    """The image-based filter's target set, as embeddings (the ImageNet-1k analogue): N_TARGETS rows,
+    5 around each of the first shard's first N_TARGETS / 5 L/14 image embeddings (seeded jitter), so
+    they fall in a part of the pool's clusters; unit length."""
+    rng = np.random.default_rng(seed + 1)
+    with np.load(pool / (Path(info["shards"][0]).stem + ".npz")) as z:
+        x = np.repeat(z["l14_img"][:N_TARGETS // 5].astype(np.float32), 5, axis=0)
+    x += (0.1 / np.sqrt(x.shape[1])) * rng.standard_normal(x.shape, dtype=np.float32)
+    np.save(path, x / np.linalg.norm(x, axis=1, keepdims=True))
 
 
 # ----------------------------------------------------------------------------------- DataComp (peer)
@@ -908,6 +911,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfgs = json.loads(json.dumps(STEPS))
     if n_max < 200_000:  # small pools (smoke, tests): k-means with 500 centroids would dominate
         cfgs["semantic_dedup"]["filters"][0]["clusters"] = max(10, n_max // 200)
+        cfgs["image_based"]["filters"][0]["clusters"] = max(10, n_max // 1000)
     per_shard = a.per_shard or (10_000 if n_max >= 200_000 else max(10, n_max // 20))
     work = Path(a.work) if a.work else WORK.with_name(WORK.name + ("-smoke" if a.smoke else ""))
     out = Path(a.out) if a.out else (work / "scale.json" if a.smoke else OUT)
@@ -933,9 +937,6 @@ def main(argv: list[str] | None = None) -> dict:
                  "steps": {s: cfgs[s] for s in steps}, "machine": desc, "machine_load": load,
                  "step_timeout_s": a.step_timeout, "mem_cap_gb": a.mem_cap_gb, "notes": NOTES, "by_size": {},
                  "complete": False}
-    ib = image_based_status()
-    if ib:
-        res["image_based"] = ib
     t0 = time.time()
     print(f"pool: {n_max:,} samples, {per_shard:,} a shard -> {work / 'pool'}", flush=True)
     info = make_pool(work / "pool", n_max, per_shard, a.seed, procs=max(1, a.workers))
@@ -943,6 +944,9 @@ def main(argv: list[str] | None = None) -> dict:
                    "shards": len(info["shards"]), "gb": round(info["bytes"] / 1e9, 2), "settings": info["settings"]}
     print(f"  {'reused' if info['reused'] else 'written'}: {len(info['shards'])} shards, "
           f"{info['bytes'] / 1e9:.2f} GB, {info['write_seconds']} s to write", flush=True)
+    targets = (work / TARGETS_FILE).resolve()
+    write_targets(targets, work / "pool", info, a.seed)
+    cfgs["image_based"]["filters"][0]["targets"] = [str(targets)]
     if peer:
         res["datacomp"] = {"code": str(datacomp_dir()), "venv": _rel(PEER / "venv"), "lid_model": str(lid_model()),
                            "note": "baselines.py run unchanged from its own venv; its fasttext download is pointed "

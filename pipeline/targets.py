@@ -66,6 +66,33 @@ def embed_targets(scorer, paths: list[str], limit: int | None = None) -> np.ndar
     return np.concatenate(out)[:limit]
 
 
+def is_embeddings(path: str) -> bool:
+    """A target given as its embeddings: a ``.npy`` file of (n, d) image embeddings."""
+    return str(path).lower().endswith(".npy")
+
+
+def target_embeddings(scorer, paths: list[str], limit: int | None = None) -> np.ndarray:
+    """Target image embeddings: ``.npy`` files as they are (already in the pool scorer's space, e.g.
+    ImageNet-1k train embedded by the CLIP that made the pool's embeddings), the rest embedded by
+    ``scorer()`` (called only when some target is images)."""
+    parts = []
+    for p in paths:
+        if not is_embeddings(p):
+            continue
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"target embeddings {p} do not exist")
+        a = np.load(p, mmap_mode="r")
+        if a.ndim != 2 or not np.issubdtype(a.dtype, np.floating):
+            raise ValueError(f"target embeddings {p}: need a float (n, d) array, got {a.dtype} {a.shape}")
+        parts.append(np.asarray(a, np.float32))
+    images = [p for p in paths if not is_embeddings(p)]
+    if images:
+        parts.append(embed_targets(scorer(), images, limit))
+    if len({a.shape[1] for a in parts}) > 1:
+        raise ValueError(f"target embeddings of different widths: {sorted({a.shape[1] for a in parts})}")
+    return np.concatenate(parts)[:limit]
+
+
 def image_based(pool_img, valid: np.ndarray, targets: np.ndarray, k: int, niter: int = 20,
                 seed: int = 0, backend: str = "auto", fit=None) -> tuple[np.ndarray, np.ndarray, int]:
     """(in_target per row, cluster per row (-1 if not usable), number of target clusters).
@@ -73,8 +100,11 @@ def image_based(pool_img, valid: np.ndarray, targets: np.ndarray, k: int, niter:
     k-means (e.g. saved centroids). A target goes to its nearest centroid that holds a pool sample (k may
     exceed the distinct samples)."""
     pool = view(pool_img)
-    rows = np.flatnonzero(usable(pool, valid))
     targets = np.asarray(targets, np.float32)
+    if len(targets) and targets.shape[1] != pool.shape[1]:
+        raise ValueError(f"target embeddings have {targets.shape[1]} dimensions, the pool's image embeddings "
+                         f"{pool.shape[1]}: they must come from the same model")
+    rows = np.flatnonzero(usable(pool, valid))
     targets = targets[usable(targets)] if len(targets) else targets
     cluster = np.full(len(pool), -1, np.int64)
     if len(rows) == 0 or len(targets) == 0:

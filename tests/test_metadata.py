@@ -88,3 +88,24 @@ def test_cutoff_over_the_metadata_includes_rows_never_downloaded(pool, tmp_path)
 def test_metadata_only_refuses_what_needs_images(pool, tmp_path, cfg, words):
     with pytest.raises(ValueError, match=words):
         run_curation(str(pool / "metadata"), tmp_path / "out", cfg, progress=False)
+
+
+def test_image_based_on_metadata_alone_with_target_embeddings(pool, tmp_path):
+    """Targets given as embeddings (.npy, the pool model's space): no model, no image; the kept rows are
+    exactly those in the clusters the targets fall in."""
+    with np.load(sorted((pool / "metadata").glob("*.npz"))[0]) as z:
+        emb = z["l14_img"].astype(np.float32)
+    np.save(tmp_path / "targets.npy", emb[[0, 7]])  # two pool rows' own embeddings
+    cfg = {"clip": [{"precomputed": "l14"}],
+           "filters": [{"type": "image_based", "clusters": 6, "targets": [str(tmp_path / "targets.npy")]}]}
+    m = run_curation(str(pool / "metadata"), tmp_path / "out", cfg, progress=False)
+    md = pd.read_parquet(tmp_path / "out" / "metadata.parquet")
+    cluster = md["image_based[k6].cluster"].to_numpy()
+    uids = _all_metadata(pool)["uid"].tolist()
+    wanted = {cluster[md["uid"].tolist().index(uids[i])] for i in (0, 7)}
+    assert set(md.loc[md["keep"], "uid"]) == set(md.loc[np.isin(cluster, list(wanted)), "uid"])
+    assert 0 < m["kept"] < m["samples_in"] and m["filters"]["image_based[k6]"]["target_images"] == 2
+    np.save(tmp_path / "wide.npy", np.ones((2, 32), np.float32))
+    cfg["filters"][0]["targets"] = [str(tmp_path / "wide.npy")]
+    with pytest.raises(Exception, match="32 dimensions, the pool's image embeddings 16"):
+        run_curation(str(pool / "metadata"), tmp_path / "out2", cfg, progress=False)

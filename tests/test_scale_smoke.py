@@ -10,7 +10,7 @@ import pandas as pd
 from bench import scale
 from tests.oracles import datacomp_top_fraction_uids
 
-STEPS = ["clip_score_l14", "basic"]
+STEPS = ["clip_score_l14", "basic", "image_based"]
 
 
 def test_smoke_json_shape_and_clip_score_uids_match_the_oracle(tmp_path):
@@ -30,7 +30,9 @@ def test_smoke_json_shape_and_clip_score_uids_match_the_oracle(tmp_path):
     assert res["decide_peak_rss_at_n"] == 1200 and res["decide_peak_rss_mb_1m"] > 0
     assert res["datacomp_identical"] == {} and res["ours_vs_datacomp_seconds"] == {} and "dask" not in res
     assert set(res["targets_met"]) == {"exponents", "decide_peak_rss", "ours_vs_datacomp_seconds",
-                                       "datacomp_identical", "dask_identical"}
+                                       "datacomp_identical", "dask_identical", "near_dedup"}
+    ib = res["by_size"]["1200"]["image_based"]  # metadata alone: its targets are embeddings, no model
+    assert ib["status"] == "ok" and ib["kept"] > 0 and res["steps"]["image_based"]["filters"][0]["targets"][0].endswith(".npy")
 
     pool = tmp_path / "work" / "pools" / "1200"
     md = pd.concat([pd.read_parquet(p) for p in sorted(pool.glob("*.parquet"))])
