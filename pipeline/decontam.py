@@ -5,10 +5,15 @@ on white do not all look alike. faiss searches the pool against an index of the 
 (pool x eval, never pool x pool) for the nearest one; a pool image whose RMS difference to it is at
 most ``max_rms`` (in standard deviations) is a copy. Near-uniform images (grey std < 2 levels) carry
 too little structure to call and are never flagged. Copies from crops or heavy edits are
-out of reach of this test (semantic near-dup search is the tool for those).
+out of reach of this test (semantic near-dup search is the tool for those). Each task's thumbnails
+are kept in the run's work folder (``global/eval_thumbs``) while the task is unchanged, so reruns
+and other configs do not read the evaluation images again.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,28 +46,54 @@ def task_folders(paths: list[str]) -> list[Path]:
     return out
 
 
-def eval_thumbs(paths: list[str]) -> tuple[np.ndarray, list[str]]:
-    from shardio.evaltask import iter_split
-
+def eval_thumbs(paths: list[str], cache: Path | None = None) -> tuple[np.ndarray, list[str]]:
     thumbs, names = [], []
     for task in task_folders(paths):
-        for name, im, _ in iter_split(task, skip_bad=True):  # an unreadable eval image has nothing to match
-            thumbs.append(thumbnail(im))
-            names.append(name)
-    if not thumbs:
+        t, n = task_thumbs(task, cache)
+        thumbs.append(t)
+        names += n
+    if not names:
         raise ValueError(f"decontaminate: no readable evaluation image under {paths}")
-    t = standardised(np.stack(thumbs))
+    t = standardised(np.concatenate(thumbs))
     ok = ~np.isnan(t).any(1)
     return t[ok], [n for n, k in zip(names, ok) if k]
 
 
-def contaminated(thumbs: np.ndarray, eval_dirs: list[str], max_rms: float) -> tuple[np.ndarray, list, np.ndarray]:
+def task_thumbs(task: Path, cache: Path | None = None) -> tuple[np.ndarray, list[str]]:
+    """One task's 32x32 grey thumbnails and image names; with ``cache`` (a folder), read back while the
+    task's test split is unchanged (its files' names, sizes and mtimes), else made and saved there."""
+    from shardio.evaltask import iter_split
+
+    path = None
+    if cache is not None:
+        files = sorted(f for f in (task / "test").rglob("*") if f.is_file())
+        ident = [str(task.resolve())] + [[str(f.relative_to(task)), f.stat().st_size, f.stat().st_mtime_ns]
+                                         for f in files]
+        path = Path(cache) / f"{hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:20]}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                return z["thumbs"], z["names"].tolist()
+    thumbs, names = [], []
+    for name, im, _ in iter_split(task, skip_bad=True):  # an unreadable eval image has nothing to match
+        thumbs.append(thumbnail(im))
+        names.append(name)
+    t = np.stack(thumbs) if thumbs else np.zeros((0, 32, 32), np.uint8)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
+        np.savez(tmp, thumbs=t, names=np.array(names, dtype=str))
+        os.replace(tmp, path)
+    return t, names
+
+
+def contaminated(thumbs: np.ndarray, eval_dirs: list[str], max_rms: float,
+                 cache: Path | None = None) -> tuple[np.ndarray, list, np.ndarray]:
     """(flag per row, nearest eval image name or None per row, RMS to the nearest eval image or NaN)
     for the pool's ingest thumbnails. Near-uniform rows (and every row when no eval image has
     structure) get no flag and NaN."""
     import faiss
 
-    ev, names = eval_thumbs(eval_dirs)
+    ev, names = eval_thumbs(eval_dirs, cache)
     pool = standardised(thumbs)
     rows = np.flatnonzero(~np.isnan(pool).any(1))
     flags = np.zeros(len(thumbs), bool)

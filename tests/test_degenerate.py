@@ -272,3 +272,26 @@ def test_search_and_kmeans_on_tiny_inputs(tmp_path):
         assert cent.shape == (3, 4) and sorted(assign.tolist()) == [0, 1, 2]
     cent, assign, how = fit_or_reuse(np.zeros((0, 4), np.float32), 5, 10, 0, "faiss", tmp_path, {"a": 1})
     assert assign.shape == (0,) and how == "fitted" and not list(tmp_path.iterdir())
+
+
+def test_decontam_eval_thumbnails_are_cached_until_the_task_changes(task, tmp_path, monkeypatch):
+    import os
+
+    import shardio.evaltask
+    from pipeline.decontam import task_thumbs
+
+    root, ev = task
+    thumbs, names = task_thumbs(root, tmp_path / "cache")
+    assert names == [n for n, _ in ev] and np.array_equal(thumbs, np.stack([t for _, t in ev]))
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    with monkeypatch.context() as m:  # read back: the task is not read again
+        m.setattr(shardio.evaltask, "iter_split", lambda *a, **k: pytest.fail("task read again"))
+        again, names2 = task_thumbs(root, tmp_path / "cache")
+        assert names2 == names and np.array_equal(again, thumbs)
+        flags, nearest, _ = contaminated(ev[3][1][None], [str(root)], 0.03, tmp_path / "cache")
+        assert flags.tolist() == [True] and nearest == [ev[3][0]]
+    shard = next(f for f in (root / "test").rglob("*") if f.is_file())
+    st = shard.stat()
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the task changed: made again
+    task_thumbs(root, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
