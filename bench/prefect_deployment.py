@@ -105,7 +105,9 @@ def run_deployment(pool: str, out: str, config: str, timeout: float = 600) -> di
         m = json.loads(manifest.read_text())
         result.update({k: m[k] for k in ("samples_in", "kept", "dropped", "dropped_by_reason")})
         result["output_shards"] = m["output_shards"]
-        result["output_shards_exist"] = all(Path(p).is_file() for p in m["output_shards"])
+        # the manifest names its shards relative to the output folder
+        result["output_shards_exist"] = bool(m["output_shards"]) and all(
+            (Path(out) / p).is_file() for p in m["output_shards"])
     return result
 
 
