@@ -37,7 +37,7 @@ from pipeline.metadata import ingest_table, is_metadata, npz_embeddings, precomp
 from schemas.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from schemas.config import RUNTIME_FIELDS, ClipModel
 from shardio.decode import open_image
-from shardio.shards import atomic_write_table, shard_base, shard_id
+from shardio.shards import atomic_write_bytes, atomic_write_table, shard_base, shard_id
 
 CACHE_KEY = b"curate_cache_key"
 SHARD_INFO = "curate_shard_info"
@@ -87,12 +87,7 @@ def _write(path: Path, tbl: pa.Table, key: str, extra: dict[str, str] | None = N
     path.parent.mkdir(parents=True, exist_ok=True)
     schemas.validate(tbl)
     meta = {CACHE_KEY: key.encode(), **{k.encode(): v.encode() for k, v in (extra or {}).items()}}
-    if not fast:
-        atomic_write_table(path, tbl.replace_schema_metadata(meta))
-        return
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(tbl.replace_schema_metadata(meta), tmp, **FAST)
-    os.replace(tmp, path)
+    atomic_write_table(path, tbl.replace_schema_metadata(meta), **(FAST if fast else {}))
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -236,13 +231,14 @@ def annotate_metadata(parquet: str | Path, run_dir: str | Path, clip: list[ClipM
         tbl, info = ingest_table(parquet)
         _write(ingest_path, tbl, key, {SHARD_INFO: json.dumps(info.as_dict())}, fast=True)
         ran.append("ingest")
-        info, uids = ShardInfo(**json.loads(json.dumps(info.as_dict()))), tbl.column("uid")  # as read back
+        uids = tbl.column("uid")
     else:
         info = shard_info(ingest_path)
     npz = Path(parquet).with_suffix(".npz")
     for spec in clip:
         # the embeddings stay in the npz (read in place when a step needs them): its identity is in the key
-        ident = {"size": npz.stat().st_size, "mtime_ns": npz.stat().st_mtime_ns} if npz.is_file() else None
+        st = npz.stat() if npz.is_file() else None
+        ident = {"size": st.st_size, "mtime_ns": st.st_mtime_ns} if st else None
         ckey = cache_key(spec.column, {**scorer_identity(spec), "npz": ident, "version": CLIP_VERSION}, parquet)
         out = run / "columns" / spec.column / f"{sid}.parquet"
         if is_done(out, ckey):
@@ -258,9 +254,7 @@ def annotate_metadata(parquet: str | Path, run_dir: str | Path, clip: list[ClipM
         if where is not None:
             score = precomputed_score(parquet, spec)
             edir.mkdir(parents=True, exist_ok=True)
-            tmp = edir / f".{sid}.npz.json.tmp{os.getpid()}"
-            tmp.write_text(json.dumps(where))
-            os.replace(tmp, edir / f"{sid}.npz.json")
+            atomic_write_bytes(edir / f"{sid}.npz.json", json.dumps(where).encode())
         else:  # compressed or not float16: copied out, as a view cannot map it
             score, img, txt = precomputed(parquet, spec, n)
             if img is not None:

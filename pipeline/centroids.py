@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.vectors import assign, kmeans
+from shardio.shards import atomic_save_npz
 
 
 def fit_or_reuse(x, k: int, niter: int, seed: int, backend: str, cache_dir: Path | None, key: dict,
@@ -34,8 +34,5 @@ def fit_or_reuse(x, k: int, niter: int, seed: int, backend: str, cache_dir: Path
         if n_fit <= len(x) <= n_fit * (1 + refit_growth) and cent.shape[1] == x.shape[1]:
             return cent, assign(x, cent, backend), "reused"
     cent, labels = kmeans(x, k, niter, seed, backend)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    np.savez(tmp, centroids=cent, n_fit=len(x))
-    os.replace(tmp, path)
+    atomic_save_npz(path, centroids=cent, n_fit=len(x))
     return cent, labels, "fitted"

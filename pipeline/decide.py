@@ -47,7 +47,7 @@ def load_columns(run_dir: str | Path, shard_ids: list[str], config) -> pd.DataFr
 
 
 def quiet_allocator() -> None:
-    """Arrow's system allocator: mimalloc keeps the parquet reader's freed buffers (~0.2 GB at 1M rows)."""
+    """Arrow's system allocator: mimalloc kept the parquet reader's freed buffers, adding to the peak RSS."""
     if pa.default_memory_pool().backend_name != "system":
         pa.set_memory_pool(pa.system_memory_pool())
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.neardup import thumbnail
+from shardio.shards import atomic_save_npz
 
 SIDE = 16
+THUMBS_VERSION = 1  # in the eval thumbnail cache's key: bump when neardup.thumbnail changes
 MIN_STD = 2.0
 
 
@@ -67,8 +68,7 @@ def task_thumbs(task: Path, cache: Path | None = None) -> tuple[np.ndarray, list
     path = None
     if cache is not None:
         files = sorted(f for f in (task / "test").rglob("*") if f.is_file())
-        ident = [str(task.resolve())] + [[str(f.relative_to(task)), f.stat().st_size, f.stat().st_mtime_ns]
-                                         for f in files]
+        ident = [THUMBS_VERSION, str(task.resolve())] + [[str(f.relative_to(task)), *_size_mtime(f)] for f in files]
         path = Path(cache) / f"{hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:20]}.npz"
         if path.is_file():
             with np.load(path) as z:
@@ -79,11 +79,13 @@ def task_thumbs(task: Path, cache: Path | None = None) -> tuple[np.ndarray, list
         names.append(name)
     t = np.stack(thumbs) if thumbs else np.zeros((0, 32, 32), np.uint8)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-        np.savez(tmp, thumbs=t, names=np.array(names, dtype=str))
-        os.replace(tmp, path)
+        atomic_save_npz(path, thumbs=t, names=np.array(names, dtype=str))
     return t, names
+
+
+def _size_mtime(f: Path) -> tuple[int, int]:
+    st = f.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 def contaminated(thumbs: np.ndarray, eval_dirs: list[str], max_rms: float,

@@ -54,9 +54,8 @@ def thumbnail(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("L").resize((SIDE, SIDE), Image.BOX), np.uint8)
 
 
-def view_params(scales=None, grid: int | None = None) -> np.ndarray:
+def view_params(scales=SCALES, grid: int = GRID) -> np.ndarray:
     """(V, 3): scale, x offset, y offset in affine_grid's normalised units; row 0 is the full view."""
-    scales, grid = scales or SCALES, grid or GRID
     out = [(1.0, 0.0, 0.0)]
     for f in scales:
         offs = np.linspace(-(1 - f), 1 - f, grid)
@@ -93,12 +92,11 @@ def box3(size: int) -> torch.Tensor:
     return m / m.sum(1, keepdim=True)
 
 
-def descriptors(thumbs: np.ndarray, scales=None, grid: int | None = None, out: int = 8, stats: bool = False):
+def descriptors(thumbs: np.ndarray, scales=SCALES, grid: int = GRID, out: int = 8, stats: bool = False):
     """(n, V, out*out) unit-norm, zero-mean descriptors of each view (``view_params`` order): each
     view sampled to 2*out and 2x2-averaged. The views of one scale form a grid of offsets, so one
     product ``M @ t @ M.T`` (M: every offset's rows stacked) gives all of them. ``stats``: also each
     view's mean and norm (n, V) before normalising."""
-    scales, grid = scales or SCALES, grid or GRID
     t = torch.from_numpy(np.asarray(thumbs, np.float32))
     n = len(t)
     res = []

@@ -317,11 +317,10 @@ def dup_groups(df: pd.DataFrame, filters: dict, n: int = GROUPS) -> list[tuple[s
             g = df.loc[dropped, "sha256"].map(firsts).dropna()
         else:
             continue
-        groups = sorted(((rep, list(rows.index)) for rep, rows in g.groupby(g)), key=lambda x: (-len(x[1]), x[1][0]))
-        first_row = _first_rows(df, usable, {rep for rep, _ in groups[:n]})
-        groups = [(first_row.get(rep), rows) for rep, rows in groups]
+        groups = sorted(((rep, list(rows.index)) for rep, rows in g.groupby(g)), key=lambda x: (-len(x[1]), x[1][0]))[:n]
+        first_row = _first_rows(df, usable, {rep for rep, _ in groups})
         if groups:
-            out.append((name, dist, [(rep, rows[:5]) for rep, rows in groups[:n] if rep is not None]))
+            out.append((name, dist, [(first_row[rep], rows[:5]) for rep, rows in groups if first_row.get(rep) is not None]))
     return out
 
 

@@ -75,19 +75,20 @@ def target_embeddings(scorer, paths: list[str], limit: int | None = None) -> np.
     """Target image embeddings: ``.npy`` files as they are (already in the pool scorer's space, e.g.
     ImageNet-1k train embedded by the CLIP that made the pool's embeddings), the rest embedded by
     ``scorer()`` (called only when some target is images)."""
-    parts = []
+    parts, left = [], limit
     for p in paths:
-        if not is_embeddings(p):
+        if not is_embeddings(p) or left == 0:
             continue
         if not Path(p).is_file():
             raise FileNotFoundError(f"target embeddings {p} do not exist")
         a = np.load(p, mmap_mode="r")
         if a.ndim != 2 or not np.issubdtype(a.dtype, np.floating):
             raise ValueError(f"target embeddings {p}: need a float (n, d) array, got {a.dtype} {a.shape}")
-        parts.append(np.asarray(a, np.float32))
+        parts.append(np.asarray(a[:left], np.float32))
+        left = None if left is None else left - len(parts[-1])
     images = [p for p in paths if not is_embeddings(p)]
-    if images:
-        parts.append(embed_targets(scorer(), images, limit))
+    if images and left != 0:
+        parts.append(embed_targets(scorer(), images, left))
     if len({a.shape[1] for a in parts}) > 1:
         raise ValueError(f"target embeddings of different widths: {sorted({a.shape[1] for a in parts})}")
     return np.concatenate(parts)[:limit]

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from braceexpand import braceexpand
@@ -74,10 +75,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_table(path: str | Path, table: pa.Table) -> None:
+def atomic_write_table(path: str | Path, table: pa.Table, **options) -> None:
+    """``options``: pyarrow.parquet.write_table's (compression, use_dictionary, ...)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, **options)
+    os.replace(tmp, path)
+
+
+def atomic_save_npz(path: str | Path, **arrays) -> None:
+    """``np.savez`` written aside, then renamed (its folder made)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
 

@@ -29,9 +29,12 @@ def test_start_rms_settles_only_pairs_alignment_puts_beyond_settle(thumbs):
     desc, mean, norm = nd.descriptors(thumbs, stats=True)
     trip = nd.candidates(desc, np.ones(len(thumbs), bool), 5)
     aligned = nd.aligned_rms(thumbs, trip, nd.view_params(), SETTLE)
-    settled = nd.start_rms(desc, mean, norm, trip) > SETTLE + nd.START_MARGIN
+    start = nd.start_rms(desc, mean, norm, trip)
+    settled = start > SETTLE + nd.START_MARGIN
     assert settled.mean() > 0.1  # it does settle pairs (look-alike products)
     assert (aligned[settled] > SETTLE).all()  # and none that alignment brings within reach of a decision
+    near = aligned <= SETTLE  # the margin's reason: such pairs start well below the margin above their RMS
+    assert (start[near] - aligned[near]).max() < nd.START_MARGIN
 
 
 def test_decisions_equal_those_without_the_cheap_test(thumbs, monkeypatch):
