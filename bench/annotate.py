@@ -244,8 +244,8 @@ def _pass_parts(shard: str, spec_json: str, tmp: Path) -> dict[str, float]:
     with torch.no_grad():
         for i in range(0, len(ims), bs):
             px = timed("model preprocessing", lambda: sc._pixels_on_device([sc.prepare(im) for im in ims[i:i + bs]]))
-            tok = timed("model preprocessing", lambda: sc.tokenizer(caps[i:i + bs]))
-            timed("towers", lambda: (sc.model.encode_image(px, normalize=True), sc.model.encode_text(tok, normalize=True)))
+            tok = timed("model preprocessing", lambda: sc._to_device(sc.tokenizer(caps[i:i + bs])))
+            timed("towers", lambda: _towers(sc, px, tok))
     langs = timed("language id", lambda: caption_languages([s.caption_full for s in samples]))
     rows = timed("ingest columns", lambda: [ingest_row(s, *(size or (None, None)), err, size or (None, None), lang)
                                             for s, (_, size, err), lang in zip(samples, dec, langs)])
@@ -254,6 +254,13 @@ def _pass_parts(shard: str, spec_json: str, tmp: Path) -> dict[str, float]:
     timed("whole pass", lambda: annotate_shard(shard, tmp / f"run{time.time_ns()}", [ClipModel.model_validate_json(spec_json)]))
     timed("pillow read + full decode", lambda: _pillow_decode(shard))
     return t
+
+
+def _towers(sc, px, tok):
+    """Both towers on one prepared batch, as the scorer runs them (bf16 autocast on a GPU), results on the CPU."""
+    with sc._autocast():
+        img, txt = sc.model.encode_image(px, normalize=True), sc.model.encode_text(tok, normalize=True)
+    return img.float().cpu(), txt.float().cpu()
 
 
 def breakdown(shard: str, spec_json: str, repeats: int = 3) -> dict:

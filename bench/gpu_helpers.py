@@ -139,7 +139,7 @@ def kmeans_gpu(x: np.ndarray, k: int, niter: int, seed: int, device: str) -> tup
         kind = "faiss-cpu"
     if kind == "faiss-cpu":
         cent, assign = kmeans(x, k, niter, seed, backend="torch")
-        return cent, assign, "faiss-cpu k-means, torch assignment"
+        return cent, assign, f"the project's torch k-means (Lloyd and assignment on {device}); faiss-gpu absent"
     if kind == "faiss-gpu":
         import faiss
 
@@ -243,7 +243,7 @@ def peer_env() -> dict:
         if p.returncode:
             raise RuntimeError(f"open_clip_train needs webdataset 0.2.86 in {PEER_PATH.relative_to(ROOT)} and pip "
                                f"could not install it (offline?): {p.stderr.strip()[-300:]}")
-    return {**os.environ, "PYTHONPATH": str(PEER_PATH)}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PEER_PATH), os.environ.get("PYTHONPATH")]))}
 
 
 def run_peer(shards: list[str], out: Path, model: str, batch: int, samples: int, lr: float, warmup: int,

@@ -34,7 +34,7 @@ def peer_env() -> dict:
     if not (PEER_PATH / "webdataset").is_dir():
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(PEER_PATH),
                         "webdataset==0.2.86"], check=True)
-    return {**os.environ, "PYTHONPATH": str(PEER_PATH)}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PEER_PATH), os.environ.get("PYTHONPATH")]))}
 
 
 def run_peer(shards: list[str], out: Path, cfg: TrainConfig) -> dict:

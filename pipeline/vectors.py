@@ -5,8 +5,8 @@ Two backends give the same answers (tested): ``faiss`` (faiss-cpu, or faiss-gpu 
 and ``torch`` (matmul + top-k, on the GPU when there is one). ``auto`` picks torch on a GPU and faiss
 on a CPU for ``search``; the dense products against a small base (nearest centroid, neighbours inside
 a cluster) take torch for ``auto`` on a CPU too (a matmul there is ~6x faster than faiss's flat
-search). k-means centroids come from ``lloyd`` (seeded, on the CPU) on both backends, so they do not
-depend on the backend; only the nearest-centroid search runs on it.
+search). k-means centroids come from ``lloyd`` (seeded) on both backends: on the CPU they do not
+depend on the backend; on a GPU the torch backend runs the same loop there (same up to float rounding).
 
 Out of core: ``kmeans``, ``assign``, ``usable`` and ``by_cluster`` take a view of per-shard embedding
 files (pipeline/embeddings.py) as well as an array, and hold a chunk or a few clusters at a time.
@@ -108,20 +108,20 @@ def kmeans(x, k: int, niter: int = 20, seed: int = 0, backend: str = "auto") -> 
     train = v.sample(rows, seed)[1]
     if not getattr(v, "unit", False):
         train /= np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)  # normalize, in place
-    cent = lloyd(train, k, niter, seed)
+    cent = lloyd(train, k, niter, seed, torch_device() if dense(backend) == "torch" else "cpu")
     del train
     return cent, assign(v, cent, backend)
 
 
-def lloyd(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
-    """Spherical k-means of unit rows ``x`` on the CPU (torch matmul): seeded k-means++ seeding, then
+def lloyd(x: np.ndarray, k: int, niter: int, seed: int, device: str = "cpu") -> np.ndarray:
+    """Spherical k-means of unit rows ``x`` (torch matmul on ``device``): seeded k-means++ seeding, then
     ``niter`` Lloyd iterations; an empty cluster takes half of the biggest one (faiss's split)."""
     rng = np.random.default_rng(seed)
-    t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    cent = t[torch.from_numpy(plusplus(x, k, rng))].clone()
-    sign = torch.where(torch.arange(x.shape[1]) % 2 == 0, 1.0, -1.0) / 1024
+    t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)
+    cent = t[torch.from_numpy(plusplus(x, k, rng)).to(device)].clone()
+    sign = torch.where(torch.arange(x.shape[1], device=device) % 2 == 0, 1.0, -1.0) / 1024
     for _ in range(niter):
-        lab = torch.from_numpy(nearest(t, cent))
+        lab = torch.from_numpy(nearest(t, cent)).to(device)
         count = torch.bincount(lab, minlength=k)
         cent = torch.zeros_like(cent).index_add_(0, lab, t)
         for e in torch.nonzero(count == 0).ravel().tolist():
@@ -130,7 +130,7 @@ def lloyd(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
             count[e] = count[big] // 2
             count[big] -= count[e]
         cent /= cent.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return cent.numpy()
+    return cent.cpu().numpy()
 
 
 def plusplus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
