@@ -1,4 +1,4 @@
-"""GPU figures in one prepared command -> bench/results/gpu.json (sized to fit 8 min on one H100/H200; not run on one yet).
+"""GPU figures in one prepared command -> bench/results/gpu.json (sized to fit 8 min on one H100/H200; measured on an H200).
 
     python -m bench.gpu                          # on a GPU machine: writes bench/results/gpu.json
     python -m bench.gpu --smoke [--out F.json]   # tiny, on the CPU, ~1 min: writes to a temp folder

@@ -139,7 +139,7 @@ def kmeans_gpu(x: np.ndarray, k: int, niter: int, seed: int, device: str) -> tup
         kind = "faiss-cpu"
     if kind == "faiss-cpu":
         cent, assign = kmeans(x, k, niter, seed, backend="torch")
-        return cent, assign, f"the project's torch k-means (Lloyd and assignment on {device}); faiss-gpu absent"
+        return cent, assign, f"torch k-means (Lloyd) and torch assignment on {device}; faiss-gpu absent"
     if kind == "faiss-gpu":
         import faiss
 
