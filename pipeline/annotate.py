@@ -41,7 +41,7 @@ from shardio.shards import atomic_write_bytes, atomic_write_table, shard_base, s
 
 CACHE_KEY = b"curate_cache_key"
 SHARD_INFO = "curate_shard_info"
-INGEST_VERSION = 4
+INGEST_VERSION = 5  # 5: JPEGs decoded at any M/8 scale (shardio.decode.fine_scale)
 CLIP_VERSION = 2  # 2: scores stored as float64, pool-wide scores of precomputed columns
 SIDE = 32  # thumbnail side (pipeline.neardup.SIDE; not imported here: it imports torch)
 
@@ -114,7 +114,7 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
         cfg["weights"] = weights_identity(spec) if not spec.precomputed else _sidecar_identity(shard)
         cfg["version"] = CLIP_VERSION
         if not spec.precomputed:
-            cfg["decode_side"] = side
+            cfg["decode_side"], cfg["decode_scale"] = side, "m/8"
         key = cache_key(spec.column, cfg, shard)
         if not is_done(run / "columns" / spec.column / f"{sid}.parquet", key):
             todo_clip.append((spec, key))

@@ -3,7 +3,10 @@
 Plain JPEGs (YCbCr or grey) are decoded by simplejpeg when it is installed: the same libjpeg-turbo
 settings and scale as Pillow's, so the same pixels, without Pillow's per-image Python work (~2x
 faster on 256 px images). Anything else, and any JPEG simplejpeg warns about, takes Pillow's path,
-so the outcome and reason are Pillow's.
+so the outcome and reason are Pillow's. The annotate pass (``reduce``) also lets libjpeg-turbo scale
+by any M/8, not only Pillow's 1/2, 1/4, 1/8: the smallest image its consumers can use, decoded
+directly (other pixels than a full decode and a resize, within the score tolerance bench/annotate.py
+measures).
 
 A reason reads ``"<kind>: <detail>"`` with kind ``no_image`` (nothing to decode), ``format`` (bytes
 that are no image format Pillow reads) or ``decode`` (a known format whose data is broken or too
@@ -50,16 +53,29 @@ def draft_scale(w: int, h: int, side: int | None) -> int:
     return next(a for a in (8, 4, 2, 1) if k >= a or a == 1)
 
 
-def _fast_jpeg(data: bytes, max_side: int | None) -> tuple[Image.Image, tuple[int, int]] | None:
-    """A plain JPEG through simplejpeg at Pillow's draft scale; None hands it to Pillow."""
+def fine_scale(w: int, h: int, side: int | None) -> int:
+    """libjpeg-turbo's finer choice: the smallest M of 1..8 whose M/8 scale keeps both sides >= ``side``
+    (a 256 px JPEG for a 224 px model input decodes at 7/8, straight to 224 px, with no resize after)."""
+    if not side:
+        return 8
+    return next((m for m in range(1, 8) if -(-w * m // 8) >= side and -(-h * m // 8) >= side), 8)
+
+
+def _fast_jpeg(data: bytes, max_side: int | None, fine: bool = False) -> tuple[Image.Image, tuple[int, int]] | None:
+    """A plain JPEG through simplejpeg at Pillow's draft scale (``fine``: at ``fine_scale``); None hands
+    it to Pillow."""
     if simplejpeg is None or data[:3] != b"\xff\xd8\xff":  # Pillow's JPEG signature
         return None
     try:
         h, w, space, _ = simplejpeg.decode_jpeg_header(data)
         if space not in ("YCbCr", "Gray") or w * h > MAX_PIXELS or w < 1 or h < 1:
             return None
-        a = draft_scale(w, h, max_side)
-        want = (-(-h // a), -(-w // a))  # Pillow's drafted size
+        if fine:
+            m = fine_scale(w, h, max_side)
+            want = (-(-h * m // 8), -(-w * m // 8))  # libjpeg's scaled size: ceil(side * M / 8)
+        else:
+            a = draft_scale(w, h, max_side)
+            want = (-(-h // a), -(-w // a))  # Pillow's drafted size
         arr = simplejpeg.decode_jpeg(data, "RGB", min_height=want[0], min_width=want[1], strict=True)
     except Exception:  # noqa: BLE001 - warnings and errors: Pillow decides and words the reason
         return None
@@ -80,14 +96,15 @@ def open_image(data: bytes | None, max_side: int | None = None, reduce: bool = F
     """``(RGB image, stored size from the header, None)`` or ``(None, size if known, reason)``.
 
     ``max_side``: a JPEG is decoded at 1/2, 1/4 or 1/8 scale inside libjpeg (``Image.draft``) while
-    both sides stay >= max_side; with ``reduce``, any image (JPEG after its draft) whose shorter side
-    is still >= 2 * max_side is then box-reduced by the largest integer factor that keeps both sides
-    >= max_side. The size returned is the header's, before any reduction: a full decode's size."""
+    both sides stay >= max_side; with ``reduce`` (the annotate pass), a plain JPEG that simplejpeg
+    decodes takes any M/8 scale (``fine_scale``), and any image whose shorter side is still
+    >= 2 * max_side is then box-reduced by the largest integer factor that keeps both sides >= max_side.
+    The size returned is the header's, before any reduction: a full decode's size."""
     if data is None:
         return None, None, "no_image: the sample has no image member"
     if len(data) == 0:
         return None, None, "decode: the image member is empty (0 bytes)"
-    fast = _fast_jpeg(data, max_side)
+    fast = _fast_jpeg(data, max_side, fine=reduce)
     if fast is not None:
         im, size = fast
         return _reduce(im, max_side) if reduce else im, size, None

@@ -59,6 +59,20 @@ def test_large_jpeg_is_reduced_but_never_below_the_need(decoder, w, h, side):
     assert im.size[0] * h == pytest.approx(im.size[1] * w, rel=0.1)  # aspect kept
 
 
+@pytest.mark.parametrize("w,h,side,want", [(256, 256, 224, (224, 224)), (320, 256, 224, (280, 224)),
+                                            (200, 200, 64, (75, 75)), (512, 512, 224, (256, 256)),
+                                            (256, 256, 64, (64, 64)), (100, 100, 224, (100, 100))])
+def test_annotate_decodes_jpegs_at_the_smallest_eighth_scale(w, h, side, want):
+    if decode.simplejpeg is None:
+        pytest.skip("simplejpeg is not installed")
+    data = encode(picture(w, h), quality=95)
+    im, size, err = open_image(data, side, reduce=True)
+    assert err is None and size == (w, h) and im.size == want  # ceil(side * M / 8), both sides >= side
+    full = np.asarray(open_image(data)[0].resize(want, Image.BICUBIC), float)
+    assert np.abs(np.asarray(im, float) - full).mean() < 4  # a scaled decode, not other content
+    assert open_image(data, side)[0].size == tuple(-(-v // decode.draft_scale(w, h, side)) for v in (w, h))
+
+
 def test_simplejpeg_gives_pillows_pixels():
     if decode.simplejpeg is None:
         pytest.skip("simplejpeg is not installed")
