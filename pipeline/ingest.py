@@ -154,13 +154,21 @@ def ingest_row(s: Sample, width: int | None, height: int | None, decode_error: s
 def caption_languages(texts: list[str]) -> list[tuple[str | None, float]]:
     """Top-1 language of fasttext's lid.176 (the model family DataComp's basic filter uses), in one batch,
     fed the raw caption as DataComp's fasttext call is: no lower-casing, no length cap (only newlines
-    become spaces: fasttext reads one line)."""
+    become spaces: fasttext reads one line). The model's C++ ``predict`` is called without its Python
+    wrapper (same labels and scores; its list predict drops the scores in this build)."""
     model = _lid_model()
-    idx = [i for i, t in enumerate(texts) if t.strip()]
+    fast = getattr(getattr(model, "f", None), "predict", None)
     out: list[tuple[str | None, float]] = [(None, 0.0)] * len(texts)
-    for i in idx:  # fasttext's list predict drops the scores in this build; one call is ~15 us
-        labels, scores = model.predict(texts[i].replace("\n", " "), k=1)
-        out[i] = (labels[0].replace("__label__", ""), min(float(scores[0]), 1.0))
+    for i, t in enumerate(texts):
+        if not t.strip():
+            continue
+        line = t.replace("\n", " ")
+        if fast is not None:
+            prob, label = fast(line + "\n", 1, 0.0, "strict")[0]
+        else:  # not the fasttext build this relies on: its wrapper
+            labels, probs = model.predict(line, k=1)
+            label, prob = labels[0], probs[0]
+        out[i] = (label.replace("__label__", ""), min(float(prob), 1.0))
     return out
 
 

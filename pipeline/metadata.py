@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
-from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS, ShardInfo, _lid_model, caption_languages, valid_uid
+from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS, ShardInfo, caption_languages, valid_uid
 from schemas.config import ClipModel
 
 NEEDED = ("uid", "text")
@@ -39,7 +39,7 @@ def ingest_table(parquet: str | Path) -> tuple[pa.Table, ShardInfo]:
     uids = _uids(t.column("uid"), path)
     # each distinct caption is measured and language-identified once, then spread to its rows
     uniq, codes = _distinct(t.column("text"))
-    langs, scores = languages(uniq)
+    langs, scores = zip(*caption_languages(uniq)) if uniq else ((), ())
     codes = pa.array(codes, pa.int64())
 
     def col(name):
@@ -58,7 +58,7 @@ def ingest_table(parquet: str | Path) -> tuple[pa.Table, ShardInfo]:
             "ingest_error": none_s,
             "caption_words": spread([len(x.split()) for x in uniq], pa.int32()),
             "caption_chars": spread([len(x) for x in uniq], pa.int32()),
-            "caption_lang": spread(langs, pa.string()), "caption_lang_score": spread(scores, pa.float32())}
+            "caption_lang": spread(list(langs), pa.string()), "caption_lang_score": spread(list(scores), pa.float32())}
     info = ShardInfo(path.stem, str(path), samples_found=n)
     if sizes:
         info.problems.append(f"no {' / '.join(sizes)} column: image sizes unknown (the basic filter drops them)")
@@ -92,23 +92,6 @@ def _distinct(col: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
     seen: dict[str, int] = {}
     rows = [seen.setdefault(x if isinstance(x, str) else "", len(seen)) for x in col.to_pylist()]
     return list(seen), np.array(rows, np.int64)
-
-
-def languages(texts: list[str]) -> tuple[list[str | None], np.ndarray]:
-    """``caption_languages`` (pipeline/ingest.py) with the model's C++ ``predict`` called without its
-    Python wrapper: the same labels and scores."""
-    model = _lid_model()
-    predict = getattr(getattr(model, "f", None), "predict", None)
-    if predict is None:  # not the fasttext build this relies on
-        langs = caption_languages(texts)
-        return [lang for lang, _ in langs], np.array([s for _, s in langs], np.float64)
-    labels: list[str | None] = [None] * len(texts)
-    scores = np.zeros(len(texts), np.float64)
-    for i, x in enumerate(texts):
-        if x.strip():
-            prob, label = predict(x.replace("\n", " ") + "\n", 1, 0.0, "strict")[0]
-            labels[i], scores[i] = label.replace("__label__", ""), min(float(prob), 1.0)
-    return labels, scores
 
 
 def precomputed_score(parquet: str | Path, spec: ClipModel) -> np.ndarray:
