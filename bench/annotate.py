@@ -190,13 +190,12 @@ def rate(fn, shards: list[str], workers: int) -> tuple[float, float]:
 
 
 def _start(spec_json: str) -> None:
-    """What an annotate worker does before its first sample: imports, the scorer, the language model."""
+    """What an annotate worker does before its first sample: imports and the scorer (the language model
+    only loads when a filter reads caption_lang)."""
     import pipeline.run  # noqa: F401 - the module the job is unpickled from
     from pipeline.clip_stage import get_scorer
-    from pipeline.ingest import caption_languages
 
     get_scorer(spec_json)
-    caption_languages(["warm"])
 
 
 def worker_start(spec_json: str) -> dict:
@@ -219,7 +218,7 @@ def _pass_parts(shard: str, spec_json: str, tmp: Path) -> dict[str, float]:
     import schemas
     from pipeline.annotate import annotate_shard, decode_side
     from pipeline.clip_stage import get_scorer
-    from pipeline.ingest import INGEST_COLUMNS, caption_languages, ingest_row, read_shard
+    from pipeline.ingest import INGEST_COLUMNS, ingest_row, read_shard
     from pipeline.neardup import thumbnail
     from schemas.config import ClipModel
     from shardio.decode import open_image
@@ -246,9 +245,9 @@ def _pass_parts(shard: str, spec_json: str, tmp: Path) -> dict[str, float]:
             px = timed("model preprocessing", lambda: sc._pixels_on_device([sc.prepare(im) for im in ims[i:i + bs]]))
             tok = timed("model preprocessing", lambda: sc._to_device(sc.tokenizer(caps[i:i + bs])))
             timed("towers", lambda: _towers(sc, px, tok))
-    langs = timed("language id", lambda: caption_languages([s.caption_full for s in samples]))
-    rows = timed("ingest columns", lambda: [ingest_row(s, *(size or (None, None)), err, size or (None, None), lang)
-                                            for s, (_, size, err), lang in zip(samples, dec, langs)])
+    # (no language id: the pass runs it only when a filter reads caption_lang, and CLIP score does not)
+    rows = timed("ingest columns", lambda: [ingest_row(s, *(size or (None, None)), err, size or (None, None))
+                                            for s, (_, size, err) in zip(samples, dec)])
     timed("parquet writing", lambda: atomic_write_table(
         tmp / "x.parquet", schemas.table({c: [r[c] for r in rows] for c in INGEST_COLUMNS}, INGEST_COLUMNS)))
     timed("whole pass", lambda: annotate_shard(shard, tmp / f"run{time.time_ns()}", [ClipModel.model_validate_json(spec_json)]))
@@ -270,11 +269,10 @@ def breakdown(shard: str, spec_json: str, repeats: int = 3) -> dict:
 
     from pipeline.annotate import decode_side
     from pipeline.clip_stage import get_scorer
-    from pipeline.ingest import caption_languages, read_shard
+    from pipeline.ingest import read_shard
 
     torch.set_num_threads(1)
     n = sum(1 for _ in read_shard(shard))  # also warms the page cache
-    caption_languages(["warm"])
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         _pass_parts(shard, spec_json, Path(tmp))  # warm: first-use imports and allocations

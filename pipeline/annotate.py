@@ -11,6 +11,8 @@ top-50% decisions change); thumbnails differ by 0.10 grey levels on average (wor
 
 Outputs, per shard ``S`` under the run folder:
   columns/ingest/S.parquet                 ingest columns (schemas/columns.json)
+  columns/lang/S.parquet                   uid, caption_lang, caption_lang_score: only with ``languages``
+                                           (a filter reads them, or the config asks)
   columns/<clip column>/S.parquet          uid, row, <clip column>
   embeddings/<clip column>/S.img.npy|.txt.npy   float16, row-aligned with the ingest table
   embeddings/<clip column>/S.npz.json      (metadata-only pools) where in DataComp's npz those embeddings
@@ -32,8 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
-from pipeline.ingest import INGEST_COLUMNS, ShardInfo, caption_languages, ingest_row, read_shard
-from pipeline.metadata import ingest_table, is_metadata, npz_embeddings, precomputed, precomputed_score
+from pipeline.ingest import INGEST_COLUMNS, LANG_COLUMNS, ShardInfo, caption_languages, ingest_row, read_shard
+from pipeline.metadata import ingest_table, is_metadata, lang_table, npz_embeddings, precomputed, precomputed_score
 from schemas.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from schemas.config import RUNTIME_FIELDS, ClipModel
 from shardio.decode import open_image
@@ -43,6 +45,7 @@ CACHE_KEY = b"curate_cache_key"
 SHARD_INFO = "curate_shard_info"
 INGEST_VERSION = 5  # 5: JPEGs decoded at any M/8 scale (shardio.decode.fine_scale)
 CLIP_VERSION = 2  # 2: scores stored as float64, pool-wide scores of precomputed columns
+LANG_VERSION = 1
 SIDE = 32  # thumbnail side (pipeline.neardup.SIDE; not imported here: it imports torch)
 
 
@@ -97,13 +100,26 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]) -> dict:
-    """Run the ingest and CLIP stages on one shard; return what ran, the row count and its accounting."""
+def lang_path(run: Path, sid: str) -> Path:
+    return run / "columns" / "lang" / f"{sid}.parquet"
+
+
+def _write_lang(run: Path, sid: str, key: str, uids, langs: list[tuple[str | None, float]]) -> None:
+    tbl = schemas.table({"uid": list(uids), "caption_lang": [x for x, _ in langs],
+                         "caption_lang_score": [x for _, x in langs]}, ["uid", *LANG_COLUMNS])
+    _write(lang_path(run, sid), tbl, key)
+
+
+def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel], languages: bool = False) -> dict:
+    """Run the ingest and CLIP stages (and with ``languages`` the caption language stage) on one shard;
+    return what ran, the row count and its accounting."""
     if is_metadata(shard):
-        return annotate_metadata(shard, run_dir, clip)
+        return annotate_metadata(shard, run_dir, clip, languages)
     run = Path(run_dir)
     sid = shard_id(shard)
     ingest_path = run / "columns" / "ingest" / f"{sid}.parquet"
+    lang_key = cache_key("lang", {"version": LANG_VERSION}, shard)
+    need_lang = languages and not is_done(lang_path(run, sid), lang_key)
     # one decode per sample feeds the thumbnail and every scorer, at the side the largest of them needs;
     # that side shapes the pixels, so it is part of the cache keys
     side = decode_side([get_scorer(spec.model_dump_json()) for spec in clip if not spec.precomputed])
@@ -121,7 +137,7 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     precomputed = [(s, k) for s, k in todo_clip if s.precomputed]
     todo_clip = [(s, k) for s, k in todo_clip if not s.precomputed]
     need_ingest = not is_done(ingest_path, ingest_key)
-    if not need_ingest and not todo_clip and not precomputed:
+    if not need_ingest and not todo_clip and not precomputed and not need_lang:
         return {"shard": sid, "ran": [], "rows": pq.read_metadata(ingest_path).num_rows,
                 "info": shard_info(ingest_path)}
 
@@ -162,13 +178,15 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
                     flush()
         flush()
         if need_ingest:
-            langs = caption_languages([s.caption_full for s, *_ in samples])
-            rows = [ingest_row(s, *wh, err, size, lang) for (s, wh, err, size), lang in zip(samples, langs)]
+            rows = [ingest_row(s, *wh, err, size) for s, wh, err, size in samples]
+            captions = [s.caption_full for s, *_ in samples]
         else:
             info = shard_info(ingest_path)
-    else:  # only precomputed columns to write: the uids come from the finished ingest table
+    else:  # only precomputed columns or languages to write: the uids come from the finished ingest table
         uids = pq.read_table(ingest_path, columns=["uid"]).column("uid").to_pylist()
         info = shard_info(ingest_path)
+    if need_lang and not need_ingest:  # the captions again, without decoding: the same reader, the same rows
+        captions = [s.caption_full for s in read_shard(shard)]
     if info.error:
         print(f"curate: broken shard {shard}: {info.error} ({info.samples_found} samples recovered)",
               file=sys.stderr, flush=True)
@@ -182,6 +200,11 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
         tbl = schemas.table({c: [r[c] for r in rows] for c in INGEST_COLUMNS}, INGEST_COLUMNS)
         _write(ingest_path, tbl, ingest_key, {SHARD_INFO: json.dumps(info.as_dict())})
         ran.append("ingest")
+    if need_lang:
+        if len(captions) != len(uids):
+            raise RuntimeError(f"shard {shard} changed while it was read ({len(captions)} captions, {len(uids)} rows)")
+        _write_lang(run, sid, lang_key, uids, caption_languages(captions))
+        ran.append("lang")
     n = len(uids)
     for spec, key in todo_clip:
         idx, pairs, scores = embs[spec.column]
@@ -218,9 +241,9 @@ def decode_side(scorers: list) -> int | None:
     return max(sides)
 
 
-def annotate_metadata(parquet: str | Path, run_dir: str | Path, clip: list[ClipModel]) -> dict:
+def annotate_metadata(parquet: str | Path, run_dir: str | Path, clip: list[ClipModel], languages: bool = False) -> dict:
     """A metadata-only "shard" (DataComp's metadata parquet + npz): ingest columns from the metadata,
-    precomputed scores and embeddings; nothing to decode."""
+    precomputed scores and embeddings, caption languages with ``languages``; nothing to decode."""
     run = Path(run_dir)
     sid = Path(parquet).stem
     ingest_path = run / "columns" / "ingest" / f"{sid}.parquet"
@@ -234,6 +257,12 @@ def annotate_metadata(parquet: str | Path, run_dir: str | Path, clip: list[ClipM
         uids = tbl.column("uid")
     else:
         info = shard_info(ingest_path)
+    lkey = cache_key("lang", {"version": LANG_VERSION, "metadata": True}, parquet)
+    if languages and not is_done(lang_path(run, sid), lkey):
+        if uids is None:
+            uids = pq.read_table(ingest_path, columns=["uid"]).column("uid")
+        _write(lang_path(run, sid), lang_table(parquet).add_column(0, "uid", uids), lkey, fast=True)
+        ran.append("lang")
     npz = Path(parquet).with_suffix(".npz")
     for spec in clip:
         # the embeddings stay in the npz (read in place when a step needs them): its identity is in the key

@@ -24,6 +24,10 @@ class CurateConfig(CurateBase):
     filters: list[FilterSpec] = Field(default_factory=list,  # type: ignore[valid-type]
                                       description="applied in order; unusable samples always drop first")
 
+    @property
+    def needs_languages(self) -> bool:
+        return self.languages or any(f.needs_languages() for f in self.filters)
+
     @model_validator(mode="after")
     def _needs(self):
         provided = {c.column: c for c in self.clip}

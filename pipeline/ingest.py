@@ -19,7 +19,10 @@ from shardio.tar import IMAGE_EXTS, TarReport, iter_samples
 
 INGEST_COLUMNS = ["uid", "key", "shard", "url", "caption", "image_ext", "image_bytes", "sha256",
                   "original_width", "original_height", "width", "height", "ingest_error",
-                  "caption_words", "caption_chars", "caption_lang", "caption_lang_score"]
+                  "caption_words", "caption_chars"]
+# the language stage (its own file, made only when a filter reads it or the config asks: language id is
+# most of a metadata-only pass)
+LANG_COLUMNS = ["caption_lang", "caption_lang_score"]
 
 # Captions longer than this are cut in metadata and in exported .txt members; caption_chars keeps the
 # original length. CLIP reads 77 tokens (a few hundred characters); web alt-text rarely exceeds 1,000.
@@ -127,7 +130,7 @@ def read_shard(path: str | Path, info: ShardInfo | None = None) -> Iterator[Samp
 
 
 def ingest_row(s: Sample, width: int | None, height: int | None, decode_error: str | None,
-               original: tuple[int | None, int | None] = (None, None), lang: tuple[str | None, float] = (None, 0.0)) -> dict:
+               original: tuple[int | None, int | None] = (None, None)) -> dict:
     """One ingest row. ``original`` is the image's stored size from its header (before any reduction);
     the json's ``original_width/height`` (img2dataset's size before resizing) wins when present."""
     def _int(v):
@@ -147,7 +150,6 @@ def ingest_row(s: Sample, width: int | None, height: int | None, decode_error: s
         "original_height": oh if oh is not None else original[1],
         "width": width, "height": height, "ingest_error": s.error or decode_error,
         "caption_words": s.caption_words, "caption_chars": s.caption_chars,
-        "caption_lang": lang[0], "caption_lang_score": lang[1],
     }
 
 

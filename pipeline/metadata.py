@@ -37,9 +37,8 @@ def ingest_table(parquet: str | Path) -> tuple[pa.Table, ShardInfo]:
     sizes = [c for c in ("original_width", "original_height") if c not in have]
     n = t.num_rows
     uids = _uids(t.column("uid"), path)
-    # each distinct caption is measured and language-identified once, then spread to its rows
+    # each distinct caption is measured once, then spread to its rows
     uniq, codes = _distinct(t.column("text"))
-    langs, scores = zip(*caption_languages(uniq)) if uniq else ((), ())
     codes = pa.array(codes, pa.int64())
 
     def col(name):
@@ -57,12 +56,22 @@ def ingest_table(parquet: str | Path) -> tuple[pa.Table, ShardInfo]:
             # a size the basic filter needs and the metadata lacks is said, not guessed
             "ingest_error": none_s,
             "caption_words": spread([len(x.split()) for x in uniq], pa.int32()),
-            "caption_chars": spread([len(x) for x in uniq], pa.int32()),
-            "caption_lang": spread(list(langs), pa.string()), "caption_lang_score": spread(list(scores), pa.float32())}
+            "caption_chars": spread([len(x) for x in uniq], pa.int32())}
     info = ShardInfo(path.stem, str(path), samples_found=n)
     if sizes:
         info.problems.append(f"no {' / '.join(sizes)} column: image sizes unknown (the basic filter drops them)")
     return pa.table({c: _typed(cols[c], c) for c in INGEST_COLUMNS}), info
+
+
+def lang_table(parquet: str | Path) -> pa.Table:
+    """The language columns of one metadata parquet: each distinct caption identified once."""
+    t = pq.read_table(parquet, columns=["text"])
+    uniq, codes = _distinct(t.column("text"))
+    langs = caption_languages(uniq)
+    codes = pa.array(codes, pa.int64())
+    return pa.table({"caption_lang": _typed(pa.array([x for x, _ in langs], pa.string()).take(codes), "caption_lang"),
+                     "caption_lang_score": _typed(pa.array([x for _, x in langs], pa.float32()).take(codes),
+                                                  "caption_lang_score")})
 
 
 def _typed(values, name: str):

@@ -43,6 +43,7 @@ GRID = 4  # offsets per axis at each scale
 MARGIN = 3
 IVF_ABOVE = 100_000  # view vectors; above this the candidate search is an inverted file, not all-pairs
 NPROBE = 4  # inverted lists scanned per query
+LIST_DIV = 4
 PROBE_POOL = 32  # lists a view may join: its image's nearest
 COARSE_STEPS, FINE_STEPS = 4, 3  # at most, Gauss-Newton steps on block means and at 32x32
 COARSE_TOL = 0.05  # a pair stops when a step gains less than this share of its coarse RMS
@@ -136,7 +137,7 @@ def view_search(desc: np.ndarray, k: int, backend: str = "auto") -> tuple[np.nda
     full = np.ascontiguousarray(desc[:, 0])
     if n * V <= IVF_ABOVE or backend == "torch":
         return search(np.ascontiguousarray(desc.reshape(-1, d)), full, k, backend)
-    cent, _ = kmeans(full, int(np.sqrt(n * V) / 4), niter=10, seed=0, backend=backend)
+    cent, _ = kmeans(full, int(np.sqrt(n * V) / LIST_DIV), niter=10, seed=0, backend=backend)
     _, near = search(cent, full, max(PROBE_POOL, NPROBE), backend)
     best = torch.bmm(torch.from_numpy(desc), torch.from_numpy(cent[near]).mT).argmax(2).numpy()  # (n, V)
     lists = np.take_along_axis(near, best, 1).ravel()

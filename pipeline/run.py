@@ -100,19 +100,20 @@ def _check_metadata_only(shards: list[str], config: CurateConfig) -> None:
             raise ValueError(f"filter {f.instance!r} compares images, and this pool is metadata only")
 
 
-def annotate_job(args: tuple[str, str, list[str]]) -> dict:
+def annotate_job(args: tuple[str, str, list[str], bool]) -> dict:
     """One shard's per-shard pass (picklable, for process pools and clusters)."""
     from pipeline.annotate import annotate_shard
     from schemas.config import ClipModel
 
-    shard, work, clip_json = args
-    r = annotate_shard(shard, work, [ClipModel.model_validate_json(c) for c in clip_json])
+    shard, work, clip_json, languages = args
+    r = annotate_shard(shard, work, [ClipModel.model_validate_json(c) for c in clip_json], languages)
     r["info"] = r["info"].as_dict()
     return r
 
 
-def jobs(p: Plan) -> list[tuple[str, str, list[str]]]:
-    return [(s, str(p.work), [c.model_dump_json() for c in p.config.clip]) for s in p.shards]
+def jobs(p: Plan) -> list[tuple[str, str, list[str], bool]]:
+    return [(s, str(p.work), [c.model_dump_json() for c in p.config.clip], p.config.needs_languages)
+            for s in p.shards]
 
 
 def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[str, dict], dict[str, str]]:

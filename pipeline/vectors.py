@@ -28,6 +28,7 @@ BATCH_BYTES = 64 << 20  # float32 bytes of clusters gathered at once by by_clust
 SIM_FLOATS = 16 << 20  # similarities computed at once (64 MB): query rows a product
 PROJ = 64  # dimensions of the random projection k-means++ seeding measures distances in
 SEED_ROWS = 8192  # rows k-means++ seeding draws from (but 4 a centroid): its cost ~ k, not k^2
+TOPK_BLOCK = 8  # rows per block of list_search's two-level top-k
 
 
 def pick(backend: str = "auto") -> str:
@@ -243,33 +244,50 @@ def list_search(queries: np.ndarray, probes: np.ndarray, base: np.ndarray, lists
                 k: int) -> tuple[np.ndarray, np.ndarray]:
     """Inverted-file scan: the top ``k`` inner products of each query among the base rows whose list
     (``lists``, one per base row) is one of its ``probes`` (nq, nprobe); (scores, indices) best first,
-    -inf / -1 where fewer. One product and top-k per list, lists over threads."""
-    nq, nlist = len(queries), int(max(lists.max(initial=-1), probes.max(initial=-1))) + 1
+    -inf / -1 where fewer. Per list one product, then an exact two-level top-k (lists over threads):
+    the maxima of blocks of TOPK_BLOCK rows, the top ``k`` blocks (every one holding a top-``k``
+    score is among them), the top ``k`` of their rows; a block's max costs far less than a top-k."""
+    nq, nprobe = probes.shape
+    nlist = int(max(lists.max(initial=-1), probes.max(initial=-1))) + 1
+    blk = TOPK_BLOCK
     border = np.argsort(lists, kind="stable")
-    bstart = np.searchsorted(lists[border], np.arange(nlist + 1))
-    base = torch.from_numpy(np.ascontiguousarray(base[border], np.float32))  # each list's rows together
-    qrow = np.repeat(np.arange(nq), probes.shape[1])
-    qorder = np.argsort(probes.ravel(), kind="stable")
-    qrow, qstart = qrow[qorder], np.searchsorted(probes.ravel()[qorder], np.arange(nlist + 1))
-    qs = torch.from_numpy(np.ascontiguousarray(queries[qrow], np.float32))  # queries in list order
-    top_s, top_i = torch.full((len(qrow), k), -torch.inf), torch.full((len(qrow), k), -1)
+    size = np.bincount(lists, minlength=nlist)
+    bstart = np.zeros(nlist + 1, np.int64)
+    np.cumsum(-(-size // blk) * blk, out=bstart[1:])  # each list padded to whole blocks
+    pos = bstart[lists[border]] + np.arange(len(border)) - np.repeat(np.cumsum(size) - size, size)
+    padded = np.zeros((bstart[-1], base.shape[1]), np.float32)
+    padded[pos] = base[border]
+    index = np.full(bstart[-1], -1, np.int64)
+    index[pos] = border
+    base_t = torch.from_numpy(padded)
+    flat = probes.ravel()
+    qorder = np.argsort(flat, kind="stable")
+    qstart = np.searchsorted(flat[qorder], np.arange(nlist + 1))
+    qs = torch.from_numpy(np.ascontiguousarray(queries[qorder // nprobe], np.float32))  # queries in list order
+    top_s, top_i = torch.full((len(flat), k), -torch.inf), torch.full((len(flat), k), -1)
 
     def scan(c):
         b0, b1, q0, q1 = bstart[c], bstart[c + 1], qstart[c], qstart[c + 1]
         if b1 > b0 and q1 > q0:
-            s, i = (qs[q0:q1] @ base[b0:b1].T).topk(min(k, b1 - b0), dim=1)
-            top_s[q0:q1, :i.shape[1]], top_i[q0:q1, :i.shape[1]] = s, i + b0
+            s = qs[q0:q1] @ base_t[b0:b1].T
+            s[:, size[c]:] = -torch.inf  # the padding
+            kk = min(k, size[c])
+            bi = s.view(len(s), -1, blk).amax(2).topk(min(kk, s.shape[1] // blk), dim=1)[1]
+            cols = (bi[:, :, None] * blk + torch.arange(blk)).flatten(1)
+            v, j = s.gather(1, cols).topk(kk, dim=1)
+            top_s[q0:q1, :kk], top_i[q0:q1, :kk] = v, cols.gather(1, j) + b0
 
-    threaded(scan, np.argsort(-np.diff(bstart) * np.diff(qstart)))  # biggest lists first
-    q, s, b = np.repeat(qrow, k), top_s.numpy().ravel(), top_i.numpy().ravel()
-    q, s, b = q[b >= 0], s[b >= 0], border[b[b >= 0]]
-    o = np.lexsort((-s, q))  # per query, best first
-    q, b, s = q[o], b[o], s[o]
-    rank = np.arange(len(q)) - np.searchsorted(q, q)
-    keep = rank < k
-    scores, idx = np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
-    scores[q[keep], rank[keep]], idx[q[keep], rank[keep]] = s[keep], b[keep]
-    return scores, idx
+    threaded(scan, np.argsort(-size * np.diff(qstart)))  # biggest lists first
+    # per query: its probes' results side by side, then the top k of them
+    inv = np.empty(len(flat), np.int64)
+    inv[qorder] = np.arange(len(flat))
+    s_all = top_s[torch.from_numpy(inv)].view(nq, nprobe * k)
+    i_all = top_i[torch.from_numpy(inv)].view(nq, nprobe * k)
+    s, j = s_all.topk(min(k, nprobe * k), dim=1)
+    i = i_all.gather(1, j).numpy()
+    idx = np.where(i >= 0, index[np.maximum(i, 0)], -1)
+    s = s.numpy()
+    return np.where(idx >= 0, s, -np.inf).astype(np.float32), idx
 
 
 def threaded(fn, items) -> None:

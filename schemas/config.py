@@ -58,3 +58,5 @@ class CurateBase(_Strict):
     clip: list[ClipModel] = Field(default_factory=list, description="scorers; each writes its own score column")
     vectors: VectorConfig = Field(default_factory=VectorConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    languages: bool = Field(False, description="identify every caption's language (caption_lang) even when no "
+                                               "filter reads it; otherwise only when one does (the basic filter)")

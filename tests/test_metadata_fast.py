@@ -12,7 +12,7 @@ import pytest
 from pipeline.decide import Arrays, reason_lists, summarize
 from pipeline.export import uid_array
 from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS, caption_languages
-from pipeline.metadata import ingest_table, npz_member
+from pipeline.metadata import ingest_table, lang_table, npz_member
 from pipeline.run import run_curation
 from tests.shardmaker import uid
 
@@ -43,8 +43,9 @@ def test_ingest_columns_are_the_per_caption_reference(tmp_path):
     texts = [x if isinstance(x, str) else "" for x in pq.read_table(path).column("text").to_pylist()]
     langs = caption_languages(texts)
     got = tbl.to_pydict()
-    assert got["caption_lang"] == [lang for lang, _ in langs]
-    assert got["caption_lang_score"] == pytest.approx([s for _, s in langs], abs=1e-7)
+    got_lang = lang_table(path).to_pydict()
+    assert got_lang["caption_lang"] == [lang for lang, _ in langs]
+    assert got_lang["caption_lang_score"] == pytest.approx([s for _, s in langs], abs=1e-7)
     assert got["caption_words"] == [len(x.split()) for x in texts]
     assert got["caption_chars"] == [len(x) for x in texts]
     assert got["caption"] == [x[:MAX_CAPTION_CHARS] for x in texts]
@@ -71,7 +72,7 @@ def test_a_changed_npz_is_annotated_again_and_a_compressed_one_is_copied(tmp_pat
     write_pool(tmp_path / "pool")
     cfg = {"clip": [{"precomputed": "l14"}]}
     m1 = run_curation(str(tmp_path / "pool"), tmp_path / "out", cfg, progress=False)
-    assert m1["run"]["stage_runs"] == 4
+    assert m1["run"]["stage_runs"] == 4  # ingest + clip columns; no filter reads languages
     assert run_curation(str(tmp_path / "pool"), tmp_path / "out", cfg, progress=False)["run"]["stage_runs"] == 0
     rng = np.random.default_rng(1)
     for npz in sorted((tmp_path / "pool").glob("*.npz")):  # new embeddings, compressed; parquets unchanged

@@ -8,7 +8,7 @@ A filter module defines a subclass of ``Filter`` with
     check, ``<instance>:<check>`` for several);
   - ``outputs``: columns it writes, ``{field: arrow type}``; each is written as ``<instance>.<field>``;
   - what it needs: ``scorer_columns()`` (whose embeddings / scores), ``needs_model`` (embeds new
-    images or prompts), ``needs_thumbs``;
+    images or prompts), ``needs_thumbs``, ``needs_languages()`` (reads ``caption_lang``);
   - ``compute(ctx) -> Result``: fail masks per check, columns per output, info (thresholds, counts).
 ``decide`` loops over instances; reasons, columns and info are per instance, so nothing collides.
 Compare datatrove's ``BaseFilter`` (a name, keep-or-reason, stats per reason).
@@ -50,6 +50,10 @@ class Filter(BaseModel):
 
     def out_column(self, output: str) -> str:
         return f"{self.instance}.{output}"
+
+    def needs_languages(self) -> bool:
+        """Whether it reads ``caption_lang`` (the language stage runs only when some filter does)."""
+        return False
 
     def scorer_columns(self) -> list[str]:
         """Score columns (one per scorer) whose scores or embeddings this filter reads."""

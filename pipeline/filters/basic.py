@@ -23,6 +23,9 @@ class Basic(Filter):
 
     checks = ("language", "caption_words", "caption_chars", "min_side", "aspect_ratio")
 
+    def needs_languages(self) -> bool:
+        return self.english
+
     def compute(self, ctx: Context) -> Result:
         df = ctx.df
         w = df["original_width"].astype("float64").to_numpy()
