@@ -44,6 +44,7 @@ MARGIN = 3
 IVF_ABOVE = 100_000  # view vectors; above this the candidate search is an inverted file, not all-pairs
 NPROBE = 4  # inverted lists scanned per query
 LIST_DIV = 4
+DESC_BLOCK = 256  # images a descriptor block (its views stay in cache)
 PROBE_POOL = 32  # lists a view may join: its image's nearest
 COARSE_STEPS, FINE_STEPS = 4, 3  # at most, Gauss-Newton steps on block means and at 32x32
 COARSE_TOL = 0.05  # a pair stops when a step gains less than this share of its coarse RMS
@@ -55,8 +56,9 @@ def thumbnail(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("L").resize((SIDE, SIDE), Image.BOX), np.uint8)
 
 
-def view_params(scales=SCALES, grid: int = GRID) -> np.ndarray:
+def view_params(scales=None, grid: int | None = None) -> np.ndarray:
     """(V, 3): scale, x offset, y offset in affine_grid's normalised units; row 0 is the full view."""
+    scales, grid = SCALES if scales is None else scales, GRID if grid is None else grid
     out = [(1.0, 0.0, 0.0)]
     for f in scales:
         offs = np.linspace(-(1 - f), 1 - f, grid)
@@ -93,26 +95,38 @@ def box3(size: int) -> torch.Tensor:
     return m / m.sum(1, keepdim=True)
 
 
-def descriptors(thumbs: np.ndarray, scales=SCALES, grid: int = GRID, out: int = 8, stats: bool = False):
+def descriptors(thumbs: np.ndarray, scales=None, grid: int | None = None, out: int = 8, stats: bool = False):
     """(n, V, out*out) unit-norm, zero-mean descriptors of each view (``view_params`` order): each
     view sampled to 2*out and 2x2-averaged. The views of one scale form a grid of offsets, so one
     product ``M @ t @ M.T`` (M: every offset's rows stacked) gives all of them. ``stats``: also each
-    view's mean and norm (n, V) before normalising."""
-    t = torch.from_numpy(np.asarray(thumbs, np.float32))
-    n = len(t)
-    res = []
+    view's mean and norm (n, V) before normalising. Blocks of images over threads."""
+    scales, grid = SCALES if scales is None else scales, GRID if grid is None else grid
+    n = len(thumbs)
+    mats = []
     for f, offs in [(1.0, np.zeros(1))] + [(f, np.linspace(-(1 - f), 1 - f, grid)) for f in scales]:
         g = len(offs)
         m = _interp(_coords(torch.full((g,), f), torch.tensor(offs, dtype=torch.float32), 2 * out, SIDE), SIDE)
-        m = ((m[:, 0::2] + m[:, 1::2]) / 2).reshape(g * out, SIDE)  # 2x2 mean, one axis at a time
-        v = (m @ t @ m.T).reshape(n, g, out, g, out)  # (image, y offset, row, x offset, column)
-        res.append(v.permute(0, 1, 3, 2, 4).reshape(n, g * g, out * out))
-    v = torch.cat(res, 1)
-    mean = v.mean(2, keepdim=True)
-    v -= mean
-    norm = v.norm(dim=2, keepdim=True).clamp_min(1e-3)
-    v /= norm
-    return (v.numpy(), mean[..., 0].numpy(), norm[..., 0].numpy()) if stats else v.numpy()
+        mats.append(((m[:, 0::2] + m[:, 1::2]) / 2).reshape(g * out, SIDE))  # 2x2 mean, one axis at a time
+    V = sum((len(m) // out) ** 2 for m in mats)
+    desc = np.empty((n, V, out * out), np.float32)
+    mean, norm = np.empty((n, V), np.float32), np.empty((n, V), np.float32)
+
+    def run(i):
+        t = torch.from_numpy(np.asarray(thumbs[i:i + DESC_BLOCK], np.float32))
+        v, j = torch.from_numpy(desc[i:i + DESC_BLOCK]), 0
+        for m in mats:
+            g = len(m) // out
+            w = (m @ t @ m.T).view(len(t), g, out, g, out)  # (image, y offset, row, x offset, column)
+            v[:, j:j + g * g] = w.permute(0, 1, 3, 2, 4).reshape(len(t), g * g, out * out)
+            j += g * g
+        mu = v.mean(2, keepdim=True)
+        v -= mu
+        nr = v.norm(dim=2, keepdim=True).clamp_min(1e-3)
+        v /= nr
+        mean[i:i + DESC_BLOCK], norm[i:i + DESC_BLOCK] = mu[..., 0].numpy(), nr[..., 0].numpy()
+
+    threaded(run, range(0, n, DESC_BLOCK))
+    return (desc, mean, norm) if stats else desc
 
 
 def start_rms(desc: np.ndarray, mean: np.ndarray, norm: np.ndarray, trip: np.ndarray) -> np.ndarray:
@@ -129,19 +143,31 @@ def start_rms(desc: np.ndarray, mean: np.ndarray, norm: np.ndarray, trip: np.nda
 
 def view_search(desc: np.ndarray, k: int, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Each row's full view against every row's views (flat index row * V + view): the top ``k``
-    (scores, indices). Above IVF_ABOVE view vectors an inverted file: sqrt(n * V) / 4 lists, k-means
-    clusters of the full views; a view joins the nearest of its image's PROBE_POOL nearest lists (a
-    crop view stays near its full view; this costs n * V * PROBE_POOL, not n * V * lists), and each
-    query scans its NPROBE nearest lists."""
+    (scores, indices). Above IVF_ABOVE view vectors an inverted file: sqrt(n * V) / LIST_DIV lists,
+    k-means clusters of the full views; a view joins the nearest of its image's PROBE_POOL nearest
+    lists (a crop view stays near its full view; this costs n * V * PROBE_POOL, not n * V * lists),
+    and each query scans its NPROBE nearest lists."""
     n, V, d = desc.shape
     full = np.ascontiguousarray(desc[:, 0])
     if n * V <= IVF_ABOVE or backend == "torch":
         return search(np.ascontiguousarray(desc.reshape(-1, d)), full, k, backend)
-    cent, _ = kmeans(full, int(np.sqrt(n * V) / LIST_DIV), niter=10, seed=0, backend=backend)
-    _, near = search(cent, full, max(PROBE_POOL, NPROBE), backend)
-    best = torch.bmm(torch.from_numpy(desc), torch.from_numpy(cent[near]).mT).argmax(2).numpy()  # (n, V)
-    lists = np.take_along_axis(near, best, 1).ravel()
-    return list_search(full, near[:, :NPROBE], desc.reshape(-1, d), lists, k)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small products: intra-op threads cost more than they give
+    try:
+        cent, _ = kmeans(full, int(np.sqrt(n * V) / LIST_DIV), niter=10, seed=0, backend=backend)
+        _, near = search(cent, full, max(PROBE_POOL, NPROBE), backend)
+    finally:
+        torch.set_num_threads(threads)
+    lists = np.empty((n, V), np.int64)
+    cent_t = torch.from_numpy(cent)
+
+    def assign(i):
+        j = slice(i, i + DESC_BLOCK)
+        best = torch.bmm(torch.from_numpy(desc[j]), cent_t[torch.from_numpy(near[j])].mT).argmax(2).numpy()
+        lists[j] = np.take_along_axis(near[j], best, 1)
+
+    threaded(assign, range(0, n, DESC_BLOCK))
+    return list_search(full, near[:, :NPROBE], desc.reshape(-1, d), lists.ravel(), k)
 
 
 def candidates(desc: np.ndarray, valid: np.ndarray, k: int, min_sim: float = 0.9,
@@ -153,9 +179,10 @@ def candidates(desc: np.ndarray, valid: np.ndarray, k: int, min_sim: float = 0.9
     n, V, d = desc.shape
     if len(rows) < 2:
         return np.zeros((0, 3), np.int64)
-    sim, idx = view_search(np.ascontiguousarray(desc[rows]), k * 4, backend)
-    q = np.repeat(rows, idx.shape[1])
-    ref = rows[np.maximum(idx, 0).ravel() // V]
+    sub = desc if len(rows) == n else np.ascontiguousarray(desc[rows])
+    sim, idx = view_search(sub, k * 4, backend)
+    q = np.repeat(np.arange(len(rows)), idx.shape[1])
+    ref = np.maximum(idx, 0).ravel() // V
     view = np.maximum(idx, 0).ravel() % V
     ok = (idx.ravel() >= 0) & (ref != q) & (sim.ravel() >= min_sim)
     trip, sim = np.stack([q[ok], ref[ok], view[ok]], 1), sim.ravel()[ok]
@@ -163,23 +190,34 @@ def candidates(desc: np.ndarray, valid: np.ndarray, k: int, min_sim: float = 0.9
     _, first = np.unique(trip[:, 0] * n + trip[:, 1], return_index=True)
     trip, sim = trip[np.sort(first)], sim[np.sort(first)]
     rank = np.arange(len(trip)) - np.searchsorted(trip[:, 0], trip[:, 0])
-    trip, sim = trip[rank < k], sim[rank < k]
-    # the other direction: the reference's full view against the query's views
-    back = np.concatenate([np.einsum("td,tvd->tv", desc[t[:, 1], 0], desc[t[:, 0]])
-                           for t in np.array_split(trip, len(trip) // 4096 + 1)])
+    trip, sim, rank = trip[rank < k], sim[rank < k], rank[rank < k]
+    # the other direction: the reference's full view against the query's views, one product a query
+    refs = np.zeros((len(rows), k, d), np.float32)
+    refs[trip[:, 0], rank] = sub[trip[:, 1], 0]
+    back = np.empty((len(rows), V, k), np.float32)
+
+    def other(i):
+        j = slice(i, i + DESC_BLOCK)
+        back[j] = torch.bmm(torch.from_numpy(sub[j]), torch.from_numpy(refs[j]).mT).numpy()
+
+    threaded(other, range(0, len(rows), DESC_BLOCK))
+    back = back[trip[:, 0], :, rank]  # (pairs, V)
     flip = back.max(1) > sim
     trip[flip] = np.stack([trip[flip, 1], trip[flip, 0], back[flip].argmax(1)], 1)
     sim = np.maximum(sim, back.max(1, initial=-1))
     o = np.argsort(-sim, kind="stable")  # one direction per unordered pair: the best
     lo, hi = np.minimum(trip[o, 0], trip[o, 1]), np.maximum(trip[o, 0], trip[o, 1])
     _, first = np.unique(lo * n + hi, return_index=True)
-    return trip[np.sort(o[first])]
+    trip = trip[np.sort(o[first])]
+    trip[:, :2] = rows[trip[:, :2]]
+    return trip
 
 
-def _crop_matrices(p: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+def _crop_matrices(p: torch.Tensor, post: torch.Tensor, grad: bool = True) -> torch.Tensor:
     """(B, 6, rows, SIDE): ``post @ M`` for the y and x interpolation matrices M of the crops ``p``
-    (B, 3) sampled to SIDE, then their derivatives in the offset, then in the scale. Built from taps:
-    each row of ``post`` mixes a few samples, each sample reads two pixels."""
+    (B, 3) sampled to SIDE, then their derivatives in the offset, then in the scale (``grad`` False:
+    (B, 2, rows, SIDE), M only). Built from taps: each row of ``post`` mixes a few samples, each sample
+    reads two pixels."""
     nnz = int((post != 0).sum(1).max())
     pw, po = post.topk(nnz, dim=1)  # (rows, nnz) weights and sample indices (weights are >= 0)
     pw = pw[..., None]
@@ -187,11 +225,12 @@ def _crop_matrices(p: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
     i0 = u.floor()[..., None]
     f = u[..., None] - i0
     idx = (torch.cat([i0, i0 + 1], -1).long().clamp(-1, SIDE) + 1).flatten(-2)  # -1 and SIDE: outside
-    slope = torch.cat([-torch.ones_like(f), torch.ones_like(f)], -1) * (pw * SIDE / 2)  # SIDE / 2 px per unit
-    m = torch.zeros(len(p), 6, len(post), SIDE + 2)
+    m = torch.zeros(len(p), 6 if grad else 2, len(post), SIDE + 2)
     m[:, 0:2].scatter_add_(-1, idx, (torch.cat([1 - f, f], -1) * pw).flatten(-2))
-    m[:, 2:4].scatter_add_(-1, idx, slope.flatten(-2))
-    m[:, 4:6].scatter_add_(-1, idx, (slope * _grid(SIDE)[po][..., None]).flatten(-2))
+    if grad:
+        slope = torch.cat([-torch.ones_like(f), torch.ones_like(f)], -1) * (pw * SIDE / 2)  # SIDE / 2 px per unit
+        m[:, 2:4].scatter_add_(-1, idx, slope.flatten(-2))
+        m[:, 4:6].scatter_add_(-1, idx, (slope * _grid(SIDE)[po][..., None]).flatten(-2))
     return m[..., 1:-1]
 
 
@@ -199,31 +238,38 @@ def refine(ref: torch.Tensor, qry: torch.Tensor, p: torch.Tensor, steps: int, po
            margin: int = 0, tol: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """Gauss-Newton (Lucas-Kanade) on the crops ``p`` (B, 3): ``ref`` (B, 32, 32) cropped by ``p`` and
     sampled to 32x32, then ``post @ . @ post.T`` (e.g. smoothing), against ``qry`` on its inner pixels
-    (``margin`` off each edge). A pair stops once a step gains less than ``tol`` of its RMS. Returns
-    the best (crop, RMS) seen, so never worse than the start."""
+    (``margin`` off each edge). A pair stops once a step gains less than ``tol`` of its RMS (stopped
+    pairs leave the batch once they are a fifth of it). Returns the best (crop, RMS) seen, so never
+    worse than the start."""
     inner = slice(margin, qry.shape[-1] - margin)
     best_p, best = p.clone(), torch.full((len(p),), float("inf"))
-    act = torch.arange(len(p))  # pairs still improving
+    act = torch.arange(len(p))  # pairs still in the batch
+    ref_a, qry_a = ref, qry
     for step in range(steps + 1):
-        ref_a = ref[act]
-        my, mx, dy, dx, sy, sx = _crop_matrices(p, post).unbind(1)
+        last = step == steps
+        m = _crop_matrices(p, post, grad=not last)
+        my, mx = m[:, 0], m[:, 1]
         a = torch.bmm(ref_a, mx.mT)
-        e = (torch.bmm(my, a) - qry[act])[:, inner, inner]
+        e = (torch.bmm(my, a) - qry_a)[:, inner, inner]
         rms = e.pow(2).mean((1, 2)).sqrt()
-        go = best[act] - rms > tol * rms
-        better = rms < best[act]
+        prev = best[act]
+        go = prev - rms > tol * rms
+        better = rms < prev
         best_p[act[better]], best[act[better]] = p[better], rms[better]
-        if step == steps or not go.any():
+        n_go = int(go.sum())
+        if last or n_go == 0:
             break
-        act, p, ref_a, a, e = act[go], p[go], ref_a[go], a[go], e[go]
-        my, dy, sy, dx, sx = my[go], dy[go], sy[go], dx[go], sx[go]
+        if n_go < 0.8 * len(go):  # drop the stopped pairs
+            act, p, ref_a, qry_a, a, e, m, go = act[go], p[go], ref_a[go], qry_a[go], a[go], e[go], m[go], go[go]
+            my = m[:, 0]
+        dy, dx, sy, sx = m[:, 2], m[:, 3], m[:, 4], m[:, 5]
         mr = torch.bmm(my, ref_a)
         j = torch.stack([torch.bmm(sy, a) + torch.bmm(mr, sx.mT), torch.bmm(mr, dx.mT), torch.bmm(dy, a)], 1)
         j = j[:, :, inner, inner].flatten(2)  # (B, 3, pixels): d/d(scale, x offset, y offset)
         hess = j @ j.mT
         hess = hess + 1e-3 * torch.diag_embed(hess.diagonal(dim1=1, dim2=2)) + 1e-6 * torch.eye(3)
         delta = torch.linalg.solve(hess, -(j @ e.flatten(1)[..., None]))[..., 0]
-        p = p + delta.clamp(-MAX_STEP, MAX_STEP)
+        p = p + delta.clamp(-MAX_STEP, MAX_STEP) * go[:, None]  # a stopped pair still in the batch stays
     return best_p, best
 
 
@@ -316,14 +362,17 @@ def near_duplicates(thumbs: np.ndarray, valid: np.ndarray, *, max_rms: float, ra
     valid = np.asarray(valid, bool) & ((flat - flat.mean(1, keepdim=True)).square().mean(1).sqrt().numpy() >= 2.0)
     if valid.sum() < 2:  # nothing to compare
         return {"duplicate_of": np.full(n, -1, np.int64), "rms": np.full(n, np.nan, np.float32)}
-    desc, mean, norm = descriptors(thumbs, stats=True)
-    trip = candidates(desc, valid, k, backend=backend)
+    rows = np.flatnonzero(valid)  # the search works on these alone
+    sub = np.ascontiguousarray(thumbs[rows], np.uint8)
+    desc, mean, norm = descriptors(sub, stats=True)
+    trip = candidates(desc, np.ones(len(rows), bool), k, backend=backend)
     # above this an RMS changes no decision: not a duplicate, and too far to be a ratio-test rival
     settle = max(max_rms, ratio_max_rms / ratio) if ratio > 0 else max_rms
     # cheap test first: pairs far apart before any alignment keep that distance
     rms = start_rms(desc, mean, norm, trip).astype(np.float32)
     near = rms <= settle + START_MARGIN
-    rms[near] = aligned_rms(thumbs, trip[near], view_params(), settle)
+    rms[near] = aligned_rms(sub, trip[near], view_params(), settle)
+    trip[:, :2] = rows[trip[:, :2]]
     best = np.full(n, np.nan, np.float32)
     np.fmin.at(best, trip[:, 0], rms)
     np.fmin.at(best, trip[:, 1], rms)
