@@ -53,7 +53,11 @@ def done_runs(path: Path) -> dict[tuple[str, int, int], dict]:
     return {(r["strategy"], r["seed"], r["samples_seen"]): r for r in rows}
 
 
-def run_one(root: Path, pool: Path, name: str, cfg: dict, seed: int, samples_seen: int, log: Path) -> dict:
+BATCH = 64  # the CPU preset: 312 steps at 20k samples seen (256 gave 78 steps, seed spreads as large as the effects)
+
+
+def run_one(root: Path, pool: Path, name: str, cfg: dict, seed: int, samples_seen: int, log: Path,
+            batch: int = BATCH) -> dict:
     from pipeline.run import run_curation
     from training.evalsuite import run_suite
     from training.train import TrainConfig, train
@@ -65,7 +69,7 @@ def run_one(root: Path, pool: Path, name: str, cfg: dict, seed: int, samples_see
     t0 = time.time()
     out = root / "train" / f"{name}-s{seed}-n{samples_seen}"
     tr = train(TrainConfig(train_data=str(cur / "shards"), model="curate-tiny", out_dir=str(out),
-                           samples_seen=samples_seen, seed=seed))
+                           samples_seen=samples_seen, seed=seed, batch_size=batch))
     ev = run_suite(tr["checkpoint"], pool / "eval", results=out / "eval.jsonl")
     row = {"strategy": name, "seed": seed, "dataset_size": m["kept"], "samples_seen": samples_seen,
            "groups": {g: v["mean"] for g, v in ev["groups"].items()}, "average": ev["average"],
@@ -178,11 +182,14 @@ def main() -> None:
     ap.add_argument("--web", default=None, help="web-trained CLIP for the clip_score strategies (default: this "
                                                  "grid's no-filter model of the first seed)")
     ap.add_argument("--tag", default=None, help="write grid<tag>.json/.md/.svg (default: _<preset>)")
+    ap.add_argument("--batch-size", type=int, default=BATCH, help=f"training batch (default {BATCH}; the runs "
+                    "go to runs/grid-<preset>-b<batch> unless it is 256, the earlier grids' batch)")
     a = ap.parse_args()
     from app.sample_pool import build_pool
     from training.train import TrainConfig, train
 
-    pool, root = Path(a.pool), Path(a.root or f"runs/grid-{a.preset}")
+    default_root = f"runs/grid-{a.preset}" + ("" if a.batch_size == 256 else f"-b{a.batch_size}")
+    pool, root = Path(a.pool), Path(a.root or default_root)
     tag = f"_{a.preset}" if a.tag is None else a.tag
     info = build_pool(pool, a.samples, preset=a.preset)
     base_seen = a.samples_seen or info["counts"]["pool"]
@@ -194,11 +201,12 @@ def main() -> None:
     dfn = a.dfn or str(root / "dfn" / "final")
     if not Path(dfn).is_dir():  # the filtering network: a CLIP trained on the clean trusted split
         dfn = train(TrainConfig(train_data=str(pool / "trusted"), model="curate-tiny", out_dir=str(root / "dfn"),
-                                samples_seen=DFN_SAMPLES_SEEN, seed=0))["checkpoint"]
+                                samples_seen=DFN_SAMPLES_SEEN, seed=0, batch_size=a.batch_size))["checkpoint"]
     first = min(a.seeds)
     # the web-trained CLIP (no filter, first seed, base budget) comes first: CLIP-score strategies use it
     if ("no_filter", first, base_seen) not in rows:
-        rows[("no_filter", first, base_seen)] = run_one(root, pool, "no_filter", {"filters": []}, first, base_seen, log)
+        rows[("no_filter", first, base_seen)] = run_one(root, pool, "no_filter", {"filters": []}, first, base_seen, log,
+                                                        a.batch_size)
     web = a.web or rows[("no_filter", first, base_seen)]["checkpoint"]
     plan = strategies(pool, web, dfn)
     cands = candidates(pool, web, dfn)
@@ -208,7 +216,7 @@ def main() -> None:
         vals = []
         for seed in select_seeds:
             if (name, seed, base_seen) not in rows:
-                rows[(name, seed, base_seen)] = run_one(root, pool, name, cfg, seed, base_seen, log)
+                rows[(name, seed, base_seen)] = run_one(root, pool, name, cfg, seed, base_seen, log, a.batch_size)
             vals.append(validate(root, pool, rows[(name, seed, base_seen)]))
         selection[name] = {"validation_average": None if None in vals else round(statistics.mean(vals), 4),
                            "validation_by_seed": vals, "dataset_size": rows[(name, first, base_seen)]["dataset_size"]}
@@ -224,7 +232,7 @@ def main() -> None:
         run_as = chosen if name == "best" else name
         for seed in a.seeds:
             if (run_as, seed, seen) not in rows:
-                rows[(run_as, seed, seen)] = run_one(root, pool, run_as, plan[name], seed, seen, log)
+                rows[(run_as, seed, seen)] = run_one(root, pool, run_as, plan[name], seed, seen, log, a.batch_size)
             if name == "best":  # the chosen combination's runs are the best strategy's runs
                 rows[("best", seed, seen)] = {**rows[(run_as, seed, seen)], "strategy": "best"}
     from app.demo import machine
@@ -234,7 +242,8 @@ def main() -> None:
     for name in t:
         t[name].update(composition(pool, root / "curated" / (chosen if name == "best" else name)))
     meta = {"preset": a.preset, "pool_clean_share": info.get("clean_share"), "pool_size": info["counts"]["pool"],
-            "samples_seen": seen, "budget": a.budget, "seeds": a.seeds, "model": "curate-tiny", "web_clip": web,
+            "samples_seen": seen, "budget": a.budget, "seeds": a.seeds, "model": "curate-tiny",
+            "batch_size": a.batch_size, "web_clip": web,
             "dfn": dfn, "best": chosen, "selection": selection, "select_seeds": select_seeds,
             "candidates": table({k: v for k, v in at_budget.items() if k[0] in cands}, list(cands)),
             "configs": {**plan, **cands}, **verdict(t, chosen),

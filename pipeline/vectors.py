@@ -255,11 +255,10 @@ def list_search(queries: np.ndarray, probes: np.ndarray, base: np.ndarray, lists
     bstart = np.zeros(nlist + 1, np.int64)
     np.cumsum(-(-size // blk) * blk, out=bstart[1:])  # each list padded to whole blocks
     pos = bstart[lists[border]] + np.arange(len(border)) - np.repeat(np.cumsum(size) - size, size)
-    padded = np.zeros((bstart[-1], base.shape[1]), np.float32)
-    padded[pos] = base[border]
-    index = np.full(bstart[-1], -1, np.int64)
+    index = np.full(bstart[-1], -1, np.int64)  # padded row -> base row (-1: padding)
     index[pos] = border
-    base_t = torch.from_numpy(padded)
+    base_t = torch.from_numpy(np.ascontiguousarray(base, np.float32))  # each list's rows together, padding
+    base_t = base_t.index_select(0, torch.from_numpy(np.maximum(index, 0)))  # rows masked in the scan
     flat = probes.ravel()
     qorder = np.argsort(flat, kind="stable")
     qstart = np.searchsorted(flat[qorder], np.arange(nlist + 1))
