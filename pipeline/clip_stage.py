@@ -52,7 +52,7 @@ class ClipScorer:
         self.model.eval()
         self.tokenizer = fast_tokenizer(open_clip.get_tokenizer(name))
         self.fast = fast_val_transform(self.preprocess)  # same pixels, tensor steps per batch
-        self._batch = batch_transform(self.preprocess)
+        self._batch = self.fast or batch_transform(self.preprocess)
         self.dim = int(self.embed_texts(["x"]).shape[1])
 
     @property
