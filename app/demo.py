@@ -69,6 +69,7 @@ def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int
     timings: dict[str, float] = {}
     grid = committed_grid() if preset == "web" else {}  # the committed grid is the web pool's
     strategy = strategy or grid.get("best") or DEFAULT_STRATEGY
+    batch = grid.get("batch_size") or 256  # the committed grid's training batch (256 before it was recorded)
 
     with _step("1. sample pool", timings):
         info = build_pool(pool_dir, samples, seed=seed, n_trusted=trusted, data=data, preset=preset)
@@ -76,7 +77,8 @@ def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int
 
     with _step("2. filtering network: a CLIP trained on the trusted split", timings):
         dfn = train(TrainConfig(train_data=str(pool_dir / "trusted"), model="curate-tiny", out_dir=str(root / "dfn"),
-                                samples_seen=scorer_samples_seen or DFN_SAMPLES_SEEN, seed=seed))["checkpoint"]
+                                samples_seen=scorer_samples_seen or DFN_SAMPLES_SEEN, seed=seed,
+                                batch_size=batch))["checkpoint"]
 
     runs: dict[str, dict] = {}
     web = None
@@ -93,7 +95,8 @@ def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int
             print(f"{name}: {m['samples_in']} in, {m['kept']} kept, dropped by reason {m['dropped_by_reason']}")
         with _step(f"4. train on {name} ({seen} samples seen)", timings):
             r = train(TrainConfig(train_data=str(root / name / "shards"), model="curate-tiny",
-                                  out_dir=str(root / f"train_{name}"), samples_seen=seen, seed=seed))
+                                  out_dir=str(root / f"train_{name}"), samples_seen=seen, seed=seed,
+                                  batch_size=batch))
         if name == "no_filter":
             web = r["checkpoint"]  # the raw pool's CLIP: the "web CLIP" that CLIP-score filters use
         with _step(f"5. built-in suite: {name}", timings):
@@ -107,7 +110,7 @@ def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int
     summary = {
         "verdict": round(runs[strategy]["average"] - runs["no_filter"]["average"], 4),
         "strategy": strategy, "samples_in": info["counts"]["pool"], "pool_preset": preset,
-        "pool_clean_share": info.get("clean_share"), "samples_seen": seen, "runs": runs,
+        "pool_clean_share": info.get("clean_share"), "samples_seen": seen, "batch_size": batch, "runs": runs,
         "committed_grid": {k: grid.get("strategies", {}).get(k) for k in ("no_filter", "best")} if grid else None,
         "committed_grid_seeds": grid.get("seeds"), "pool_data": info.get("data"), "seed": seed,
         "timings_s": timings, "wall_seconds": round(time.time() - t0, 1), "machine": machine(),
