@@ -39,7 +39,7 @@ from pipeline.metadata import ingest_table, is_metadata, lang_table, npz_embeddi
 from schemas.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from schemas.config import RUNTIME_FIELDS, ClipModel
 from shardio.decode import open_image
-from shardio.shards import atomic_write_bytes, atomic_write_table, shard_base, shard_id
+from shardio.shards import atomic_save_npy, atomic_write_bytes, atomic_write_table, shard_base, shard_id
 
 CACHE_KEY = b"curate_cache_key"
 SHARD_INFO = "curate_shard_info"
@@ -91,13 +91,6 @@ def _write(path: Path, tbl: pa.Table, key: str, extra: dict[str, str] | None = N
     schemas.validate(tbl)
     meta = {CACHE_KEY: key.encode(), **{k.encode(): v.encode() for k, v in (extra or {}).items()}}
     atomic_write_table(path, tbl.replace_schema_metadata(meta), **(FAST if fast else {}))
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
 
 
 def lang_path(run: Path, sid: str) -> Path:
@@ -196,7 +189,7 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
         _write_precomputed(shard, run, sid, spec, key, uids)
         ran.append(spec.column)
     if need_ingest:
-        _save_npy(run / "thumbs" / f"{sid}.npy", np.stack(thumbs) if thumbs else np.zeros((0, SIDE, SIDE), np.uint8))
+        atomic_save_npy(run / "thumbs" / f"{sid}.npy", np.stack(thumbs) if thumbs else np.zeros((0, SIDE, SIDE), np.uint8))
         tbl = schemas.table({c: [r[c] for r in rows] for c in INGEST_COLUMNS}, INGEST_COLUMNS)
         _write(ingest_path, tbl, ingest_key, {SHARD_INFO: json.dumps(info.as_dict())})
         ran.append("ingest")
@@ -217,8 +210,8 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
             stacked = np.concatenate(pairs, axis=1)
             img[idx_all], txt[idx_all], score[idx_all] = stacked[0], stacked[1], np.concatenate(scores)
         edir = run / "embeddings" / spec.column
-        _save_npy(edir / f"{sid}.img.npy", img)
-        _save_npy(edir / f"{sid}.txt.npy", txt)
+        atomic_save_npy(edir / f"{sid}.img.npy", img)
+        atomic_save_npy(edir / f"{sid}.txt.npy", txt)
         tbl = pa.table({"uid": pa.array(uids, pa.string()),
                         "row": pa.array(np.arange(n), pa.int64()),
                         spec.column: pa.array(score.astype(np.float64), pa.float64())})
@@ -287,9 +280,9 @@ def annotate_metadata(parquet: str | Path, run_dir: str | Path, clip: list[ClipM
         else:  # compressed or not float16: copied out, as a view cannot map it
             score, img, txt = precomputed(parquet, spec, n)
             if img is not None:
-                _save_npy(edir / f"{sid}.img.npy", img)
-                _save_npy(edir / f"{sid}.txt.npy", txt)
-        _save_npy(run / "columns" / spec.column / f"{sid}.pool.npy", score)
+                atomic_save_npy(edir / f"{sid}.img.npy", img)
+                atomic_save_npy(edir / f"{sid}.txt.npy", txt)
+        atomic_save_npy(run / "columns" / spec.column / f"{sid}.pool.npy", score)
         tbl = pa.table({"uid": uids, "row": pa.array(np.arange(n), pa.int64()),
                         spec.column: pa.array(score.astype(np.float64), pa.float64())})
         _write(out, tbl, ckey, fast=True)
@@ -331,7 +324,7 @@ def _write_precomputed(shard, run: Path, sid: str, spec: ClipModel, key: str, ui
     score = np.full(len(uids), np.nan, np.float64)
     score[have] = every[where[have]]
     # every listed row's score, downloaded or not: DataComp's cutoff is over the pool's metadata
-    _save_npy(run / "columns" / spec.column / f"{sid}.pool.npy", every)
+    atomic_save_npy(run / "columns" / spec.column / f"{sid}.pool.npy", every)
     edir = run / "embeddings" / spec.column
     if npz_path.is_file():
         with np.load(npz_path) as z:
@@ -339,7 +332,7 @@ def _write_precomputed(shard, run: Path, sid: str, spec: ClipModel, key: str, ui
                 arr = z[f"{spec.precomputed}_{part}"]
                 out = np.zeros((len(uids), arr.shape[1]), np.float16)
                 out[have] = arr[where[have]]
-                _save_npy(edir / f"{sid}.{part}.npy", out)
+                atomic_save_npy(edir / f"{sid}.{part}.npy", out)
     tbl = pa.table({"uid": pa.array(uids, pa.string()), "row": pa.array(np.arange(len(uids)), pa.int64()),
                     spec.column: pa.array(score, pa.float64())})
     _write(run / "columns" / spec.column / f"{sid}.parquet", tbl, key)

@@ -48,6 +48,7 @@ DESC_BLOCK = 256  # images a descriptor block (its views stay in cache)
 PROBE_POOL = 32  # lists a view may join: its image's nearest
 COARSE_STEPS, FINE_STEPS = 4, 3  # at most, Gauss-Newton steps on block means and at 32x32
 COARSE_TOL = 0.05  # a pair stops when a step gains less than this share of its coarse RMS
+COARSE_STOP = 10.0  # grey levels; ... or when after a step its coarse RMS is this far above the settle RMS
 MAX_STEP = 0.05  # largest change of a crop parameter per step (0.8 px at 32 px)
 START_MARGIN = 20.0  # grey levels; a pair whose unaligned view RMS exceeds the settle RMS by this is settled
 
@@ -235,12 +236,12 @@ def _crop_matrices(p: torch.Tensor, post: torch.Tensor, grad: bool = True) -> to
 
 
 def refine(ref: torch.Tensor, qry: torch.Tensor, p: torch.Tensor, steps: int, post: torch.Tensor,
-           margin: int = 0, tol: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+           margin: int = 0, tol: float = 0.01, stop: float = np.inf) -> tuple[torch.Tensor, torch.Tensor]:
     """Gauss-Newton (Lucas-Kanade) on the crops ``p`` (B, 3): ``ref`` (B, 32, 32) cropped by ``p`` and
     sampled to 32x32, then ``post @ . @ post.T`` (e.g. smoothing), against ``qry`` on its inner pixels
-    (``margin`` off each edge). A pair stops once a step gains less than ``tol`` of its RMS (stopped
-    pairs leave the batch once they are a fifth of it). Returns the best (crop, RMS) seen, so never
-    worse than the start."""
+    (``margin`` off each edge). A pair stops once a step gains less than ``tol`` of its RMS, or, after
+    its first step, once its RMS is above ``stop`` (stopped pairs leave the batch once they are a fifth
+    of it). Returns the best (crop, RMS) seen, so never worse than the start."""
     inner = slice(margin, qry.shape[-1] - margin)
     best_p, best = p.clone(), torch.full((len(p),), float("inf"))
     act = torch.arange(len(p))  # pairs still in the batch
@@ -253,7 +254,7 @@ def refine(ref: torch.Tensor, qry: torch.Tensor, p: torch.Tensor, steps: int, po
         e = (torch.bmm(my, a) - qry_a)[:, inner, inner]
         rms = e.pow(2).mean((1, 2)).sqrt()
         prev = best[act]
-        go = prev - rms > tol * rms
+        go = (prev - rms > tol * rms) & ((step == 0) | (torch.minimum(prev, rms) <= stop))
         better = rms < prev
         best_p[act[better]], best[act[better]] = p[better], rms[better]
         n_go = int(go.sum())
@@ -292,7 +293,7 @@ def aligned_rms(thumbs: np.ndarray, trip: np.ndarray, params: np.ndarray, settle
         q = torch.from_numpy(thumbs[t[:, 0]].astype(np.float32))
         r = torch.from_numpy(thumbs[t[:, 1]].astype(np.float32))
         p, rms = refine(r, coarse @ q @ coarse.T, torch.from_numpy(params[t[:, 2]]), COARSE_STEPS, coarse,
-                        tol=COARSE_TOL)
+                        tol=COARSE_TOL, stop=settle + COARSE_STOP)
         near = torch.nonzero(rms <= settle)[:, 0]
         if len(near):
             _, rms[near] = refine(r[near], smooth @ q[near] @ smooth.T, p[near], FINE_STEPS, smooth, MARGIN)
@@ -332,21 +333,36 @@ def rival_rms(pairs: np.ndarray, rms: np.ndarray, group: np.ndarray) -> np.ndarr
     return np.minimum(rival(pairs[:, 0], pairs[:, 1]), rival(pairs[:, 1], pairs[:, 0]))
 
 
-def groups(n: int, pairs: np.ndarray, order_key: np.ndarray) -> np.ndarray:
-    """Connected components of the duplicate pairs (scipy); returns each row's kept representative
-    (itself if unique): the row with the lowest ``order_key`` (then index) in its component."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+def components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Connected components of the undirected ``pairs`` over n rows: each row's label, the lowest row
+    of its component (min-label hooking and pointer jumping, vectorised)."""
+    label = np.arange(n)
+    a, b = pairs[:, 0], pairs[:, 1]
+    while True:
+        la, lb = label[a], label[b]
+        if (la == lb).all():
+            return label
+        m = np.minimum(la, lb)
+        np.minimum.at(label, la, m)  # hook each root onto the lower one
+        np.minimum.at(label, lb, m)
+        while True:  # jump until each row points at its root
+            up = label[label]
+            if (up == label).all():
+                break
+            label = up
 
+
+def groups(n: int, pairs: np.ndarray, order_key: np.ndarray) -> np.ndarray:
+    """Connected components of the duplicate pairs; returns each row's kept representative (itself if
+    unique): the row with the lowest ``order_key`` (then index) in its component."""
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    ncomp, label = connected_components(graph, directed=False)
+    label = components(n, pairs)
     order = np.lexsort((np.arange(n), order_key))  # keep order: best first
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
-    best = np.full(ncomp, n, np.int64)
+    best = np.full(n, n, np.int64)
     np.minimum.at(best, label, rank)
-    return order[best][label]
+    return order[best[label]]
 
 
 def near_duplicates(thumbs: np.ndarray, valid: np.ndarray, *, max_rms: float, ratio: float, ratio_max_rms: float,

@@ -83,6 +83,15 @@ def atomic_write_table(path: str | Path, table: pa.Table, **options) -> None:
     os.replace(tmp, path)
 
 
+def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
+    """``np.save`` written aside, then renamed (its folder made)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
 def atomic_save_npz(path: str | Path, **arrays) -> None:
     """``np.savez`` written aside, then renamed (its folder made)."""
     path = Path(path)
