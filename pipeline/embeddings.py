@@ -57,14 +57,17 @@ class View:
 
 
 class Shards(View):
-    """Per-shard parts one after another: ``.npy`` paths (mapped on each read) or arrays in memory."""
+    """Per-shard parts one after another: ``.npy`` paths, or ``(path, offset)`` of a ``.npy`` stored at
+    that byte offset inside another file (an uncompressed npz member), mapped on each read; or arrays
+    in memory."""
 
     def __init__(self, parts: list, dim: int = 1):
         self.parts, lens, widths = [], [], []
         for p in parts:
-            if isinstance(p, (str, Path)):
-                shape, fortran, dtype, offset = _header(p)
-                self.parts.append((str(p), shape, "F" if fortran else "C", dtype, offset))
+            if isinstance(p, (str, Path, tuple)):
+                path, at = (p, 0) if isinstance(p, (str, Path)) else p
+                shape, fortran, dtype, offset = _header(path, at)
+                self.parts.append((str(path), shape, "F" if fortran else "C", dtype, offset))
             else:
                 p = np.asarray(p)
                 p = p.reshape(len(p), -1) if p.ndim != 2 else p
@@ -138,11 +141,12 @@ def view(x) -> View:
     return Shards([x.reshape(len(x), -1) if len(x) else x.reshape(0, x.shape[-1] if x.ndim == 2 else 1)])
 
 
-def _header(path) -> tuple[tuple, bool, np.dtype, int]:
-    """(shape, fortran order, dtype, data offset) of a ``.npy`` file."""
+def _header(path, at: int = 0) -> tuple[tuple, bool, np.dtype, int]:
+    """(shape, fortran order, dtype, data offset) of a ``.npy`` file, or of one that starts at byte ``at``."""
     from numpy.lib import format as npy
 
     with open(path, "rb") as f:
+        f.seek(at)
         version = npy.read_magic(f)
         read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
         shape, fortran, dtype = read(f)

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
+from pipeline.embeddings import _header
 from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS, ShardInfo, caption_languages, valid_uid
 from schemas.config import ClipModel
 
@@ -127,17 +128,15 @@ def precomputed(parquet: str | Path, spec: ClipModel, n: int) -> tuple[np.ndarra
     return score, img.astype(np.float16, copy=False), txt.astype(np.float16, copy=False)
 
 
-def _npy_header(f) -> tuple[tuple, bool, np.dtype]:
-    from numpy.lib import format as npy
-
-    version = npy.read_magic(f)
-    read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-    return read(f)
-
-
 def npz_member(npz: str | Path, name: str) -> tuple[tuple, bool, np.dtype, int] | None:
     """(shape, fortran order, dtype, byte offset of the data) of ``name`` inside an ``.npz``, when it
     is stored uncompressed (``np.savez``) and so can be memory-mapped; None otherwise."""
+    at = _member_start(npz, name)
+    return None if at is None else _header(npz, at)
+
+
+def _member_start(npz: str | Path, name: str) -> int | None:
+    """Byte offset where ``name``'s ``.npy`` starts inside an uncompressed npz member; None otherwise."""
     import zipfile
 
     with zipfile.ZipFile(npz) as z:
@@ -150,12 +149,10 @@ def npz_member(npz: str | Path, name: str) -> tuple[tuple, bool, np.dtype, int] 
     with open(npz, "rb") as f:
         f.seek(info.header_offset)
         local = f.read(30)
-        if local[:4] != b"PK\x03\x04":
-            return None
-        name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
-        f.seek(info.header_offset + 30 + name_len + extra_len)
-        shape, fortran, dtype = _npy_header(f)
-        return shape, fortran, dtype, f.tell()
+    if local[:4] != b"PK\x03\x04":
+        return None
+    name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+    return info.header_offset + 30 + name_len + extra_len
 
 
 def npz_embeddings(npz: Path, tag: str, n: int) -> dict | None:
@@ -177,27 +174,14 @@ def embedding_view(parts: list):
     into npz files (``npz_embeddings``'s dict plus ``member``), each mapped only while read."""
     from pipeline.embeddings import Shards
 
-    view = Shards([])
-    lens, widths = [], []
+    located = []
     for p in parts:
         if isinstance(p, dict):
             npz = Path(p["npz"])
             st = npz.stat() if npz.is_file() else None
             if st is None or (st.st_size, st.st_mtime_ns) != (p["size"], p["mtime_ns"]):
                 raise FileNotFoundError(f"{npz} is missing or changed since it was annotated: rerun the annotate step")
-            shape, fortran, dtype, offset = npz_member(npz, p["member"])
-            path = str(npz)
+            located.append((npz, _member_start(npz, p["member"])))
         else:
-            with open(p, "rb") as f:
-                shape, fortran, dtype = _npy_header(f)
-                offset = f.tell()
-            path = str(p)
-        view.parts.append((path, shape, "F" if fortran else "C", dtype, offset))
-        lens.append(shape[0])
-        widths.append(shape[1] if len(shape) > 1 else 1)
-    dims = {w for w, n in zip(widths, lens) if n} or set(widths[:1]) or {1}
-    if len(dims) > 1:
-        raise ValueError(f"embedding parts differ in width: {sorted(dims)}")
-    view.starts = np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
-    view.shape = (int(view.starts[-1]), dims.pop())
-    return view
+            located.append(p)
+    return Shards(located)

@@ -48,7 +48,7 @@ DESC_BLOCK = 256  # images a descriptor block (its views stay in cache)
 PROBE_POOL = 32  # lists a view may join: its image's nearest
 COARSE_STEPS, FINE_STEPS = 4, 3  # at most, Gauss-Newton steps on block means and at 32x32
 COARSE_TOL = 0.05  # a pair stops when a step gains less than this share of its coarse RMS
-COARSE_STOP = 10.0  # grey levels; ... or when after a step its coarse RMS is this far above the settle RMS
+COARSE_STOP = 8.0  # grey levels; ... or when after two steps its coarse RMS is this far above the settle RMS
 MAX_STEP = 0.05  # largest change of a crop parameter per step (0.8 px at 32 px)
 START_MARGIN = 20.0  # grey levels; a pair whose unaligned view RMS exceeds the settle RMS by this is settled
 
@@ -240,7 +240,7 @@ def refine(ref: torch.Tensor, qry: torch.Tensor, p: torch.Tensor, steps: int, po
     """Gauss-Newton (Lucas-Kanade) on the crops ``p`` (B, 3): ``ref`` (B, 32, 32) cropped by ``p`` and
     sampled to 32x32, then ``post @ . @ post.T`` (e.g. smoothing), against ``qry`` on its inner pixels
     (``margin`` off each edge). A pair stops once a step gains less than ``tol`` of its RMS, or, after
-    its first step, once its RMS is above ``stop`` (stopped pairs leave the batch once they are a fifth
+    two steps, once its RMS is above ``stop`` (stopped pairs leave the batch once they are a fifth
     of it). Returns the best (crop, RMS) seen, so never worse than the start."""
     inner = slice(margin, qry.shape[-1] - margin)
     best_p, best = p.clone(), torch.full((len(p),), float("inf"))
@@ -254,7 +254,7 @@ def refine(ref: torch.Tensor, qry: torch.Tensor, p: torch.Tensor, steps: int, po
         e = (torch.bmm(my, a) - qry_a)[:, inner, inner]
         rms = e.pow(2).mean((1, 2)).sqrt()
         prev = best[act]
-        go = (prev - rms > tol * rms) & ((step == 0) | (torch.minimum(prev, rms) <= stop))
+        go = (prev - rms > tol * rms) & ((step < 2) | (torch.minimum(prev, rms) <= stop))
         better = rms < prev
         best_p[act[better]], best[act[better]] = p[better], rms[better]
         n_go = int(go.sum())
