@@ -44,6 +44,7 @@ MARGIN = 3
 IVF_ABOVE = 100_000  # view vectors; above this the candidate search is an inverted file, not all-pairs
 NPROBE = 4  # inverted lists scanned per query
 LIST_DIV = 4
+FLIP_EPS = 0.0
 DESC_BLOCK = 256  # images a descriptor block (its views stay in cache)
 PROBE_POOL = 32  # lists a view may join: its image's nearest
 COARSE_STEPS, FINE_STEPS = 4, 3  # at most, Gauss-Newton steps on block means and at 32x32
@@ -203,7 +204,7 @@ def candidates(desc: np.ndarray, valid: np.ndarray, k: int, min_sim: float = 0.9
 
     threaded(other, range(0, len(rows), DESC_BLOCK))
     back = back[trip[:, 0], :, rank]  # (pairs, V)
-    flip = back.max(1) > sim
+    flip = back.max(1) > sim + FLIP_EPS
     trip[flip] = np.stack([trip[flip, 1], trip[flip, 0], back[flip].argmax(1)], 1)
     sim = np.maximum(sim, back.max(1, initial=-1))
     o = np.argsort(-sim, kind="stable")  # one direction per unordered pair: the best

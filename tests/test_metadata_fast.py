@@ -86,15 +86,18 @@ def test_a_changed_npz_is_annotated_again_and_a_compressed_one_is_copied(tmp_pat
     assert (Arrays(tmp_path / "out", sids).image("clip_score").load() == want).all()
 
 
-def test_a_metadata_only_run_imports_no_torch(tmp_path):
-    write_pool(tmp_path / "pool")
+def test_a_metadata_only_run_imports_no_torch_and_forks_its_workers(tmp_path):
+    write_pool(tmp_path / "pool", shards=3)
+    cfg = {"clip": [{"precomputed": "l14"}], "filters": [{"type": "basic"}, {"type": "clip_score", "fraction": 0.5}]}
     code = ("import sys; from pipeline.run import run_curation; "
-            f"run_curation({str(tmp_path / 'pool')!r}, {str(tmp_path / 'out')!r}, "
-            "{'clip': [{'precomputed': 'l14'}], "
-            "'filters': [{'type': 'basic'}, {'type': 'clip_score', 'fraction': 0.5}]}, "
-            "progress=False); print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))")
+            f"run_curation({str(tmp_path / 'pool')!r}, {str(tmp_path / 'forked')!r}, {cfg!r}, progress=False, "
+            "workers=2); print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert out.stdout.strip().splitlines()[-1] == "[]"  # so its workers were forked, not spawned
+    run_curation(str(tmp_path / "pool"), tmp_path / "one", cfg, progress=False, workers=1)
+    assert (tmp_path / "forked" / "uids.npy").read_bytes() == (tmp_path / "one" / "uids.npy").read_bytes()
+    tables = [pq.read_table(tmp_path / d / "metadata.parquet") for d in ("forked", "one")]
+    assert tables[0].equals(tables[1])
 
 
 def test_uid_array_is_datacomps_for_any_case_and_falls_back_for_odd_uids():
