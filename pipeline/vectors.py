@@ -243,10 +243,11 @@ def knn(x: np.ndarray, k: int, backend: str = "auto") -> tuple[np.ndarray, np.nd
 def list_search(queries: np.ndarray, probes: np.ndarray, base: np.ndarray, lists: np.ndarray,
                 k: int) -> tuple[np.ndarray, np.ndarray]:
     """Inverted-file scan: the top ``k`` inner products of each query among the base rows whose list
-    (``lists``, one per base row) is one of its ``probes`` (nq, nprobe); (scores, indices) best first,
-    -inf / -1 where fewer. Per list one product, then an exact two-level top-k (lists over threads):
-    the maxima of blocks of TOPK_BLOCK rows, the top ``k`` blocks (every one holding a top-``k``
-    score is among them), the top ``k`` of their rows; a block's max costs far less than a top-k."""
+    (``lists``, one per base row) is one of its ``probes`` (nq, nprobe; distinct); (scores, indices)
+    best first, -inf / -1 where fewer. Per list one product, then an exact two-level top-k (lists
+    over threads): the maxima of blocks of TOPK_BLOCK rows, the top ``k`` blocks (every one holding a
+    top-``k`` score is among them), the top ``k`` of their rows; a block's max costs far less than a
+    top-k."""
     nq, nprobe = probes.shape
     nlist = int(max(lists.max(initial=-1), probes.max(initial=-1))) + 1
     blk = TOPK_BLOCK
