@@ -155,10 +155,12 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
         batch_rows.clear(), batch_caps.clear()
 
     bs = min([s.batch_size for s, _ in todo_clip] or [256])
+    captions: list[str] | None = None  # for the language stage, gathered by whichever pass reads the tar
     if need_ingest or todo_clip:  # pixels needed: one read + decode of the shard, at the smallest scale
-        samples = []
+        samples, captions = [], []
         for i, s in enumerate(read_shard(shard, info)):
             uids.append(s.uid)
+            captions.append(s.caption_full)
             im, size, err = (None, None, None) if s.error else open_image(s.image, side, reduce=True)
             if need_ingest:  # width/height: a full decode's, i.e. the header's size (pixels may be reduced)
                 samples.append((s, size if im is not None else (None, None), err, size or (None, None)))
@@ -172,13 +174,12 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
         flush()
         if need_ingest:
             rows = [ingest_row(s, *wh, err, size) for s, wh, err, size in samples]
-            captions = [s.caption_full for s, *_ in samples]
         else:
             info = shard_info(ingest_path)
     else:  # only precomputed columns or languages to write: the uids come from the finished ingest table
         uids = pq.read_table(ingest_path, columns=["uid"]).column("uid").to_pylist()
         info = shard_info(ingest_path)
-    if need_lang and not need_ingest:  # the captions again, without decoding: the same reader, the same rows
+    if need_lang and captions is None:  # only the language stage to run: the captions, nothing decoded
         captions = [s.caption_full for s in read_shard(shard)]
     if info.error:
         print(f"curate: broken shard {shard}: {info.error} ({info.samples_found} samples recovered)",

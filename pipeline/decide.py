@@ -35,12 +35,12 @@ def load_columns(run_dir: str | Path, shard_ids: list[str], config) -> pd.DataFr
     for sid in shard_ids:
         t = pq.read_table(run / "columns" / "ingest" / f"{sid}.parquet")
         t = t.append_column("row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
-        if config.needs_languages:  # else null: what a run writes depends on its config, not on the work folder
-            lang = pq.read_table(run / "columns" / "lang" / f"{sid}.parquet")
-            if not lang.column("uid").equals(t.column("uid")):
-                raise RuntimeError(f"language columns for shard {sid} are out of step with ingest; rerun it")
+        # null unless the config needs them: what a run writes depends on its config, not on the work folder
+        lang = pq.read_table(run / "columns" / "lang" / f"{sid}.parquet") if config.needs_languages else None
+        if lang is not None and not lang.column("uid").equals(t.column("uid")):
+            raise RuntimeError(f"language columns for shard {sid} are out of step with ingest; rerun it")
         for c in LANG_COLUMNS:
-            t = t.append_column(c, lang.column(c) if config.needs_languages else pa.nulls(t.num_rows, schemas.arrow_type(c)))
+            t = t.append_column(c, lang.column(c) if lang is not None else pa.nulls(t.num_rows, schemas.arrow_type(c)))
         for spec in config.clip:
             c = pq.read_table(run / "columns" / spec.column / f"{sid}.parquet", columns=["uid", spec.column])
             if not c.column("uid").equals(t.column("uid")):

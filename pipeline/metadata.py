@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
-from pipeline.embeddings import _header
+from pipeline.embeddings import Shards, _header
 from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS, ShardInfo, caption_languages, valid_uid
 from schemas.config import ClipModel
 
@@ -172,8 +172,6 @@ def npz_embeddings(npz: Path, tag: str, n: int) -> dict | None:
 def embedding_view(parts: list):
     """A row-aligned view (pipeline/embeddings.py) over per-shard parts: ``.npy`` paths, or pointers
     into npz files (``npz_embeddings``'s dict plus ``member``), each mapped only while read."""
-    from pipeline.embeddings import Shards
-
     located = []
     for p in parts:
         if isinstance(p, dict):
