@@ -198,14 +198,26 @@ def _start(spec_json: str) -> None:
     get_scorer(spec_json)
 
 
-def worker_start(spec_json: str) -> dict:
-    """A fresh spawned worker until its scorer is loaded: what each annotate worker pays once."""
+def worker_start(spec_json: str, workers: int = 1, spawned: bool = True) -> dict:
+    """The annotate pool's start until every worker holds its scorer, as a run starts it (one fork server
+    imports torch and open_clip, then forks the workers), and the same with each worker spawned."""
     import multiprocessing as mp
 
+    from pipeline.executors import ProcessPool
+
+    out = {}
     c0, t0 = children_cpu(), time.perf_counter()
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
-        ex.submit(_start, spec_json).result()
-    return {"seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(children_cpu() - c0, 2)}
+    for _item, _res, err in ProcessPool(workers).map(_start, [spec_json] * workers):
+        if err:
+            raise RuntimeError(err)
+    out.update(seconds=round(time.perf_counter() - t0, 2), cpu_seconds=round(children_cpu() - c0, 2))
+    if not spawned:
+        return {"workers": workers, **out}
+    c0, t0 = children_cpu(), time.perf_counter()
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+        list(ex.map(_start, [spec_json] * workers))
+    out.update(spawned_seconds=round(time.perf_counter() - t0, 2), spawned_cpu_seconds=round(children_cpu() - c0, 2))
+    return {"workers": workers, **out}
 
 
 # --- where the CPU time goes -----------------------------------------------------------------------
@@ -382,7 +394,7 @@ def main() -> None:
     decode, decode_cpu = (decode1 + decode2) / 2, (decode_cpu1 + decode_cpu2) / 2  # bracketing the run
     parts = breakdown(shards[0], spec_json)
     print(parts, flush=True)
-    start = worker_start(spec_json)
+    start = worker_start(spec_json, workers)
     load["end"] = os.getloadavg()
     besides = parts["besides_towers_ms"]
     res = {

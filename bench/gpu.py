@@ -83,7 +83,7 @@ def part_scoring(s: dict, shards: list[str], work: Path, workers: int) -> dict:
     seconds = time.perf_counter() - t0
     n = m["samples_in"]
     steady = steady_rate(work / "curate", s["per_shard"])
-    start = worker_start(spec_json) if workers > 1 else None
+    start = worker_start(spec_json, workers, spawned=False) if workers > 1 else None
     sc = get_scorer(spec_json)  # the towers alone: prepared uint8 batches, pinned, bf16 on a GPU
     px = [sc.prepare(Image.new("RGB", (256, 256), (i, 90, 200))) for i in range(s["batch"])]
     caps = ["a photo of a red car on the street"] * s["batch"]
