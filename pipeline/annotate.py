@@ -34,8 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
-from pipeline.ingest import INGEST_COLUMNS, LANG_COLUMNS, ShardInfo, caption_languages, ingest_row, read_shard
-from pipeline.metadata import ingest_table, is_metadata, lang_table, npz_embeddings, precomputed, precomputed_score
+from pipeline.ingest import INGEST_COLUMNS, ShardInfo, ingest_row, read_shard
+from pipeline.metadata import ingest_table, is_metadata, lang_columns, lang_table, npz_embeddings, precomputed, precomputed_score
 from schemas.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from schemas.config import RUNTIME_FIELDS, ClipModel
 from shardio.decode import open_image
@@ -95,12 +95,6 @@ def _write(path: Path, tbl: pa.Table, key: str, extra: dict[str, str] | None = N
 
 def lang_path(run: Path, sid: str) -> Path:
     return run / "columns" / "lang" / f"{sid}.parquet"
-
-
-def _write_lang(run: Path, sid: str, key: str, uids, langs: list[tuple[str | None, float]]) -> None:
-    tbl = schemas.table({"uid": list(uids), "caption_lang": [x for x, _ in langs],
-                         "caption_lang_score": [x for _, x in langs]}, ["uid", *LANG_COLUMNS])
-    _write(lang_path(run, sid), tbl, key)
 
 
 def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel], languages: bool = False) -> dict:
@@ -197,7 +191,8 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     if need_lang:
         if len(captions) != len(uids):
             raise RuntimeError(f"shard {shard} changed while it was read ({len(captions)} captions, {len(uids)} rows)")
-        _write_lang(run, sid, lang_key, uids, caption_languages(captions))
+        uid_col = pa.array(list(uids), schemas.arrow_type("uid"))
+        _write(lang_path(run, sid), lang_columns(captions).add_column(0, "uid", uid_col), lang_key)
         ran.append("lang")
     n = len(uids)
     for spec, key in todo_clip:

@@ -65,9 +65,16 @@ def ingest_table(parquet: str | Path) -> tuple[pa.Table, ShardInfo]:
 
 
 def lang_table(parquet: str | Path) -> pa.Table:
-    """The language columns of one metadata parquet: each distinct caption identified once."""
-    t = pq.read_table(parquet, columns=["text"])
-    uniq, codes = _distinct(t.column("text"))
+    """The language columns of one metadata parquet."""
+    return lang_columns(pq.read_table(parquet, columns=["text"]).column("text"))
+
+
+def lang_columns(texts) -> pa.Table:
+    """The language columns of captions (an arrow string column or a list), each distinct caption
+    identified once."""
+    col = texts if isinstance(texts, pa.ChunkedArray) else pa.chunked_array(
+        [texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())])
+    uniq, codes = _distinct(col)
     langs = caption_languages(uniq)
     codes = pa.array(codes, pa.int64())
     return pa.table({"caption_lang": _typed(pa.array([x for x, _ in langs], pa.string()).take(codes), "caption_lang"),
