@@ -167,6 +167,32 @@ def _simplejpeg_decode(shard: str) -> int:
     return sum(simplejpeg.decode_jpeg(s.members["jpg"], "RGB") is not None for s in iter_samples(shard))
 
 
+def jpeg_floor(shard: str) -> dict:
+    """libjpeg-turbo's decode at each M/8 scale (simplejpeg, one thread, ms per sample, least of 3): even
+    at 1/8 the whole entropy-coded stream is read, so no JPEG pass gets below that figure."""
+    import simplejpeg
+
+    from pipeline.ingest import read_shard
+
+    jpgs = [s.image for s in read_shard(shard)]
+    side = min(simplejpeg.decode_jpeg_header(jpgs[0])[:2])
+    out = {"header_only": _least(lambda: [simplejpeg.decode_jpeg_header(b) for b in jpgs]) / len(jpgs) * 1e3}
+    for f in (1, 2, 4, 8):
+        want = -(-side // f)
+        out[f"scale_1/{f}"] = _least(lambda: [simplejpeg.decode_jpeg(b, min_height=want, min_width=want)
+                                             for b in jpgs]) / len(jpgs) * 1e3
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def _least(fn, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - t0)
+    return best
+
+
 def simplejpeg_installed() -> bool:
     import importlib.util
 
@@ -395,6 +421,7 @@ def main() -> None:
     parts = breakdown(shards[0], spec_json)
     print(parts, flush=True)
     start = worker_start(spec_json, workers)
+    floor = jpeg_floor(shards[0]) if simplejpeg_installed() else None
     load["end"] = os.getloadavg()
     besides = parts["besides_towers_ms"]
     res = {
@@ -431,6 +458,7 @@ def main() -> None:
             "cpu_annotate_vs_decode": round(decode_cpu / annotate_cpu, 3),
             "cpu_besides_towers_vs_decode_same_shard": round(parts["pillow_read_and_full_decode_ms"] / besides, 3),
             "one_process_pass": parts,
+            "jpeg_decode_ms_by_scale": floor,
             "equivalence_with_full_decode": same,
             "scorer": SCORER, "kept": m["kept"],
             "pool": {"path": os.path.relpath(a.pool, ROOT), "shards": len(shards), "image": f"{SIZE} px JPEG q{QUALITY}",
