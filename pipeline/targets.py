@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
 from PIL import Image
 
 from pipeline.embeddings import view
 from pipeline.vectors import kmeans, normalize, search, usable
+
+CHUNK = 4096  # rows a similarity block
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -117,6 +120,58 @@ def image_based(pool_img, valid: np.ndarray, targets: np.ndarray, k: int, niter:
     _, near = search(cent[held], normalize(targets), 1, backend)
     wanted = held[np.unique(near[:, 0])]
     return np.isin(cluster, wanted), cluster, int(len(wanted))
+
+
+def load_centroids(path: str | Path) -> np.ndarray:
+    """Pool centroids (k, d) from a ``.npy`` file, or from DataComp's published ``*_centroids_l14.pt``
+    (a numpy array saved with ``torch.save``: a pickle, so only a file you trust)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image_based centroids {p} do not exist")
+    if p.suffix.lower() == ".npy":
+        a = np.load(p)
+    else:
+        import torch
+
+        a = torch.load(p, map_location="cpu", weights_only=False)
+        a = a.numpy() if hasattr(a, "numpy") else np.asarray(a)
+    a = np.asarray(a, np.float32)
+    if a.ndim != 2 or len(a) == 0:
+        raise ValueError(f"image_based centroids {p}: need a (k, d) array, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def argmax_dot(x: np.ndarray, cent: torch.Tensor) -> np.ndarray:
+    """Index of the centroid with the largest dot product, per row (first of ties), as DataComp's
+    ``get_centroid_ids_gpu``: float32 features against the raw (not normalized) centroids."""
+    sim = torch.from_numpy(np.ascontiguousarray(x, np.float32)) @ cent.T
+    return sim.argmax(1).numpy().astype(np.int64)
+
+
+def image_based_given(pool_img, valid: np.ndarray, targets: np.ndarray,
+                      centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """DataComp's image-based rule with given pool centroids (``baselines/apply_filter.py``,
+    ``load_uids_with_image_filter``): each target and each pool row goes to the centroid of largest dot
+    product (no normalization of either side); rows in a target's centroid are kept. Same return as
+    ``image_based``. Rows without a usable embedding (NaN, inf, all zero) or not ``valid`` get -1 and are
+    not kept (DataComp assigns them too: a NaN row's argmax is centroid 0)."""
+    pool = view(pool_img)
+    cent = torch.from_numpy(np.asarray(centroids, np.float32))
+    targets = np.asarray(targets, np.float32)
+    for what, width in (("the pool's image embeddings", pool.shape[1]), ("the target embeddings",
+                                                                          targets.shape[1] if targets.ndim == 2 else -1)):
+        if width != cent.shape[1]:
+            raise ValueError(f"centroids have {cent.shape[1]} dimensions, {what} {width}: same model needed")
+    targets = targets[usable(targets)] if len(targets) else targets
+    wanted = np.unique(np.concatenate([argmax_dot(targets[i:i + CHUNK], cent)
+                                       for i in range(0, len(targets), CHUNK)] or [np.zeros(0, np.int64)]))
+    cluster = np.full(len(pool), -1, np.int64)
+    valid = np.asarray(valid, bool)
+    for start, block in pool.chunks():
+        ok = usable(block, valid[start:start + len(block)])
+        if ok.any():
+            cluster[start:start + len(block)][ok] = argmax_dot(np.asarray(block)[ok], cent)
+    return np.isin(cluster, wanted) & (cluster >= 0), cluster, int(len(wanted))
 
 
 def concept_score(pool_img, valid: np.ndarray, prompt_emb: np.ndarray) -> np.ndarray:

@@ -14,14 +14,30 @@ def tag(column: str) -> str:
     return "" if column == "clip_score" else column.removeprefix("clip_score_") + ","
 
 
-def top_fraction_threshold(scores: np.ndarray, fraction: float) -> float:
-    """DataComp's rule: ``t = sorted(finite scores, descending)[int(n * fraction)]``; keep ``score >= t``.
-    The scores keep their dtype (a float64 column's cutoff is not rounded to float32)."""
-    finite = scores[np.isfinite(scores)]
-    if finite.size == 0:
+def top_fraction_threshold(scores: np.ndarray, fraction: float, count_missing: bool = True) -> float:
+    """DataComp's rule (``baselines/apply_filter.py``, ``get_threshold``): ``n = int(len(scores) * fraction)``
+    over every row, missing (NaN) scores included; ``t = -np.sort(-scores)[n]``, which puts NaN last, so
+    ``t`` is the (n+1)-th highest non-NaN score (+/-inf are ordinary values); keep ``score >= t``
+    (ties at the cutoff kept). The scores keep their dtype (a float64 column's cutoff is not rounded).
+
+    Deviation, where DataComp's rule breaks: when ``n`` reaches past the non-NaN scores (many missing
+    scores, or ``fraction`` 1.0), DataComp's cutoff is NaN (``score >= NaN`` keeps nothing) or an
+    IndexError (``fraction`` 1.0: ``n == len``); here it is the lowest non-NaN score, so every scored row is
+    kept. No score at all: +inf (nothing kept).
+
+    ``count_missing=False`` (scores computed here, not listed with the pool: NaN means the image never
+    decoded, so it was never a candidate): n counts the finite scores only, over the finite scores."""
+    scores = np.asarray(scores)
+    if count_missing:
+        valid = scores[~np.isnan(scores)] if np.issubdtype(scores.dtype, np.floating) else scores
+        total = scores.size
+    else:
+        valid = scores[np.isfinite(scores)]
+        total = valid.size
+    if valid.size == 0:
         return float("inf")
-    n = min(int(finite.size * fraction), finite.size - 1)
-    return float(-np.sort(-finite)[n])
+    n = min(int(total * fraction), valid.size - 1)
+    return float(-np.sort(-valid)[n])
 
 
 class ClipScore(Filter):
@@ -47,9 +63,11 @@ class ClipScore(Filter):
         # never downloaded included, when the scores came with the metadata)
         pool = ctx.arrays.pool_scores(self.column) if ctx.arrays is not None else None
         over = pool if pool is not None else scores
-        t = float(self.threshold) if self.threshold is not None else top_fraction_threshold(over, self.fraction)
+        t = float(self.threshold) if self.threshold is not None else top_fraction_threshold(
+            over, self.fraction, count_missing=pool is not None)
         with np.errstate(invalid="ignore"):
             fails = ~(scores >= t)  # NaN fails too
         return Result({"": fails}, info={"column": self.column, "threshold": t, "fraction": self.fraction,
                                          "cutoff_over": "metadata" if pool is not None else "samples",
-                                         "cutoff_rows": int(np.isfinite(over).sum())})
+                                         "cutoff_rows": int(np.size(over)),
+                                         "cutoff_scored_rows": int((~np.isnan(np.asarray(over, float))).sum())})
