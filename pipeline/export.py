@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.faults import point
-from pipeline.ingest import MAX_CAPTION_CHARS
+from pipeline.ingest import CAPTION_EXTS, MAX_CAPTION_CHARS
 from shardio.shards import ShardWriter, shard_id
 from shardio.tar import iter_samples
 
@@ -63,7 +63,7 @@ def write_shards(df: pd.DataFrame, shards: list[str], out_dir: Path, samples_per
                  captions: dict[tuple[str, str], str] | None = None) -> list[str]:
     """Copy kept samples' members verbatim into new shards (a caption longer than the limit, or
     rewritten by a caption transform, replaces the ``.txt``). A key already written from another
-    source shard is prefixed with its shard id, so no output shard holds one key twice."""
+    source shard is prefixed with its shard id (then ``<id>.2/``, ...), so no output shard holds one key twice."""
     kept = df.loc[df["keep"], ["shard", "key"]]
     want: dict[str, set[str]] = {}
     for sid, key in zip(kept["shard"], kept["key"]):
@@ -84,9 +84,11 @@ def write_shards(df: pd.DataFrame, shards: list[str], out_dir: Path, samples_per
             new_caption = captions.get((sid, s.key))
             if new_caption is not None:
                 members["txt"] = new_caption.encode("utf-8")
-            elif "txt" in members and len(members["txt"]) > MAX_CAPTION_CHARS:
-                members["txt"] = members["txt"].decode("utf-8", "replace")[:MAX_CAPTION_CHARS].encode("utf-8")
-            writer.write_raw(s.key if s.key not in writer.keys else f"{sid}/{s.key}", members)
+            else:
+                cap = next((e for e in CAPTION_EXTS if e in members), None)  # the member ingest read
+                if cap is not None and len(members[cap]) > MAX_CAPTION_CHARS:
+                    members[cap] = members[cap].decode("utf-8", "replace")[:MAX_CAPTION_CHARS].encode("utf-8")
+            writer.write_raw(writer.free_key(s.key, sid), members)
             written += 1
             if written == half:
                 point("export:mid")

@@ -76,11 +76,24 @@ def valid_uid(uid: Any) -> str | None:
     return None
 
 
+def clean_text(s: str) -> str:
+    """``s`` with lone surrogates (json's ``"\\ud800"``, which Arrow cannot store) written as ``\\ud800``."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+CAPTION_EXTS = ("txt", "text", "caption")  # img2dataset writes .txt; other writers' names after it
+
+
 def _caption(members: dict[str, bytes], meta: dict) -> str:
-    if "txt" in members:
-        return members["txt"].decode("utf-8", errors="replace")
+    for ext in CAPTION_EXTS:
+        if ext in members:
+            return members[ext].decode("utf-8", errors="replace")
     cap = meta.get("caption")
-    return cap if isinstance(cap, str) else ""
+    return clean_text(cap) if isinstance(cap, str) else ""
 
 
 def _to_sample(raw, sid: str, listed: dict[str, dict]) -> Sample:
@@ -92,7 +105,7 @@ def _to_sample(raw, sid: str, listed: dict[str, dict]) -> Sample:
             meta = json.loads(members["json"])
             if not isinstance(meta, dict):
                 meta, error = {}, error or "metadata: the sample's json is not an object"
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: [[[[... nested too deep
             error = error or f"metadata: malformed json ({e})"
     side = listed.get(key) or listed.get(key.rsplit("/", 1)[-1])
     if not meta and side:
@@ -104,6 +117,11 @@ def _to_sample(raw, sid: str, listed: dict[str, dict]) -> Sample:
     uid = valid_uid(meta.get("uid")) or derive_uid(sid, key)
     return Sample(uid, key, sid, caption[:MAX_CAPTION_CHARS], members.get(ext) if ext else None, ext, meta, error,
                   len(caption), len(caption.split()), caption)
+
+
+def sample_uid(raw, sid: str, listed: dict[str, dict]) -> str:
+    """The uid ``read_shard`` gives a tar sample (``listed``: the shard parquet's rows)."""
+    return _to_sample(raw, sid, listed).uid
 
 
 def read_shard(path: str | Path, info: ShardInfo | None = None) -> Iterator[Sample]:
@@ -133,16 +151,17 @@ def ingest_row(s: Sample, width: int | None, height: int | None, decode_error: s
                original: tuple[int | None, int | None] = (None, None)) -> dict:
     """One ingest row. ``original`` is the image's stored size from its header (before any reduction);
     the json's ``original_width/height`` (img2dataset's size before resizing) wins when present."""
-    def _int(v):
+    def _int(v):  # an int32 column: inf, 1e30 and the like are unknown, not a crash
         try:
-            return int(v) if v is not None else None
-        except (TypeError, ValueError):
+            v = int(v) if v is not None else None
+        except (TypeError, ValueError, OverflowError):
             return None
+        return v if v is None or -2**31 <= v < 2**31 else None
 
     ow, oh = _int(s.meta.get("original_width")), _int(s.meta.get("original_height"))
     return {
         "uid": s.uid, "key": s.key, "shard": s.shard,
-        "url": str(s.meta["url"]) if s.meta.get("url") is not None else None,
+        "url": clean_text(str(s.meta["url"])) if s.meta.get("url") is not None else None,
         "caption": s.caption, "image_ext": s.image_ext,
         "image_bytes": len(s.image) if s.image is not None else 0,
         "sha256": sha256(s.image) if s.image is not None else None,

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.embeddings import Shards, _header
-from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS, ShardInfo, caption_languages, valid_uid
+from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS, ShardInfo, caption_languages, derive_uid, valid_uid
 from schemas.config import ClipModel
 
 NEEDED = ("uid", "text")
@@ -37,7 +37,7 @@ def ingest_table(parquet: str | Path) -> tuple[pa.Table, ShardInfo]:
     t = pq.read_table(path, columns=[c for c in READ if c in have])
     sizes = [c for c in ("original_width", "original_height") if c not in have]
     n = t.num_rows
-    uids = _uids(t.column("uid"), path)
+    uids, bad = _uids(t.column("uid"), path)
     # each distinct caption is measured once, then spread to its rows
     uniq, codes = _distinct(t.column("text"))
     codes = pa.array(codes, pa.int64())
@@ -52,10 +52,10 @@ def ingest_table(parquet: str | Path) -> tuple[pa.Table, ShardInfo]:
     cols = {"uid": uids, "key": uids, "shard": pa.repeat(pa.scalar(path.stem), n) if n else pa.array([], pa.string()),
             "url": col("url"), "caption": spread([x[:MAX_CAPTION_CHARS] for x in uniq], pa.string()),
             "image_ext": none_s, "image_bytes": np.zeros(n, np.int64), "sha256": col("sha256"),
-            "original_width": col("original_width"), "original_height": col("original_height"),
+            "original_width": _size(col("original_width")), "original_height": _size(col("original_height")),
             "width": none_i, "height": none_i,
             # a size the basic filter needs and the metadata lacks is said, not guessed
-            "ingest_error": none_s,
+            "ingest_error": _uid_errors(bad, n) if bad else none_s,
             "caption_words": spread([len(x.split()) for x in uniq], pa.int32()),
             "caption_chars": spread([len(x) for x in uniq], pa.int32())}
     info = ShardInfo(path.stem, str(path), samples_found=n)
@@ -89,16 +89,42 @@ def _typed(values, name: str):
     return pa.array(values, type=want)
 
 
-def _uids(col: pa.ChunkedArray, path: Path) -> pa.Array:
-    """Lower-cased uids; every one must be 32 hex characters."""
+def _uids(col: pa.ChunkedArray, path: Path) -> tuple[pa.Array, dict[int, object]]:
+    """Lower-cased uids, and row -> value of the rows whose uid is not 32 hex characters: those get a
+    uid derived from the file and row (they drop as ``metadata``; never in a uid list)."""
     if pa.types.is_string(col.type) and col.null_count == 0 and pc.all(
             pc.match_substring_regex(col, "^[0-9a-fA-F]{32}$")).as_py() in (True, None):
-        return pc.utf8_lower(col.combine_chunks())
-    uids = col.to_pylist()
-    bad = [u for u in uids if valid_uid(u) is None]
-    if bad:
-        raise ValueError(f"{path}: {len(bad)} uid(s) are not 32 hex characters, first: {bad[0]!r}")
-    return pa.array([u.lower() for u in uids], pa.string())
+        return pc.utf8_lower(col.combine_chunks()), {}
+    out, bad = [], {}
+    for i, u in enumerate(col.to_pylist()):
+        v = valid_uid(u)
+        if v is None:
+            bad[i], v = u, derive_uid(path.stem, f"row{i}")
+        out.append(v)
+    return pa.array(out, pa.string()), bad
+
+
+def _uid_errors(bad: dict[int, object], n: int) -> pa.Array:
+    errors = [None] * n
+    for i, u in bad.items():
+        errors[i] = f"metadata: uid {str(u)[:80]!r} is not 32 hex characters"
+    return pa.array(errors, pa.string())
+
+
+def _size(col) -> pa.Array:
+    """original_width/height as int32: NaN, infinite, out-of-range or non-numeric values are unknown."""
+    if pa.types.is_int32(col.type) or pa.types.is_null(col.type):
+        return col
+    if pa.types.is_integer(col.type):  # DataComp's int64: cast whole when every value fits
+        lo, hi = pc.min_max(col).values()
+        if lo.as_py() is None or (lo.as_py() >= -2**31 and hi.as_py() < 2**31):
+            return col.cast(pa.int32())
+    try:
+        v = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.nulls(len(col), pa.int32())
+    ok = np.isfinite(v) & (v >= -2**31) & (v < 2**31)
+    return pa.array(np.where(ok, v, 0).astype(np.int32), pa.int32(), mask=~ok)
 
 
 def _distinct(col: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:

@@ -408,7 +408,7 @@ def write_report(out: str | Path, df: pd.DataFrame, shards: list[str], manifest:
             f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
     path = out / "report.html"
     tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
+    tmp.write_text(page, encoding="utf-8", errors="backslashreplace")  # a shard path with non-UTF-8 bytes
     tmp.replace(path)
     return path
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import publish
-from pipeline.ingest import derive_uid, valid_uid
+from pipeline.ingest import sample_uid
 from pipeline.lock import exclusive
 from shardio.shards import ShardWriter, expand, shard_id
+from shardio.sidecar import read_sidecar
 from shardio.tar import iter_samples
 
 
@@ -20,14 +21,6 @@ def uid_strings(uids_file: str | Path) -> set[str]:
     if arr.dtype != np.dtype("u8,u8"):
         raise ValueError(f"{uids_file} is not a DataComp uid array (dtype u8,u8), it holds {arr.dtype}")
     return {f"{int(a):016x}{int(b):016x}" for a, b in arr.tolist()}
-
-
-def _uid(sample, sid: str) -> str:
-    try:
-        meta = json.loads(sample.members.get("json", b"{}"))
-    except (ValueError, UnicodeDecodeError):
-        meta = {}
-    return (valid_uid(meta.get("uid")) if isinstance(meta, dict) else None) or derive_uid(sid, sample.key)
 
 
 def reshard(uids_file: str | Path, pool: str | list[str], out: str | Path, samples_per_shard: int = 10_000) -> dict:
@@ -42,12 +35,13 @@ def reshard(uids_file: str | Path, pool: str | list[str], out: str | Path, sampl
         found: set[str] = set()
         for path in shards:
             sid = shard_id(path)
+            listed = read_sidecar(path).rows  # the uid a curation run gave: json, else this parquet, else derived
             for s in iter_samples(path):
-                u = _uid(s, sid)
+                u = sample_uid(s, sid, listed)
                 if s.duplicate or u not in want or u in found:
                     continue
                 found.add(u)
-                writer.write_raw(s.key if s.key not in writer.keys else f"{sid}/{s.key}", dict(s.members))
+                writer.write_raw(writer.free_key(s.key, sid), dict(s.members))
         written = writer.close()
         np.save(stage / "uids.npy", np.load(uids_file))
         manifest = {"uids_in_list": len(want), "written": len(found), "not_found": len(want - found),

