@@ -56,6 +56,8 @@ def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | di
             from pipeline.clip_stage import check_scorer
 
             check_scorer(spec)
+    for f in config.filters:
+        f.check()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the curation output")

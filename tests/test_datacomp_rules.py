@@ -222,3 +222,16 @@ def test_datacomp_presets_spell_datacomps_rules():
     for preset in ("image-based", "image-based-clip-score"):
         ib = filt(preset, "basic")
         assert (ib.words, ib.min_words, ib.min_chars, ib.min_side, ib.max_aspect) == ("fasttext", 2, 6, None, None)
+
+
+def test_a_missing_gcld3_is_said_before_any_work(tmp_path, monkeypatch):
+    import sys
+
+    from pipeline.filters import basic
+    from pipeline.run import plan
+
+    basic._gcld3.cache_clear()
+    monkeypatch.setitem(sys.modules, "gcld3", None)  # as if not installed
+    with pytest.raises(RuntimeError, match="gcld3 needs the gcld3 package"):
+        plan(str(tmp_path), tmp_path / "out", "datacomp/laion2b")
+    basic._gcld3.cache_clear()

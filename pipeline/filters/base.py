@@ -51,6 +51,9 @@ class Filter(BaseModel):
     def out_column(self, output: str) -> str:
         return f"{self.instance}.{output}"
 
+    def check(self) -> None:
+        """Raise a clear error, before any work starts, when this machine cannot run the filter."""
+
     def needs_languages(self) -> bool:
         """Whether it reads ``caption_lang`` (the language stage runs only when some filter does)."""
         return False

@@ -84,6 +84,10 @@ class Basic(Filter):
 
     checks = ("language", "caption_words", "caption_chars", "min_side", "aspect_ratio")
 
+    def check(self) -> None:
+        if self.language_model == "gcld3":
+            _gcld3()
+
     def needs_languages(self) -> bool:
         return self.english and self.language_model == "fasttext"
 
