@@ -105,7 +105,9 @@ def table(rows: dict[tuple[str, int], dict], order: list[str]) -> dict:
                      "average_mean": round(statistics.mean(avgs), 4),
                      "average_std": round(statistics.stdev(avgs), 4) if len(avgs) > 1 else None,
                      "averages": [round(a, 4) for a in avgs],
-                     "bootstrap_se": round(statistics.mean(ses), 4) if ses and None not in ses else None}
+                     "bootstrap_se": round(statistics.mean(ses), 4) if ses and None not in ses else None,
+                     "tasks": {k: round(statistics.mean(r["tasks"][k] for r in runs), 4) for k in runs[0].get("tasks", {})
+                               if all(k in r.get("tasks", {}) for r in runs)}}
         for g in GROUPS:
             vals = [r["groups"].get(g) for r in runs if r["groups"].get(g) is not None]
             if vals:
@@ -131,6 +133,10 @@ def markdown(t: dict, meta: dict) -> str:
     keys = ["clip_score_30_minus_no_filter", "clip_score_spread", "best_strategy", "best_baseline",
             "best_minus_best_baseline", "suite_bootstrap_se"]
     lines += [""] + [f"- `{k}`: {meta[k]}" for k in keys if k in meta]
+    by_task = meta.get("best_minus_best_baseline_by_task")
+    if by_task:
+        lines.append("- best minus best baseline, per task (mean over seeds): " + ", ".join(
+            f"{k.split('/')[-1]} {v:+.4f}" for k, v in sorted(by_task.items(), key=lambda kv: -abs(kv[1]))))
     return "\n".join(lines) + "\n"
 
 
@@ -276,6 +282,9 @@ def verdict(t: dict, chosen: str | None) -> dict:
     if base and "best" in t:
         out["best_baseline"] = max(base, key=base.get)
         out["best_minus_best_baseline"] = round(t["best"]["average_mean"] - base[out["best_baseline"]], 4)
+        a, b = t["best"].get("tasks", {}), t[out["best_baseline"]].get("tasks", {})
+        # where the difference comes from: the average is a plain mean over the suite's tasks
+        out["best_minus_best_baseline_by_task"] = {k: round(a[k] - b[k], 4) for k in a if k in b}
     ses = [r["bootstrap_se"] for r in t.values() if r.get("bootstrap_se") is not None]
     out["suite_bootstrap_se"] = round(statistics.mean(ses), 4) if ses else None
     return out
