@@ -46,7 +46,7 @@ def committed_grid(path: Path = GRID) -> dict:
     if not path.is_file():
         return {}
     g = json.loads(path.read_text())
-    return {"best": g.get("best_strategy"), "seeds": g.get("seeds"), "strategies": {k: {m: v.get(m) for m in ("average_mean", "average_std")}
+    return {"best": g.get("best_strategy"), "seeds": g.get("seeds"), "batch_size": g.get("batch_size"), "strategies": {k: {m: v.get(m) for m in ("average_mean", "average_std")}
                                                     for k, v in g.get("strategies", {}).items()}}
 
 

@@ -8,11 +8,12 @@ from app.demo import committed_grid, run_demo, verdict_line
 
 def test_committed_grid_is_read_when_present(tmp_path):
     assert committed_grid(tmp_path / "absent.json") == {}
-    g = {"best_strategy": "ours_dfn_30", "seeds": [0, 1, 2], "samples_seen": 20000,
+    g = {"best_strategy": "ours_dfn_30", "seeds": [0, 1, 2], "samples_seen": 20000, "batch_size": 64,
          "strategies": {"no_filter": {"average_mean": 0.2, "average_std": 0.01}}}
     (tmp_path / "g.json").write_text(json.dumps(g))
     got = committed_grid(tmp_path / "g.json")
     assert got["best"] == "ours_dfn_30" and got["strategies"]["no_filter"]["average_std"] == 0.01
+    assert got["batch_size"] == 64  # the demo trains at the grid's batch
 
 
 def test_the_verdict_weighs_the_difference_against_the_seed_spread():
