@@ -253,7 +253,10 @@ def main() -> None:
             "dfn": dfn, "best": chosen, "selection": selection, "select_seeds": select_seeds,
             "candidates": table({k: v for k, v in at_budget.items() if k[0] in cands}, list(cands)),
             "configs": {**plan, **cands}, **verdict(t, chosen),
-            "wall_seconds_this_call": round(time.time() - t0, 1), "machine": machine()}
+            "wall_seconds_this_call": round(time.time() - t0, 1),
+            "train_and_eval_seconds_total": round(sum(r.get("train_seconds", 0) for r in at_budget.values()
+                                                      if r["strategy"] != "best"), 1),
+            "machine": machine()}
     if a.budget != 1:
         tag += f"_x{a.budget}"
     OUT.mkdir(parents=True, exist_ok=True)

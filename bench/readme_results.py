@@ -73,7 +73,8 @@ def web_grid(res: Path, tag: str) -> list[str]:
     return [(res / f"grid{tag}.md").read_text().replace("# Experiment grid", "### Experiment grid"),
             f"![average per strategy](results/grid{tag}.svg)", "",
             f"`.venv/bin/python -m bench.grid{' --budget ' + str(g['budget']) if g.get('budget', 1) != 1 else ''}` "
-            f"({g['machine']}; {g['wall_seconds_this_call']} s for the last call; training batch "
+            f"({g['machine']}; training + evaluation {g.get('train_and_eval_seconds_total', '?')} s over its runs, "
+            f"{g['wall_seconds_this_call']} s for the last call; training batch "
             f"{g.get('batch_size', 256)}). Scorers: `clip_score_*`, "
             "`laion2b`, image-based and D² use a CLIP trained on the raw pool (no filter, first seed); `dfn_30` "
             "and our combinations use the filtering network trained on the trusted split. `best` = "
