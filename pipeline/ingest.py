@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 from shardio.shards import shard_id, sha256
 from shardio.sidecar import read_sidecar
+import shardio.tar
 from shardio.tar import IMAGE_EXTS, TarReport, iter_samples
 
 INGEST_COLUMNS = ["uid", "key", "shard", "url", "caption", "image_ext", "image_bytes", "sha256",
@@ -100,6 +101,9 @@ def _to_sample(raw, sid: str, listed: dict[str, dict]) -> Sample:
     members, key = raw.members, raw.key
     meta: dict[str, Any] = {}
     error = f"duplicate_key: repeat of key {key!r} in this shard" if raw.duplicate else None
+    for ext, n in getattr(raw, "too_big", {}).items():
+        kind = "decode" if ext in IMAGE_EXTS else "metadata"
+        error = error or f"{kind}: member .{ext} is {n:,} bytes, over the {shardio.tar.MAX_MEMBER_BYTES:,} a member may have (not read)"
     if "json" in members:
         try:
             meta = json.loads(members["json"])

@@ -33,6 +33,7 @@ def reshard(uids_file: str | Path, pool: str | list[str], out: str | Path, sampl
         stage = publish.staging(out)
         writer = ShardWriter(stage / "shards", samples_per_shard)
         found: set[str] = set()
+        too_big: set[str] = set()  # a member over the reader's limit was not read: never written incomplete
         for path in shards:
             sid = shard_id(path)
             listed = read_sidecar(path).rows  # the uid a curation run gave: json, else this parquet, else derived
@@ -40,11 +41,15 @@ def reshard(uids_file: str | Path, pool: str | list[str], out: str | Path, sampl
                 u = sample_uid(s, sid, listed)
                 if s.duplicate or u not in want or u in found:
                     continue
+                if s.too_big:
+                    too_big.add(u)
+                    continue
                 found.add(u)
                 writer.write_raw(writer.free_key(s.key, sid), dict(s.members))
         written = writer.close()
         np.save(stage / "uids.npy", np.load(uids_file))
-        manifest = {"uids_in_list": len(want), "written": len(found), "not_found": len(want - found),
+        manifest = {"uids_in_list": len(want), "written": len(found), "not_found": len(want - found - too_big),
+                    "not_written_member_too_big": sorted(too_big - found),
                     "input_shards": shards, "uid_list": str(uids_file),
                     "output_shards": [str(Path("shards") / Path(p).name) for p in written],
                     "run": {"seconds": round(time.time() - t0, 2)}}

@@ -43,6 +43,7 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")  # lowe
 
 BLOCK = 512
 SPOOL_MAX_BYTES = 64 << 20  # decompressed gzip shards larger than this spill to a temporary file
+MAX_MEMBER_BYTES = 256 << 20  # a larger member is not read (its sample drops, see TarSample.too_big)
 _GZIP_MAGIC = b"\x1f\x8b"
 _OTHER_COMPRESSION = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
                       b"PK\x03\x04": "zip"}
@@ -56,6 +57,7 @@ class TarSample:
     members: dict[str, bytes]    # lower-cased extension (all after the basename's FIRST dot: "jpg", "json", "seg.png") -> bytes
     problems: list[str] = field(default_factory=list)  # human-readable notes, e.g. "unsafe_name: '/etc/0001.jpg' read as 'etc/0001.jpg'"
     duplicate: bool = False      # a repeat of a key already seen in this shard (the caller drops it as duplicate_key)
+    too_big: dict[str, int] = field(default_factory=dict)  # ext -> size of members over MAX_MEMBER_BYTES, left unread
 
 
 @dataclass
@@ -162,7 +164,11 @@ def _iter_tar(f: BinaryIO, size: int, report: TarReport, pread) -> Iterator[TarS
         report.error = error
     for e in entries:
         members: dict[str, bytes] = {}
+        too_big: dict[str, int] = {}
         for ext, (offset, n) in e.members.items():
+            if n > MAX_MEMBER_BYTES:  # a 2 GB "image" would be read whole into every worker's memory
+                too_big[ext] = n
+                continue
             try:
                 data = pread(offset, n)
             except OSError as exc:
@@ -174,7 +180,7 @@ def _iter_tar(f: BinaryIO, size: int, report: TarReport, pread) -> Iterator[TarS
                 return
             members[ext] = data
         report.samples += 1
-        yield TarSample(e.key, members, e.problems or [], e.duplicate)
+        yield TarSample(e.key, members, e.problems or [], e.duplicate, too_big)
 
 
 def _index(f: BinaryIO, size: int, report: TarReport, pread) -> tuple[list[_Entry], str | None]:

@@ -233,3 +233,25 @@ def test_braces_in_real_names(tmp_path):
         _tar(tmp_path / name / "00000.tar", _sample("a", 1))
         assert expand(str(tmp_path / name)) == [str(tmp_path / name / "00000.tar")]
     assert expand(str(tmp_path / "pool{1,2}" / "00000.tar")) == [str(tmp_path / "pool{1,2}" / "00000.tar")]
+
+
+def test_a_member_over_the_size_limit_is_not_read_and_its_sample_drops(tmp_path, monkeypatch):
+    import shardio.tar
+    from pipeline.export import uid_array
+    from pipeline.reshard import reshard
+
+    monkeypatch.setattr(shardio.tar, "MAX_MEMBER_BYTES", 4_000)  # 24 px JPEGs are ~1 KB
+    big = _png(300, 300) + b"\0" * 5_000  # an image member over the limit
+    members = (_sample("ok", 1) + _sample("bigimg", 2, image=big)
+               + _sample("bigjson", 3, js=json.dumps({"pad": "x" * 5_000}).encode()))
+    _tar(tmp_path / "pool" / "00000.tar", members)
+    m = run_curation(str(tmp_path / "pool"), tmp_path / "out", META, progress=False)
+    md = pd.read_parquet(tmp_path / "out" / "metadata.parquet").set_index("key")
+    assert m["samples_in"] == 3 and m["kept"] == 1 and md.loc["ok", "keep"]
+    assert md.loc["bigimg", "ingest_error"].startswith("decode: member .jpg is")
+    assert md.loc["bigjson", "ingest_error"].startswith("metadata: member .json is")
+    # reshard never writes a sample without the member it could not read
+    all_uids = tmp_path / "all.npy"
+    np.save(all_uids, uid_array(md["uid"].tolist()))
+    r = reshard(all_uids, str(tmp_path / "pool"), tmp_path / "re")
+    assert r["written"] == 1 and len(r["not_written_member_too_big"]) == 2 and r["not_found"] == 0
