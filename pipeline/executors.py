@@ -70,6 +70,12 @@ def _context(torch: bool):
         return mp.get_context("fork")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD if torch else [])  # no effect once this process's server runs
+    try:
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()  # a Unix socket in a temporary folder: some sandboxes refuse it
+    except OSError:
+        return mp.get_context("spawn")
     return ctx
 
 
