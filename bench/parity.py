@@ -63,12 +63,13 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from bench.scale import PEER, PEER_PY, datacomp_dir, lid_model, measure, peer_help, write_shard  # noqa: E402
+from pipeline.captions import WORDNET_DIR  # noqa: E402
+from pipeline.filters.text_based import default_synsets  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "parity.json"
 WORK = ROOT / "runs" / "parity"
 PRESETS = ROOT / "pipeline" / "presets" / "datacomp"
 WRAPPER = PEER / "run_parity.py"
-WORDNET = Path(os.environ.get("CURATE_WORDNET", "/usr/share/wordnet"))
 SEED = 7
 CLUSTERS = 64
 N_TARGETS = 1000
@@ -336,19 +337,13 @@ def nltk_data(folder: Path) -> Path:
     if (wn / "lexnames").is_file():
         return folder
     wn.mkdir(parents=True, exist_ok=True)
-    for f in WORDNET.iterdir():
+    for f in Path(WORDNET_DIR).iterdir():
         if f.is_file() and (f.name.startswith(("index.", "data.")) or f.suffix == ".exc" or f.name == "cntlist.rev"):
             shutil.copyfile(f, wn / f.name)
     pos = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
     (wn / "lexnames").write_text("".join(f"{i:02d}\t{n}\t{pos[n.split('.')[0]]}\n" for i, n in enumerate(LEXNAMES)))
     (wn / "index.sense").write_text("")
     return folder
-
-
-def in21k_ids() -> Path:
-    from pipeline.filters.text_based import default_synsets
-
-    return default_synsets()
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -421,7 +416,7 @@ def explain(name: str, uid: str, row: dict, kinds: list[str], in_ours: int, in_t
         return ("caption longer than pipeline.ingest.MAX_CAPTION_CHARS (4096): ours reads the stored, cut caption, "
                 "DataComp the whole one")
     if name == "text_based":
-        wn = wordnet_index(str(WORDNET))
+        wn = wordnet_index(WORDNET_DIR)
         offs = synset_offsets(None)
         hits = [(w, wn.first_synset(w)) for w in text.split()]
         if any(f and f[1] in offs and f[0] != "n" for _, f in hits) and not any(
@@ -542,7 +537,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             img_info = image_inputs(pool, info, inputs)
             image = {"targets": str(inputs / "targets_l14.npy"), "centroids": str(inputs / "centroids_l14.npy")}
         env = {**os.environ, "DATACOMP_DIR": str(datacomp_dir()), "DATACOMP_LID": str(lid_model()),
-               "PYTHONPATH": str(datacomp_dir()), "PARITY_IN21K": str(in21k_ids()),
+               "PYTHONPATH": str(datacomp_dir()), "PARITY_IN21K": str(default_synsets()),
                "NLTK_DATA": str(nltk_data(WORK / "nltk_data")), "PARITY_CPU": "1",
                "PARITY_CENTROIDS": str(inputs / "small_centroids_l14.pt"),
                "PARITY_TARGETS": str(inputs), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}

@@ -35,10 +35,7 @@ class InProcess:
                         yield item, None, _error(e)
 
 
-def _init_worker(threads: int, torch: bool = True, env: dict | None = None) -> None:
-    if env is not None:  # the caller's environment now, not the fork server's from when it started
-        os.environ.clear()
-        os.environ.update(env)
+def _init_worker(threads: int, torch: bool = True) -> None:
     if not torch:
         return
     import torch
@@ -91,7 +88,7 @@ class ProcessPool:
         ctx = _context(self.torch)
         try:
             with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(threads, self.torch, dict(os.environ))) as ex:
+                                     initargs=(threads, self.torch)) as ex:
                 futs = {ex.submit(_retrying, fn, item, self.retries): item for item in items}
                 for f in as_completed(futs):
                     try:
@@ -104,8 +101,9 @@ class ProcessPool:
 
 
 def _stop_fork_server() -> None:
-    """End the fork server with the pool: its memory (torch imported) is freed for what follows, and the
-    workers' CPU time reaches this process's rusage as a spawned pool's would."""
+    """End the fork server with the pool: its memory (torch imported) is freed for what follows, the
+    workers' CPU time reaches this process's rusage as a spawned pool's would, and the next pool's server
+    starts with the caller's environment of that moment."""
     from multiprocessing import forkserver
 
     stop = getattr(forkserver._forkserver, "_stop", None)  # CPython's own (used by its tests), 3.8+

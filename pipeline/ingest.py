@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from shardio.shards import shard_id, sha256
-from shardio.sidecar import read_sidecar
 import shardio.tar
+from shardio.shards import clean_text, shard_id, sha256
+from shardio.sidecar import read_sidecar
 from shardio.tar import IMAGE_EXTS, TarReport, iter_samples
 
 INGEST_COLUMNS = ["uid", "key", "shard", "url", "caption", "image_ext", "image_bytes", "sha256",
@@ -77,15 +77,6 @@ def valid_uid(uid: Any) -> str | None:
     return None
 
 
-def clean_text(s: str) -> str:
-    """``s`` with lone surrogates (json's ``"\\ud800"``, which Arrow cannot store) written as ``\\ud800``."""
-    try:
-        s.encode("utf-8")
-        return s
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 CAPTION_EXTS = ("txt", "text", "caption")  # img2dataset writes .txt; other writers' names after it
 
 
@@ -101,7 +92,7 @@ def _to_sample(raw, sid: str, listed: dict[str, dict]) -> Sample:
     members, key = raw.members, raw.key
     meta: dict[str, Any] = {}
     error = f"duplicate_key: repeat of key {key!r} in this shard" if raw.duplicate else None
-    for ext, n in getattr(raw, "too_big", {}).items():
+    for ext, n in raw.too_big.items():
         kind = "decode" if ext in IMAGE_EXTS else "metadata"
         error = error or f"{kind}: member .{ext} is {n:,} bytes, over the {shardio.tar.MAX_MEMBER_BYTES:,} a member may have (not read)"
     if "json" in members:

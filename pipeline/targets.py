@@ -17,9 +17,7 @@ import torch
 from PIL import Image
 
 from pipeline.embeddings import view
-from pipeline.vectors import kmeans, normalize, search, usable
-
-CHUNK = 4096  # rows a similarity block
+from pipeline.vectors import kmeans, nearest, normalize, search, usable
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -131,21 +129,12 @@ def load_centroids(path: str | Path) -> np.ndarray:
     if p.suffix.lower() == ".npy":
         a = np.load(p)
     else:
-        import torch
-
         a = torch.load(p, map_location="cpu", weights_only=False)
         a = a.numpy() if hasattr(a, "numpy") else np.asarray(a)
     a = np.asarray(a, np.float32)
     if a.ndim != 2 or len(a) == 0:
         raise ValueError(f"image_based centroids {p}: need a (k, d) array, got shape {a.shape}")
     return np.ascontiguousarray(a)
-
-
-def argmax_dot(x: np.ndarray, cent: torch.Tensor) -> np.ndarray:
-    """Index of the centroid with the largest dot product, per row (first of ties), as DataComp's
-    ``get_centroid_ids_gpu``: float32 features against the raw (not normalized) centroids."""
-    sim = torch.from_numpy(np.ascontiguousarray(x, np.float32)) @ cent.T
-    return sim.argmax(1).numpy().astype(np.int64)
 
 
 def image_based_given(pool_img, valid: np.ndarray, targets: np.ndarray,
@@ -163,14 +152,15 @@ def image_based_given(pool_img, valid: np.ndarray, targets: np.ndarray,
         if width != cent.shape[1]:
             raise ValueError(f"centroids have {cent.shape[1]} dimensions, {what} {width}: same model needed")
     targets = targets[usable(targets)] if len(targets) else targets
-    wanted = np.unique(np.concatenate([argmax_dot(targets[i:i + CHUNK], cent)
-                                       for i in range(0, len(targets), CHUNK)] or [np.zeros(0, np.int64)]))
+    # the largest dot product, first of ties (DataComp's get_centroid_ids_gpu), raw vectors on both sides
+    wanted = np.unique(nearest(torch.from_numpy(np.ascontiguousarray(targets)), cent))
     cluster = np.full(len(pool), -1, np.int64)
     valid = np.asarray(valid, bool)
     for start, block in pool.chunks():
         ok = usable(block, valid[start:start + len(block)])
         if ok.any():
-            cluster[start:start + len(block)][ok] = argmax_dot(np.asarray(block)[ok], cent)
+            rows = np.ascontiguousarray(np.asarray(block)[ok], np.float32)
+            cluster[start:start + len(block)][ok] = nearest(torch.from_numpy(rows), cent)
     return np.isin(cluster, wanted) & (cluster >= 0), cluster, int(len(wanted))
 
 

@@ -65,7 +65,7 @@ def shard_id(path: str | Path) -> str:
         try:
             name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         except UnicodeEncodeError:
-            name = _text(name)
+            name = clean_text(name)
     return name[: -len(".parquet")] if name.endswith(".parquet") else SHARD_SUFFIX.sub("", name)
 
 
@@ -111,8 +111,13 @@ def atomic_save_npz(path: str | Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
-def _text(s: str) -> str:
-    return s.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates as \udxxx
+def clean_text(s: str) -> str:
+    """``s`` with lone surrogates (json's ``"\\ud800"``, which Arrow cannot store) written as ``\\ud800``."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ShardWriter:
@@ -190,7 +195,7 @@ class ShardWriter:
             atomic_write_table(self.out / f"{name}.parquet", pa.Table.from_pylist(self.rows))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, UnicodeEncodeError):
             # mixed json types, ints beyond int64, lone surrogates, {} (parquet has no empty struct): as text
-            table = pa.Table.from_pylist([{_text(k): None if v is None else _text(str(v)) for k, v in r.items()}
+            table = pa.Table.from_pylist([{clean_text(k): None if v is None else clean_text(str(v)) for k, v in r.items()}
                                           for r in self.rows])
             atomic_write_table(self.out / f"{name}.parquet", table)
         stats = {"count": len(self.rows), "successes": len(self.rows), "failed_to_download": 0,
