@@ -17,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from schemas.checkpoint import DEMO_ROOT, DEMO_SCORER, DEMO_SCORER_DIR
+
 
 POOL_PRESETS = ["web", "clean"]  # app/sample_pool/noise.py PRESETS (not imported: the CLI starts light)
 
@@ -200,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build the sample pool (web preset), train a filtering network on its trusted "
                                    "split, curate with no filter and with the committed grid's best strategy, train "
                                    "both at equal samples seen, evaluate both on the built-in suite.")
-    d.add_argument("--root", default="runs/demo", help="run folder (default: runs/demo)")
+    d.add_argument("--root", default=DEMO_ROOT, help=f"run folder (default: {DEMO_ROOT}; the presets' "
+                   f"'{DEMO_SCORER}' scorer is its {DEMO_SCORER_DIR}/final)")
     d.add_argument("--samples", type=int, default=20_000, help="pool samples (default: 20000)")
     d.add_argument("--trusted", type=int, default=10_000, help="trusted samples for the scorer (default: 10000)")
     d.add_argument("--samples-seen", type=int, default=None, help="training budget per model (default: the pool "

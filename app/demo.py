@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from pipeline.run import run_curation
+from schemas.checkpoint import DEMO_ROOT, DEMO_SCORER_DIR
 
 GRID = Path(__file__).resolve().parents[1] / "bench" / "results" / "grid_web.json"
 DEFAULT_STRATEGY = "ours_dfn_30"  # when no committed grid names a best strategy
@@ -50,7 +51,7 @@ def committed_grid(path: Path = GRID) -> dict:
                                                     for k, v in g.get("strategies", {}).items()}}
 
 
-def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int = 10_000,
+def run_demo(root: str | Path = DEMO_ROOT, samples: int = 20_000, trusted: int = 10_000,
              samples_seen: int | None = None, scorer_samples_seen: int | None = None, strategy: str | None = None,
              seed: int = 0, data: str = "auto", pool_dir: str | Path = "data/sample_pool", preset: str = "web") -> dict:
     from app.sample_pool import build_pool
@@ -76,7 +77,7 @@ def run_demo(root: str | Path = "runs/demo", samples: int = 20_000, trusted: int
     seen = samples_seen or info["counts"]["pool"]
 
     with _step("2. filtering network: a CLIP trained on the trusted split", timings):
-        dfn = train(TrainConfig(train_data=str(pool_dir / "trusted"), model="curate-tiny", out_dir=str(root / "dfn"),
+        dfn = train(TrainConfig(train_data=str(pool_dir / "trusted"), model="curate-tiny", out_dir=str(root / DEMO_SCORER_DIR),
                                 samples_seen=scorer_samples_seen or DFN_SAMPLES_SEEN, seed=seed,
                                 batch_size=batch))["checkpoint"]
 

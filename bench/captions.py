@@ -19,6 +19,8 @@ import json
 import time
 from pathlib import Path
 
+from schemas.checkpoint import demo_scorer_path
+
 import numpy as np
 import pandas as pd
 
@@ -100,7 +102,7 @@ RECIPE = "curate-tiny trained on the pool's trusted split, 40k samples seen, see
 def scorer_checkpoint(pool: Path, root: Path, given: str | None) -> str:
     if given:
         return given
-    demo = Path("runs/demo/scorer/final")
+    demo = Path(demo_scorer_path())
     if demo.is_dir():
         return str(demo)
     final = root / "scorer" / "final"

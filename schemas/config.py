@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.checkpoint import DEMO_SCORER, demo_scorer_path
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -17,7 +19,8 @@ class ClipModel(_Strict):
     ``<shard>.parquet`` (``clip_<tag>_similarity_score``) and ``<shard>.npz`` (``<tag>_img``,
     ``<tag>_txt``) instead of running a model; ``model`` is then only needed by filters that embed
     something new (image-based targets, concept prompts)."""
-    model: str | None = Field(None, description="open_clip name, project preset, JSON config, or checkpoint folder")
+    model: str | None = Field(None, description="open_clip name, project preset, JSON config, or checkpoint folder; "
+                              f"'{DEMO_SCORER}' is the filtering network `curate demo` trains ({demo_scorer_path()})")
     precomputed: Literal["b32", "l14"] | None = Field(
         None, description="read DataComp's precomputed scores/embeddings for this model instead")
     checkpoint: str | None = Field(None, description="local weights file for a named model (offline)")
@@ -31,6 +34,8 @@ class ClipModel(_Strict):
 
     @model_validator(mode="after")
     def _source(self):
+        if self.model == DEMO_SCORER:
+            self.model = demo_scorer_path()
         if self.model is None and self.precomputed is None:
             raise ValueError("a clip scorer needs 'model' (open_clip) or 'precomputed' (b32 / l14 sidecar files)")
         return self

@@ -100,6 +100,20 @@ VALIDATION: list[Task] = (
 SUITES = {"datacomp": DATACOMP, "builtin": BUILTIN, "validation": VALIDATION}
 
 
+# Bump when a task's data, classes, templates, metric or group changes (DataComp's averages moved
+# when one task changed: mlfoundations/datacomp#18). Results files record it with ``fingerprint``.
+REGISTRY_VERSION = 1
+
+
+def fingerprint(tasks: list[Task]) -> str:
+    """A short hash of the tasks' definitions (key, folder, group, metric, kind, scored)."""
+    import hashlib
+    import json
+
+    rows = sorted([t.key, t.folder, t.group, t.metric, t.kind, t.scored] for t in tasks)
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
 def suite(name: str) -> list[Task]:
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}: one of {', '.join(SUITES)}")

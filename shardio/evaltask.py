@@ -84,3 +84,41 @@ def _write_split(split: Path, samples: Iterable[tuple[bytes, dict[str, bytes]]],
         t.close()
     (split / "nshards.txt").write_text(f"{shard}\n")
     return n
+
+
+CHECKSUM_CACHE = ".curate_checksum.json"
+
+
+def task_checksum(root: str | Path, split: str = "test") -> str | None:
+    """sha256 over what a task's score depends on: class names, templates and the split's tars, in a
+    fixed order (None when the task is not local). Cached beside the data, keyed on names, sizes and
+    modification times, so a large set is read once."""
+    import hashlib
+    import json
+
+    root = Path(root)
+    try:
+        files = [root / n for n in ("classnames.txt", "zeroshot_classification_templates.txt") if (root / n).is_file()]
+        files += split_shards(root, split)
+    except FileNotFoundError:
+        return None
+    stamp = [[str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    cache = root / CHECKSUM_CACHE
+    try:
+        got = json.loads(cache.read_text())
+        if got.get("files") == stamp:
+            return got["sha256"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    h = hashlib.sha256()
+    for f, (name, *_) in zip(files, stamp):
+        h.update(name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    digest = h.hexdigest()
+    try:
+        cache.write_text(json.dumps({"files": stamp, "sha256": digest}))
+    except OSError:  # a read-only data root: computed again next time
+        pass
+    return digest

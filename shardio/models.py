@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from schemas.checkpoint import CONFIG_FILE, MODEL_CONFIG_DIR
+from schemas.checkpoint import CONFIG_FILE, DEMO_SCORER, MODEL_CONFIG_DIR, demo_scorer_path
 from shardio.compat import ensure_torchvision
 
 
@@ -28,6 +28,10 @@ def open_clip_name(model: str, what: str = "model") -> str:
         open_clip.add_model_config(p)
         return p.stem
     if open_clip.get_model_config(model) is None:
+        if model in (DEMO_SCORER, demo_scorer_path()):
+            raise FileNotFoundError(f"{what} {model!r} is the filtering network `curate demo` trains, and "
+                                    f"{demo_scorer_path()} does not exist yet: run `bash scripts/demo.sh` (or "
+                                    "`curate demo`) first, or name another scorer in the config's clip.model")
         hint = " (a checkpoint folder that does not exist?)" if ("/" in model or model.startswith(".")) else ""
         presets = ", ".join(sorted(x.stem for x in MODEL_CONFIG_DIR.glob("*.json")))
         raise ValueError(f"unknown {what} {model!r}: give an open_clip name (e.g. ViT-B-32), a project preset "

@@ -35,8 +35,7 @@ def expand(patterns: str | Path | Iterable[str | Path]) -> list[str]:
         for p in [pat] if Path(pat).exists() else braceexpand(pat):  # "pool{1}/" or "x{" may be a real name
             path = Path(p)
             if path.is_dir():
-                if (path / "current").is_dir() and (path / "current" / "shards").is_dir():
-                    path = path / "current" / "shards"  # a curation output folder: its published shards
+                path = shards_folder(path)
                 out.extend(sorted(str(x) for x in path.iterdir() if SHARD_SUFFIX.search(x.name) and x.is_file()))
             elif path.suffix == ".txt" and path.is_file():  # a shard list: a path or pattern a line
                 lines = [x.strip() for x in path.read_text().splitlines()]
@@ -52,6 +51,18 @@ def expand(patterns: str | Path | Iterable[str | Path]) -> list[str]:
     if not out:
         raise FileNotFoundError(f"no shards match {patterns!r}")
     return out
+
+
+def shards_folder(path: Path) -> Path:
+    """The folder of tars a folder stands for: a curation output's published ``current/shards``, or
+    the ``shards/`` beside other things that every command writing shards makes (``curate run``,
+    ``reshard``, ``build-pool``, ``build-interleaved``, ``interleave``), when the folder holds no
+    tars itself; otherwise the folder."""
+    if (path / "current" / "shards").is_dir():
+        return path / "current" / "shards"
+    if (path / "shards").is_dir() and not any(SHARD_SUFFIX.search(x.name) for x in path.iterdir()):
+        return path / "shards"
+    return path
 
 
 SHARD_SUFFIX = re.compile(r"(\.tar|\.tar\.gz|\.tgz)$", re.IGNORECASE)  # 00000.TAR is a shard too

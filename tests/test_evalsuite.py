@@ -74,3 +74,29 @@ def test_suite_runs_resumes_and_reports_missing(tmp_path, monkeypatch):
     assert len(lines) == 2 and json.loads(lines[1])["metrics"]["n_texts"] == 4
     again = run_suite("curate-tiny", tmp_path / "data", "mini", results=res)  # finished tasks are skipped
     assert len(res.read_text().splitlines()) == 2 and again["average"] == s["average"]
+
+
+def test_results_record_registry_version_and_data_checksums(tmp_path, monkeypatch):
+    """Two results files say whether they are comparable: the registry version and fingerprint, and
+    each task's data checksum; a task whose data changed is scored again on resume."""
+    import schemas.tasks as tasks
+    from training.evalsuite import comparable
+
+    monkeypatch.setitem(tasks.SUITES, "mini", [tasks._t("builtin/colours", "colours", "ImageNet")])
+    make_task(tmp_path / "data" / "colours", per_class=3)
+    res = tmp_path / "r.jsonl"
+    a = run_suite("curate-tiny", tmp_path / "data", "mini", results=res)
+    row = json.loads(res.read_text().splitlines()[0])
+    assert row["registry_version"] == tasks.REGISTRY_VERSION and len(row["data_sha256"]) == 64
+    assert a["registry_fingerprint"] == tasks.fingerprint(tasks.SUITES["mini"])
+    assert "Task registry version" in res.with_suffix(".md").read_text()
+    assert comparable(a, run_suite("curate-tiny", tmp_path / "data", "mini", results=res)) == []
+    assert len(res.read_text().splitlines()) == 1  # same data: not scored again
+
+    make_task(tmp_path / "data" / "colours", per_class=4)  # the task's data change
+    b = run_suite("curate-tiny", tmp_path / "data", "mini", results=res)
+    assert len(res.read_text().splitlines()) == 2  # scored again
+    why = comparable(a, b)
+    assert len(why) == 1 and "builtin/colours: its data differ" in why[0]
+    monkeypatch.setattr(tasks, "REGISTRY_VERSION", tasks.REGISTRY_VERSION + 1)
+    assert any("task registry" in w for w in comparable({**b, "registry_version": tasks.REGISTRY_VERSION}, b))

@@ -12,7 +12,8 @@ import json
 import time
 from pathlib import Path
 
-from schemas.tasks import GROUPS, SPECIAL, Task, suite
+from schemas.tasks import GROUPS, REGISTRY_VERSION, SPECIAL, Task, fingerprint, suite
+from shardio.evaltask import task_checksum
 from training.zeroshot import append_result
 
 
@@ -52,20 +53,25 @@ def run_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin
     t0 = time.time()
     for task in tasks:
         folder = Path(data_root) / task.folder
-        if task.key in done or not (folder / "test" / "nshards.txt").is_file():
+        if not (folder / "test" / "nshards.txt").is_file() or task.metric in SPECIAL:
+            continue  # missing, or needs annotations the wds layout lacks
+        checksum = task_checksum(folder)
+        old = done.get(task.key)
+        if old and (old.get("registry_version"), old.get("data_sha256")) == (REGISTRY_VERSION, checksum):
             continue
-        if task.metric in SPECIAL:  # needs annotations the wds layout lacks
-            continue
+        done.pop(task.key, None)  # scored on another registry version or other data: scored again
         if clip is None:
             clip, device = load_for_eval(checkpoint, weights, device)
         r = {"task": task.key, "checkpoint": str(checkpoint), "group": task.group, "metric": task.metric,
+             "registry_version": REGISTRY_VERSION, "data_sha256": checksum,
              **evaluate_task(clip, task, folder, device, few_shot), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         append_result(results, r)
         done[task.key] = r
         print(f"{task.key:<45} {task.metric:<22} {r['main']:.4f}  ({r['seconds']} s)", flush=True)
     summary = aggregate(tasks, done, Path(data_root))
     summary.update(checkpoint=str(checkpoint), suite=suite_name, results=str(results),
-                   seconds=round(time.time() - t0, 1))
+                   seconds=round(time.time() - t0, 1), registry_version=REGISTRY_VERSION,
+                   registry_fingerprint=fingerprint(tasks))
     write_tables(summary, results)
     return summary
 
@@ -82,7 +88,8 @@ def aggregate(tasks: list[Task], done: dict[str, dict], data_root: Path) -> dict
         else:
             status, main = "missing", None
         rows.append({"task": t.key, "group": t.group, "metric": t.metric, "scored": t.scored, "status": status,
-                     "main": main, "se": (r or {}).get("se"), "few_shot": fs})
+                     "main": main, "se": (r or {}).get("se"), "few_shot": fs,
+                     "registry_version": (r or {}).get("registry_version"), "data_sha256": (r or {}).get("data_sha256")})
     scored = [r for r in rows if r["scored"]]
     have = [r for r in scored if r["main"] is not None]
     groups = {}
@@ -94,6 +101,21 @@ def aggregate(tasks: list[Task], done: dict[str, dict], data_root: Path) -> dict
                          "se": _se([r for r in have if r["group"] == g])}
     return {"rows": rows, "groups": groups, "average": sum(r["main"] for r in have) / len(have) if have else None,
             "average_se": _se(have), "tasks_covered": len(have), "tasks_scored": len(scored)}
+
+
+def comparable(a: dict, b: dict) -> list[str]:
+    """Why two suite summaries (run_suite's) cannot be compared task for task: a different registry, or
+    a task whose data differs. Empty when they can."""
+    why = []
+    if (a.get("registry_version"), a.get("registry_fingerprint")) != (b.get("registry_version"), b.get("registry_fingerprint")):
+        why.append(f"task registry {a.get('registry_version')}/{a.get('registry_fingerprint')} vs "
+                   f"{b.get('registry_version')}/{b.get('registry_fingerprint')}")
+    sums = {r["task"]: r.get("data_sha256") for r in b.get("rows", [])}
+    for r in a.get("rows", []):
+        other = sums.get(r["task"])
+        if r.get("data_sha256") and other and r["data_sha256"] != other:
+            why.append(f"{r['task']}: its data differ (sha256 {r['data_sha256'][:12]} vs {other[:12]})")
+    return why
 
 
 def _se(rows: list[dict]) -> float | None:
@@ -109,6 +131,8 @@ def write_tables(s: dict, results: Path) -> None:
         return "" if v is None else f"{v:.4f}"
 
     lines = [f"# {s['suite']} suite: `{s['checkpoint']}`", "",
+             f"Task registry version {s.get('registry_version')} (fingerprint `{s.get('registry_fingerprint')}`); "
+             "each task's data sha256 is in the jsonl and csv.", "",
              f"Average over {s['tasks_covered']} of {s['tasks_scored']} scored tasks: **{fmt(s['average'])}** "
              f"(bootstrap SE {fmt(s.get('average_se'))})", "",
              "| group | mean | bootstrap SE | tasks |", "|---|---|---|---|"]
@@ -119,6 +143,7 @@ def write_tables(s: dict, results: Path) -> None:
               f"| {r['status']} |" for r in s["rows"]]
     results.with_suffix(".md").write_text("\n".join(lines) + "\n")
     with open(results.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["task", "group", "metric", "scored", "status", "main", "se", "few_shot"])
+        w = csv.DictWriter(f, fieldnames=["task", "group", "metric", "scored", "status", "main", "se", "few_shot",
+                                           "registry_version", "data_sha256"])
         w.writeheader()
         w.writerows(s["rows"])
