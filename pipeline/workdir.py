@@ -10,7 +10,8 @@
 
 A shard id may be a path relative to the pool root (``part-a/00000``): each ``/`` is a sub-folder
 (made on write). Ids are checked so that two ids never name one file: no empty, ``.`` or ``..``
-part, no leading ``/``, no backslash or NUL.
+part, no leading ``/``, no NUL (a backslash is an ordinary character: ``shard_id`` writes
+undecodable bytes of a name as ``\xe9``).
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ def check_id(sid: str) -> str:
     """``sid`` when it is a safe relative name; a ValueError naming what is wrong otherwise."""
     if not isinstance(sid, str) or not sid:
         raise ValueError(f"shard id {sid!r} is empty")
-    if "\\" in sid or "\x00" in sid:
-        raise ValueError(f"shard id {sid!r} holds a backslash or NUL")
+    if "\x00" in sid:
+        raise ValueError(f"shard id {sid!r} holds a NUL")
     if any(part in ("", ".", "..") for part in sid.split("/")):
         raise ValueError(f"shard id {sid!r} is not a plain relative path (empty, '.' or '..' part)")
     return sid

@@ -113,7 +113,7 @@ def test_work_folder_handles_shard_ids_with_folders(tmp_path):
     cfg = load_config({"clip": [{"model": "curate-tiny"}], "languages": True})
     df = load_columns(work.root, sids, cfg)
     assert df["uid"].tolist() == [uid(i) for i in range(8)] and df["clip_score"].notna().all()
-    for bad in ["", "/abs", "a/../b", "a//b", "./a", "a\\b", "a/", "x\x00"]:
+    for bad in ["", "/abs", "a/../b", "a//b", "./a", "a/", "x\x00"]:
         with pytest.raises(ValueError, match="shard id"):
             check_id(bad)
     with pytest.raises(ValueError):
