@@ -6,7 +6,7 @@ A stage declares
   - ``version``: its part of the cache key (bump it when its outputs change), with ``key_config``;
   - ``columns``: the columns it writes, ``{column: arrow type}``; a column schemas/columns.json
     declares must have that type there (``out_columns`` for names chosen per instance);
-  - ``needs``: what it reads of a sample (the tar's samples, decoded pixels at ``input_side``);
+  - ``needs``: what it reads of a sample (raw bytes and json, caption, pixels at ``input_side``);
   - ``device`` and ``batch_size`` (the pass's batches are the smallest asked for);
   - ``step(batch)``: consume a batch of samples; ``finish(src)``: write its other files and return
     its table (``uid`` first), which the pass writes last, with the cache key, as the marker.
@@ -29,8 +29,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Needs:
-    samples: bool = False  # the tar's samples (raw bytes, caption, json): the pass reads the tar
-    pixels: bool = False  # each image decoded (at the pass's side, >= ``input_side``)
+    """What a stage reads of each sample; with any of them the pass reads the tar."""
+    raw: bool = False  # the sample's stored bytes and json (``Sample``)
+    caption: bool = False  # its caption
+    pixels: bool = False  # its image decoded (at the pass's side, >= ``input_side``)
+
+    @property
+    def samples(self) -> bool:
+        return self.raw or self.caption or self.pixels
 
 
 @dataclass

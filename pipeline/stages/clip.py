@@ -27,7 +27,7 @@ class Clip(Stage):
     name = "clip"
     version = 2  # 2: scores stored as float64, pool-wide scores of precomputed columns
     columns = {"clip_score": "float64"}  # per instance: its own column (clip_score_<tag>)
-    needs = Needs(samples=True, pixels=True)
+    needs = Needs(caption=True, pixels=True)
     order = 30
 
     @classmethod

@@ -19,7 +19,7 @@ class Ingest(Stage):
     name = "ingest"
     version = 5  # 5: JPEGs decoded at any M/8 scale (shardio.decode.fine_scale)
     columns = {c: schemas.columns()[c]["type"] for c in INGEST_COLUMNS}
-    needs = Needs(samples=True, pixels=True)  # decode errors are ingest's
+    needs = Needs(raw=True, caption=True, pixels=True)  # decode errors are ingest's
     order = 0
 
     @classmethod

@@ -15,7 +15,7 @@ class Lang(Stage):
     name = "lang"
     version = 1
     columns = {c: schemas.columns()[c]["type"] for c in LANG_COLUMNS}
-    needs = Needs(samples=True)
+    needs = Needs(caption=True)
     order = 20
 
     @classmethod

@@ -16,7 +16,7 @@ SIDE = 32  # pipeline.neardup.SIDE (not imported here: it imports torch)
 class Thumbs(Stage):
     name = "thumbs"
     version = 1
-    needs = Needs(samples=True, pixels=True)
+    needs = Needs(pixels=True)
     input_side = 2 * SIDE
     order = 10
 
