@@ -188,7 +188,8 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
     }
     for b in broken:
         log.warning("broken shard %s: %s (%d samples recovered)", b["shard"], b["error"], b["samples_recovered"])
-    declared = {**p.config.stage_columns(), **{f.out_column(o): t for f in p.config.filters for o, t in f.outputs.items()}}
+    declared = {f.out_column(o): t for f in p.config.filters for o, t in f.outputs.items()}
+    declared.update(p.config.stage_columns())
     captions = _rewritten_captions(df, p.config)
     stage = publish.staging(p.out)
     tars = [s for s in shards if not is_metadata(s)]

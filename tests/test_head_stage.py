@@ -125,4 +125,5 @@ def test_head_config_errors_name_the_field():
     with pytest.raises(ValueError, match="no clip scorer writes it"):
         load_config({"stages": [{"type": "head", "name": "aes", "weights": "w.npz"}]})
     with pytest.raises(ValueError, match="is taken"):
-        load_config({"clip": [{"model": "curate-tiny"}], "stages": [{"type": "head", "name": "clip_score", "weights": "w"}]})
+        load_config({"clip": [{"model": "curate-tiny"}],
+                     "stages": [{"type": "head", "name": "clip_score", "weights": "w"}]})

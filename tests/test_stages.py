@@ -82,7 +82,8 @@ def test_every_declared_column_is_written_tar_and_metadata(tmp_path):
                              "clip_b32_similarity_score": np.linspace(0, 0.4, 5)}), meta)
     emb = np.random.default_rng(2).normal(size=(5, 128)).astype(np.float16)
     np.savez(meta.with_suffix(".npz"), b32_img=emb, b32_txt=emb)
-    head_md = HeadConfig(type="head", name="aesthetic", column="clip_score_b32", weights=linear_head(tmp_path / "h.npz"))
+    head_md = HeadConfig(type="head", name="aesthetic", column="clip_score_b32",
+                         weights=linear_head(tmp_path / "h.npz"))
     r = annotate.annotate_shard(meta, tmp_path / "run", [B32], True, [head_md])
     planned = stages.plan([B32], True, [head_md], metadata=True)
     assert r["ran"] == [s.folder for s in planned] == ["ingest", "lang", "clip_score_b32", "aesthetic"]
@@ -108,7 +109,8 @@ def test_work_folder_handles_shard_ids_with_folders(tmp_path):
     for sid, name in zip(sids, ["00000.tar", "00001.tar"]):
         r = annotate.annotate_shard(tmp_path / "pool" / name, work.root, [TINY], True, sid=sid)
         assert r["shard"] == sid and r["ran"] == ["ingest", "thumbs", "lang", "clip_score"]
-    assert work.columns("ingest", "part-a/00000") == tmp_path / "run" / "columns" / "ingest" / "part-a" / "00000.parquet"
+    want = tmp_path / "run" / "columns" / "ingest" / "part-a" / "00000.parquet"
+    assert work.columns("ingest", "part-a/00000") == want
     assert work.embeddings("clip_score", "part-b/00000", "img").is_file() and work.thumbs("part-a/00000").is_file()
     cfg = load_config({"clip": [{"model": "curate-tiny"}], "languages": True})
     df = load_columns(work.root, sids, cfg)
@@ -128,11 +130,13 @@ def test_nothing_else_builds_work_folder_paths():
     for py in root.rglob("*.py"):
         if py.name == "workdir.py":
             continue
-        for node in ast.walk(ast.parse(py.read_text())):
-            seg = ast.get_source_segment(py.read_text(), node) if isinstance(node, ast.BinOp) else None
+        src = py.read_text()
+        for node in ast.walk(ast.parse(src)):
+            seg = ast.get_source_segment(src, node) if isinstance(node, ast.BinOp) else None
             if seg and pattern.search(seg):
                 offenders.append(f"{py.relative_to(root)}: {seg}")
-        offenders += [f"{py.relative_to(root)}: {m.group()}" for m in re.finditer(r'"(columns|embeddings|thumbs)/', py.read_text())]
+        spelled = re.finditer(r'"(columns|embeddings|thumbs)/', src)
+        offenders += [f"{py.relative_to(root)}: {m.group()}" for m in spelled]
     assert not offenders, offenders
 
 

@@ -28,7 +28,8 @@ def registry() -> dict[str, type[Stage]]:
             for obj in vars(m).values():
                 if isinstance(obj, type) and issubclass(obj, Stage) and obj.__module__ == m.__name__ and obj.name:
                     if obj.name in found:
-                        raise TypeError(f"stage {obj.name!r} is defined twice: {found[obj.name].__module__}, {m.__name__}")
+                        raise TypeError(f"stage {obj.name!r} is defined twice: {found[obj.name].__module__}, "
+                                        f"{m.__name__}")
                     check_declaration(obj, obj.columns)
                     found[obj.name] = obj
         _REGISTRY = found
