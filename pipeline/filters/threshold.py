@@ -49,5 +49,5 @@ class Threshold(Filter):
                 keep &= scores >= lo
             if self.max is not None:
                 keep &= scores <= self.max
-        return Result({"": ~keep}, info={"column": self.column, "min": lo, "max": self.max,
+        return Result({"": ~keep}, info={"column": self.column, "threshold": lo, "max": self.max,
                                          "fraction": self.fraction, "kept": int((keep & ctx.ok).sum())})
