@@ -12,27 +12,41 @@ from typing import Annotated, Union
 
 from pydantic import Field, ValidationError, model_validator
 
+import schemas
 from pipeline.filters import Filter, registry
+from pipeline.stages import configurable
 from schemas.config import ClipModel, CurateBase
 
 PRESETS = Path(__file__).resolve().parent / "presets"  # shipped in the wheel; ``configs/`` links here
 
 FilterSpec = Annotated[Union[tuple(registry().values())], Field(discriminator="type")]  # type: ignore[misc]
+StageSpec = Annotated[Union[tuple(c.Config for c in configurable().values())],  # type: ignore[misc]
+                      Field(discriminator="type")]
+BUILTIN_FOLDERS = ("ingest", "thumbs", "lang")
 
 
 class CurateConfig(CurateBase):
     filters: list[FilterSpec] = Field(default_factory=list,  # type: ignore[valid-type]
                                       description="applied in order; unusable samples always drop first")
+    stages: list[StageSpec] = Field(default_factory=list,  # type: ignore[valid-type]
+                                    description="more per-shard stages (pipeline/stages/), e.g. a head: "
+                                                "{type: head, name: aesthetic, weights: head.safetensors}")
 
     @property
     def needs_languages(self) -> bool:
         return self.languages or any(f.needs_languages() for f in self.filters)
+
+    def stage_columns(self) -> dict[str, str]:
+        """Columns the configured stages write -> arrow type (export checks them against these)."""
+        by_type = configurable()
+        return {c: t for spec in self.stages for c, t in by_type[spec.type](spec).out_columns().items()}
 
     @model_validator(mode="after")
     def _needs(self):
         provided = {c.column: c for c in self.clip}
         if len(provided) != len(self.clip):
             raise ValueError("two clip scorers write the same column; give each its own 'column'")
+        self._check_stages(provided)
         names: dict[str, Filter] = {}
         for f in self.filters:
             if f.instance in names:
@@ -45,7 +59,26 @@ class CurateConfig(CurateBase):
                 if f.needs_model and not provided[col].model:
                     raise ValueError(f"filter {f.instance!r} embeds new images/prompts: scorer {col!r} needs a "
                                      "'model' (the weights that made the precomputed embeddings)")
+            for col in getattr(f, "stage_columns", lambda: [])():
+                if col not in self.stage_columns():
+                    raise ValueError(f"filter {f.instance!r} reads column {col!r}, but no stage writes it "
+                                     f"(stages write: {sorted(self.stage_columns()) or 'nothing'})")
         return self
+
+    def _check_stages(self, provided: dict) -> None:
+        by_type = configurable()
+        taken = set(BUILTIN_FOLDERS) | set(provided) | set(schemas.columns())
+        for spec in self.stages:
+            st = by_type[spec.type](spec)
+            for name in {st.folder, *st.out_columns()}:
+                if name in taken:
+                    raise ValueError(f"stage {st.folder!r}: {name!r} is taken (a built-in stage, a scorer column, "
+                                     "a core column or another stage); give it another 'name'")
+                taken.add(name)
+            for col in getattr(spec, "scorer_columns", lambda: [])():
+                if col not in provided:
+                    raise ValueError(f"stage {st.folder!r} reads scorer {col!r}'s embeddings, but no clip scorer "
+                                     f"writes it (scorers write: {sorted(provided) or 'nothing'})")
 
 
 def presets() -> dict[str, Path]:

@@ -20,32 +20,36 @@ import pyarrow.parquet as pq
 import schemas
 from pipeline.embeddings import Shards
 from pipeline.filters import Context, Filter
-from pipeline.ingest import LANG_COLUMNS
 from pipeline.metadata import embedding_view
+from pipeline.stages import plan_for
+from pipeline.workdir import WorkDir
 
 INGEST_REASONS = ("duplicate_key", "metadata", "no_image", "format", "decode")
 _NP = {"string": object, "float32": np.float32, "int32": np.int32, "int64": np.int64, "bool": bool}
 
 
 def load_columns(run_dir: str | Path, shard_ids: list[str], config) -> pd.DataFrame:
-    """Join every stage's columns for the given shards into one table (row order = pool order)."""
-    run = Path(run_dir)
+    """Join every stage's columns for the given shards into one table (row order = pool order): ingest's,
+    ``row``, then each later stage's in plan order (pipeline/stages/); null for a stage the config
+    does not run (language id when nothing reads it), so what a run writes depends on its config."""
+    work = WorkDir(run_dir)
     quiet_allocator()
+    stages = [st for st in plan_for(config) if st.folder != "ingest" and st.out_columns()]
     parts = []
     for sid in shard_ids:
-        t = pq.read_table(run / "columns" / "ingest" / f"{sid}.parquet")
+        t = pq.read_table(work.columns("ingest", sid))
         t = t.append_column("row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
-        # null unless the config needs them: what a run writes depends on its config, not on the work folder
-        lang = pq.read_table(run / "columns" / "lang" / f"{sid}.parquet") if config.needs_languages else None
-        if lang is not None and not lang.column("uid").equals(t.column("uid")):
-            raise RuntimeError(f"language columns for shard {sid} are out of step with ingest; rerun it")
-        for c in LANG_COLUMNS:
-            t = t.append_column(c, lang.column(c) if lang is not None else pa.nulls(t.num_rows, schemas.arrow_type(c)))
-        for spec in config.clip:
-            c = pq.read_table(run / "columns" / spec.column / f"{sid}.parquet", columns=["uid", spec.column])
+        for st in stages:
+            cols = list(st.out_columns())
+            if not st.wanted():
+                for c in cols:
+                    t = t.append_column(c, pa.nulls(t.num_rows, schemas.TYPES[st.out_columns()[c]]))
+                continue
+            c = pq.read_table(work.columns(st.folder, sid), columns=["uid", *cols])
             if not c.column("uid").equals(t.column("uid")):
-                raise RuntimeError(f"{spec.column} columns for shard {sid} are out of step with ingest; rerun it")
-            t = t.append_column(spec.column, c.column(spec.column))
+                raise RuntimeError(f"{st.folder} columns for shard {sid} are out of step with ingest; rerun it")
+            for col in cols:
+                t = t.append_column(col, c.column(col))
         parts.append(t.replace_schema_metadata(None))
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in ("uid", "key", "shard", "ingest_error")})
@@ -66,35 +70,34 @@ class Arrays:
 
     def __init__(self, run_dir: str | Path | None, shard_ids: list[str]):
         self.run = Path(run_dir) if run_dir is not None else None
+        self.work = WorkDir(run_dir) if run_dir is not None else None
         self.sids = shard_ids
         self._cache: dict = {}
 
-    def _paths(self, rel: str) -> list[Path]:
-        if self.run is None:
+    def _paths(self, where) -> list[Path]:
+        """``where(sid)`` for each shard, each checked to exist."""
+        if self.work is None:
             raise ValueError("this filter needs the run folder (thumbnails / embeddings); pass work=")
-        paths = [self.run / rel.format(sid=sid) for sid in self.sids]
+        paths = [where(sid) for sid in self.sids]
         for sid, path in zip(self.sids, paths):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing: rerun the annotate step for shard {sid}")
         return paths
 
-    def _load(self, rel: str, empty_shape: tuple) -> np.ndarray:
-        if rel not in self._cache:
-            parts = [np.load(p, mmap_mode="r") for p in self._paths(rel)]
-            self._cache[rel] = np.concatenate(parts) if parts else np.zeros(empty_shape, np.float32)
-        return self._cache[rel]
-
     def pool_scores(self, column: str) -> np.ndarray | None:
         """Every listed row's score (precomputed columns: downloaded or not), when each shard has them."""
-        if self.run is None:
+        if self.work is None:
             return None
-        paths = [self.run / "columns" / column / f"{sid}.pool.npy" for sid in self.sids]
+        paths = [self.work.pool_scores(column, sid) for sid in self.sids]
         if not paths or not all(p.is_file() for p in paths):
             return None
         return np.concatenate([np.load(p) for p in paths])
 
     def thumbs(self) -> np.ndarray:
-        return self._load("thumbs/{sid}.npy", (0, 32, 32)).astype(np.uint8, copy=False)
+        if "thumbs" not in self._cache:
+            parts = [np.load(p, mmap_mode="r") for p in self._paths(self.work.thumbs if self.work else None)]
+            self._cache["thumbs"] = np.concatenate(parts) if parts else np.zeros((0, 32, 32), np.float32)
+        return self._cache["thumbs"].astype(np.uint8, copy=False)
 
     def image(self, column: str) -> Shards:
         return self._embeddings(column, "img")
@@ -104,24 +107,22 @@ class Arrays:
 
     def _embeddings(self, column: str, part: str) -> Shards:
         """Per-shard ``.npy`` files, or (metadata-only pools) the npz members their pointers name."""
-        rel = f"embeddings/{column}/{{sid}}.{part}.npy"
-        if self.run is None:
-            return Shards(self._paths(rel))
+        if self.work is None:
+            return Shards(self._paths(None))
         parts: list = []
         for sid in self.sids:
-            npy = self.run / rel.format(sid=sid)
-            ptr = npy.with_name(f"{sid}.npz.json")
+            npy = self.work.embeddings(column, sid, part)
+            ptr = self.work.npz_pointer(column, sid)
             if not npy.is_file() and ptr.is_file():
                 where = json.loads(ptr.read_text())
                 parts.append({**where, "member": where[part]})
             else:
                 parts.append(npy)
         if all(isinstance(p, Path) for p in parts):
-            return Shards(self._paths(rel))
-        missing = [p for p in parts if isinstance(p, Path) and not p.is_file()]
+            return Shards(self._paths(lambda sid: self.work.embeddings(column, sid, part)))
+        missing = [(sid, p) for sid, p in zip(self.sids, parts) if isinstance(p, Path) and not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"{missing[0]} is missing: rerun the annotate step for shard "
-                                    f"{missing[0].name.split('.')[0]}")
+            raise FileNotFoundError(f"{missing[0][1]} is missing: rerun the annotate step for shard {missing[0][0]}")
         return embedding_view(parts)
 
 

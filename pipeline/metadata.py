@@ -17,6 +17,7 @@ import schemas
 from pipeline.embeddings import Shards, _header
 from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS, ShardInfo, caption_languages, derive_uid, valid_uid
 from schemas.config import ClipModel
+from shardio.shards import shard_base
 
 NEEDED = ("uid", "text")
 READ = ("uid", "url", "text", "original_width", "original_height", "sha256")
@@ -216,3 +217,40 @@ def embedding_view(parts: list):
         else:
             located.append(p)
     return Shards(located)
+
+
+def sidecars(shard: str | Path) -> tuple[Path, Path]:
+    """A tar's DataComp sidecar files: ``<shard>.parquet`` (scores) and ``<shard>.npz`` (embeddings)."""
+    base = shard_base(shard)
+    return Path(base + ".parquet"), Path(base + ".npz")
+
+
+def sidecar_identity(shard: str | Path) -> dict:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sidecars(shard) if p.is_file()}
+
+
+def sidecar_scores(shard: str | Path, spec: ClipModel, uids: list[str]):
+    """(every listed row's score, each sample's score, image and text embeddings or None) of a
+    precomputed scorer for a tar's samples, matched by uid (NaN / zeros where the sidecar lacks one)."""
+    pq_path, npz_path = sidecars(shard)
+    col = f"clip_{spec.precomputed}_similarity_score"
+    if not pq_path.is_file():
+        raise FileNotFoundError(f"{shard}: precomputed '{spec.precomputed}' scores need {pq_path}")
+    side = pq.read_table(pq_path).to_pandas()
+    if col not in side or "uid" not in side:
+        raise ValueError(f"{pq_path} has no 'uid' and '{col}' columns (DataComp metadata)")
+    pos = {u: i for i, u in enumerate(side["uid"].astype(str).str.lower())}
+    where = np.array([pos.get(u, -1) for u in uids], np.int64)
+    have = where >= 0
+    every = side[col].to_numpy()  # the column's own dtype: a float64 cutoff is not rounded
+    score = np.full(len(uids), np.nan, np.float64)
+    score[have] = every[where[have]]
+    emb = []
+    if npz_path.is_file():
+        with np.load(npz_path) as z:
+            for part in ("img", "txt"):
+                arr = z[f"{spec.precomputed}_{part}"]
+                out = np.zeros((len(uids), arr.shape[1]), np.float16)
+                out[have] = arr[where[have]]
+                emb.append(out)
+    return every, score, *(emb or (None, None))

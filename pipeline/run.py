@@ -58,6 +58,8 @@ def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | di
             check_scorer(spec)
     for f in config.filters:
         f.check()
+    for st in config.stages:
+        st.check()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the curation output")
@@ -103,20 +105,24 @@ def _check_metadata_only(shards: list[str], config: CurateConfig) -> None:
             raise ValueError(f"filter {f.instance!r} compares images, and this pool is metadata only")
 
 
-def annotate_job(args: tuple[str, str, list[str], bool]) -> dict:
+def annotate_job(args: tuple[str, str, list[str], bool, list[str]]) -> dict:
     """One shard's per-shard pass (picklable, for process pools and clusters)."""
+    from pydantic import TypeAdapter
+
     from pipeline.annotate import annotate_shard
+    from pipeline.config import StageSpec
     from schemas.config import ClipModel
 
-    shard, work, clip_json, languages = args
-    r = annotate_shard(shard, work, [ClipModel.model_validate_json(c) for c in clip_json], languages)
+    shard, work, clip_json, languages, stages_json = args
+    stages = [TypeAdapter(StageSpec).validate_json(s) for s in stages_json]
+    r = annotate_shard(shard, work, [ClipModel.model_validate_json(c) for c in clip_json], languages, stages)
     r["info"] = r["info"].as_dict()
     return r
 
 
-def jobs(p: Plan) -> list[tuple[str, str, list[str], bool]]:
-    return [(s, str(p.work), [c.model_dump_json() for c in p.config.clip], p.config.needs_languages)
-            for s in p.shards]
+def jobs(p: Plan) -> list[tuple[str, str, list[str], bool, list[str]]]:
+    return [(s, str(p.work), [c.model_dump_json() for c in p.config.clip], p.config.needs_languages,
+             [st.model_dump_json() for st in p.config.stages]) for s in p.shards]
 
 
 def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[str, dict], dict[str, str]]:
@@ -183,6 +189,7 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
     for b in broken:
         log.warning("broken shard %s: %s (%d samples recovered)", b["shard"], b["error"], b["samples_recovered"])
     declared = {f.out_column(o): t for f in p.config.filters for o, t in f.outputs.items()}
+    declared.update(p.config.stage_columns())
     captions = _rewritten_captions(df, p.config)
     stage = publish.staging(p.out)
     tars = [s for s in shards if not is_metadata(s)]

@@ -160,10 +160,10 @@ def test_ingest_columns_match_a_full_decode_pass(tmp_path, monkeypatch):
 
 def test_rerun_skips_and_decode_side_is_in_the_cache_key(tmp_path, monkeypatch):
     shard = mixed_pool(tmp_path / "pool")
-    assert annotate.annotate_shard(shard, tmp_path / "run", [TINY])["ran"] == ["ingest", "clip_score"]
+    assert annotate.annotate_shard(shard, tmp_path / "run", [TINY])["ran"] == ["ingest", "thumbs", "clip_score"]
     assert annotate.annotate_shard(shard, tmp_path / "run", [TINY])["ran"] == []
     monkeypatch.setattr(annotate, "decode_side", lambda scorers: 128)  # as if a larger scorer joined
-    assert annotate.annotate_shard(shard, tmp_path / "run", [TINY])["ran"] == ["ingest", "clip_score"]
+    assert annotate.annotate_shard(shard, tmp_path / "run", [TINY])["ran"] == ["ingest", "thumbs", "clip_score"]
 
 
 def test_scorer_prepared_batches_equal_plain_embedding():

@@ -78,7 +78,8 @@ def test_one_failure_policy_for_the_library_and_the_flow(tmp_path, prefect_serve
         return run_curation(str(tmp_path / "p"), out, str(tmp_path / "c.yaml"), progress=False, retries=0, **kw)
 
     m1 = run()
-    assert (m1["run"]["shards_annotated"], m1["run"]["stage_runs"], m1["samples_in"]) == (2, 4, 40)
+    # stages per shard: ingest, thumbs, clip_score
+    assert (m1["run"]["shards_annotated"], m1["run"]["stage_runs"], m1["samples_in"]) == (2, 6, 40)
     before = checksums(out)
     for name in ("00002.tar", "00003.tar"):
         (tmp_path / "p" / name).symlink_to(tmp_path / "pool" / name)

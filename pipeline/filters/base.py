@@ -103,11 +103,12 @@ class Context:
 
     def fitter(self, f: Filter, status: dict):
         """k-means through saved centroids (pipeline/centroids.py) when the run folder is known."""
-        from pipeline.annotate import scorer_identity, weights_identity
         from pipeline.centroids import fit_or_reuse
+        from pipeline.clip_stage import scorer_identity, weights_identity
+        from pipeline.workdir import WorkDir
 
         v = self.config.vectors
-        cache = self.run / "global" if (v.reuse_centroids and self.run is not None) else None
+        cache = WorkDir(self.run).global_dir() if (v.reuse_centroids and self.run is not None) else None
         spec = next(c for c in self.config.clip if c.column == f.column)  # type: ignore[attr-defined]
         key = {"filter": f.model_dump(exclude={"name"}), "scorer": scorer_identity(spec),
                "weights": weights_identity(spec)}

@@ -20,9 +20,10 @@ class Decontaminate(Filter):
 
     def compute(self, ctx: Context) -> Result:
         from pipeline.decontam import contaminated
+        from pipeline.workdir import WorkDir
 
         # eval thumbnails are kept in the work folder: reruns and other configs skip re-reading the tasks
-        cache = ctx.run / "global" / "eval_thumbs" if ctx.run is not None else None
+        cache = WorkDir(ctx.run).global_dir("eval_thumbs") if ctx.run is not None else None
         flags, nearest, rms = contaminated(ctx.arrays.thumbs(), self.eval_dirs, self.max_rms, cache)
         flags = flags & ctx.ok
         return Result({"": flags}, {"copy_of": nearest, "copy_rms": rms}, {"copies": int(flags.sum())})

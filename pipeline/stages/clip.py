@@ -1,0 +1,136 @@
+"""CLIP scorer: one instance per configured scorer (``clip:``), writing its score column and its image /
+text embeddings. A model scores batches of decoded images (``ClipScorer.prepare`` per image on the
+CPU, ``embed_prepared`` per batch on its device); a ``precomputed`` scorer reads DataComp's scores
+and embeddings: a tar's sidecar ``<shard>.parquet`` / ``.npz`` (matched by uid), or, for a
+metadata-only pool, the metadata parquet and an npz read in place (a pointer, never a copy)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import metadata as md
+from pipeline.stages.base import Batch, Needs, Source, Stage
+from schemas.config import ClipModel
+from shardio.shards import atomic_save_npy, atomic_write_bytes
+
+
+def get_scorer(spec: ClipModel):
+    from pipeline.clip_stage import get_scorer as scorer  # torch: only for runs with a model
+
+    return scorer(spec.model_dump_json())
+
+
+class Clip(Stage):
+    name = "clip"
+    version = 2  # 2: scores stored as float64, pool-wide scores of precomputed columns
+    columns = {"clip_score": "float64"}  # per instance: its own column (clip_score_<tag>)
+    needs = Needs(caption=True, pixels=True)
+    order = 30
+
+    @classmethod
+    def instances(cls, clip, languages, metadata):
+        return [cls(spec) for spec in clip]
+
+    def __init__(self, spec: ClipModel):
+        self.spec = spec
+        if spec.precomputed:
+            self.needs = Needs()
+        else:
+            self.batch_size = spec.batch_size
+        self.idx: list[np.ndarray] = []
+        self.pairs: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
+
+    @property
+    def scorer(self):
+        """The model (loaded on first use, once per process), or None for a precomputed column."""
+        return get_scorer(self.spec) if not self.spec.precomputed else None
+
+    @property
+    def input_side(self) -> int | None:
+        return self.scorer.input_side
+
+    @property
+    def device(self) -> str:
+        return self.scorer.device if self.scorer is not None else "cpu"
+
+    @property
+    def folder(self) -> str:
+        return self.spec.column
+
+    def out_columns(self) -> dict[str, str]:
+        return {self.spec.column: "float64"}
+
+    def key_config(self, src: Source) -> dict:
+        from pipeline.clip_stage import scorer_identity, weights_identity
+
+        cfg = {**scorer_identity(self.spec), "version": self.version}
+        if src.metadata:  # the embeddings stay in the npz: its identity is in the key
+            npz = Path(src.path).with_suffix(".npz")
+            cfg["npz"] = {"size": npz.stat().st_size, "mtime_ns": npz.stat().st_mtime_ns} if npz.is_file() else None
+        elif self.spec.precomputed:
+            cfg["weights"] = md.sidecar_identity(src.path)
+        else:  # the decode side shapes the pixels
+            cfg.update(weights=weights_identity(self.spec), decode_side=src.side, decode_scale="m/8")
+        return cfg
+
+    def step(self, batch: Batch) -> None:
+        have = [i for i, im in enumerate(batch.images) if im is not None]
+        if self.scorer is None or not have:
+            return
+        prepared = [self.scorer.prepare(batch.images[i]) for i in have]
+        img, txt, score = self.scorer.embed_prepared(prepared, [batch.samples[i].caption for i in have])
+        self.idx.append(np.array([batch.rows[i] for i in have]))
+        self.pairs.append(np.stack([img, txt]))
+        self.scores.append(score)
+
+    def finish(self, src: Source) -> pa.Table:
+        n = len(src.uids)
+        if src.metadata:
+            score = self._metadata(src, n)
+        elif self.spec.precomputed:
+            every, score, img, txt = md.sidecar_scores(src.path, self.spec, src.uids)
+            # every listed row's score, downloaded or not: DataComp's cutoff is over the pool's metadata
+            atomic_save_npy(src.work.pool_scores(self.folder, src.sid), every)
+            self._save(src, img, txt)
+        else:
+            score = self._model_outputs(src, n)
+        uid = src.uids if isinstance(src.uids, pa.ChunkedArray) else pa.array(src.uids, pa.string())
+        return pa.table({"uid": uid, "row": pa.array(np.arange(n), pa.int64()),
+                         self.folder: pa.array(np.asarray(score).astype(np.float64), pa.float64())})
+
+    def _model_outputs(self, src: Source, n: int) -> np.ndarray:
+        dim = self.scorer.dim
+        img, txt = np.zeros((n, dim), np.float16), np.zeros((n, dim), np.float16)
+        score = np.full(n, np.nan, np.float32)
+        if self.idx:
+            rows, stacked = np.concatenate(self.idx), np.concatenate(self.pairs, axis=1)
+            img[rows], txt[rows], score[rows] = stacked[0], stacked[1], np.concatenate(self.scores)
+        self._save(src, img, txt)
+        return score
+
+    def _save(self, src: Source, img, txt) -> None:
+        if img is not None:
+            atomic_save_npy(src.work.embeddings(self.folder, src.sid, "img"), img)
+            atomic_save_npy(src.work.embeddings(self.folder, src.sid, "txt"), txt)
+
+    def _metadata(self, src: Source, n: int) -> np.ndarray:
+        """A metadata-only pool: the score column, and the npz's embeddings located (or copied out)."""
+        npz = Path(src.path).with_suffix(".npz")
+        where = md.npz_embeddings(npz, self.spec.precomputed, n) if npz.is_file() else None
+        pointer = src.work.npz_pointer(self.folder, src.sid)
+        for part in ("img", "txt"):  # a pointer or a copy, never both
+            src.work.embeddings(self.folder, src.sid, part).unlink(missing_ok=True)
+        pointer.unlink(missing_ok=True)
+        if where is not None:
+            score = md.precomputed_score(src.path, self.spec)
+            pointer.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(pointer, json.dumps(where).encode())
+        else:  # compressed or not float16: copied out, as a view cannot map it
+            score, img, txt = md.precomputed(src.path, self.spec, n)
+            self._save(src, img, txt)
+        atomic_save_npy(src.work.pool_scores(self.folder, src.sid), score)
+        return score
