@@ -36,7 +36,8 @@ def expand(patterns: str | Path | Iterable[str | Path]) -> list[str]:
             path = Path(p)
             if path.is_dir():
                 if (path / "current").is_dir() and (path / "current" / "shards").is_dir():
-                    path = path / "current" / "shards"  # a curation output folder: its published shards
+                    # a curation output folder: the shards of its current version, ``current`` read once
+                    path = path / os.readlink(path / "current") / "shards"
                 out.extend(sorted(str(x) for x in path.iterdir() if SHARD_SUFFIX.search(x.name) and x.is_file()))
             elif path.suffix == ".txt" and path.is_file():  # a shard list: a path or pattern a line
                 lines = [x.strip() for x in path.read_text().splitlines()]

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from schemas.tasks import GROUPS, SPECIAL, Task, suite
-from training.zeroshot import append_result
+from training.zeroshot import append_result, trained_on
 
 
 def _done(results: Path, checkpoint: str) -> dict[str, dict]:
@@ -48,6 +48,7 @@ def run_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin
     ckpt_dir = Path(checkpoint)
     results = Path(results or (ckpt_dir / f"eval_{suite_name}.jsonl" if ckpt_dir.is_dir() else f"eval_{suite_name}.jsonl"))
     done = _done(results, str(checkpoint))
+    dv = trained_on(checkpoint)
     clip = None
     t0 = time.time()
     for task in tasks:
@@ -59,13 +60,14 @@ def run_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin
         if clip is None:
             clip, device = load_for_eval(checkpoint, weights, device)
         r = {"task": task.key, "checkpoint": str(checkpoint), "group": task.group, "metric": task.metric,
-             **evaluate_task(clip, task, folder, device, few_shot), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+             **evaluate_task(clip, task, folder, device, few_shot), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+             **({"data_version": dv} if dv else {})}
         append_result(results, r)
         done[task.key] = r
         print(f"{task.key:<45} {task.metric:<22} {r['main']:.4f}  ({r['seconds']} s)", flush=True)
     summary = aggregate(tasks, done, Path(data_root))
     summary.update(checkpoint=str(checkpoint), suite=suite_name, results=str(results),
-                   seconds=round(time.time() - t0, 1))
+                   seconds=round(time.time() - t0, 1), data_version=dv)
     write_tables(summary, results)
     return summary
 
@@ -108,10 +110,14 @@ def write_tables(s: dict, results: Path) -> None:
     def fmt(v):
         return "" if v is None else f"{v:.4f}"
 
-    lines = [f"# {s['suite']} suite: `{s['checkpoint']}`", "",
-             f"Average over {s['tasks_covered']} of {s['tasks_scored']} scored tasks: **{fmt(s['average'])}** "
-             f"(bootstrap SE {fmt(s.get('average_se'))})", "",
-             "| group | mean | bootstrap SE | tasks |", "|---|---|---|---|"]
+    dv = s.get("data_version")
+    lines = [f"# {s['suite']} suite: `{s['checkpoint']}`", ""]
+    if dv:
+        lines += [f"Trained on curated `{dv['out']}` version `{dv['version']}` "
+                  f"(manifest sha256 `{str(dv.get('manifest_sha256'))[:12]}`)", ""]
+    lines += [f"Average over {s['tasks_covered']} of {s['tasks_scored']} scored tasks: **{fmt(s['average'])}** "
+              f"(bootstrap SE {fmt(s.get('average_se'))})", "",
+              "| group | mean | bootstrap SE | tasks |", "|---|---|---|---|"]
     lines += [f"| {g} | {fmt(v['mean'])} | {fmt(v.get('se'))} | {v['tasks']} of {v['of']} |" for g, v in s["groups"].items()]
     lines += ["", "| task | group | main metric | zero-shot | bootstrap SE | few-shot probe | status |",
               "|---|---|---|---|---|---|---|"]
