@@ -161,7 +161,8 @@ def _open(out: Path, name: str) -> DataVersion:
         raise VersionGone(f"{out} version {name} is being removed by a publish; train on the current version")
     if not (root / "manifest.json").is_file():
         raise VersionGone(f"{out} version {name} no longer exists (a publish removed it, or it never completed)")
-    return DataVersion(expand(root / "shards"), out=str(out), version=name, manifest_sha256=_sha(root / "manifest.json"))
+    return DataVersion(expand(root / "shards"), out=str(out), version=name,
+                       manifest_sha256=_sha(root / "manifest.json"))
 
 
 def _sha(path: Path) -> str:
@@ -225,6 +226,8 @@ class Hold:
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

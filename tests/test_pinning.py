@@ -202,7 +202,8 @@ def test_a_resume_reads_the_version_it_started_on_or_refuses_naming_it(tmp_path,
     r = train(c)
     assert r["resumed_from_step"] == 2 and r["data_version"]["version"] == "v000001"
     assert reads["uids"] <= {uid(i) for i in range(32)}
-    assert {os.path.basename(os.path.dirname(os.path.dirname(os.path.realpath(p)))) for p in reads["opened"]} == {"v000001"}
+    v1 = os.path.realpath(out / "versions" / "v000001" / "shards")
+    assert {os.path.dirname(os.path.realpath(p)) for p in reads["opened"]} == {v1}
 
     c2 = cfg(tmp_path, out, run="run2")
     train(c2.model_copy(update={"max_steps": 2}))  # on v000002
@@ -212,3 +213,26 @@ def test_a_resume_reads_the_version_it_started_on_or_refuses_naming_it(tmp_path,
     with pytest.raises(versions.VersionGone, match=r"cannot resume .*run2.* version v000002 .*no longer exists"):
         train(c2)
     assert hold_files(out) == []
+
+
+def test_curate_run_keeps_the_newest_n_and_logs_why(tmp_path):
+    from app.cli import main
+    from tests.shardmaker import make_pool
+
+    make_pool(tmp_path / "pool", n=8, per_shard=4)
+    (tmp_path / "c.json").write_text(json.dumps({"filters": []}))
+    out = tmp_path / "out"
+    run = ["run", "--pool", str(tmp_path / "pool"), "--out", str(out), "--config", str(tmp_path / "c.json")]
+    for _ in range(3):
+        main(run + ["--keep-versions", "2"])
+    assert on_disk(out) == ["v000002", "v000003"]
+    with versions.pin(out, purpose="a reader") as p:  # holds v000003 while two more runs publish
+        assert p.data.version == "v000003"
+        main(run + ["--keep-versions", "1"])
+        main(run + ["--keep-versions", "1"])
+        assert on_disk(out) == ["v000003", "v000005"]
+    main(run + ["--keep-versions", "1"])
+    assert on_disk(out) == ["v000006"]
+    log = (out / "curate.log").read_text()
+    assert "version v000003 kept: held by a reader" in log and "version v000005 kept: one of the newest 1" in log
+    assert "version v000001 removed" in log

@@ -117,8 +117,10 @@ def trained_on(checkpoint: str | Path) -> dict | None:
     on; None when it records none (plain shards, another trainer, a model name)."""
     from training.model import checkpoint_info, is_checkpoint_dir
 
+    if not is_checkpoint_dir(checkpoint):
+        return None
     try:
-        return (checkpoint_info(checkpoint).get("train") or {}).get("data_version") if is_checkpoint_dir(checkpoint) else None
+        return (checkpoint_info(checkpoint).get("train") or {}).get("data_version")
     except (OSError, ValueError, AttributeError):
         return None
 
