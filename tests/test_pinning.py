@@ -236,3 +236,30 @@ def test_curate_run_keeps_the_newest_n_and_logs_why(tmp_path):
     log = (out / "curate.log").read_text()
     assert "version v000003 kept: held by a reader" in log and "version v000005 kept: one of the newest 1" in log
     assert "version v000001 removed" in log
+
+
+def test_a_hold_beats_until_released_and_comes_back_if_removed(tmp_path, caplog):
+    out = tmp_path / "out"
+    publish_version(out, 0, n=4)
+    hold = versions.Hold(str(out), "v000001", "beating", heartbeat_s=0.01).take()
+    first = json.loads(versions.store(out).get(hold.name))
+    assert {k: first[k] for k in ("version", "pid", "host", "purpose")} == {
+        "version": "v000001", "pid": os.getpid(), "host": socket.gethostname(), "purpose": "beating"}
+
+    def wait_for(cond):  # polls the heartbeat thread's effect; no timing is asserted
+        for _ in range(2000):
+            if cond():
+                return True
+            time.sleep(0.005)
+        return False
+
+    def beat():
+        return json.loads(versions.store(out).get(hold.name) or b"{}").get("heartbeat", 0)
+
+    assert wait_for(lambda: beat() > first["heartbeat"])
+    with caplog.at_level(logging.WARNING, logger="shardio.versions"):
+        versions.store(out).delete(hold.name)  # as a publisher does with a hold it judged stale
+        assert wait_for(lambda: versions.store(out).get(hold.name) is not None)
+    assert any("removed as stale" in m for m in caplog.messages)
+    hold.release()
+    assert hold_files(out) == [] and not hold._thread.is_alive()
