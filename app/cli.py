@@ -42,7 +42,7 @@ def cmd_run(a) -> None:
     from pipeline.run import run_curation
 
     m = run_curation(a.pool, a.out, a.config, work=a.work, workers=a.workers, on_failure=a.on_failure,
-                     dask_address=a.dask_address)
+                     dask_address=a.dask_address, keep_versions=a.keep_versions)
     keys = ("samples_in", "kept", "dropped", "dropped_by_reason", "thresholds", "listed_not_downloaded",
             "listed_missing_from_tar")
     print(json.dumps({k: m[k] for k in keys if m.get(k) not in (None, {}, 0)}, indent=2))
@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--on-failure", choices=["fail", "partial"], default="fail",
                    help="a shard that fails after retries: fail the run, publishing nothing (default), or "
                         "publish without it (its samples are listed as not processed)")
+    r.add_argument("--keep-versions", type=int, default=2, metavar="N",
+                   help="published versions kept: the newest N, plus any a training holds (default: 2)")
     r.set_defaults(func=cmd_run)
 
     rs = sub.add_parser("reshard", help="uid list + shards -> filtered shards",

@@ -35,8 +35,8 @@ def annotate_task(job: tuple) -> dict:
 
 
 @task(name="decide-export-publish", cache_policy=NO_CACHE)
-def finish_task(p, done: dict, failed: dict, on_failure: str, extra: dict) -> dict:
-    return finish(p, done, failed, on_failure, extra)
+def finish_task(p, done: dict, failed: dict, on_failure: str, extra: dict, keep_versions: int = 2) -> dict:
+    return finish(p, done, failed, on_failure, extra, keep_versions)
 
 
 class PrefectTasks:
@@ -65,7 +65,7 @@ THREADS = ThreadPoolTaskRunner(max_workers=max(1, (os.cpu_count() or 2) // 2))
 
 @flow(name="curate-shards", log_prints=True, task_runner=THREADS)
 def curate_shards(pool: str, out: str, config: str, work: str | None = None, retries: int = 2,
-                  on_failure: str = "fail", progress_id: str | None = None) -> dict:
+                  on_failure: str = "fail", progress_id: str | None = None, keep_versions: int = 2) -> dict:
     import time
 
     p = plan(pool, out, config, work)
@@ -73,14 +73,15 @@ def curate_shards(pool: str, out: str, config: str, work: str | None = None, ret
     with exclusive(p.out), run_log(p.out):
         t0 = time.time()
         done, failed = annotate(p, PrefectTasks(retries, progress_id), progress=False)
-        return finish_task(p, done, failed, on_failure, {"run": run_facts(done, time.time() - t0)})
+        return finish_task(p, done, failed, on_failure, {"run": run_facts(done, time.time() - t0)}, keep_versions)
 
 
 @flow(name="curate", log_prints=True)
 def curate(pool: str = DEFAULT_POOL, out: str = DEFAULT_OUT, config: str = DEFAULT_CONFIG, work: str | None = None,
            runner: Literal["threads", "dask"] = "threads", dask_address: str | None = None, dask_workers: int = 2,
-           retries: int = 2, on_failure: Literal["fail", "partial"] = "fail") -> dict:
-    """Curate a pool of webdataset shards into filtered shards + uid list + metadata + manifest."""
+           retries: int = 2, on_failure: Literal["fail", "partial"] = "fail", keep_versions: int = 2) -> dict:
+    """Curate a pool of webdataset shards into filtered shards + uid list + metadata + manifest; keep the
+    newest ``keep_versions`` published versions and those a training holds."""
     plan(pool, out, config, work)  # fail fast, with a readable message, before any task runs
     progress = create_progress_artifact(0.0, key="curation-progress", description="shards annotated (%)")
     sub = curate_shards
@@ -90,7 +91,7 @@ def curate(pool: str = DEFAULT_POOL, out: str = DEFAULT_OUT, config: str = DEFAU
         tr = (DaskTaskRunner(address=dask_address) if dask_address else
               DaskTaskRunner(cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True}))
         sub = curate_shards.with_options(task_runner=tr)
-    m = sub(pool, out, config, work, retries, on_failure, str(progress) if progress else None)
+    m = sub(pool, out, config, work, retries, on_failure, str(progress) if progress else None, keep_versions)
     summary_artifact(pool, m)
     get_run_logger().info("kept %d of %d; shards in %s", m["kept"], m["samples_in"], Path(out) / "shards")
     return m

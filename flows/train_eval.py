@@ -1,11 +1,11 @@
 """Prefect flow ``train-eval``: train a CLIP model on a curation output, evaluate it zero-shot, and
 record lineage (which curation run and config made which shards, checkpoint and scores).
 
-The output is read through ``pipeline.publish.published``: the complete version ``current`` points
-to, resolved once, so a curation publishing meanwhile changes nothing under the training run; an
-output that never completed is refused with its error. The evaluation table is an artifact of the
-run the user started: this flow's when it runs on its own, the caller's when it is a subflow
-(``flows/nightly.py`` attaches it from the returned lineage).
+The output is read in one version (shardio/versions.py): the complete version ``current`` points to,
+resolved once and held until the evaluation ends, so a curation publishing meanwhile changes nothing
+under the training run and cannot delete it; an output that never completed is refused with its error.
+The evaluation table is an artifact of the run the user started: this flow's when it runs on its own,
+the caller's when it is a subflow (``flows/nightly.py`` attaches it from the returned lineage).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from prefect.context import FlowRunContext
 
 from flows.curate import DEFAULT_OUT
 from pipeline.publish import published
+from shardio.versions import pin
 
 DEFAULT_TASK = "data/sample_pool/eval/fashion_mnist"
 
@@ -58,16 +59,20 @@ def train_eval(curated: str = DEFAULT_OUT, out: str | None = None, model: str = 
                samples_seen: int = 60_000, batch_size: int = 256, task: str = DEFAULT_TASK, seed: int = 0) -> dict:
     """Train on the published shards of ``curated`` at a fixed samples-seen budget, then zero-shot
     evaluate on ``task``; write ``<out>/lineage.json`` (default out: ``<curated>/train``)."""
-    root = published(curated)  # NotPublished: never completed, or still being written
+    published(curated)  # NotPublished: never completed, or still being written
     log = get_run_logger()
-    manifest_path = root / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
     out = out or str(Path(curated) / "train")
-    r = train_task(str(root / "shards"), out, model, samples_seen, batch_size, seed)
-    ev = eval_task(r["checkpoint"], task, str(Path(out) / "results.jsonl"))
-    lineage = {"curation": {"output": str(curated), "version": str(root), "config": manifest.get("config"),
+    with pin(curated, purpose=f"train-eval {Path(out).resolve()}") as pinned:  # one version, held throughout
+        root = pinned.data.root or published(curated)
+        manifest_path = root / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        sha = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+        r = train_task(str(root / "shards"), out, model, samples_seen, batch_size, seed)
+        ev = eval_task(r["checkpoint"], task, str(Path(out) / "results.jsonl"))
+    lineage = {"curation": {"output": str(curated), "version": str(root), "data_version": pinned.record,
+                            "config": manifest.get("config"),
                             "config_hash": manifest.get("config_hash"),
-                            "manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
+                            "manifest_sha256": sha,
                             "kept": manifest.get("kept"), "samples_in": manifest.get("samples_in")},
                "train": {k: r[k] for k in ("checkpoint", "samples_seen", "steps", "samples_per_s")},
                "eval": {"task": ev["task"], "metrics": ev["metrics"]}}

@@ -4,17 +4,22 @@
     <out>/current          symlink to versions/<id>, switched by one rename
     <out>/shards, uids.npy, ...   symlinks through current (the paths users know)
 A new output is written in ``<out>/.staging``, renamed into ``versions/`` and then ``current`` is
-switched with ``os.replace`` (atomic on POSIX). The previous version stays until the next publish.
-Readers resolve ``current`` once (``published``) and read inside that folder.
+switched with ``os.replace`` (atomic on POSIX). The newest ``keep`` versions stay (default 2), and so
+does every version a reader holds (a training: shardio/versions.py); stale holds of killed runs are
+removed. Readers resolve ``current`` once (``published``) and read inside that folder.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
 from pipeline.faults import point
+from shardio import versions as held
+
+log = logging.getLogger(__name__)
 
 ENTRIES = ("shards", "uids.npy", "metadata.parquet", "manifest.json", "report.html")
 
@@ -36,8 +41,11 @@ def _next_id(versions: Path) -> str:
     return f"v{max(ids, default=0) + 1:06d}"
 
 
-def commit(out: str | Path, staged: Path) -> Path:
-    """Move a complete staged output into ``versions/`` and switch ``current`` to it."""
+def commit(out: str | Path, staged: Path, keep: int = 2) -> Path:
+    """Move a complete staged output into ``versions/``, switch ``current`` to it, then remove the
+    versions that are neither among the newest ``keep`` nor held by a reader."""
+    if keep < 1:
+        raise ValueError(f"keep_versions must be at least 1 (the version just published), got {keep}")
     out = Path(out)
     if not (staged / "manifest.json").is_file():
         raise RuntimeError(f"{staged} has no manifest.json: refusing to publish an incomplete output")
@@ -49,14 +57,34 @@ def commit(out: str | Path, staged: Path) -> Path:
     tmp = out / ".current.tmp"
     tmp.unlink(missing_ok=True)
     os.symlink(Path("versions") / target.name, tmp)
-    previous = current_version(out)
     os.replace(tmp, out / "current")
     point("publish:switched")
     _links(out)
-    for old in versions.iterdir():  # keep the new and the previous version (a reader may be in it)
-        if old.name not in (target.name, previous.name if previous else None):
-            shutil.rmtree(old, ignore_errors=True)
+    prune(out, keep)
     return target
+
+
+def prune(out: Path, keep: int = 2) -> dict[str, str]:
+    """Remove each version that is not among the newest ``keep`` and not held; log what stays and why.
+    Returns version -> what happened to it."""
+    names = sorted((p.name for p in (out / "versions").iterdir() if held.VERSION.fullmatch(p.name) and p.is_dir()),
+                   key=lambda n: int(n[1:]))
+    holds = held.live_holds(out)
+    fate: dict[str, str] = {}
+    for name in names:
+        if name in names[-keep:]:
+            fate[name] = f"kept: one of the newest {keep}"
+        elif name in holds:
+            fate[name] = "kept: held by " + ", ".join(_who(h) for h in holds[name])
+        else:
+            late = held.remove_version(out, name)
+            fate[name] = ("kept: held by " + ", ".join(_who(h) for h in late)) if late else "removed"
+        log.info("version %s %s", name, fate[name])
+    return fate
+
+
+def _who(hold: dict) -> str:
+    return f"{hold.get('purpose') or 'a reader'} (pid {hold.get('pid')} on {hold.get('host')})"
 
 
 def _links(out: Path) -> None:

@@ -415,12 +415,18 @@ def write_report(out: str | Path, df: pd.DataFrame, shards: list[str], manifest:
 
 def _training(train: Path) -> list[str]:
     parts = []
+    cfg = train / "train_config.json"
+    dv = (json.loads(cfg.read_text()).get("data_version") if cfg.is_file() else None) or {}
+    if dv:  # the curated version the run read (training/train.py records it)
+        parts.append(f"<h2>Training</h2><p class='sub'>Trained on <code>{esc(dv.get('out'))}</code> version "
+                     f"<b>{esc(dv.get('version'))}</b> (manifest sha256 "
+                     f"<code>{esc(str(dv.get('manifest_sha256'))[:12])}</code>)</p>")
     metrics = train / "metrics.jsonl"
     if metrics.is_file():
         rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
         rows = [r for r in rows if "loss" in r and "step" in r]
         if len(rows) >= 2:
-            parts += ["<h2>Training</h2><div class='plots'>",
+            parts += [("" if dv else "<h2>Training</h2>") + "<div class='plots'>",
                       _line_plot([r["step"] for r in rows], [r["loss"] for r in rows], "step", "loss",
                                  f"Training loss ({train.name})"), "</div>"]
     for res in sorted(train.glob("**/eval*.jsonl")) + sorted(train.glob("results.jsonl")):

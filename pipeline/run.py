@@ -145,8 +145,9 @@ def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[s
 
 
 def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: Policy = "fail",
-           extra: dict | None = None) -> dict:
-    """Apply the failure policy, decide, export into staging, publish; return the manifest."""
+           extra: dict | None = None, keep_versions: int = 2) -> dict:
+    """Apply the failure policy, decide, export into staging, publish (keeping the newest
+    ``keep_versions`` versions and those a training holds); return the manifest."""
     from pipeline.decide import Arrays, decide, load_columns, summarize
     from pipeline.export import Background, export, write_metadata
     from pipeline.report import write_report
@@ -205,7 +206,7 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
     # written last: publish refuses a staged folder without it
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     point("publish:staged")
-    version = publish.commit(p.out, stage)
+    version = publish.commit(p.out, stage, keep_versions)
     log.info("published %s: %d in, %d kept, dropped %s", version, manifest["samples_in"], manifest["kept"],
              manifest["dropped_by_reason"])
     return absolute(manifest, version)
@@ -263,17 +264,26 @@ def run_log(out: Path):
     log.addHandler(fh)
     log.addHandler(err)
     log.setLevel(logging.INFO)
+    publishing = [logging.getLogger(n) for n in ("pipeline.publish", "shardio.versions")]  # versions kept and why
+    levels = [lg.level for lg in publishing]
+    for lg in publishing:
+        lg.addHandler(fh)
+        lg.setLevel(logging.INFO)
     try:
         yield
     finally:
         log.removeHandler(fh)
         log.removeHandler(err)
+        for lg, level in zip(publishing, levels):
+            lg.removeHandler(fh)
+            lg.setLevel(level)
         fh.close()
 
 
 def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | str | dict,
                  progress: bool = True, work: str | Path | None = None, workers: int = 1,
-                 on_failure: Policy = "fail", retries: int = 1, dask_address: str | None = None) -> dict:
+                 on_failure: Policy = "fail", retries: int = 1, dask_address: str | None = None,
+                 keep_versions: int = 2) -> dict:
     """Curate ``pool`` (paths, braced patterns or folders of shards) into ``out``; return the manifest.
 
     Per-shard columns and embeddings go to ``work`` (default: ``out``); several configs can share one
@@ -286,7 +296,7 @@ def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | 
         light = all(is_metadata(s) for s in p.shards)  # no model: workers need no torch
         done, failed = annotate(p, make(workers, dask_address, retries, torch=not light), progress)
         seconds = time.time() - t0
-        return finish(p, done, failed, on_failure, {"run": run_facts(done, seconds)})
+        return finish(p, done, failed, on_failure, {"run": run_facts(done, seconds)}, keep_versions)
 
 
 def run_facts(done: dict[str, dict], seconds: float) -> dict:

@@ -58,8 +58,8 @@ def shards_folder(path: Path) -> Path:
     the ``shards/`` beside other things that every command writing shards makes (``curate run``,
     ``reshard``, ``build-pool``, ``build-interleaved``, ``interleave``), when the folder holds no
     tars itself; otherwise the folder."""
-    if (path / "current" / "shards").is_dir():
-        return path / "current" / "shards"
+    if (path / "current" / "shards").is_dir():  # ``current`` read once: one version's shards
+        return path / os.readlink(path / "current") / "shards"
     if (path / "shards").is_dir() and not any(SHARD_SUFFIX.search(x.name) for x in path.iterdir()):
         return path / "shards"
     return path

@@ -45,6 +45,7 @@ def test_curate_then_train_eval_records_lineage(tmp_path, prefect_server):
     lineage = train_eval(curated=str(tmp_path / "out"), samples_seen=64, batch_size=16,
                          task=str(make_task(tmp_path / "task", per_class=2)))
     assert lineage["train"]["samples_seen"] == 64
+    assert lineage["curation"]["data_version"]["version"] == "v000001"  # the version it read, held while it ran
     assert lineage["curation"]["kept"] == 21 and lineage["curation"]["config"]["filters"][0]["fraction"] == 0.5
     assert (tmp_path / "out" / "train" / "final" / "open_clip_config.json").is_file()
     assert json.loads((tmp_path / "out" / "train" / "results.jsonl").read_text())["n"] == 8

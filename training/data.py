@@ -5,9 +5,11 @@ with replacement (``ResampledShards``), as open_clip's ``--dataset-resampled`` d
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections import Counter
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -90,3 +92,34 @@ class _Stage:
     def __call__(self, src):
         return self.fn(src, *self.args)
 
+
+def pin_data(cfg, run_dir: str | Path):
+    """The curated version this run reads, held until released (shardio/versions.py): on a resume (a
+    saved state in ``run_dir``) the version its train_config.json recorded, else ``cfg.train_data``
+    resolved now. Under torchrun rank 0 resolves and the other ranks take the same version."""
+    from shardio.versions import VersionGone, pin
+    from training import dist
+
+    run_dir = Path(run_dir)
+    recorded = None
+    if (run_dir / "checkpoints" / "state_latest.pt").is_file() and (run_dir / "train_config.json").is_file():
+        old = json.loads((run_dir / "train_config.json").read_text())
+        if old.get("train_data") == cfg.train_data:
+            recorded = old.get("data_version")
+    rank, world, _ = dist.setup()
+    purpose = f"training {run_dir.resolve()}"
+    try:
+        if world == 1:
+            return pin(cfg.train_data, recorded, purpose)
+        box = [None]
+        if rank == 0:
+            pinned = pin(cfg.train_data, recorded, purpose)
+            box = [pinned.record]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return pinned if rank == 0 else pin(cfg.train_data, box[0] or recorded, purpose)
+    except VersionGone as e:
+        if not recorded:
+            raise
+        raise VersionGone(f"cannot resume {run_dir}: it trained on {recorded['out']} version {recorded['version']} "
+                          f"(manifest sha256 {str(recorded.get('manifest_sha256'))[:12]}), and resuming reads the "
+                          f"same data: {e}. Use a new run folder to train on the current version.") from e

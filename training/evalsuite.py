@@ -14,7 +14,7 @@ from pathlib import Path
 
 from schemas.tasks import GROUPS, REGISTRY_VERSION, SPECIAL, Task, fingerprint, suite
 from shardio.evaltask import task_checksum
-from training.zeroshot import append_result
+from training.zeroshot import append_result, trained_on
 
 
 def _done(results: Path, checkpoint: str) -> dict[str, dict]:
@@ -49,6 +49,7 @@ def run_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin
     ckpt_dir = Path(checkpoint)
     results = Path(results or (ckpt_dir / f"eval_{suite_name}.jsonl" if ckpt_dir.is_dir() else f"eval_{suite_name}.jsonl"))
     done = _done(results, str(checkpoint))
+    dv = trained_on(checkpoint)
     clip = None
     t0 = time.time()
     for task in tasks:
@@ -64,14 +65,15 @@ def run_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin
             clip, device = load_for_eval(checkpoint, weights, device)
         r = {"task": task.key, "checkpoint": str(checkpoint), "group": task.group, "metric": task.metric,
              "registry_version": REGISTRY_VERSION, "data_sha256": checksum,
-             **evaluate_task(clip, task, folder, device, few_shot), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+             **evaluate_task(clip, task, folder, device, few_shot), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+             **({"data_version": dv} if dv else {})}
         append_result(results, r)
         done[task.key] = r
         print(f"{task.key:<45} {task.metric:<22} {r['main']:.4f}  ({r['seconds']} s)", flush=True)
     summary = aggregate(tasks, done, Path(data_root))
     summary.update(checkpoint=str(checkpoint), suite=suite_name, results=str(results),
                    seconds=round(time.time() - t0, 1), registry_version=REGISTRY_VERSION,
-                   registry_fingerprint=fingerprint(tasks))
+                   registry_fingerprint=fingerprint(tasks), data_version=dv)
     write_tables(summary, results)
     return summary
 
@@ -130,12 +132,16 @@ def write_tables(s: dict, results: Path) -> None:
     def fmt(v):
         return "" if v is None else f"{v:.4f}"
 
+    dv = s.get("data_version")
     lines = [f"# {s['suite']} suite: `{s['checkpoint']}`", "",
              f"Task registry version {s.get('registry_version')} (fingerprint `{s.get('registry_fingerprint')}`); "
-             "each task's data sha256 is in the jsonl and csv.", "",
-             f"Average over {s['tasks_covered']} of {s['tasks_scored']} scored tasks: **{fmt(s['average'])}** "
-             f"(bootstrap SE {fmt(s.get('average_se'))})", "",
-             "| group | mean | bootstrap SE | tasks |", "|---|---|---|---|"]
+             "each task's data sha256 is in the jsonl and csv.", ""]
+    if dv:
+        lines += [f"Trained on curated `{dv['out']}` version `{dv['version']}` "
+                  f"(manifest sha256 `{str(dv.get('manifest_sha256'))[:12]}`)", ""]
+    lines += [f"Average over {s['tasks_covered']} of {s['tasks_scored']} scored tasks: **{fmt(s['average'])}** "
+              f"(bootstrap SE {fmt(s.get('average_se'))})", "",
+              "| group | mean | bootstrap SE | tasks |", "|---|---|---|---|"]
     lines += [f"| {g} | {fmt(v['mean'])} | {fmt(v.get('se'))} | {v['tasks']} of {v['of']} |" for g, v in s["groups"].items()]
     lines += ["", "| task | group | main metric | zero-shot | bootstrap SE | few-shot probe | status |",
               "|---|---|---|---|---|---|---|"]

@@ -268,6 +268,13 @@ class SSLModel(torch.nn.Module):
 
 def pretrain(cfg: SSLConfig) -> dict:
     """Pretrain (resuming from ``out_dir`` if interrupted); return a summary with ``checkpoint``."""
+    from training.data import pin_data
+
+    with pin_data(cfg, cfg.out_dir) as pinned:  # one curated version, held for the run and recorded
+        return _pretrain(cfg.model_copy(update={"data_version": pinned.record}), pinned.shards)
+
+
+def _pretrain(cfg: SSLConfig, shards: list[str]) -> dict:
     from shardio.device import pick_device
     from training.data import train_loader
 
@@ -295,7 +302,7 @@ def pretrain(cfg: SSLConfig) -> dict:
     views = TwoViews(size, cfg.crop_min or CROP_MIN[cfg.kind])
     augment = Augment(size, visual.image_mean, visual.image_std)
     workers = cfg.workers if cfg.workers is not None else (4 if device.startswith("cuda") else 0)
-    loader = iter(train_loader(cfg.train_data, views, no_tokens, cfg.batch_size, seed=cfg.seed * 7919 + start,
+    loader = iter(train_loader(shards, views, no_tokens, cfg.batch_size, seed=cfg.seed * 7919 + start,
                                workers=workers))
     every = max(1, cfg.steps // cfg.checkpoints)
     stop = min(cfg.steps, cfg.max_steps or cfg.steps)
@@ -331,7 +338,8 @@ def pretrain(cfg: SSLConfig) -> dict:
     _close(loader)
     result = {"objective": cfg.kind, "steps": stop, "total_steps": cfg.steps, "samples_seen": stop * cfg.batch_size,
               "final_loss": loss_v, "samples_per_s": round((stop - start) * cfg.batch_size / max(seconds, 1e-9), 1),
-              "train_seconds": round(seconds, 1), "resumed_from_step": start, "bad_samples": bad, "device": device}
+              "train_seconds": round(seconds, 1), "resumed_from_step": start, "bad_samples": bad, "device": device,
+              "data_version": cfg.data_version}
     if stop == cfg.steps:
         info = {"train": cfg.model_dump(), "result": result, "base_model": clip.name, "objective": cfg.kind,
                 "image_only": True}

@@ -53,6 +53,8 @@ class TrainConfig(BaseModel):
     seed: int = 0
     log_every: int = Field(10, ge=1)
     max_steps: int | None = Field(None, description="stop after this step (to simulate a crash in tests)")
+    data_version: dict | None = Field(None, description="recorded, not an input: the curated version read "
+                                      "({out, version, manifest_sha256}; None for plain shards)")
 
     @model_validator(mode="before")
     @classmethod
@@ -118,7 +120,15 @@ def train(cfg: TrainConfig, adapter=None) -> dict:
     """Train (resuming from ``out_dir`` if a run was interrupted); return a summary with ``checkpoint``.
 
     ``adapter`` (fine-tuning, training/lora.py) has ``wrap(model) -> model`` (called before the optimizer
-    is built), ``merge(model) -> model`` (the plain open_clip model to save) and ``info() -> dict``."""
+    is built), ``merge(model) -> model`` (the plain open_clip model to save) and ``info() -> dict``.
+    A curated output is read in one version, held for the run and recorded (training/data.py::pin_data)."""
+    from training.data import pin_data
+
+    with pin_data(cfg, cfg.out_dir) as pinned:
+        return _train(cfg.model_copy(update={"data_version": pinned.record}), adapter, pinned.shards)
+
+
+def _train(cfg: TrainConfig, adapter, shards: list[str]) -> dict:
     from shardio.device import pick_device
     from training.data import train_loader
 
@@ -148,7 +158,7 @@ def train(cfg: TrainConfig, adapter=None) -> dict:
                 else torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"))
 
     per_rank = cfg.batch_size // world
-    loader = iter(train_loader(cfg.train_data, clip.preprocess_train, clip.tokenizer, per_rank,
+    loader = iter(train_loader(shards, clip.preprocess_train, clip.tokenizer, per_rank,
                                seed=cfg.seed * 7919 + rank * 104729 + start,
                                workers=cfg.workers if cfg.workers is not None else (4 if device.startswith("cuda") else 0)))
     every = max(1, cfg.steps // cfg.checkpoints)
@@ -187,7 +197,7 @@ def train(cfg: TrainConfig, adapter=None) -> dict:
     result = {"steps": stop, "total_steps": cfg.steps, "samples_seen": stop * cfg.batch_size,
               "final_loss": loss_v, "samples_per_s": round((stop - start) * cfg.batch_size / max(seconds, 1e-9), 1),
               "train_seconds": round(seconds, 1), "resumed_from_step": start, "bad_samples": bad,
-              "device": device, "world_size": world}
+              "device": device, "world_size": world, "data_version": cfg.data_version}
     if stop == cfg.steps and rank == 0:
         info = {"train": cfg.model_dump(), "result": result, "base_model": clip.name,
                 **(adapter.info() if adapter is not None else {})}

@@ -106,8 +106,23 @@ def evaluate_zeroshot(checkpoint: str, task_root: str | Path, batch_size: int = 
     clip, device = load_for_eval(checkpoint, weights, device)
     m = classify(clip, task_root, batch_size, device)
     n, templates, se = m.pop("n"), m.pop("templates"), m.pop("se")
+    dv = trained_on(checkpoint)
     return {"task": Path(task_root).name, "checkpoint": str(checkpoint), "n": n, "metrics": m, "se": se,
-            "templates": templates, "seconds": round(time.time() - t0, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "templates": templates, "seconds": round(time.time() - t0, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **({"data_version": dv} if dv else {})}
+
+
+def trained_on(checkpoint: str | Path) -> dict | None:
+    """The curated version ``{out, version, manifest_sha256}`` a checkpoint folder records it was trained
+    on; None when it records none (plain shards, another trainer, a model name)."""
+    from training.model import checkpoint_info, is_checkpoint_dir
+
+    if not is_checkpoint_dir(checkpoint):
+        return None
+    try:
+        return (checkpoint_info(checkpoint).get("train") or {}).get("data_version")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def append_result(path: str | Path, record: dict) -> None:
