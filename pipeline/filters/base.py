@@ -82,6 +82,7 @@ class Context:
     arrays: Any  # pipeline.decide.Arrays
     config: Any  # pipeline.config.CurateConfig
     run: Path | None = None
+    done: dict[str, Result] = field(default_factory=dict)  # earlier instances' results, by instance name
 
     @property
     def seed(self) -> int:
@@ -96,6 +97,13 @@ class Context:
 
         spec = next(c for c in self.config.clip if c.column == column)
         return get_scorer(spec.model_dump_json())
+
+    def earlier(self, instance: str, who: str) -> Result:
+        """An earlier filter instance's result (``who`` names the asking filter in the error)."""
+        if instance not in self.done:
+            raise ValueError(f"filter {who!r} reads filter {instance!r}, which is not an earlier filter of this "
+                             f"config (earlier: {sorted(self.done) or 'none'})")
+        return self.done[instance]
 
     def uids_at(self, rows: np.ndarray) -> list:
         uids = self.df["uid"].to_numpy()
