@@ -139,6 +139,19 @@ def test_rank_mix_and_soft_cap_sampling():
     assert c[top].mean() > 1.5 and c[bottom].mean() < 0.2
 
 
+def test_degenerate_inputs_score_nothing_or_the_pair_alone():
+    img, txt = pairs(n=3)
+    bad = np.full((3, 16), np.nan, np.float32)
+    assert np.isnan(neg_clip_loss(bad, txt, np.ones(3, bool))[0]).all()
+    one, _ = neg_clip_loss(img, txt, np.array([False, True, False]))
+    assert abs(one[1]) < 1e-6 and np.isnan(one[[0, 2]]).all()  # a batch of one: its own pair is all of R
+    assert len(norm_sim(img, np.array([], np.int64), img, np.inf)) == 0
+    kept, last = proxy_select(img, np.array([], np.int64), np.arange(3), goal=0, iterations=3)
+    assert len(kept) == 0 and len(last) == 0
+    assert np.isnan(rank_mix([np.full(4, np.nan), np.ones(4)], [1, 1])).all()
+    assert soft_cap(np.full(4, np.nan), 3, 0.1, 1.0, 2, 5, seed=0).sum() == 0
+
+
 def test_configs_say_what_is_wrong():
     with pytest.raises(ValueError, match="exactly one of"):
         load_config({"clip": [{"precomputed": "l14"}], "filters": [{"type": "neg_clip_loss"}]})

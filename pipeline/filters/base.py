@@ -11,6 +11,7 @@ A filter module defines a subclass of ``Filter`` with
     images or prompts), ``needs_thumbs``, ``needs_languages()`` (reads ``caption_lang``);
   - ``compute(ctx) -> Result``: fail masks per check, columns per output, info (thresholds, counts).
 ``decide`` loops over instances; reasons, columns and info are per instance, so nothing collides.
+A later instance may read an earlier one's result: ``ctx.earlier(name)`` (mix, norm_sim's ``within``).
 Compare datatrove's ``BaseFilter`` (a name, keep-or-reason, stats per reason).
 """
 from __future__ import annotations

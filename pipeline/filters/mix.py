@@ -84,9 +84,6 @@ class Mix(Filter):
     def default_name(self) -> str:
         return f"mix[{'sample' if self.sampling == 'soft_cap' else 'top'}{self.fraction:g}]"
 
-    def scorer_columns(self) -> list[str]:
-        return []
-
     def compute(self, ctx: Context) -> Result:
         values = []
         for name in self.scores:
