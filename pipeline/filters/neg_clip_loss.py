@@ -39,7 +39,7 @@ from pydantic import Field, model_validator
 from pipeline.filters.base import Context, Filter, Result
 from pipeline.filters.clip_score import tag, top_fraction_threshold
 
-SIM_FLOATS = 16 << 20  # similarities held at once (64 MB)
+SIM_FLOATS = 4 << 20  # similarities held at once (16 MB)
 
 
 def neg_clip_loss(img, txt, valid: np.ndarray, batch_size: int = 32768, repeats: int = 1, tau: float = 0.01,
@@ -80,7 +80,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _normaliser(img: np.ndarray, txt: np.ndarray, tau: float, device: str, torch) -> tuple[np.ndarray, np.ndarray]:
-    """R_B(i) and s_ii for one batch, a block of image rows at a time (float64 sums)."""
+    """R_B(i) and s_ii for one batch, a block of image rows at a time (float32 products and exps, each
+    shifted by its maximum; float64 running sums)."""
     n = len(img)
     a = torch.from_numpy(img).to(device)
     b = torch.from_numpy(txt).to(device)
@@ -89,13 +90,15 @@ def _normaliser(img: np.ndarray, txt: np.ndarray, tau: float, device: str, torch
     col_sum = torch.zeros(n, dtype=torch.float64, device=device)
     step = max(1, SIM_FLOATS // n)
     for i in range(0, n, step):
-        logits = (a[i:i + step] @ b.T).double() / tau  # image i against every text of the batch
-        row_lse[i:i + step] = torch.logsumexp(logits, 1)
-        m = torch.maximum(col_max, logits.max(0).values)
-        col_sum = col_sum * torch.exp(col_max - m) + torch.exp(logits - m).sum(0)
+        logits = a[i:i + step] @ b.T  # image i against every text of the batch, as cosines
+        logits /= tau
+        row_lse[i:i + step] = torch.logsumexp(logits, 1).double()
+        m = torch.maximum(col_max, logits.amax(0).double())
+        logits -= m.float()  # in place: the text-to-image terms, each column shifted by its running max
+        col_sum = col_sum * torch.exp(col_max - m) + logits.exp_().sum(0).double()
         col_max = m
     col_lse = col_max + torch.log(col_sum)  # text i against every image of the batch
-    diag = (a.double() * b.double()).sum(1)
+    diag = (a * b).sum(1).double()
     r = tau / 2 * (row_lse + col_lse)
     return r.cpu().numpy(), diag.cpu().numpy()
 

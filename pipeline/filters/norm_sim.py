@@ -39,7 +39,7 @@ from pipeline.filters.base import Context, Filter, Result
 from pipeline.filters.clip_score import tag
 
 POOL = "pool"
-SIM_FLOATS = 16 << 20
+SIM_FLOATS = 4 << 20  # similarities held at once (16 MB)
 
 
 def second_moment(x, rows: np.ndarray | None = None) -> np.ndarray:
@@ -51,8 +51,8 @@ def second_moment(x, rows: np.ndarray | None = None) -> np.ndarray:
     v = view(x) if rows is None else view(x).subset(rows)
     s = torch.zeros((v.shape[1], v.shape[1]), dtype=torch.float64)
     for _, block in v.chunks():
-        t = torch.from_numpy(_unit(block)).double()
-        s += t.T @ t
+        t = torch.from_numpy(_unit(block))
+        s += (t.T @ t).double()  # a chunk's products in float32, the running sum in float64
     return s.numpy()
 
 
@@ -72,9 +72,9 @@ def norm_sim(pool, rows: np.ndarray, targets: np.ndarray | None = None, p: float
     v = view(pool).subset(rows)
     out = np.empty(len(rows), np.float32)
     if p == 2:
-        s = torch.from_numpy(moment if moment is not None else second_moment(targets)).to(device)
+        s = torch.from_numpy(moment if moment is not None else second_moment(targets)).float().to(device)
         for start, block in v.chunks():
-            e = torch.from_numpy(_unit(block)).double().to(device)
+            e = torch.from_numpy(_unit(block)).to(device)
             out[start:start + len(e)] = ((e @ s) * e).sum(1).clamp_min(0).sqrt().cpu().numpy()
         return out
     t = torch.from_numpy(_unit(targets)).to(device)
