@@ -26,8 +26,11 @@ running (max, sum) per text for the text-to-image half.
 
 Paper's numbers (DataComp medium, OpenAI CLIP L/14 teacher): negCLIPLoss with NormSim beats the best
 baseline that uses only OpenAI's L/14 by +5.3 points ImageNet-1k and +2.8 points on the average of 38
-tasks; on top of DFN + HYPE, +0.9 points average. Ours: measured rows/s in bench/README.md (the
-lead's table) and this branch's report.
+tasks; on top of DFN + HYPE, +0.9 points average.
+Ours, measured once (a synthetic 100,000-row DataComp metadata pool, L/14 width 768, float16 npz, one
+CPU thread of a shared 2-core machine; CPU seconds, as the wall time there was ~3.5x that): batch 32768,
+K = 1: 35 CPU-s, 2,850 rows per CPU-second (the B x B products dominate: ~B x d x 2 flops a row
+and repeat, so a GPU's matmul is the place for it).
 """
 from __future__ import annotations
 
