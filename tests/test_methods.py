@@ -139,6 +139,36 @@ def test_rank_mix_and_soft_cap_sampling():
     assert c[top].mean() > 1.5 and c[bottom].mean() < 0.2
 
 
+def test_norm_sim_within_an_earlier_filter_keeps_its_top_share_of_the_whole_pool(tmp_path):
+    """The paper's "negCLIPLoss, then NormSim": candidates are the rows the earlier instance kept, the
+    fraction counts over the whole usable pool (DataComp's cutoff: the (n+1)-th highest kept too)."""
+    from types import SimpleNamespace
+
+    from pipeline.filters.base import Context, Result
+    from pipeline.filters.mix import Mix
+    from pipeline.filters.norm_sim import NormSim
+
+    rng = np.random.default_rng(6)
+    x, targets = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=(5, 8)).astype(np.float32)
+    x[9] = np.nan  # unusable
+    earlier = np.zeros(40, bool)
+    earlier[rng.choice(40, 15, replace=False)] = True  # the earlier filter failed these
+    ctx = Context(pd.DataFrame({"uid": range(40)}), np.ones(40, bool),
+                  SimpleNamespace(image=lambda column: x), SimpleNamespace(vectors=SimpleNamespace(backend="auto")))
+    ctx.done["first"] = Result({"": earlier})
+    np.save(tmp_path / "t.npy", targets)
+    r = NormSim(type="norm_sim", targets=[str(tmp_path / "t.npy")], p="inf", fraction=0.25, within="first").compute(ctx)
+    cand = np.flatnonzero(~earlier & np.isfinite(x).all(1))
+    brute = np.abs(unit(x[cand]) @ unit(targets).T).max(1)
+    want = cand[np.argsort(-brute)[:int(39 * 0.25) + 1]]
+    assert set(np.flatnonzero(~r.fails[""])) == set(want)
+    assert np.isnan(r.columns["score"][earlier]).all()
+    with pytest.raises(ValueError, match="not an earlier filter"):
+        NormSim(type="norm_sim", targets=["t.npy"], fraction=0.2, within="nope").compute(ctx)
+    with pytest.raises(ValueError, match="neither a pool column nor an output of an earlier filter"):
+        Mix(type="mix", scores=["uid", "first.score"], fraction=0.5).compute(ctx)
+
+
 def test_degenerate_inputs_score_nothing_or_the_pair_alone():
     img, txt = pairs(n=3)
     bad = np.full((3, 16), np.nan, np.float32)
