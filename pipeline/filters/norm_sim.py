@@ -45,18 +45,18 @@ POOL = "pool"
 SIM_FLOATS = 4 << 20  # similarities held at once (16 MB)
 
 
-def second_moment(x, rows: np.ndarray | None = None) -> np.ndarray:
+def second_moment(x, rows: np.ndarray | None = None, device: str = "cpu") -> np.ndarray:
     """S = sum of t t' over the unit rows of ``x`` (an array or view; ``rows`` of it), float64."""
     import torch
 
     from pipeline.embeddings import view
 
     v = view(x) if rows is None else view(x).subset(rows)
-    s = torch.zeros((v.shape[1], v.shape[1]), dtype=torch.float64)
+    s = torch.zeros((v.shape[1], v.shape[1]), dtype=torch.float64, device=device)
     for _, block in v.chunks():
-        t = torch.from_numpy(_unit(block))
+        t = torch.from_numpy(_unit(block)).to(device)
         s += (t.T @ t).double()  # a chunk's products in float32, the running sum in float64
-    return s.numpy()
+    return s.cpu().numpy()
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -75,7 +75,7 @@ def norm_sim(pool, rows: np.ndarray, targets: np.ndarray | None = None, p: float
     v = view(pool).subset(rows)
     out = np.empty(len(rows), np.float32)
     if p == 2:
-        s = torch.from_numpy(moment if moment is not None else second_moment(targets)).float().to(device)
+        s = torch.from_numpy(moment if moment is not None else second_moment(targets, device=device)).float().to(device)
         for start, block in v.chunks():
             e = torch.from_numpy(_unit(block)).to(device)
             out[start:start + len(e)] = ((e @ s) * e).sum(1).clamp_min(0).sqrt().cpu().numpy()
@@ -106,7 +106,7 @@ def proxy_select(pool, rows: np.ndarray, start: np.ndarray, goal: int, iteration
     kept = np.arange(len(rows))
     goal = min(goal, len(rows))
     step = -(-(len(rows) - goal) // max(1, iterations))
-    s = second_moment(pool, start)
+    s = second_moment(pool, start, device)
     for it in range(iterations):
         score = norm_sim(pool, rows[kept], p=2, moment=s, device=device)
         last[kept] = score
@@ -115,7 +115,7 @@ def proxy_select(pool, rows: np.ndarray, start: np.ndarray, goal: int, iteration
         size = goal if it == iterations - 1 else max(goal, len(kept) - step)
         kept = np.sort(kept[np.argsort(-score, kind="stable")[:size]])
         if it < iterations - 1:
-            s = second_moment(pool, rows[kept])
+            s = second_moment(pool, rows[kept], device)
     return rows[kept], last
 
 
