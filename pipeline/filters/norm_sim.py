@@ -186,7 +186,8 @@ class NormSim(Filter):
         targets = self._targets(ctx, img.shape[1])
         score[cand] = norm_sim(img, cand, targets, 2.0 if self.p == 2 else np.inf, device=device)
         # a fraction counts over the usable pool (the candidates may be fewer: within), DataComp's rule
-        t = float(self.threshold) if self.threshold is not None else cutoff(score[cand], int(len(pool_rows) * self.fraction))
+        t = (float(self.threshold) if self.threshold is not None
+             else cutoff(score[cand], int(len(pool_rows) * self.fraction)))
         with np.errstate(invalid="ignore"):
             fails = ~(score >= t)
         return Result({"": fails}, {"score": score}, {**info, "threshold": t, "fraction": self.fraction,
