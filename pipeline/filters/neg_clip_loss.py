@@ -17,7 +17,9 @@ scored rows (DataComp's cutoff rule, pipeline/filters/clip_score.py) or score >=
 As the authors' code (``cal_new_clip_score``): batches of ``batch_size`` (paper: 32768), the teacher's
 own embeddings give s_ii too. Here the batches are drawn over the whole pool (the authors batch
 within one metadata file), split into equal-sized batches (no short last batch, whose R would be
-smaller), and the embeddings are normalised (cosines; DataComp's are unit already).
+smaller), and the embeddings are normalised (cosines; DataComp's are unit already). The batches hold
+the run's usable samples: on shards beside DataComp's metadata, rows listed but never downloaded are
+in none (the CLIP score's cutoff counts them; here they have no sample to keep).
 
 Out of core: each batch's rows are read from the memory-mapped per-shard embeddings
 (pipeline/embeddings.py), image and text; the B x B similarities are never held whole: a block of
