@@ -155,6 +155,7 @@ def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Pa
     for f in config.filters:
         t0 = time.time()
         res = f.compute(ctx) if n else _empty_result(f)
+        ctx.done[f.instance] = res
         unknown = set(res.fails) - set(f.checks)
         if unknown:
             raise RuntimeError(f"filter {f.instance!r} returned checks {sorted(unknown)} it does not declare")

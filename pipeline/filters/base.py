@@ -11,6 +11,7 @@ A filter module defines a subclass of ``Filter`` with
     images or prompts), ``needs_thumbs``, ``needs_languages()`` (reads ``caption_lang``);
   - ``compute(ctx) -> Result``: fail masks per check, columns per output, info (thresholds, counts).
 ``decide`` loops over instances; reasons, columns and info are per instance, so nothing collides.
+A later instance may read an earlier one's result: ``ctx.earlier(name)`` (mix, norm_sim's ``within``).
 Compare datatrove's ``BaseFilter`` (a name, keep-or-reason, stats per reason).
 """
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Context:
     arrays: Any  # pipeline.decide.Arrays
     config: Any  # pipeline.config.CurateConfig
     run: Path | None = None
+    done: dict[str, Result] = field(default_factory=dict)  # earlier instances' results, by instance name
 
     @property
     def seed(self) -> int:
@@ -96,6 +98,13 @@ class Context:
 
         spec = next(c for c in self.config.clip if c.column == column)
         return get_scorer(spec.model_dump_json())
+
+    def earlier(self, instance: str, who: str) -> Result:
+        """An earlier filter instance's result (``who`` names the asking filter in the error)."""
+        if instance not in self.done:
+            raise ValueError(f"filter {who!r} reads filter {instance!r}, which is not an earlier filter of this "
+                             f"config (earlier: {sorted(self.done) or 'none'})")
+        return self.done[instance]
 
     def uids_at(self, rows: np.ndarray) -> list:
         uids = self.df["uid"].to_numpy()
