@@ -22,6 +22,7 @@ from prefect.tasks import exponential_backoff
 
 from pipeline.lock import exclusive
 from pipeline.run import annotate, annotate_job, finish, plan, run_facts, run_log
+from schemas.outputs import ShardResult
 
 DEFAULT_POOL = "data/sample_pool/shards"
 DEFAULT_OUT = "runs/laion-subset"
@@ -30,13 +31,13 @@ DEFAULT_CONFIG = "configs/laion-subset.yaml"
 
 @task(name="annotate-shard", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2),
       retry_jitter_factor=0.5, cache_policy=NO_CACHE)
-def annotate_task(job: tuple) -> dict:
+def annotate_task(job: tuple) -> ShardResult:
     return annotate_job(job)
 
 
 @task(name="decide-export-publish", cache_policy=NO_CACHE)
-def finish_task(p, done: dict, failed: dict, on_failure: str, extra: dict) -> dict:
-    return finish(p, done, failed, on_failure, extra)
+def finish_task(p, done: dict, failed: dict, on_failure: str, run: dict) -> dict:
+    return finish(p, done, failed, on_failure, run)
 
 
 class PrefectTasks:
@@ -73,7 +74,7 @@ def curate_shards(pool: str, out: str, config: str, work: str | None = None, ret
     with exclusive(p.out), run_log(p.out):
         t0 = time.time()
         done, failed = annotate(p, PrefectTasks(retries, progress_id), progress=False)
-        return finish_task(p, done, failed, on_failure, {"run": run_facts(done, time.time() - t0)})
+        return finish_task(p, done, failed, on_failure, run_facts(done, time.time() - t0))
 
 
 @flow(name="curate", log_prints=True)
