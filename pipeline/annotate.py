@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,9 +174,6 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
         info = shard_info(ingest_path)
     if need_lang and captions is None:  # only the language stage to run: the captions, nothing decoded
         captions = [s.caption_full for s in read_shard(shard)]
-    if info.error:
-        print(f"curate: broken shard {shard}: {info.error} ({info.samples_found} samples recovered)",
-              file=sys.stderr, flush=True)
 
     ran = []
     for spec, key in precomputed:
