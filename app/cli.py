@@ -1,7 +1,7 @@
 """``curate``: one entry point for people who do not drive Prefect directly. ``build_parser`` is the
 one place that assembles every sub-command (``curate --help`` lists them all); each command's
 options and function live beside it (here: curation; app/cli_train.py: training and evaluation;
-app/cli_interleave.py: interleaved documents; flows/serve.py: ``curate serve``)."""
+app/cli_interleave.py: interleaved documents; app/cli_serve.py: ``curate serve``)."""
 from __future__ import annotations
 
 import argparse
@@ -164,7 +164,7 @@ def add_report(sub) -> None:
 
 
 def add_serve(sub) -> None:
-    """Listed for --help only: ``main`` hands ``curate serve ...`` to flows/serve.py, which owns its options."""
+    """Listed for --help only: ``main`` hands ``curate serve ...`` to app/cli_serve.py, which owns its options."""
     sub.add_parser("serve", help="serve the Prefect deployments (curate serve --help for its options)",
                    add_help=False)
 
@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
-    if argv[:1] == ["serve"]:  # the serving options are flows/serve.py's
-        from flows.serve import main as serve_main
+    if argv[:1] == ["serve"]:  # its own parser (app/cli_serve.py): it imports Prefect, the others start light
+        from app.cli_serve import main as serve_main
 
         return serve_main(argv[1:], prog="curate serve")
     parser = build_parser()
