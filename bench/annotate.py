@@ -1,6 +1,6 @@
 """Annotate at the decode limit on real-size images -> bench/results/annotate.json.
 
-    .venv/bin/python bench/annotate.py [--pool data/bench_annotate/pool] [--samples 20000]
+    .venv/bin/python -m bench.annotate [--pool data/bench_annotate/pool] [--samples 20000]
 
 The pool: 256 px JPEGs made from the machine's openclipart PNGs (/usr/share/openclipart/png) with
 img2dataset's resizer reproduced in Pillow (not img2dataset itself): resize_mode border (longest
@@ -21,14 +21,12 @@ import argparse
 import io
 import json
 import os
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "bench" / "results" / "annotate.json"
 CLIPART = Path("/usr/share/openclipart/png")

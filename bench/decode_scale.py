@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "bench" / "results" / "decode_scale.json"
 SIDES = (224, 64)  # ViT-B/32's input; the tiny model's / the thumbnails' need

@@ -25,14 +25,12 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench import gpu_helpers as h  # noqa: E402

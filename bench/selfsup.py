@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from training.knn import image_probes  # noqa: E402
 from training.lora import FinetuneConfig  # noqa: E402
