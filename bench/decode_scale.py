@@ -54,7 +54,7 @@ def measure(images: list[bytes], side: int, repeats: int = 3) -> dict:
 
 def main() -> None:
     from app.demo import machine
-    from bench.annotate import make_pool
+    from bench.annotate_pool import make_pool
     from pipeline.ingest import read_shard
     from shardio import decode
 

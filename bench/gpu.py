@@ -68,7 +68,7 @@ def part_scoring(s: dict, shards: list[str], work: Path, workers: int) -> dict:
     import torch
     from PIL import Image
 
-    from bench.annotate import breakdown, children_cpu, worker_start
+    from bench.annotate_parts import breakdown, children_cpu, worker_start
     from pipeline.clip_stage import get_scorer
     from pipeline.run import run_curation
     from schemas.config import ClipModel
