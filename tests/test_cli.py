@@ -102,7 +102,7 @@ def test_help_lists_every_command():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     text = curate("--help").stdout
     listed = {line.split()[0] for line in text.splitlines() if line.startswith("    ") and line[4] != " "}
-    assert set(sub.choices) == listed and len(listed) == 12, text
+    assert set(sub.choices) == listed, text
 
 
 def test_the_readme_commands_parse():
@@ -111,7 +111,7 @@ def test_the_readme_commands_parse():
     readme = (ROOT / "README.md").read_text()
     commands = [line.split("curate ", 1)[1].split("#")[0].strip() for line in readme.splitlines()
                 if line.startswith(".venv/bin/curate ")]
-    assert len(commands) >= 8
+    assert len(commands) >= 5  # run (twice), reshard, train, eval at least
     for c in commands:
         if not c.startswith("serve"):
             build_parser().parse_args(shlex.split(c))
