@@ -102,3 +102,14 @@ def test_the_prefect_task_retries_only_transient_errors():
     for error, retry in ((OSError("nfs"), True), (TimeoutError(), True), (ValueError("bad"), False),
                          (KeyError("k"), False), (TypeError("bug"), False)):
         assert transient_failure(annotate_task, None, Failed(data=error)) is retry
+
+
+def test_dask_retries_only_transient_errors(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    io, bug = tmp_path / "io", tmp_path / "bug"
+    io.mkdir(), bug.mkdir()
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        ex = executors.Dask(c.scheduler_address, retries=2)
+        assert list(ex.map(Flaky(io, OSError("hiccup"), times=2), [1])) == [(1, 10, None)] and calls(io, 1) == 3
+        assert list(ex.map(Flaky(bug, ValueError("bad data"), times=9), [2])) == [(2, None, "ValueError: bad data")]
+        assert calls(bug, 2) == 1
