@@ -1,5 +1,5 @@
-"""``curate interleave`` and ``curate build-interleaved``: sub-commands added to the ``curate`` parser
-by ``add_commands(sub)`` (``sub`` = the parser's ``add_subparsers()``)."""
+"""``curate interleave`` and ``curate build-interleaved``: sub-commands that app/cli.py adds to the
+``curate`` parser (``sub`` = the parser's ``add_subparsers()``)."""
 from __future__ import annotations
 
 import json
@@ -32,7 +32,7 @@ def _min_sim(v: str) -> str:
     return v
 
 
-def add_commands(sub) -> None:
+def add_interleave(sub) -> None:
     i = sub.add_parser("interleave", help="place images on sentences in interleaved documents (mmc4)",
                        description="CLIP similarity of each image to each sentence of its document, a one-to-one "
                                    "linear assignment, images below the threshold dropped; mmc4 layout in and out "
@@ -53,6 +53,8 @@ def add_commands(sub) -> None:
     i.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="scorer device (default: auto)")
     i.set_defaults(func=cmd_interleave)
 
+
+def add_build_interleaved(sub) -> None:
     b = sub.add_parser("build-interleaved", help="write the built-in interleaved sample (openclipart)",
                        description="Documents from openclipart topic folders, sentences from SVG titles and "
                                    "descriptions, planted distractor and corrupt images, ground truth per image.")

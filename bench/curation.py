@@ -3,12 +3,12 @@ as precision / recall against the planted ground truth (<pool>/ground_truth.parq
 ~71% clean preset (seed 0), whose planted copies the near-dedup thresholds were chosen on:
 
     .venv/bin/curate build-pool --preset clean --out data/clean_pool
-    .venv/bin/python bench/curation.py [--scorer runs/bench-skeleton/scorer/final]
+    .venv/bin/python -m bench.curation [--scorer runs/bench-skeleton/scorer/final]
 
 A pool drawn with another seed checks them on copies they were not tuned on:
 
     .venv/bin/curate build-pool --preset clean --out data/pool_seed1 --seed 1 --trusted 0
-    .venv/bin/python bench/curation.py --pool data/pool_seed1 --work runs/bench-curation-seed1/work \
+    .venv/bin/python -m bench.curation --pool data/pool_seed1 --work runs/bench-curation-seed1/work \
         --out bench/results/curation_seed1.json
 
 Filter -> the planted noise it should catch: decode -> corrupt + truncated images; exact_dedup ->
@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

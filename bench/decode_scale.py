@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "bench" / "results" / "decode_scale.json"
 SIDES = (224, 64)  # ViT-B/32's input; the tiny model's / the thumbnails' need
@@ -56,7 +54,7 @@ def measure(images: list[bytes], side: int, repeats: int = 3) -> dict:
 
 def main() -> None:
     from app.demo import machine
-    from bench.annotate import make_pool
+    from bench.annotate_pool import make_pool
     from pipeline.ingest import read_shard
     from shardio import decode
 

@@ -1,6 +1,6 @@
 """Evaluation figures -> bench/results/eval.json.
 
-    .venv/bin/python bench/eval.py [--checkpoint runs/bench-skeleton/train_clip_score/final]
+    .venv/bin/python -m bench.eval [--checkpoint runs/bench-skeleton/train_clip_score/final]
 
 1. Our built-in suite on a CPU-preset checkpoint, timed (the suite is written by `curate build-pool`).
 2. The same checkpoint and task folders through CLIP_benchmark's own CLI (`clip_benchmark eval`,
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from bench.trainer import PEER_PATH, peer_env  # noqa: E402
 from app.demo import machine  # noqa: E402
@@ -66,7 +65,7 @@ def main() -> None:
     a = ap.parse_args()
     ckpt, data_root = Path(a.checkpoint), Path(a.data_root)
     if not (ckpt / WEIGHTS_FILE).is_file():
-        sys.exit(f"{ckpt} has no {WEIGHTS_FILE}: run `.venv/bin/python bench/skeleton.py` first or pass --checkpoint")
+        sys.exit(f"{ckpt} has no {WEIGHTS_FILE}: run `.venv/bin/python -m bench.skeleton` first or pass --checkpoint")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         ours = run_suite(str(ckpt), data_root, "builtin", results=Path(tmp) / "ours.jsonl")

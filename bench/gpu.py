@@ -25,14 +25,12 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench import gpu_helpers as h  # noqa: E402
@@ -70,7 +68,7 @@ def part_scoring(s: dict, shards: list[str], work: Path, workers: int) -> dict:
     import torch
     from PIL import Image
 
-    from bench.annotate import breakdown, children_cpu, worker_start
+    from bench.annotate_parts import breakdown, children_cpu, worker_start
     from pipeline.clip_stage import get_scorer
     from pipeline.run import run_curation
     from schemas.config import ClipModel

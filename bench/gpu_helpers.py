@@ -30,7 +30,7 @@ def _shard(args: tuple[str, int, int, int]) -> str:
     then img2dataset's border resize to 256 px (bench/annotate.py) and JPEG q95."""
     from PIL import Image, ImageDraw
 
-    from bench.annotate import QUALITY, SIZE, img2dataset_resize
+    from bench.annotate_pool import QUALITY, SIZE, img2dataset_resize
     from shardio.shards import ShardWriter, sha256
 
     folder, index, per, seed = args

@@ -22,17 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "bench" / "results"
 GROUPS = ["ImageNet", "ImageNet dist. shifts", "VTAB", "Retrieval"]  # training/evalsuite.py group names
 
-from app.sample_pool.noise import PRESETS  # noqa: E402 - after the path insert
+from app.sample_pool.noise import PRESETS  # noqa: E402
 from app.strategies import DFN_SAMPLES_SEEN, candidates, strategies  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Prefect in production, measured -> bench/results/prefect.json.
 
-    .venv/bin/python bench/orchestration.py [--pool data/sample_pool/shards] [--config configs/laion-subset.yaml]
+    .venv/bin/python -m bench.orchestration [--pool data/sample_pool/shards] [--config configs/laion-subset.yaml]
 
 On a real local Prefect server (127.0.0.1, temporary PREFECT_HOME):
 1. serve the deployments and `prefect deployment run curate/laion-subset` on the first half of the
@@ -14,10 +14,8 @@ On a real local Prefect server (127.0.0.1, temporary PREFECT_HOME):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from bench.prefect_deployment import deployment_run, local_server, serving  # noqa: E402
 

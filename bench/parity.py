@@ -1,6 +1,6 @@
 """DataComp parity for the baselines bench/scale.py does not cover -> bench/results/parity.json.
 
-    .venv/bin/python bench/parity.py [--rows 2000] [--shards 2] [--only text_based,laion2b]
+    .venv/bin/python -m bench.parity [--rows 2000] [--shards 2] [--only text_based,laion2b]
 
 bench/scale.py proves no_filter, basic_filter and clip_score (L/14, B/32) byte-identical on a clean pool.
 This runs the remaining baselines, text_based, laion2b, image_based and image_based_intersect_clip_score,
@@ -43,7 +43,7 @@ Ours needs WordNet 3.0 (Debian wordnet-base) for text_based and gcld3 (``pip ins
 laion2b; without one, that baseline is recorded as an error.
 
 When DataComp's code or its venv is absent: prints what is missing and how to make the venv
-(``.venv/bin/python bench/scale.py --setup-peer``), writes nothing, and exits 0.
+(``.venv/bin/python -m bench.scale --setup-peer``), writes nothing, and exits 0.
 """
 from __future__ import annotations
 
@@ -51,36 +51,21 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
-
-from bench.scale import PEER, PEER_PY, datacomp_dir, lid_model, measure, peer_help, write_shard  # noqa: E402
-from pipeline.captions import WORDNET_DIR  # noqa: E402
-from pipeline.filters.text_based import default_synsets  # noqa: E402
+from bench.parity_peer import PEER_WRAPPER, WRAPPER, nltk_data, run_peer
+from bench.parity_pool import DEVIATION_KINDS, FRACTION, image_inputs, make_pool, pool_meta
+from bench.scale_measure import ROOT
+from bench.scale_peer import PEER_PY, datacomp_dir, lid_model, peer_help
+from pipeline.captions import WORDNET_DIR
+from pipeline.filters.text_based import default_synsets
 
 OUT = ROOT / "bench" / "results" / "parity.json"
 WORK = ROOT / "runs" / "parity"
 PRESETS = ROOT / "pipeline" / "presets" / "datacomp"
-WRAPPER = PEER / "run_parity.py"
-SEED = 7
-CLUSTERS = 64
-N_TARGETS = 1000
-FRACTION = 0.3
-LEXNAMES = ("adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
-            "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
-            "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
-            "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
-            "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
-            "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather "
-            "adj.ppl").split()
 
 # baseline -> (DataComp's baselines.py arguments, our preset, our overrides)
 BASELINES = {
@@ -96,269 +81,6 @@ BASELINES = {
     "clip_score_l14": (["--name", "clip_score", "--arch", "l14", "--fraction", str(FRACTION)], "clip-score-l14-30.yaml"),
     "clip_score_b32": (["--name", "clip_score", "--arch", "b32", "--fraction", str(FRACTION)], "clip-score-b32-30.yaml"),
 }
-
-PEER_WRAPPER = '''"""DataComp's baselines.py, run unchanged, offline and on the CPU (written by bench/parity.py, whose
-docstring lists what is wrapped): download() returns local files, nltk.download is a no-op, and with
-PARITY_CPU=1 CUDA devices map to the CPU. No filtering code is replaced."""
-import os
-import sys
-
-DATACOMP = os.environ["DATACOMP_DIR"]
-sys.path.insert(0, DATACOMP)
-import nltk  # noqa: E402
-import torch  # noqa: E402
-import baselines.apply_filter as _af  # noqa: E402
-import baselines.utils as _utils  # noqa: E402
-
-_download = _utils.download
-LOCAL = {"fasttext": os.environ["DATACOMP_LID"], "imagenet21k_wordnet_ids": os.environ["PARITY_IN21K"],
-         "small_centroids": os.environ.get("PARITY_CENTROIDS", "")}
-for _i in range(5):
-    LOCAL[f"in1k_clip_vit_l14_{_i}"] = os.path.join(os.environ.get("PARITY_TARGETS", ""), f"in1k_clip_vit_l14_{_i}.pt")
-
-
-def download(name, root=None):
-    return LOCAL[name] if LOCAL.get(name) else _download(name, root)
-
-
-# at module level, so the spawned workers (which import this file as __mp_main__) get it too
-_af.download = _utils.download = download
-nltk.download = lambda *a, **k: True  # WordNet comes from NLTK_DATA
-
-if os.environ.get("PARITY_CPU") == "1":
-    _to = torch.Tensor.to
-
-    def _cpu(d):
-        return "cpu" if isinstance(d, str) and d.startswith("cuda") else d
-
-    def to(self, *args, **kwargs):
-        if "device" in kwargs:
-            kwargs["device"] = _cpu(kwargs["device"])
-        return _to(self, *[_cpu(a) for a in args], **kwargs)
-
-    torch.Tensor.to = to
-    torch.cuda.is_available = lambda: True
-
-if __name__ == "__main__":
-    path = os.path.join(DATACOMP, "baselines.py")
-    sys.argv[0] = path
-    exec(compile(open(path).read(), path, "exec"), {"__name__": "__main__", "__file__": path})
-'''
-
-
-# ---------------------------------------------------------------------------------------------- pool
-
-IMAGENET_CAPTIONS = ["a golden retriever playing in the park", "Tabby cat sleeping on a sofa",
-                     "Geese flying over the lake at dawn", "MICE in the old kitchen", "hot_dog with mustard",
-                     "two pandas eating bamboo in the zoo", "a red fire engine on the street",
-                     "close up of a monarch butterfly", "a bowl of strawberries on the table",
-                     "the lighthouse on the rocky coast"]
-COLLISION_CAPTIONS = ["a passionate speech on stage", "very cognitive and clear", "simply tested and approved",
-                      "a mossy old stone wall", "the planetary view from here", "so aromatic and fresh",
-                      "a cerebral film about life", "a cogent and clear argument"]
-HOSTILE_CAPTIONS = {
-    "punctuation": ["dog, cat, bird.", "(dog) in the garden", "the dog's bowl on the floor", "dog!!! cat???"],
-    "unicode_space": ["golden\u00a0retriever\u00a0in\u00a0the\u00a0snow", "dog\u2003cat\u2003bird on grass",
-                      "犬\u3000と\u3000猫の写真", "a dog\u3000on the beach"],
-    "newline_only": ["\n\n\n\n\n\n"],
-    "newline": ["sunset\n", "a dog\non the beach\n", "dog\r\ncat on a mat", "tree\nhouse",
-                "\n\n\ndog\n\n\n"],
-    "nul": ["dog\0cat in a box", "a photo\0of a red car"],
-    "non_ascii": ["Straße mit Hund im Park", "naïve café with a dog", "🐶 dog emoji 🐱 cat", "Ελληνικό σκυλί στην παραλία",
-                  "русская собака на улице", "a dog in the café ☕", "chien mignon dans le jardin"],
-    "empty": ["", " ", "      ", "\t\t\t\t\t\t", "\r\r\r\r\r\r"],
-    "short": ["ok", "dog", "IMG_1234.jpg", "cat.", "a b", "dog cat"],
-    "upper": ["A PHOTO OF A DOG ON THE BEACH", "RED SPORTS CAR FOR SALE"],
-}
-LONG_TAIL = "lorem ipsum dolor sit amet " * 160  # 4,320 characters: past pipeline.ingest.MAX_CAPTION_CHARS
-
-
-# planted kinds on which ours deviates from DataComp on purpose (documented; see explain())
-DEVIATION_KINDS = frozenset({"pos_collision", "long_entity_after_cut", "newline_only", "emb_nan", "emb_inf",
-                             "emb_zero", "uid_repeat", "uid_repeat_other_caption", "size_huge"})
-
-
-def hostile_plan(rng: np.random.Generator, rows: int, exclude: frozenset = frozenset()) -> list[tuple[int, str, str | None]]:
-    """(row, kind, caption or None) for the rows whose caption or sizes or scores are replaced."""
-    caps = ([("imagenet", c) for c in IMAGENET_CAPTIONS] + [("pos_collision", c) for c in COLLISION_CAPTIONS]
-            + [(k, c) for k, cs in HOSTILE_CAPTIONS.items() for c in cs]
-            + [("long_entity_after_cut", LONG_TAIL + "with a golden retriever"),
-               ("long_entity_before_cut", "a golden retriever " + LONG_TAIL),
-               ("long_newlines", "dog\n" * 1200)])
-    plan_rows = rng.choice(np.arange(1, rows), size=len(caps) * 2 + 140, replace=False)
-    out: list[tuple[int, str, str | None]] = []
-    for j, (kind, cap) in enumerate(caps * 2):
-        if kind not in exclude:
-            out.append((int(plan_rows[j]), kind, cap))
-    rest = plan_rows[len(caps) * 2:]
-    kinds = (["nan_l14"] * 20 + ["nan_b32"] * 20 + ["inf_l14", "-inf_l14", "inf_b32", "-inf_b32"]
-             + ["b32_eq_0.28"] * 8 + ["b32_below_0.28"] * 3 + ["b32_above_0.28"] * 3
-             + ["size_zero"] * 4 + ["size_negative"] * 2 + ["size_huge"] * 3 + ["size_large"] * 3 + ["size_missing"] * 4
-             + ["aspect_eq_3"] * 3 + ["aspect_above_3"] * 3
-             + ["emb_nan"] * 4 + ["emb_inf"] * 3 + ["emb_zero"] * 4 + ["uid_upper"] * 5 + ["uid_repeat"] * 4
-             + ["uid_repeat_other_caption"] * 2 + ["tie_l14"] * 20)
-    for r, k in zip(rest, kinds):
-        if k not in exclude:
-            out.append((int(r), k, None))
-    return out
-
-
-def make_pool(folder: Path, rows: int, shards: int, exclude: frozenset = frozenset()) -> dict:
-    """The shards of bench/scale.py's generator, with the hostile rows planted (see the module doc);
-    returns uid -> kinds planted there."""
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    names = [write_shard(str(folder), i, rows, SEED) for i in range(shards)]
-    kinds: dict[str, list[str]] = {}
-    frames, embs = [], []
-    for i, name in enumerate(names):
-        df = pq.read_table(folder / f"{name}.parquet").to_pandas()
-        with np.load(folder / f"{name}.npz") as z:
-            emb = {k: z[k].copy() for k in z.files}
-        df["original_width"] = df["original_width"].astype("Int64")
-        df["original_height"] = df["original_height"].astype("Int64")
-        rng = np.random.default_rng([SEED, i, 1])
-        for r, kind, cap in hostile_plan(rng, rows, exclude):
-            if cap is not None:
-                df.at[r, "text"] = cap
-            elif kind in ("nan_l14", "nan_b32"):
-                df.at[r, f"clip_{kind[-3:]}_similarity_score"] = np.nan
-            elif kind.endswith("inf_l14") or kind.endswith("inf_b32"):
-                df.at[r, f"clip_{kind[-3:]}_similarity_score"] = -np.inf if kind.startswith("-") else np.inf
-            elif kind == "b32_eq_0.28":
-                df.at[r, "clip_b32_similarity_score"] = 0.28
-            elif kind == "b32_below_0.28":
-                df.at[r, "clip_b32_similarity_score"] = np.nextafter(0.28, 0)
-            elif kind == "b32_above_0.28":
-                df.at[r, "clip_b32_similarity_score"] = np.nextafter(0.28, 1)
-            elif kind.startswith("size_") or kind.startswith("aspect_"):
-                w, h = {"size_zero": (0, 640), "size_negative": (-300, 400), "size_huge": (2 ** 40, 2 ** 39),
-                        "size_large": (100_000, 50_000),
-                        "size_missing": (pd.NA, 480), "aspect_eq_3": (600, 200),
-                        "aspect_above_3": (601, 200)}[kind]
-                df.at[r, "original_width"], df.at[r, "original_height"] = w, h
-            elif kind.startswith("emb_"):
-                emb["l14_img"][r] = {"emb_nan": np.nan, "emb_inf": np.inf, "emb_zero": 0.0}[kind]
-            elif kind == "uid_upper":
-                df.at[r, "uid"] = df.at[r, "uid"].upper()
-            elif kind.startswith("uid_repeat"):
-                src = r - 1 - int(rng.integers(min(r, 50)))
-                for c in df.columns:
-                    df.at[r, c] = df.at[src, c]
-                for k in emb:
-                    emb[k][r] = emb[k][src]
-                if kind == "uid_repeat_other_caption":
-                    df.at[r, "text"] = "a golden retriever on the beach at sunset"
-            kinds.setdefault(str(df.at[r, "uid"]).lower(), []).append(kind)
-        frames.append(df)
-        embs.append(emb)
-    # ties at the L/14 30% cutoff: rows set to the very score that DataComp's cutoff lands on
-    allv = np.concatenate([f["clip_l14_similarity_score"].to_numpy(float) for f in frames])
-    n = int(len(allv) * FRACTION)
-    tie = float(-np.sort(-allv)[n])
-    for i, (name, df, emb) in enumerate(zip(names, frames, embs)):
-        rows_tie = [u for u, ks in kinds.items() if "tie_l14" in ks]
-        m = df["uid"].str.lower().isin(rows_tie)
-        df.loc[m, "clip_l14_similarity_score"] = tie
-        # no pandas metadata: a null size reads back as float NaN, as from DataComp's own parquets (with it,
-        # pandas' nullable Int64 comes back and DataComp's basic filter cannot index with its <NA> mask)
-        tbl = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
-        pq.write_table(tbl, folder / f"{name}.parquet")
-        np.savez(folder / f"{name}.npz", **emb)
-    return {"shards": names, "rows": rows * shards, "kinds": kinds, "l14_tie_value": tie}
-
-
-# ------------------------------------------------------------------------------- image-based inputs
-
-def caption_mask(texts: list[str]) -> np.ndarray:
-    """DataComp's image-based caption filter (English by fasttext, > 1 fasttext token, > 5 characters)."""
-    from pipeline.filters.basic import fasttext_token_count
-    from pipeline.ingest import _lid_model
-
-    model = _lid_model()
-    out = np.zeros(len(texts), bool)
-    for i, t in enumerate(texts):
-        prob_label = model.f.predict(t.replace("\n", " ") + "\n", 1, 0.0, "strict")
-        en = bool(prob_label) and prob_label[0][1] == "__label__en"
-        out[i] = en and fasttext_token_count(t) > 1 and len(t) > 5
-    return out
-
-
-def image_inputs(pool: Path, info: dict, folder: Path) -> dict:
-    """DataComp-style centroids (faiss k-means on the caption-filtered pool) and target embeddings,
-    as .npy (ours) and, written by DataComp's venv, .pt (its loader's format)."""
-    import faiss
-    import pyarrow.parquet as pq
-
-    x, near = [], []
-    for name in info["shards"]:
-        texts = pq.read_table(pool / f"{name}.parquet", columns=["text"]).column("text").to_pylist()
-        with np.load(pool / f"{name}.npz") as z:
-            img = z["l14_img"]
-        keep = caption_mask(texts) & np.isfinite(img.astype(np.float32)).all(1)
-        x.append(img[keep].astype(np.float32))
-        near.append(img[np.isfinite(img.astype(np.float32)).all(1) & (np.abs(img).max(1) > 0)].astype(np.float32))
-    x = np.ascontiguousarray(np.concatenate(x))
-    d = x.shape[1]
-    cluster = faiss.Clustering(d, CLUSTERS)
-    cluster.niter, cluster.seed, cluster.max_points_per_centroid = 20, 0, 10_000_000
-    cluster.train(x, faiss.IndexFlatL2(d))
-    cent = faiss.vector_float_to_array(cluster.centroids).reshape(CLUSTERS, d).astype(np.float32)
-    # targets: around pool rows of the clusters of half the centroids
-    pool_rows = np.concatenate(near)
-    lab = (pool_rows @ cent.T).argmax(1)
-    rng = np.random.default_rng(SEED)
-    chosen = rng.choice(CLUSTERS, CLUSTERS // 2, replace=False)
-    src = pool_rows[np.isin(lab, chosen)]
-    t = src[rng.integers(len(src), size=N_TARGETS)]
-    t = t + (0.05 / np.sqrt(d)) * rng.standard_normal(t.shape).astype(np.float32)
-    t /= np.linalg.norm(t, axis=1, keepdims=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "centroids_l14.npy", cent)
-    np.save(folder / "targets_l14.npy", t.astype(np.float32))
-    code = ("import sys, numpy as np, torch; f = sys.argv[1]; c = np.load(f + '/centroids_l14.npy'); "
-            "torch.save(c, f + '/small_centroids_l14.pt', pickle_protocol=4); t = torch.from_numpy(np.load(f + "
-            "'/targets_l14.npy')); [torch.save({'image_features': p.clone()}, f + f'/in1k_clip_vit_l14_{i}.pt') "
-            "for i, p in enumerate(torch.tensor_split(t, 5))]")
-    subprocess.run([str(PEER_PY), "-c", code, str(folder)], check=True)
-    return {"clusters": CLUSTERS, "trained_on_rows": int(len(x)), "targets": N_TARGETS,
-            "target_seed_clusters": int(len(chosen))}
-
-
-def nltk_data(folder: Path) -> Path:
-    """WordNet 3.0 for NLTK: Debian's database files, copied (NLTK refuses links out of its root), plus
-    lexnames and an empty index.sense."""
-    wn = folder / "corpora" / "wordnet"
-    if (wn / "lexnames").is_file():
-        return folder
-    wn.mkdir(parents=True, exist_ok=True)
-    for f in Path(WORDNET_DIR).iterdir():
-        if f.is_file() and (f.name.startswith(("index.", "data.")) or f.suffix == ".exc" or f.name == "cntlist.rev"):
-            shutil.copyfile(f, wn / f.name)
-    pos = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
-    (wn / "lexnames").write_text("".join(f"{i:02d}\t{n}\t{pos[n.split('.')[0]]}\n" for i, n in enumerate(LEXNAMES)))
-    (wn / "index.sense").write_text("")
-    return folder
-
-
-# ------------------------------------------------------------------------------------------------ runs
-
-def run_peer(name: str, args: list[str], pool: Path, work: Path, env: dict, timeout: float) -> dict:
-    dst = work / "uids" / f"datacomp_{name}.npy"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.unlink(missing_ok=True)
-    log = work / "logs" / f"datacomp_{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    res = measure([str(PEER_PY), str(WRAPPER), "--metadata_dir", str(pool), "--save_path", str(dst),
-                   "--num_workers", "1", *args], timeout, 8192, env=env, log=log)
-    if res["status"] == "ok":
-        res["uids"] = str(dst)
-    return res
 
 
 def our_config(preset: str, image: dict | None) -> dict:
@@ -456,19 +178,6 @@ def compare(name: str, ours: Path, theirs: Path, meta, kinds: dict) -> dict:
     return res
 
 
-def pool_meta(pool: Path, info: dict) -> dict:
-    import pyarrow.parquet as pq
-
-    meta = {}
-    for name in info["shards"]:
-        for r in pq.read_table(pool / f"{name}.parquet").to_pylist():
-            t = r.get("text")
-            r["text"] = t if t is None or len(t) <= 200 else f"{t[:120]}... ({len(t)} characters)"
-            r["text_length"] = len(t) if isinstance(t, str) else None
-            meta.setdefault(r["uid"].lower(), r)
-    return meta
-
-
 def null_caption_probe(work: Path, env: dict, timeout: float) -> dict:
     """A 6-row pool, one caption null: what DataComp's caption baselines and ours do with it."""
     import pyarrow as pa
@@ -505,6 +214,69 @@ def null_caption_probe(work: Path, env: dict, timeout: float) -> dict:
     return out
 
 
+def run_pool(res: dict, pool_name: str, exclude: frozenset, names: list[str], a) -> dict:
+    """Build one pool, run every baseline on both sides and compare; return the DataComp environment."""
+    pool = WORK / f"pool_{pool_name}"
+    t1 = time.time()
+    info = make_pool(pool, a.rows, a.shards, exclude)
+    image, img_info = None, {}
+    inputs = WORK / f"image_inputs_{pool_name}"
+    if any(n.startswith("image_based") for n in names):
+        img_info = image_inputs(pool, info, inputs)
+        image = {"targets": str(inputs / "targets_l14.npy"), "centroids": str(inputs / "centroids_l14.npy")}
+    env = {**os.environ, "DATACOMP_DIR": str(datacomp_dir()), "DATACOMP_LID": str(lid_model()),
+           "PYTHONPATH": str(datacomp_dir()), "PARITY_IN21K": str(default_synsets()),
+           "NLTK_DATA": str(nltk_data(WORK / "nltk_data")), "PARITY_CPU": "1",
+           "PARITY_CENTROIDS": str(inputs / "small_centroids_l14.pt"),
+           "PARITY_TARGETS": str(inputs), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    meta = pool_meta(pool, info)
+    res["pools"][pool_name] = {
+        "folder": str(pool.relative_to(ROOT)), "rows": info["rows"], "shards": len(info["shards"]),
+        "planted_rows": len(info["kinds"]), "planted_kinds": sorted({k for ks in info["kinds"].values() for k in ks}),
+        "l14_tie_value": info["l14_tie_value"], "image_based_inputs": img_info, "seconds": round(time.time() - t1, 1)}
+    print(f"pool {pool_name}: {info['rows']} rows, {len(info['kinds'])} planted", flush=True)
+    for name in names:
+        row = baseline_row(name, image, pool, WORK / pool_name, env, meta, info, a.timeout)
+        if pool_name == "hostile":
+            res["baselines"][name] = row
+        else:
+            res["baselines"].setdefault(name, {})[pool_name] = {
+                k: row.get(k) for k in ("ours", "theirs", "identical", "status", "reasons", "first_differences")
+                if row.get(k) is not None}
+        mark = "identical" if row.get("identical") else (
+            "differs (all explained)" if row.get("identical_apart_from_deviations") else row.get("status", "DIFFERS"))
+        counts = [row.get(k) if isinstance(row.get(k), int) else "-" for k in ("ours", "theirs")]
+        print(f"  {name:<34} ours {counts[0]:>6}  DataComp {counts[1]:>6}  {mark}"
+              + (f"  {row.get('reasons')}" if row.get("reasons") else ""), flush=True)
+    return env
+
+
+def baseline_row(name: str, image: dict | None, pool: Path, work: Path, env: dict, meta: dict, info: dict,
+                 timeout: float) -> dict:
+    """One baseline by DataComp and by us on one pool, compared uid for uid."""
+    args, preset = BASELINES[name]
+    cfg = our_config(preset, image if name.startswith("image_based") else None)
+    theirs = run_peer(name, args, pool, work, env, timeout)
+    ours = run_ours(name, cfg, pool, work)
+    row = {"preset": f"datacomp/{preset}", "datacomp_seconds": theirs["seconds"], "ours_seconds": ours["seconds"]}
+    if theirs["status"] != "ok" or ours["status"] != "ok":
+        row.update({"status": "error", "datacomp": {k: v for k, v in theirs.items() if k != "uids"},
+                    "ours": {k: v for k, v in ours.items() if k not in ("uids", "config")}})
+        return row
+    row.update(compare(name, Path(ours["uids"]), Path(theirs["uids"]), meta, info["kinds"]))
+    if name == "text_based" and not row["identical"]:  # DataComp's offset comparison, reproduced
+        cfg2 = json.loads(json.dumps(cfg))
+        for f in cfg2["filters"]:
+            if f["type"] == "text_based":
+                f["any_pos"] = True
+        o2 = run_ours(name + "_any_pos", cfg2, pool, work)
+        if o2["status"] == "ok":
+            c2 = compare(name, Path(o2["uids"]), Path(theirs["uids"]), meta, info["kinds"])
+            row["with_any_pos_true"] = {k: c2[k] for k in ("ours", "theirs", "identical") if k in c2} | (
+                {"reasons": c2["reasons"]} if "reasons" in c2 else {})
+    return row
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=2000, help="rows a shard (default 2,000)")
@@ -517,8 +289,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     missing = [what for what, ok in (("its code at " + str(datacomp_dir()), (datacomp_dir() / "baselines.py").is_file()),
                                      ("its venv at " + str(PEER_PY), PEER_PY.exists())) if not ok]
     if missing:
-        print(f"bench/parity.py: skipped, DataComp is absent ({'; '.join(missing)}).\n{peer_help().replace(chr(10) + 'or pass --no-peer.', '')}\n"
-              "Nothing was run or written.")
+        print(f"bench.parity: skipped, DataComp is absent ({'; '.join(missing)}).\n"
+              f"{peer_help().replace(chr(10) + 'or pass --no-peer.', '')}\nNothing was run or written.")
         return None
     names = a.only.split(",") if a.only else list(BASELINES)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -528,58 +300,7 @@ def main(argv: list[str] | None = None) -> dict | None:
            "deviation_kinds": sorted(DEVIATION_KINDS), "pools": {}, "baselines": {}}
     env = None
     for pool_name, exclude in (("hostile", frozenset()), ("without_deviation_triggers", DEVIATION_KINDS)):
-        pool = WORK / f"pool_{pool_name}"
-        t1 = time.time()
-        info = make_pool(pool, a.rows, a.shards, exclude)
-        image, img_info = None, {}
-        inputs = WORK / f"image_inputs_{pool_name}"
-        if any(n.startswith("image_based") for n in names):
-            img_info = image_inputs(pool, info, inputs)
-            image = {"targets": str(inputs / "targets_l14.npy"), "centroids": str(inputs / "centroids_l14.npy")}
-        env = {**os.environ, "DATACOMP_DIR": str(datacomp_dir()), "DATACOMP_LID": str(lid_model()),
-               "PYTHONPATH": str(datacomp_dir()), "PARITY_IN21K": str(default_synsets()),
-               "NLTK_DATA": str(nltk_data(WORK / "nltk_data")), "PARITY_CPU": "1",
-               "PARITY_CENTROIDS": str(inputs / "small_centroids_l14.pt"),
-               "PARITY_TARGETS": str(inputs), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
-        meta = pool_meta(pool, info)
-        res["pools"][pool_name] = {
-            "folder": str(pool.relative_to(ROOT)), "rows": info["rows"], "shards": len(info["shards"]),
-            "planted_rows": len(info["kinds"]), "planted_kinds": sorted({k for ks in info["kinds"].values() for k in ks}),
-            "l14_tie_value": info["l14_tie_value"], "image_based_inputs": img_info, "seconds": round(time.time() - t1, 1)}
-        print(f"pool {pool_name}: {info['rows']} rows, {len(info['kinds'])} planted", flush=True)
-        work = WORK / pool_name
-        for name in names:
-            args, preset = BASELINES[name]
-            cfg = our_config(preset, image if name.startswith("image_based") else None)
-            theirs = run_peer(name, args, pool, work, env, a.timeout)
-            ours = run_ours(name, cfg, pool, work)
-            row = {"preset": f"datacomp/{preset}", "datacomp_seconds": theirs["seconds"], "ours_seconds": ours["seconds"]}
-            if theirs["status"] != "ok" or ours["status"] != "ok":
-                row.update({"status": "error", "datacomp": {k: v for k, v in theirs.items() if k != "uids"},
-                            "ours": {k: v for k, v in ours.items() if k not in ("uids", "config")}})
-            else:
-                row.update(compare(name, Path(ours["uids"]), Path(theirs["uids"]), meta, info["kinds"]))
-                if name == "text_based" and not row["identical"]:  # DataComp's offset comparison, reproduced
-                    cfg2 = json.loads(json.dumps(cfg))
-                    for f in cfg2["filters"]:
-                        if f["type"] == "text_based":
-                            f["any_pos"] = True
-                    o2 = run_ours(name + "_any_pos", cfg2, pool, work)
-                    if o2["status"] == "ok":
-                        c2 = compare(name, Path(o2["uids"]), Path(theirs["uids"]), meta, info["kinds"])
-                        row["with_any_pos_true"] = {k: c2[k] for k in ("ours", "theirs", "identical") if k in c2} | (
-                            {"reasons": c2["reasons"]} if "reasons" in c2 else {})
-            if pool_name == "hostile":
-                res["baselines"][name] = row
-            else:
-                res["baselines"].setdefault(name, {})[pool_name] = {
-                    k: row.get(k) for k in ("ours", "theirs", "identical", "status", "reasons", "first_differences")
-                    if row.get(k) is not None}
-            mark = "identical" if row.get("identical") else (
-                "differs (all explained)" if row.get("identical_apart_from_deviations") else row.get("status", "DIFFERS"))
-            counts = [row.get(k) if isinstance(row.get(k), int) else "-" for k in ("ours", "theirs")]
-            print(f"  {name:<34} ours {counts[0]:>6}  DataComp {counts[1]:>6}  {mark}"
-                  + (f"  {row.get('reasons')}" if row.get("reasons") else ""), flush=True)
+        env = run_pool(res, pool_name, exclude, names, a)
     if not a.no_probe:
         res["null_caption_probe"] = null_caption_probe(WORK / "null_caption", env, a.timeout)
         print("null caption:", json.dumps(res["null_caption_probe"]))

@@ -1,6 +1,6 @@
 """Start a real local Prefect server, serve curate/laion-subset, run it, check the outputs.
 
-    .venv/bin/python bench/prefect_deployment.py --pool data/sample_pool/shards --config configs/laion-subset.yaml
+    .venv/bin/python -m bench.prefect_deployment --pool data/sample_pool/shards --config configs/laion-subset.yaml
 
 Everything runs in a temporary PREFECT_HOME on 127.0.0.1; all processes are stopped at the end.
 """
@@ -67,9 +67,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @contextmanager
 def serving(env: dict, pool: str, out: str, config: str):
-    """``python -m flows.serve`` running until the block ends, its deployments registered."""
+    """``curate serve`` running until the block ends, its deployments registered."""
     log = Path(env["PREFECT_HOME"]) / "serve.log"
-    proc = subprocess.Popen([sys.executable, "-m", "flows.serve", "--pool", pool, "--out", out, "--config", config],
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--pool", pool, "--out", out, "--config", config],
                             env=env, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
         end = time.time() + 120

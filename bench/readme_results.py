@@ -1,6 +1,6 @@
 """Rewrite bench/README.md's "Results" section from bench/results/grid_web.*, grid.*, stages.json.
 
-    .venv/bin/python bench/readme_results.py      (bench/grid.py and bench/stages.py call it too)
+    .venv/bin/python -m bench.readme_results      (bench/grid.py and bench/stages.py call it too)
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def section() -> str:
         parts += ["### The older grid, on the ~71% clean pool (2,000-image shifts; before the web preset)", "",
                   (res / "grid.md").read_text().replace("# Experiment grid", "#### Experiment grid"),
                   "![average per strategy](results/grid.svg)", "",
-                  f"`.venv/bin/python bench/grid.py` ({g['machine']}). Scorers: `clip_score_*`, `laion2b`, "
+                  f"`.venv/bin/python -m bench.grid` ({g['machine']}). Scorers: `clip_score_*`, `laion2b`, "
                   "image-based and D² use a CLIP trained on the raw pool (no filter, seed 0); `dfn_30` uses the "
                   "filtering network trained on the trusted split. `best` is the one of our " + str(len(g.get("selection", {}))) + " declared "
                   "combinations with the highest validation-suite average (mean of seeds "
@@ -35,7 +35,7 @@ def section() -> str:
         s = json.loads((res / "stages.json").read_text())
         lim = s["limits"]
         parts += ["", "### Stages against the machine's limits", "",
-                  f"`.venv/bin/python bench/stages.py` ({s['machine']}); limits measured in the same run on "
+                  f"`.venv/bin/python -m bench.stages` ({s['machine']}); limits measured in the same run on "
                   f"the same shards: tar read {lim['tar_read_samples_per_s']:,} samples/s, Pillow decode "
                   f"{lim['pillow_decode_samples_per_s']:,} samples/s on all cores "
                   f"({lim['pillow_decode_one_core_samples_per_s']:,} on one).", "",

@@ -1,6 +1,6 @@
 """No sample lost, measured -> bench/results/reliability.json.
 
-    .venv/bin/python bench/reliability.py
+    .venv/bin/python -m bench.reliability
 
 1. The hostile corpus (tests/hostile.py: every kind of damage seen in real crawls, generated) through
    `curate run` and through the Prefect flow: samples found, lost (expected but absent or with the
@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -31,13 +30,12 @@ def hostile(tmp: Path) -> dict:
     import pandas as pd
 
     from pipeline.publish import checksums
-    from tests.hostile import make_corpus
-    from tests.test_hostile import _cli
+    from tests.hostile import make_corpus, run_cli
 
     c = make_corpus(tmp / "hostile")
     cfg = tmp / "hostile.json"
     cfg.write_text(json.dumps(CONFIG | {"filters": []}))  # every outcome is then the sample's own
-    r = _cli(c.root / "pool", c.root / "out", cfg)
+    r = run_cli(c.root / "pool", c.root / "out", cfg)
     crashes = int(r.returncode != 0)
     got: dict = {}
     if r.returncode == 0:
@@ -68,23 +66,24 @@ def hostile(tmp: Path) -> dict:
 
 def kills(tmp: Path) -> dict:
     from pipeline.publish import checksums
+    from pipeline.faults import POINTS
+    from tests.hostile import run_cli
     from tests.shardmaker import make_pool
-    from tests.test_hostile import KILL_POINTS, _cli
 
     make_pool(tmp / "pool", n=200, per_shard=20, plant={3: "corrupt", 8: "dup", 40: "truncated"})
     old, new = tmp / "old.json", tmp / "new.json"
     old.write_text(json.dumps({"filters": []}))
     new.write_text(json.dumps(CONFIG | {"filters": [{"type": "exact_dedup"}, {"type": "clip_score", "fraction": 0.5}]}))
-    assert _cli(tmp / "pool", tmp / "clean", new).returncode == 0
+    assert run_cli(tmp / "pool", tmp / "clean", new).returncode == 0
     want = checksums(tmp / "clean")
     rows = []
-    for point in KILL_POINTS:
+    for point in POINTS:
         out = tmp / point.replace(":", "_")
-        _cli(tmp / "pool", out, old)
+        run_cli(tmp / "pool", out, old)
         before = checksums(out)
-        killed = _cli(tmp / "pool", out, new, kill=point).returncode == -9
+        killed = run_cli(tmp / "pool", out, new, kill=point).returncode == -9
         seen = checksums(out)
-        rerun = _cli(tmp / "pool", out, new).returncode == 0
+        rerun = run_cli(tmp / "pool", out, new).returncode == 0
         rows.append({"point": point, "killed": killed, "reader_saw": "previous" if seen == before else
                      "new" if seen == want else "mix", "rerun_identical": rerun and checksums(out) == want})
         print(rows[-1], flush=True)

@@ -2,20 +2,18 @@
 with the fitted exponent of time vs size, next to raw faiss doing the core work on the same embeddings.
 Used by bench/curation.py; on a GPU machine run it alone (only numpy, torch and faiss needed):
 
-    python bench/scaling.py --work runs/bench-curation/work --backend torch
+    python -m bench.scaling --work runs/bench-curation/work --backend torch
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def fit_exponent(sizes: list[int], seconds: list[float]) -> float:

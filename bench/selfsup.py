@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from training.knn import image_probes  # noqa: E402
 from training.lora import FinetuneConfig  # noqa: E402
@@ -150,7 +149,7 @@ def adapt(base: str, curated: str, pool: Path, root: Path, samples: int) -> dict
     for name, rank in (("lora_r4", 4), ("lora_r16", 16), ("full_finetune", 0)):
         run = root / name
         t0 = time.time()
-        p = subprocess.run([PY, "-m", "app.cli_ssl", "finetune", "--checkpoint", base, "--data", str(root / "adapt_shards"),
+        p = subprocess.run([PY, "-m", "app.cli", "finetune", "--checkpoint", base, "--data", str(root / "adapt_shards"),
                             "--out", str(run), "--lora", str(rank), "--samples-seen", str(samples), "--batch-size", "128",
                             "--workers", "0"], cwd=ROOT, capture_output=True, text=True)
         if p.returncode:

@@ -1,6 +1,6 @@
 """Walking-skeleton figures: the demo loop, timed, written to bench/results/skeleton.json.
 
-    .venv/bin/python bench/skeleton.py            # same settings as `curate demo`
+    .venv/bin/python -m bench.skeleton            # same settings as `curate demo`
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Each curation stage's throughput next to the raw limit measured in the same run -> bench/results/stages.json.
 
-    .venv/bin/python bench/stages.py [--pool data/sample_pool/shards] [--config configs/laion-subset.yaml]
+    .venv/bin/python -m bench.stages [--pool data/sample_pool/shards] [--config configs/laion-subset.yaml]
 
 Limits, on the same shards: raw tar read (bytes only, every core), Pillow decode (open + load +
 RGB, every core: the machine's image-decode limit), raw faiss on the same embeddings (k-means).
@@ -16,14 +16,12 @@ import argparse
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "bench" / "results" / "stages.json"
 

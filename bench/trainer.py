@@ -1,6 +1,6 @@
 """Trainer figures -> bench/results/trainer.json.
 
-    .venv/bin/python bench/trainer.py            # ~12 min on 2 CPU cores
+    .venv/bin/python -m bench.trainer            # ~12 min on 2 CPU cores
 
 On the same clean Fashion-MNIST shards, model config (curate-tiny), batch size, lr schedule and
 samples seen: our trainer vs open_clip's own (`open_clip_train.main`, shipped with open_clip_torch),
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from app.demo import machine  # noqa: E402
 from app.sample_pool.build import write_clean_fmnist, write_fmnist_task  # noqa: E402

@@ -2,7 +2,7 @@
 
 This file only wraps: planning, the failure policy, decide, export and publishing are the core's,
 so the flow and ``curate run`` give identical outputs. Retries (exponential backoff with jitter)
-are Prefect's. ``runner="dask"`` runs the shard tasks on a Dask cluster (``dask_address`` of a
+are Prefect's, for transient errors only (I/O, a lost worker, a timeout: pipeline.executors.transient). ``runner="dask"`` runs the shard tasks on a Dask cluster (``dask_address`` of a
 running scheduler, or a local cluster of ``dask_workers`` processes); each worker process loads the
 scorer once. Artifacts (drops by reason with thresholds, scorer, config hash, report path; and a
 progress bar) are attached to the run the user started.
@@ -20,23 +20,37 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
+from pipeline.executors import transient
 from pipeline.lock import exclusive
 from pipeline.run import annotate, annotate_job, finish, plan, run_facts, run_log
+from schemas.outputs import ShardResult
 
 DEFAULT_POOL = "data/sample_pool/shards"
 DEFAULT_OUT = "runs/laion-subset"
 DEFAULT_CONFIG = "configs/laion-subset.yaml"
 
 
+def transient_failure(task, task_run, state) -> bool:
+    """Prefect's retry condition for a shard task: retry only a transient error (the core's rule)."""
+    error = getattr(state, "data", None)
+    if not isinstance(error, BaseException):
+        try:
+            state.result()
+            return False
+        except Exception as e:  # noqa: BLE001 - the task's own exception, judged below
+            error = e
+    return transient(error)
+
+
 @task(name="annotate-shard", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-      retry_jitter_factor=0.5, cache_policy=NO_CACHE)
-def annotate_task(job: tuple) -> dict:
+      retry_jitter_factor=0.5, retry_condition_fn=transient_failure, cache_policy=NO_CACHE)
+def annotate_task(job: tuple) -> ShardResult:
     return annotate_job(job)
 
 
 @task(name="decide-export-publish", cache_policy=NO_CACHE)
-def finish_task(p, done: dict, failed: dict, on_failure: str, extra: dict, keep_versions: int = 2) -> dict:
-    return finish(p, done, failed, on_failure, extra, keep_versions)
+def finish_task(p, done: dict, failed: dict, on_failure: str, run: dict, keep_versions: int = 2) -> dict:
+    return finish(p, done, failed, on_failure, run, keep_versions)
 
 
 class PrefectTasks:
@@ -73,7 +87,7 @@ def curate_shards(pool: str, out: str, config: str, work: str | None = None, ret
     with exclusive(p.out), run_log(p.out):
         t0 = time.time()
         done, failed = annotate(p, PrefectTasks(retries, progress_id), progress=False)
-        return finish_task(p, done, failed, on_failure, {"run": run_facts(done, time.time() - t0)}, keep_versions)
+        return finish_task(p, done, failed, on_failure, run_facts(done, time.time() - t0), keep_versions)
 
 
 @flow(name="curate", log_prints=True)

@@ -1,6 +1,6 @@
 """Prefect flow ``curate-train-eval``: curate the pool, then train and evaluate on what it kept.
 
-Served as ``curate-train-eval/nightly``, on the schedule of ``python -m flows.serve`` (02:00 UTC
+Served as ``curate-train-eval/nightly``, on the schedule of ``curate serve`` (02:00 UTC
 unless --cron / --timezone / --no-schedule say otherwise). One chain per output folder: each night
 the curate step annotates only the shards that are new and publishes a new version; the train step
 reads exactly that version, holds it while it trains (the next night's publish keeps it) and starts a

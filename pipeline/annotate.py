@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -108,9 +107,6 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
         src.uids, src.info = read_pass(src, [st for st, _ in todo if st.needs.samples])
     if all(st.folder != "ingest" for st, _ in todo):
         _from_ingest(src, ingest_path)
-    if src.info is not None and src.info.error:
-        print(f"curate: broken shard {shard}: {src.info.error} ({src.info.samples_found} samples recovered)",
-              file=sys.stderr, flush=True)
     ran = []
     for st, key in todo:
         tbl = st.finish(src)

@@ -145,6 +145,5 @@ def json_schema() -> str:
 
 __all__ = ["ClipModel", "CurateConfig", "load_config", "presets", "resolve", "json_schema"]
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m pipeline.config: rewrite the schema file
     SCHEMA_FILE.write_text(json_schema())
-    print(f"wrote {SCHEMA_FILE}")

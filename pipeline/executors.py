@@ -1,12 +1,16 @@
 """Where shard jobs run: in this process, in a process pool, or on a Dask cluster. The Prefect flow
 brings its own (flows/curate.py). Each yields ``(item, result, error)`` as jobs finish, after retries;
-what a failure means is the core's business (pipeline/run.py), not the executor's."""
+what a failure means is the core's business (pipeline/run.py), not the executor's.
+
+Only transient errors are retried (``transient``): I/O errors, a lost worker, a timeout. A deterministic
+error (bad data, a bug: ValueError, TypeError, KeyError, ...) would fail the same way again, so its job
+fails at once."""
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 Outcome = tuple[Any, Any, str | None]
@@ -20,19 +24,37 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+# Dask's errors for a worker that died or went away (matched by name: distributed need not be installed)
+LOST_WORKER = {"KilledWorker", "CommClosedError"}
+
+
+def transient(e: BaseException) -> bool:
+    """Worth another try: an I/O error (OSError, TimeoutError among them), a lost worker (a broken
+    process pool, Dask's lost-worker errors). Anything else is deterministic and fails at once."""
+    return isinstance(e, (OSError, TimeoutError, BrokenExecutor)) or type(e).__name__ in LOST_WORKER
+
+
+def _retrying(fn, item, retries):
+    """``fn(item)``, tried again up to ``retries`` times while it fails with a transient error."""
+    for attempt in range(retries + 1):
+        try:
+            return fn(item)
+        except Exception as e:
+            if attempt == retries or not transient(e):
+                raise
+
+
 class InProcess:
     def __init__(self, retries: int = 1):
         self.retries = retries
 
     def map(self, fn, items):
         for item in items:
-            for attempt in range(self.retries + 1):
-                try:
-                    yield item, fn(item), None
-                    break
-                except Exception as e:  # noqa: BLE001 - reported to the failure policy
-                    if attempt == self.retries:
-                        yield item, None, _error(e)
+            try:
+                result, error = _retrying(fn, item, self.retries), None
+            except Exception as e:  # noqa: BLE001 - reported to the failure policy
+                result, error = None, _error(e)
+            yield item, result, error
 
 
 def _init_worker(threads: int, torch: bool = True) -> None:
@@ -41,15 +63,6 @@ def _init_worker(threads: int, torch: bool = True) -> None:
     import torch
 
     torch.set_num_threads(threads)
-
-
-def _retrying(fn, item, retries):
-    for attempt in range(retries + 1):
-        try:
-            return fn(item)
-        except Exception:
-            if attempt == retries:
-                raise
 
 
 # imported once in the fork server, then inherited by every worker it forks: open_clip pulls in torch and
@@ -77,13 +90,28 @@ def _context(torch: bool):
 
 
 class ProcessPool:
-    """One process per worker, each loading the scorer once and getting its share of the cores."""
+    """One process per worker, each loading the scorer once and getting its share of the cores. A job
+    retries its transient errors in its worker; jobs lost with a dead worker (the pool breaks) run again
+    in a fresh pool, up to ``retries`` times."""
 
     def __init__(self, workers: int, retries: int = 1, torch: bool = True):
         self.workers, self.retries, self.torch = workers, retries, torch
 
     def map(self, fn, items):
-        items = list(items)
+        todo = list(items)
+        for attempt in range(self.retries + 1):
+            lost = []
+            for item, result, error in self._round(fn, todo):
+                if isinstance(error, BrokenExecutor) and attempt < self.retries:
+                    lost.append(item)
+                else:
+                    yield item, result, None if error is None else _error(error)
+            if not lost:
+                return
+            todo = lost
+
+    def _round(self, fn, items):
+        """One pool over ``items``: ``(item, result, exception or None)`` as jobs finish."""
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         ctx = _context(self.torch)
         try:
@@ -93,8 +121,8 @@ class ProcessPool:
                 for f in as_completed(futs):
                     try:
                         yield futs[f], f.result(), None
-                    except Exception as e:  # noqa: BLE001 - a dead worker fails its job only
-                        yield futs[f], None, _error(e)
+                    except Exception as e:  # noqa: BLE001 - the job's error, or the pool broken by a dead worker
+                        yield futs[f], None, e
         finally:
             if ctx.get_start_method() == "forkserver":
                 _stop_fork_server()
@@ -112,7 +140,8 @@ def _stop_fork_server() -> None:
 
 
 class Dask:
-    """Jobs on a Dask distributed cluster (``address`` of its scheduler), with Dask's own retries."""
+    """Jobs on a Dask distributed cluster (``address`` of its scheduler). Each job retries its transient
+    errors on its worker; Dask itself reschedules the jobs of a worker that died."""
 
     def __init__(self, address: str, retries: int = 1):
         self.address, self.retries = address, retries
@@ -122,7 +151,8 @@ class Dask:
 
         with Client(self.address) as client:
             items = list(items)
-            futs = client.map(fn, items, retries=self.retries, pure=False)
+            n = len(items)
+            futs = client.map(_retrying, [fn] * n, items, [self.retries] * n, pure=False)
             where = {f.key: item for f, item in zip(futs, items)}
             for f in done(futs):
                 try:

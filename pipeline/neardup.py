@@ -45,6 +45,7 @@ depends on the machine's thread count, and a loaded machine's spinning thread ha
 import contextlib
 import ctypes
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -443,8 +444,15 @@ def groups(n: int, pairs: np.ndarray, order_key: np.ndarray) -> np.ndarray:
     return order[best[label]]
 
 
+@dataclass(frozen=True)
+class NearDuplicates:
+    """``near_duplicates``' answer, one value a row."""
+    duplicate_of: np.ndarray  # int64: the row kept in its place, or -1 (not a duplicate)
+    rms: np.ndarray  # float32: best RMS to a candidate (aligned, or the cheap test's for a pair it settled); NaN: none
+
+
 def near_duplicates(thumbs: np.ndarray, valid: np.ndarray, *, max_rms: float, ratio: float, ratio_max_rms: float,
-                    k: int = 5, order_key: np.ndarray | None = None, backend: str = "auto") -> dict:
+                    k: int = 5, order_key: np.ndarray | None = None, backend: str = "auto") -> NearDuplicates:
     """Per row: ``duplicate_of`` (kept row or -1) and ``rms`` (best RMS to a candidate: aligned, or the
     cheap test's value for a pair it settled).
     ``ratio`` > 0 adds the ratio test for pairs with ``max_rms < rms <= ratio_max_rms``. The thresholds
@@ -455,7 +463,7 @@ def near_duplicates(thumbs: np.ndarray, valid: np.ndarray, *, max_rms: float, ra
     flat = torch.from_numpy(np.ascontiguousarray(thumbs, np.float32)).flatten(1)
     valid = np.asarray(valid, bool) & ((flat - flat.mean(1, keepdim=True)).square().mean(1).sqrt().numpy() >= 2.0)
     if valid.sum() < 2:  # nothing to compare
-        return {"duplicate_of": np.full(n, -1, np.int64), "rms": np.full(n, np.nan, np.float32)}
+        return NearDuplicates(np.full(n, -1, np.int64), np.full(n, np.nan, np.float32))
     rows = np.flatnonzero(valid)  # the search works on these alone
     sub = np.ascontiguousarray(thumbs[rows], np.uint8)
     views, index = len(view_params()), {}
@@ -480,5 +488,4 @@ def near_duplicates(thumbs: np.ndarray, valid: np.ndarray, *, max_rms: float, ra
         sure = groups(n, trip[dup][:, :2], np.arange(n, dtype=np.float64))
         dup |= (rms <= ratio_max_rms) & (rms <= ratio * rival_rms(trip[:, :2], rms, sure))
     rep = groups(n, trip[dup][:, :2], order_key)
-    dup_of = np.where(rep != np.arange(n), rep, -1)
-    return {"duplicate_of": dup_of, "rms": best}
+    return NearDuplicates(np.where(rep != np.arange(n), rep, -1), best)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -28,9 +27,10 @@ from pipeline.executors import Executor, make
 from pipeline.faults import point
 from pipeline.lock import exclusive
 from pipeline.metadata import is_metadata
+from schemas.outputs import Manifest, ShardInfo, ShardResult
 from shardio.shards import expand, shard_id
 
-log = logging.getLogger("curate")
+log = logging.getLogger(__name__)
 Policy = Literal["fail", "partial"]
 
 
@@ -92,8 +92,6 @@ def _expand(pool) -> list[str]:
 
 
 def _check_metadata_only(shards: list[str], config: CurateConfig) -> None:
-    from pipeline.metadata import is_metadata
-
     if not all(is_metadata(s) for s in shards):
         raise ValueError("the pool mixes tars and metadata parquets; give one or the other")
     for spec in config.clip:
@@ -105,7 +103,7 @@ def _check_metadata_only(shards: list[str], config: CurateConfig) -> None:
             raise ValueError(f"filter {f.instance!r} compares images, and this pool is metadata only")
 
 
-def annotate_job(args: tuple[str, str, list[str], bool, list[str]]) -> dict:
+def annotate_job(args: tuple[str, str, list[str], bool, list[str]]) -> ShardResult:
     """One shard's per-shard pass (picklable, for process pools and clusters)."""
     from pydantic import TypeAdapter
 
@@ -116,8 +114,7 @@ def annotate_job(args: tuple[str, str, list[str], bool, list[str]]) -> dict:
     shard, work, clip_json, languages, stages_json = args
     stages = [TypeAdapter(StageSpec).validate_json(s) for s in stages_json]
     r = annotate_shard(shard, work, [ClipModel.model_validate_json(c) for c in clip_json], languages, stages)
-    r["info"] = r["info"].as_dict()
-    return r
+    return ShardResult.model_validate({**r, "info": r["info"].as_dict()})
 
 
 def jobs(p: Plan) -> list[tuple[str, str, list[str], bool, list[str]]]:
@@ -125,7 +122,7 @@ def jobs(p: Plan) -> list[tuple[str, str, list[str], bool, list[str]]]:
              [st.model_dump_json() for st in p.config.stages]) for s in p.shards]
 
 
-def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[str, dict], dict[str, str]]:
+def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[str, ShardResult], dict[str, str]]:
     """Run every shard's job; return (results by shard, errors by shard)."""
     from tqdm import tqdm
 
@@ -136,7 +133,7 @@ def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[s
             done[job[0]] = result
         else:
             failed[job[0]] = error
-            log.error("shard %s failed after retries: %s", job[0], error)
+            log.info("shard %s failed after retries: %s", job[0], error)  # reported once, by finish or its error
         bar.update(1)
         if i == len(p.shards) // 2:
             point("annotate:mid")
@@ -144,11 +141,12 @@ def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[s
     return done, failed
 
 
-def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: Policy = "fail",
-           extra: dict | None = None, keep_versions: int = 2) -> dict:
-    """Apply the failure policy, decide, export into staging, publish (keeping the newest
-    ``keep_versions`` versions and those a training holds); return the manifest."""
-    from pipeline.decide import Arrays, decide, load_columns, summarize
+def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_failure: Policy = "fail",
+           run: dict | None = None, keep_versions: int = 2) -> dict:
+    """Apply the failure policy, decide, export into staging, publish (keeping the newest ``keep_versions``
+    versions and those a training holds); return the manifest (a dict of ``schemas.outputs.Manifest``,
+    paths made absolute). ``run``: this run's facts (``run_facts``)."""
+    from pipeline.decide import summarize
     from pipeline.export import Background, export, write_metadata
     from pipeline.report import write_report
 
@@ -158,43 +156,20 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
                            f"output stays; rerun to retry, or pass on_failure='partial'): {names}")
     t0 = time.time()
     shards = [s for s in p.shards if s in done]
-    sids = [shard_id(s) for s in shards]
-    infos = [done[s]["info"] for s in shards]
-    plotting = threading.Thread(target=_import_plotting, daemon=True)  # while parquet reading holds no GIL
-    plotting.start()
-    df = load_columns(p.work, sids, p.config)
-    plotting.join()  # before decide, which may fork
-    point("decide")
-    df, filters, seconds = decide(df, p.config, Arrays(p.work, sids), run=p.work)
-    found = sum(i["samples_found"] for i in infos)
-    if found != len(df):
-        raise RuntimeError(f"accounting: the shards hold {found} samples but decide saw {len(df)}")
-    broken = [{"shard": i["path"], "error": i["error"], "samples_recovered": i["samples_found"]}
-              for i in infos if i["error"]]
-    manifest = {
-        **summarize(df),
-        "listed_not_downloaded": _add_counts(i["not_downloaded"] for i in infos),
-        "listed_missing_from_tar": sum(i["listed_missing"] for i in infos),
-        "broken_shards": broken,
-        "not_processed_shards": [{"shard": s, "error": e} for s, e in sorted(failed.items())],
-        "skipped_members": _add_counts(i["skipped_members"] for i in infos),
-        "sidecar_errors": [{"shard": i["path"], "error": i["sidecar_error"]} for i in infos if i["sidecar_error"]],
-        "filters": filters,
-        "thresholds": {k: v["threshold"] for k, v in filters.items() if "threshold" in v},
-        "scorers": [c.model_dump() for c in p.config.clip],
-        "config": p.config.model_dump(), "config_hash": p.config_hash,
-        "input_shards": shards,
-        "run": dict((extra or {}).get("run", {})),  # what this run did and how long: differs between reruns
-        **{k: v for k, v in (extra or {}).items() if k != "run"},
-    }
-    for b in broken:
-        log.warning("broken shard %s: %s (%d samples recovered)", b["shard"], b["error"], b["samples_recovered"])
+    infos = [done[s].info for s in shards]
+    df, filters, seconds = _decide(p, shards, sum(i.samples_found for i in infos))
+    manifest = {**summarize(df), **_shard_facts(infos, failed), "filters": filters,
+                "thresholds": {k: v["threshold"] for k, v in filters.items() if "threshold" in v},
+                "scorers": [c.model_dump() for c in p.config.clip],
+                "config": p.config.model_dump(), "config_hash": p.config_hash,
+                "input_shards": shards, "run": dict(run or {})}
+    _warn(manifest)
     declared = {f.out_column(o): t for f in p.config.filters for o, t in f.outputs.items()}
     declared.update(p.config.stage_columns())
-    captions = _rewritten_captions(df, p.config)
     stage = publish.staging(p.out)
     tars = [s for s in shards if not is_metadata(s)]
-    manifest = export(df, tars, stage, p.config.export.samples_per_shard, manifest, declared, captions, metadata=False)
+    manifest = export(df, tars, stage, p.config.export.samples_per_shard, manifest, declared,
+                      _rewritten_captions(df, p.config), metadata=False)
     manifest["report"] = "report.html"
     manifest["run"]["filter_seconds"] = seconds
     meta = Background(write_metadata, stage / "metadata.parquet", df, declared)  # while the report is drawn
@@ -203,13 +178,50 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
     finally:
         meta.join()
     manifest["run"]["decide_export_seconds"] = round(time.time() - t0, 2)
-    # written last: publish refuses a staged folder without it
-    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    typed = Manifest.model_validate(manifest)
+    (stage / "manifest.json").write_text(typed.to_json())  # written last: publish refuses a folder without it
     point("publish:staged")
     version = publish.commit(p.out, stage, keep_versions)
-    log.info("published %s: %d in, %d kept, dropped %s", version, manifest["samples_in"], manifest["kept"],
-             manifest["dropped_by_reason"])
-    return absolute(manifest, version)
+    log.info("published %s: %d in, %d kept, dropped %s", version, typed.samples_in, typed.kept,
+             typed.dropped_by_reason)
+    return absolute(typed.as_dict(), version)
+
+
+def _decide(p: Plan, shards: list[str], found: int):
+    """Load the shards' columns and decide; (table, filter summaries, seconds per filter)."""
+    from pipeline.decide import Arrays, decide, load_columns
+
+    sids = [shard_id(s) for s in shards]
+    plotting = threading.Thread(target=_import_plotting, daemon=True)  # while parquet reading holds no GIL
+    plotting.start()
+    df = load_columns(p.work, sids, p.config)
+    plotting.join()  # before decide, which may fork
+    point("decide")
+    df, filters, seconds = decide(df, p.config, Arrays(p.work, sids), run=p.work)
+    if found != len(df):
+        raise RuntimeError(f"accounting: the shards hold {found} samples but decide saw {len(df)}")
+    return df, filters, seconds
+
+
+def _shard_facts(infos: list[ShardInfo], failed: dict[str, str]) -> dict:
+    """The manifest's per-shard accounting, summed over the shards curated."""
+    return {
+        "listed_not_downloaded": _add_counts(i.not_downloaded for i in infos),
+        "listed_missing_from_tar": sum(i.listed_missing for i in infos),
+        "broken_shards": [{"shard": i.path, "error": i.error, "samples_recovered": i.samples_found}
+                          for i in infos if i.error],
+        "not_processed_shards": [{"shard": s, "error": e} for s, e in sorted(failed.items())],
+        "skipped_members": _add_counts(i.skipped_members for i in infos),
+        "sidecar_errors": [{"shard": i.path, "error": i.sidecar_error} for i in infos if i.sidecar_error],
+    }
+
+
+def _warn(manifest: dict) -> None:
+    """Each shard problem once, as a warning (the terminal shows it through the app's handler)."""
+    for b in manifest["broken_shards"]:
+        log.warning("broken shard %s: %s (%d samples recovered)", b["shard"], b["error"], b["samples_recovered"])
+    for f in manifest["not_processed_shards"]:
+        log.warning("not processed (published without it): %s: %s", f["shard"], f["error"])
 
 
 def _import_plotting() -> None:
@@ -252,29 +264,26 @@ def absolute(manifest: dict, root: Path) -> dict:
     return m
 
 
+LIBRARY = ("pipeline", "shardio")  # the loggers whose events go to <out>/curate.log
+
+
 @contextmanager
 def run_log(out: Path):
-    """Append this run's log lines to ``<out>/curate.log`` (and warnings to stderr)."""
+    """Append this run's log lines (INFO and up) to ``<out>/curate.log``. Nothing here writes to the
+    terminal: records propagate to the root logger, which the application configures (app/cli.py)."""
     out.mkdir(parents=True, exist_ok=True)
     fh = logging.FileHandler(out / "curate.log", errors="backslashreplace")  # shard paths need not be UTF-8
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    err = logging.StreamHandler(sys.stderr)
-    err.setLevel(logging.WARNING)
-    err.setFormatter(logging.Formatter("curate: %(levelname)s: %(message)s"))
-    log.addHandler(fh)
-    log.addHandler(err)
-    log.setLevel(logging.INFO)
-    publishing = [logging.getLogger(n) for n in ("pipeline.publish", "shardio.versions")]  # versions kept and why
-    levels = [lg.level for lg in publishing]
-    for lg in publishing:
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(n) for n in LIBRARY]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
         lg.addHandler(fh)
-        lg.setLevel(logging.INFO)
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
     try:
         yield
     finally:
-        log.removeHandler(fh)
-        log.removeHandler(err)
-        for lg, level in zip(publishing, levels):
+        for lg, level in zip(loggers, levels):
             lg.removeHandler(fh)
             lg.setLevel(level)
         fh.close()
@@ -296,12 +305,13 @@ def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | 
         light = all(is_metadata(s) for s in p.shards)  # no model: workers need no torch
         done, failed = annotate(p, make(workers, dask_address, retries, torch=not light), progress)
         seconds = time.time() - t0
-        return finish(p, done, failed, on_failure, {"run": run_facts(done, seconds)}, keep_versions)
+        return finish(p, done, failed, on_failure, run_facts(done, seconds), keep_versions)
 
 
-def run_facts(done: dict[str, dict], seconds: float) -> dict:
-    rows = sum(r["rows"] for r in done.values())
+def run_facts(done: dict[str, ShardResult], seconds: float) -> dict:
+    """The manifest's ``run`` facts of the per-shard pass (schemas.outputs.RunFacts)."""
+    rows = sum(r.rows for r in done.values())
     return {"annotate_seconds": round(seconds, 2),
             "annotate_samples_per_s": round(rows / seconds, 1) if seconds > 0 else None,
-            "stage_runs": sum(len(r["ran"]) for r in done.values()),
-            "shards_annotated": sum(bool(r["ran"]) for r in done.values())}
+            "stage_runs": sum(len(r.ran) for r in done.values()),
+            "shards_annotated": sum(bool(r.ran) for r in done.values())}

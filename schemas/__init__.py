@@ -1,4 +1,5 @@
-"""The project's contracts: metadata columns (columns.json) and the curation config (config.py)."""
+"""The project's contracts: metadata columns (columns.json), the curation config (config.py) and what a
+run hands back (outputs.py: the manifest, a shard job's result)."""
 from __future__ import annotations
 
 import json
@@ -24,10 +25,6 @@ def arrow_type(name: str) -> pa.DataType:
     if name.startswith("clip_score_"):
         return TYPES[columns()["clip_score"]["type"]]
     raise KeyError(f"column {name!r} is not declared in schemas/columns.json")
-
-
-def stage_columns(stage: str) -> list[str]:
-    return [c for c, spec in columns().items() if spec["stage"] == stage]
 
 
 def table(rows: dict[str, list], names: list[str]) -> pa.Table:

@@ -26,8 +26,9 @@ class ClipModel(_Strict):
     checkpoint: str | None = Field(None, description="local weights file for a named model (offline)")
     column: str = Field("clip_score", pattern=r"^clip_score(_[a-z0-9]+)?$",
                         description="score column written: clip_score or clip_score_<tag>")
-    batch_size: int = Field(256, gt=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(256, gt=0, description="images per forward pass")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the scorer runs; auto: cuda when "
+                                                                        "there is a GPU, else cpu")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on a GPU, fp32 on a CPU; bf16 on a CPU with AVX-512 BF16 "
                             "runs the forward pass 2-2.7x faster (scores move by < 0.01)")

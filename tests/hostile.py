@@ -1,11 +1,15 @@
 """A hostile-input corpus, generated (no binary fixtures): each kind of real-world damage with what
-must become of every sample. Used by tests/test_hostile.py and bench/reliability.py."""
+must become of every sample; and ``run_cli``, ``curate run`` in a child process that can be killed at a
+named point. Used by tests/test_hostile.py and bench/reliability.py."""
 from __future__ import annotations
 
 import gzip
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -17,6 +21,14 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 KEPT = None  # expected outcome of a sample that is kept
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(pool, out, config, kill: str | None = None) -> subprocess.CompletedProcess:
+    """``curate run`` in a child process; ``kill``: a point of pipeline/faults.py where it is SIGKILLed."""
+    env = {**os.environ, "CURATE_KILL_AT": kill or ""}
+    return subprocess.run([sys.executable, "-m", "app.cli", "run", "--pool", str(pool), "--out", str(out),
+                           "--config", str(config)], env=env, capture_output=True, text=True, cwd=ROOT)
 
 
 def _img(fmt: str, size=(24, 24), mode="RGB", seed=0, **kw) -> bytes:

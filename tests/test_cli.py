@@ -1,6 +1,8 @@
 """User errors are one or two lines and a non-zero exit, never a traceback (``--debug`` shows it)."""
+import argparse
 import fcntl
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +77,41 @@ def test_preset_by_name_runs_and_a_log_is_left(pool):
     r = curate("run", "--pool", str(pool / "pool"), "--out", str(pool / "o5"), "--config", "datacomp/no-filter")
     assert r.returncode == 0, r.stderr
     assert "published" in (pool / "o5" / "curate.log").read_text()
+
+
+def test_a_broken_shard_is_reported_once(pool):
+    """One warning line on the terminal (not the library's print, the run's log, the root logger open_clip
+    configures and the CLI's summary: four copies in three formats before) and one line in curate.log."""
+    broken = pool / "broken"
+    make_pool(broken, n=20, per_shard=10)
+    tar = broken / "00001.tar"
+    tar.write_bytes(tar.read_bytes()[:5000])
+    (pool / "tiny.yaml").write_text("clip:\n  - {model: curate-tiny, batch_size: 8}\nfilters: []\n")
+    r = curate("run", "--pool", str(broken), "--out", str(pool / "o6"), "--config", str(pool / "tiny.yaml"))
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.replace("\r", "\n").splitlines() if str(tar) in x]
+    assert len(lines) == 1 and lines[0].startswith("curate: WARNING: broken shard "), r.stderr
+    assert "INFO" not in r.stderr and str(tar) not in r.stdout
+    logged = [x for x in (pool / "o6" / "curate.log").read_text().splitlines() if str(tar) in x]
+    assert len(logged) == 1 and "WARNING pipeline.run: broken shard" in logged[0]
+
+
+def test_help_lists_every_command():
+    from app.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = curate("--help").stdout
+    listed = {line.split()[0] for line in text.splitlines() if line.startswith("    ") and line[4] != " "}
+    assert set(sub.choices) == listed, text
+
+
+def test_the_readme_commands_parse():
+    from app.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    commands = [line.split("curate ", 1)[1].split("#")[0].strip() for line in readme.splitlines()
+                if line.startswith(".venv/bin/curate ")]
+    assert len(commands) >= 5  # run (twice), reshard, train, eval at least
+    for c in commands:
+        if not c.startswith("serve"):
+            build_parser().parse_args(shlex.split(c))

@@ -46,44 +46,44 @@ def unit(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
 
 def test_near_dedup_empty_and_single():
     r = near(np.zeros((0, 32, 32)))
-    assert r["duplicate_of"].shape == (0,) and r["rms"].shape == (0,)
+    assert r.duplicate_of.shape == (0,) and r.rms.shape == (0,)
     r = near([textured(1)])
-    assert r["duplicate_of"].tolist() == [-1] and np.isnan(r["rms"]).all()
+    assert r.duplicate_of.tolist() == [-1] and np.isnan(r.rms).all()
 
 
 def test_near_dedup_two_samples():
-    assert near([textured(1), textured(2)])["duplicate_of"].tolist() == [-1, -1]
+    assert near([textured(1), textured(2)]).duplicate_of.tolist() == [-1, -1]
     r = near([textured(1), textured(1)])
-    assert r["duplicate_of"].tolist() == [-1, 0] and r["rms"] == pytest.approx([0, 0], abs=1e-3)
+    assert r.duplicate_of.tolist() == [-1, 0] and r.rms == pytest.approx([0, 0], abs=1e-3)
 
 
 @pytest.mark.parametrize("n", [3, 8, 30])
 def test_near_dedup_all_identical_keeps_the_first(n):
     r = near([textured(7)] * n)
-    assert r["duplicate_of"].tolist() == [-1] + [0] * (n - 1)
+    assert r.duplicate_of.tolist() == [-1] + [0] * (n - 1)
 
 
 def test_near_dedup_order_key_picks_the_kept_copy():
     r = near_duplicates(np.stack([textured(7)] * 3), np.ones(3, bool), order_key=np.array([2.0, 0.0, 1.0]), **ND)
-    assert r["duplicate_of"].tolist() == [1, -1, 1]
+    assert r.duplicate_of.tolist() == [1, -1, 1]
 
 
 def test_near_dedup_flat_thumbnails_are_never_duplicates():
     for thumbs in ([flat(0)] * 5, [flat(v) for v in (0, 90, 200, 255)], [flat(128)] * 2 + [textured(1)]):
         r = near(thumbs)
-        assert (r["duplicate_of"] == -1).all() and np.isnan(r["rms"]).all()
+        assert (r.duplicate_of == -1).all() and np.isnan(r.rms).all()
 
 
 def test_near_dedup_nothing_decodable():
     r = near([textured(3)] * 4, ok=[False] * 4)
-    assert (r["duplicate_of"] == -1).all() and np.isnan(r["rms"]).all()
+    assert (r.duplicate_of == -1).all() and np.isnan(r.rms).all()
     r = near([textured(3)] * 4, ok=[False, True, False, True])  # only decodable rows count
-    assert r["duplicate_of"].tolist() == [-1, -1, -1, 1]
+    assert r.duplicate_of.tolist() == [-1, -1, -1, 1]
 
 
 def test_near_dedup_k_above_the_usable_samples():
     thumbs = [textured(1), textured(1), textured(2)] + [flat(50)] * 5
-    assert near(thumbs, k=100)["duplicate_of"].tolist() == [-1, 0] + [-1] * 6
+    assert near(thumbs, k=100).duplicate_of.tolist() == [-1, 0] + [-1] * 6
 
 
 @pytest.mark.parametrize("ivf", [False, True])
@@ -97,8 +97,8 @@ def test_near_dedup_inverted_file_path(monkeypatch, ivf):
     thumbs = [textured(s) for s in range(40)]
     thumbs += [thumbs[3], np.clip(thumbs[7].astype(int) + 2, 0, 255)]  # copies of 3 and 7
     r = near(thumbs)
-    assert r["duplicate_of"].tolist() == [-1] * 40 + [3, 7]
-    assert near([textured(5)] * 12)["duplicate_of"].tolist() == [-1] + [0] * 11
+    assert r.duplicate_of.tolist() == [-1] * 40 + [3, 7]
+    assert near([textured(5)] * 12).duplicate_of.tolist() == [-1] + [0] * 11
 
 
 def test_groups_without_pairs_is_identity():

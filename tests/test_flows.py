@@ -94,6 +94,30 @@ def test_one_failure_policy_for_the_library_and_the_flow(tmp_path, prefect_serve
     assert set(pd.read_parquet(out / "metadata.parquet")["shard"]) == {"00000", "00001", "00002"}
 
 
+def test_the_flow_retries_an_io_error_and_not_bad_data(tmp_path, prefect_server, monkeypatch):
+    import pipeline.annotate
+    from flows.curate import curate
+
+    make_pool(tmp_path / "pool", n=40, per_shard=20)
+    real, tries = pipeline.annotate.annotate_shard, {}
+
+    def flaky(shard, *a, **k):
+        name = str(shard)[-9:]
+        tries[name] = tries.get(name, 0) + 1
+        if name == "00000.tar" and tries[name] == 1:
+            raise OSError("simulated NFS hiccup")
+        if name == "00001.tar":
+            raise ValueError("simulated bad data")
+        return real(shard, *a, **k)
+
+    monkeypatch.setattr(pipeline.annotate, "annotate_shard", flaky)
+    (tmp_path / "c.yaml").write_text("filters: []\n")
+    m = curate(pool=str(tmp_path / "pool"), out=str(tmp_path / "out"), config=str(tmp_path / "c.yaml"), retries=2,
+               on_failure="partial")
+    assert tries == {"00000.tar": 2, "00001.tar": 1}
+    assert m["samples_in"] == 20 and [f["error"] for f in m["not_processed_shards"]] == ["ValueError: simulated bad data"]
+
+
 def test_two_runs_on_one_output_are_refused(tmp_path):
     from pipeline.lock import OutputLocked, exclusive
     from pipeline.run import run_curation

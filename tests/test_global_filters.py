@@ -90,7 +90,7 @@ def test_ratio_test_catches_a_heavy_copy_unless_a_look_alike_is_as_near():
 
     def dup_of(*ims, **kw):
         th = thumbs_of(*ims, *others)
-        return list(near_duplicates(th, np.ones(len(th), bool), **{"max_rms": 4.5, **kw})["duplicate_of"][:len(ims)])
+        return list(near_duplicates(th, np.ones(len(th), bool), **{"max_rms": 4.5, **kw}).duplicate_of[:len(ims)])
 
     ratio = {"ratio": 0.75, "ratio_max_rms": 7.0}
     assert dup_of(a, heavy, ratio=0, ratio_max_rms=7.0) == [-1, -1]  # beyond max_rms, no ratio test

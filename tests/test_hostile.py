@@ -1,18 +1,16 @@
 """No sample lost on hostile input: every sample found is kept or dropped with its real cause, every
 broken shard is named, listed-but-not-downloaded rows are counted, and kills at any point lose nothing."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from pipeline.faults import POINTS
 from pipeline.publish import NotPublished, checksums, published
 from pipeline.run import run_curation
 from shardio.shards import iter_tar_samples
-from tests.hostile import make_corpus
+from tests.hostile import make_corpus, run_cli
 
 CONFIG = {"clip": [{"model": "curate-tiny", "batch_size": 16}], "filters": []}
 
@@ -62,16 +60,6 @@ def test_export_holds_the_kept_samples_with_long_captions_cut(hostile):
     assert len(keys) == len(set(keys)) and not any(k.startswith(("/", "..")) or "/../" in k for k in keys)
 
 
-KILL_POINTS = ["annotate:mid", "decide", "export:mid", "publish:staged", "publish:renamed", "publish:switched"]
-
-
-def _cli(pool, out, config, kill=None):
-    env = {**os.environ, "CURATE_KILL_AT": kill or ""}
-    return subprocess.run([sys.executable, "-m", "app.cli", "run", "--pool", str(pool), "--out", str(out),
-                           "--config", str(config)], env=env, capture_output=True, text=True,
-                          cwd=Path(__file__).parents[1])
-
-
 def kill_and_rerun(tmp_path, points) -> None:
     """For each point: publish an old output, kill a new run there, check what a reader sees, rerun and
     compare with an uninterrupted run, byte for byte."""
@@ -82,17 +70,17 @@ def kill_and_rerun(tmp_path, points) -> None:
     old.write_text(json.dumps({"filters": []}))
     new = tmp_path / "new.yaml"
     new.write_text(json.dumps({"filters": [{"type": "exact_dedup"}, {"type": "basic", "min_side": 30}]}))
-    assert _cli(tmp_path / "pool", tmp_path / "clean", new).returncode == 0
+    assert run_cli(tmp_path / "pool", tmp_path / "clean", new).returncode == 0
     want = checksums(tmp_path / "clean")
     for point in points:
         out = tmp_path / point.replace(":", "_")
-        assert _cli(tmp_path / "pool", out, old).returncode == 0
+        assert run_cli(tmp_path / "pool", out, old).returncode == 0
         before = checksums(out)
-        r = _cli(tmp_path / "pool", out, new, kill=point)
+        r = run_cli(tmp_path / "pool", out, new, kill=point)
         assert r.returncode == -9, (point, r.stderr[-2000:])
         seen = checksums(out)  # a reader sees the previous complete output, or the new one once switched
         assert seen == (want if point == "publish:switched" else before), point
-        assert _cli(tmp_path / "pool", out, new).returncode == 0
+        assert run_cli(tmp_path / "pool", out, new).returncode == 0
         assert checksums(out) == want, point
 
 
@@ -102,7 +90,7 @@ def test_kills_mid_export_and_between_publish_steps_lose_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_a_kill_at_any_point_loses_nothing_and_shows_no_mix(tmp_path):
-    kill_and_rerun(tmp_path, KILL_POINTS)
+    kill_and_rerun(tmp_path, POINTS)
 
 
 def test_a_reader_refuses_an_output_that_never_completed(tmp_path):
@@ -111,7 +99,7 @@ def test_a_reader_refuses_an_output_that_never_completed(tmp_path):
     make_pool(tmp_path / "pool", n=20, per_shard=10)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("filters: []\n")
-    assert _cli(tmp_path / "pool", tmp_path / "out", cfg, kill="publish:staged").returncode == -9
+    assert run_cli(tmp_path / "pool", tmp_path / "out", cfg, kill="publish:staged").returncode == -9
     with pytest.raises(NotPublished, match="no complete curation output"):
         published(tmp_path / "out")
 

@@ -103,9 +103,9 @@ def test_decisions_do_not_depend_on_the_thread_count(copies, monkeypatch, ivf):
     finally:
         torch.set_num_threads(threads)
     for r in runs[1:]:
-        assert (r["duplicate_of"] == runs[0]["duplicate_of"]).all()
-        assert np.allclose(r["rms"], runs[0]["rms"], atol=1e-4, equal_nan=True)
-    assert (runs[0]["duplicate_of"][300:] >= 0).mean() > 0.9  # the copies are found
+        assert (r.duplicate_of == runs[0].duplicate_of).all()
+        assert np.allclose(r.rms, runs[0].rms, atol=1e-4, equal_nan=True)
+    assert (runs[0].duplicate_of[300:] >= 0).mean() > 0.9  # the copies are found
 
 
 def test_the_lists_built_beside_the_descriptors_are_the_serial_ones(copies, monkeypatch):

@@ -41,6 +41,6 @@ def test_decisions_equal_those_without_the_cheap_test(thumbs, monkeypatch):
     fast = nd.near_duplicates(thumbs, np.ones(len(thumbs), bool), **ND)
     monkeypatch.setattr(nd, "START_MARGIN", np.inf)
     full = nd.near_duplicates(thumbs, np.ones(len(thumbs), bool), **ND)
-    assert (fast["duplicate_of"] == full["duplicate_of"]).all()
-    copies = fast["duplicate_of"][800:]
+    assert (fast.duplicate_of == full.duplicate_of).all()
+    copies = fast.duplicate_of[800:]
     assert (copies >= 0).mean() > 0.9  # the planted copies are found

@@ -1,4 +1,4 @@
-"""Serving: `python -m flows.serve` against a real local Prefect server puts an active schedule on
+"""Serving: `curate serve` against a real local Prefect server puts an active schedule on
 the nightly chain only; the curate flow's artifacts land on the run that was started; the serving
 options and prefect.yaml agree."""
 import os
@@ -23,11 +23,11 @@ def artifacts_of(client, run_id) -> list:
 
 
 def serve(log, *args):
-    """``python -m flows.serve ARGS`` against the test server."""
+    """``curate serve ARGS`` against the test server."""
     from prefect.settings import PREFECT_API_URL
 
     fh = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.serve", *args], cwd=ROOT, stdout=fh,
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", *args], cwd=ROOT, stdout=fh,
                             stderr=subprocess.STDOUT, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
     proc.log = fh
     return proc
@@ -44,7 +44,7 @@ def wait_for_deployment(client, name: str, proc, timeout: float = 90):
 
     end = time.time() + timeout
     while time.time() < end:
-        assert proc.poll() is None, f"flows.serve exited with {proc.returncode}"
+        assert proc.poll() is None, f"curate serve exited with {proc.returncode}"
         try:
             return client.read_deployment_by_name(name)
         except ObjectNotFound:

@@ -148,7 +148,7 @@ def test_config_rejects_clip_only_options():
 
 
 def test_cli_trains_an_objective_and_eval_probes_image_only_checkpoints(tmp_path, capsys):
-    from app.cli_ssl import main
+    from app.cli import main
 
     make_pool(tmp_path / "pool", n=32, per_shard=32)
     task = make_task(tmp_path / "eval" / "fashion_mnist", per_class=4)  # a builtin suite task's folder name

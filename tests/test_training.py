@@ -205,6 +205,6 @@ def test_fast_val_transform_gives_open_clip_pixels():
 def test_cli_offers_exactly_the_trainer_losses():
     import typing
 
-    from app.cli import LOSSES
+    from app.cli_train import LOSSES
 
     assert LOSSES == list(typing.get_args(TrainConfig.model_fields["loss"].annotation))

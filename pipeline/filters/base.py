@@ -2,7 +2,7 @@
 
 A filter module defines a subclass of ``Filter`` with
   - ``type: Literal["<type>"]`` (the config's ``type:``) and its parameters as pydantic fields;
-  - ``default_name()``: the instance name from type and parameters (``clip_score[clip_score,top0.3]``),
+  - ``default_name()``: the instance name from type and parameters (``clip_score[top0.3]``, ``clip_score[l14,top0.3]``),
     overridable per instance with ``name:`` in the config;
   - ``checks``: the reason suffixes it can record (one reason per check: ``<instance>`` for a single
     check, ``<instance>:<check>`` for several);

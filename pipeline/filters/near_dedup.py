@@ -35,6 +35,6 @@ class NearDedup(Filter):
 
         r = near_duplicates(ctx.arrays.thumbs(), ctx.ok, max_rms=self.max_rms, ratio=self.ratio,
                             ratio_max_rms=self.ratio_max_rms, k=self.k, backend=ctx.backend)
-        dup = r["duplicate_of"] >= 0
-        return Result({"": dup}, {"dup_of": ctx.uids_at(r["duplicate_of"]), "rms": r["rms"]},
+        dup = r.duplicate_of >= 0
+        return Result({"": dup}, {"dup_of": ctx.uids_at(r.duplicate_of), "rms": r.rms},
                       {"duplicates": int(dup.sum())})
