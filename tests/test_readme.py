@@ -23,7 +23,7 @@ def _parse_curate(argv: list[str]):
     from app.cli import build_parser
 
     if argv[:1] == ["serve"]:
-        from flows.serve import parser
+        from app.cli_serve import parser
 
         return parser("curate serve").parse_args(argv[1:])
     return build_parser().parse_args(argv)
