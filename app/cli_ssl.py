@@ -1,6 +1,6 @@
 """CLI for what else curated data trains: ``add_commands(sub)`` extends the ``curate`` sub-parsers.
 
-    curate train --objective simclr|moco   self-supervised pretraining of an image tower (default: clip)
+    curate train --objective simclr|moco|mae   self-supervised pretraining of an image tower (default: clip)
     curate finetune --lora R               LoRA (R > 0) or full (R = 0) fine-tuning of a CLIP checkpoint
     curate probe                           linear probe + k-NN of an image tower on classification tasks
 
@@ -20,7 +20,10 @@ def cmd_train_any(a, clip_train) -> None:
         if extra:
             raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in extra)} need --objective simclr|moco")
         return clip_train(a)
-    from training.ssl import SSLConfig, pretrain
+    if a.objective == "mae":
+        from training.mae import MAEConfig as SSLConfig, pretrain
+    else:
+        from training.ssl import SSLConfig, pretrain
 
     if a.loss not in (None, "clip") or a.accum_steps not in (None, 1):
         raise ValueError("--loss and --accum-steps are CLIP options; SSL objectives have their own loss")
@@ -90,8 +93,8 @@ def add_commands(sub) -> None:
     t = sub.choices["train"]
     clip_train = t.get_default("func")
     g = t.add_argument_group("self-supervised objectives (image tower only, captions ignored)")
-    g.add_argument("--objective", choices=["clip", "simclr", "moco"], default="clip",
-                   help="clip (with --loss), SimCLR or MoCo pretraining of the image tower (default: clip)")
+    g.add_argument("--objective", choices=["clip", "simclr", "moco", "mae"], default="clip",
+                   help="clip (with --loss), SimCLR, MoCo or MAE pretraining of the image tower (default: clip)")
     g.add_argument("--moco-version", type=int, choices=[2, 3], default=None,
                    help="MoCo v2 (queue of keys) or v3 (prediction head, no queue) (default: 2)")
     g.add_argument("--temperature", type=float, default=None, help="default: simclr 0.5, moco 0.2")
