@@ -70,6 +70,21 @@ def test_resume_after_crash_reaches_the_same_step(tmp_path):
         train(c.model_copy(update={"samples_seen": 32 * 30}))
 
 
+def test_siglip_trains_resumes_and_its_checkpoint_loads_with_the_bias(tmp_path):
+    from training.model import load_clip
+
+    make_pool(tmp_path / "pool", n=64, per_shard=32)
+    c = cfg(tmp_path, tmp_path / "pool", samples_seen=16 * 6, batch_size=16, loss="siglip", checkpoints=3,
+            log_every=1, lr=1e-3)
+    assert "checkpoint" not in train(c.model_copy(update={"max_steps": 3}))
+    r = train(c)
+    assert r["resumed_from_step"] == 2 and r["steps"] == 6 and math.isfinite(r["final_loss"])
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["logit_scale"] == pytest.approx(10, rel=0.05)  # SigLIP's initial temperature
+    bias = float(load_clip(r["checkpoint"]).model.logit_bias.detach())
+    assert -11 < bias < -9 and bias != -10  # trained from -10
+
+
 def test_config_is_validated(tmp_path):
     with pytest.raises(ValueError, match="smaller than one batch"):
         TrainConfig(train_data="x", out_dir="y", samples_seen=10, batch_size=64)

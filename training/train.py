@@ -26,6 +26,17 @@ def make_loss(cfg: TrainConfig, rank: int, world: int):
                               rank=rank, world_size=world)
 
 
+SIGLIP_INIT = (math.log(10), -10.0)  # SigLIP's initial log temperature and bias (the paper's, open_clip's)
+
+
+def add_siglip_bias(model: torch.nn.Module) -> None:
+    """Give a CLIP model SigLIP's learned logit bias and temperature at their initial values, as
+    open_clip does for models whose name says siglip (the sigmoid loss needs the bias)."""
+    with torch.no_grad():
+        model.logit_scale.fill_(SIGLIP_INIT[0])
+    model.logit_bias = torch.nn.Parameter(torch.ones_like(model.logit_scale) * SIGLIP_INIT[1])
+
+
 class ClipObjective(Objective):
     """Contrastive image-text training of the whole model (``cfg.loss``: CLIP or SigLIP).
 
@@ -50,8 +61,8 @@ class ClipObjective(Objective):
         if self.adapter is not None:
             model = self.adapter.wrap(model)
         if self.cfg.loss == "siglip" and getattr(model, "logit_bias", None) is None:
-            raise ValueError(f"the SigLIP loss needs a model with a logit_bias (open_clip's init_logit_bias); "
-                             f"{self.clip.name} has none")
+            add_siglip_bias(model)
+            self.clip.model_cfg = {**self.clip.model_cfg, "init_logit_bias": SIGLIP_INIT[1]}  # saved: loads back
         self.loss_fn = make_loss(self.cfg, rank, world)
         return model
 
