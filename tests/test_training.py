@@ -223,3 +223,20 @@ def test_cli_offers_exactly_the_trainer_losses():
     from app.cli import LOSSES
 
     assert LOSSES == list(typing.get_args(TrainConfig.model_fields["loss"].annotation))
+
+
+def test_training_modules_log_share_no_private_names_and_keep_functions_short():
+    """training/ logs (no print), no module imports another's ``_``-private names, no function over 80 lines."""
+    import ast
+    from pathlib import Path
+
+    found = []
+    for path in sorted((Path(__file__).parents[1] / "training").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+                found.append(f"{path.name}:{node.lineno} prints")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("training"):
+                found += [f"{path.name}:{node.lineno} imports {a.name}" for a in node.names if a.name.startswith("_")]
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                found.append(f"{path.name}:{node.lineno} {node.name} is {node.end_lineno - node.lineno + 1} lines")
+    assert found == []
