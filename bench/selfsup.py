@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -108,6 +109,12 @@ def subset(src, dst: Path, keep) -> int:
     return n
 
 
+def fresh(run: Path) -> Path:
+    """A run folder emptied first: a finished run left there would be resumed at its end, not measured."""
+    shutil.rmtree(run, ignore_errors=True)
+    return run
+
+
 def train_one(objective: str, **common) -> dict:
     if objective == "clip":
         return train(TrainConfig(**common))
@@ -120,7 +127,7 @@ def towers(data: dict[str, str], root: Path, task: Path, samples: int, shots: in
     out = {}
     for name, shards in data.items():
         for objective in objectives:
-            run = root / f"{name}_{objective}"
+            run = fresh(root / f"{name}_{objective}")
             r = train_one(objective, train_data=shards, out_dir=str(run), samples_seen=samples, workers=0)
             clip = load_clip(r["checkpoint"])
             clip.model.eval()
@@ -160,7 +167,7 @@ def adapt(base: str, curated: str, pool: Path, root: Path, samples: int) -> dict
     out = {"data": f"{n} curated openclipart + emoji pairs", "samples_seen": samples,
            "before": {"zero_shot": zero_shot(base, eval_root, root / "zs_before.jsonl")}}
     for name, rank in (("lora_r4", 4), ("lora_r16", 16), ("full_finetune", 0)):
-        run = root / name
+        run = fresh(root / name)
         t0 = time.time()
         p = subprocess.run([PY, "-m", "app.cli_ssl", "finetune", "--checkpoint", base, "--data", str(root / "adapt_shards"),
                             "--out", str(run), "--lora", str(rank), "--samples-seen", str(samples), "--batch-size", "128",
