@@ -1,7 +1,7 @@
 """``curate train | eval | finetune | probe``: the training and evaluation commands; app/cli.py adds
 them to the ``curate`` parser (``add_train(sub)``, ...).
 
-    curate train --objective clip|simclr|moco   CLIP (default) or self-supervised pretraining of an image tower
+    curate train --objective clip|simclr|moco|mae   CLIP (default) or self-supervised pretraining of an image tower
     curate eval                                  zero-shot evaluation; probes for image-only (SSL) checkpoints
     curate finetune --lora R                     LoRA (R > 0) or full (R = 0) fine-tuning of a CLIP checkpoint
     curate probe                                 linear probe + k-NN of an image tower on classification tasks
@@ -18,7 +18,10 @@ SSL_OPTIONS = ("moco_version", "temperature", "queue_size", "momentum")
 def cmd_train(a) -> None:
     if a.objective == "clip":
         return _train_clip(a)
-    from training.ssl import SSLConfig, pretrain
+    if a.objective == "mae":
+        from training.mae import MAEConfig as SSLConfig, pretrain
+    else:
+        from training.ssl import SSLConfig, pretrain
 
     if a.loss not in (None, "clip") or a.accum_steps not in (None, 1):
         raise ValueError("--loss and --accum-steps are CLIP options; SSL objectives have their own loss")
@@ -119,7 +122,7 @@ def _print(r: dict) -> None:
 
 
 def add_train(sub) -> None:
-    t = sub.add_parser("train", help="train a CLIP model (or an image tower: --objective simclr|moco)",
+    t = sub.add_parser("train", help="train a CLIP model (or an image tower: --objective simclr|moco|mae)",
                        description="CLIP contrastive training at a fixed samples-seen budget.")
     t.add_argument("--data", required=True, help="training shards (folder, braced pattern or glob)")
     t.add_argument("--out", required=True, help="run folder (checkpoints/, final/, metrics.jsonl)")
@@ -139,8 +142,8 @@ def add_train(sub) -> None:
     t.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     t.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     g = t.add_argument_group("self-supervised objectives (image tower only, captions ignored)")
-    g.add_argument("--objective", choices=["clip", "simclr", "moco"], default="clip",
-                   help="clip (with --loss), SimCLR or MoCo pretraining of the image tower (default: clip)")
+    g.add_argument("--objective", choices=["clip", "simclr", "moco", "mae"], default="clip",
+                   help="clip (with --loss), SimCLR, MoCo or MAE pretraining of the image tower (default: clip)")
     g.add_argument("--moco-version", type=int, choices=[2, 3], default=None,
                    help="MoCo v2 (queue of keys) or v3 (prediction head, no queue) (default: 2)")
     g.add_argument("--temperature", type=float, default=None, help="default: simclr 0.5, moco 0.2")

@@ -1,8 +1,9 @@
 """What else curated data trains -> bench/results/ssl.json.
 
     .venv/bin/python -m bench.selfsup --threads 1     # ~15-20 min on 2 CPU cores
+    .venv/bin/python -m bench.selfsup --threads 1 --only mae   # one objective, merged into the results
 
-1. Image towers: SimCLR, MoCo v2 and CLIP (curate-tiny) trained at equal samples seen on the sample
+1. Image towers: SimCLR, MoCo v2, MAE and CLIP (curate-tiny) trained at equal samples seen on the sample
    pool's curated output (CLIP-score top 70%, scorer bootstrapped on the trusted split as in
    ``curate demo``) and on the unfiltered pool; linear probe and k-NN on Fashion-MNIST test
    (``--shots`` labelled images per class drawn from it, scored on the rest).
@@ -16,22 +17,29 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from training.knn import image_probes
+from training.lora import FinetuneConfig
+from training.mae import MAEConfig
+from training.mae import pretrain as mae_pretrain
+from training.model import load_clip
+from training.ssl import SSLConfig, pretrain
+from training.train import TrainConfig, train
 
-from training.knn import image_probes  # noqa: E402
-from training.lora import FinetuneConfig  # noqa: E402
-from training.model import load_clip  # noqa: E402
-from training.ssl import SSLConfig, pretrain  # noqa: E402
-from training.train import TrainConfig, train  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OUT = ROOT / "bench" / "results" / "ssl.json"
 PY = sys.executable
+OBJECTIVES = ("simclr", "moco", "mae", "clip")
+SSL_SETTINGS = ("SimCLR (temperature 0.5), MoCo v2 (temperature 0.2, momentum 0.99, queue 4096), MAE (mask 75%, "
+                "decoder 2 blocks of width 64, normalised-pixel loss, AdamW wd 0.05 beta2 0.95); training/ssl.py "
+                "and training/mae.py defaults")
 ADAPT_TASKS = ["openclipart_topics", "emoji_names", "openclipart_retrieval", "emoji_retrieval"]
 
 
@@ -102,13 +110,26 @@ def subset(src, dst: Path, keep) -> int:
     return n
 
 
-def towers(data: dict[str, str], root: Path, task: Path, samples: int, shots: int) -> dict:
+def fresh(run: Path) -> Path:
+    """A run folder emptied first: a finished run left there would be resumed at its end, not measured."""
+    shutil.rmtree(run, ignore_errors=True)
+    return run
+
+
+def train_one(objective: str, **common) -> dict:
+    if objective == "clip":
+        return train(TrainConfig(**common))
+    if objective == "mae":
+        return mae_pretrain(MAEConfig(**common))
+    return pretrain(SSLConfig(objective=objective, **common))
+
+
+def towers(data: dict[str, str], root: Path, task: Path, samples: int, shots: int, objectives=OBJECTIVES) -> dict:
     out = {}
     for name, shards in data.items():
-        for objective in ("simclr", "moco", "clip"):
-            run = root / f"{name}_{objective}"
-            common = dict(train_data=shards, out_dir=str(run), samples_seen=samples, workers=0)
-            r = train(TrainConfig(**common)) if objective == "clip" else pretrain(SSLConfig(objective=objective, **common))
+        for objective in objectives:
+            run = fresh(root / f"{name}_{objective}")
+            r = train_one(objective, train_data=shards, out_dir=str(run), samples_seen=samples, workers=0)
             clip = load_clip(r["checkpoint"])
             clip.model.eval()
             t0 = time.time()
@@ -147,7 +168,7 @@ def adapt(base: str, curated: str, pool: Path, root: Path, samples: int) -> dict
     out = {"data": f"{n} curated openclipart + emoji pairs", "samples_seen": samples,
            "before": {"zero_shot": zero_shot(base, eval_root, root / "zs_before.jsonl")}}
     for name, rank in (("lora_r4", 4), ("lora_r16", 16), ("full_finetune", 0)):
-        run = root / name
+        run = fresh(root / name)
         t0 = time.time()
         p = subprocess.run([PY, "-m", "app.cli", "finetune", "--checkpoint", base, "--data", str(root / "adapt_shards"),
                             "--out", str(run), "--lora", str(rank), "--samples-seen", str(samples), "--batch-size", "128",
@@ -185,6 +206,9 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=100, help="labelled Fashion-MNIST images per class for the probes")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads here and in the subprocesses (default: torch's); 1 helps on a busy machine")
+    ap.add_argument("--only", nargs="+", choices=OBJECTIVES, default=None,
+                    help="train and probe only these image towers and merge them into --out's results "
+                         "(the adaptation part is kept as it is)")
     ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args()
     if a.threads:
@@ -200,13 +224,11 @@ def main() -> None:
     wait_for_pool(pool)
     curated, curation = curate(pool, root, Path(a.curated), a.scorer_samples_seen)
     data = {"curated": curated, "pool": str(pool / "shards")}
-    res = {"machine": machine(),
-           "settings": {"model": "curate-tiny", "batch_size": 256, "samples_seen": a.samples_seen,
-                        "ssl": "SimCLR (temperature 0.5), MoCo v2 (temperature 0.2, momentum 0.99, queue 4096); "
-                               "training/ssl.py defaults", "probe_task": "fashion_mnist (test split)",
-                        "probe_shots_per_class": a.shots, "knn": "k=20, weighted vote exp(sim/0.07)",
-                        "linear_probe": "logistic regression, L2 by 2-fold CV (training/probe.py)"},
-           "curation": curation}
+    if a.only:
+        mergeable(Path(a.out), a)
+        return merge(Path(a.out), towers(data, root, pool / "eval" / "fashion_mnist", a.samples_seen, a.shots, a.only),
+                     curation, a, time.time() - t0, load0)
+    res = {"machine": machine(), "settings": settings(a), "curation": curation}
     res["image_towers"] = towers(data, root, pool / "eval" / "fashion_mnist", a.samples_seen, a.shots)
     base = res["image_towers"]["curated/clip"]["checkpoint"]
     res["adaptation"] = {"base": base, **adapt(base, curated, pool, root, a.adapt_samples_seen)}
@@ -214,6 +236,36 @@ def main() -> None:
     res["machine"]["load_average_1min_start_end"] = [round(load0[0], 2), round(os.getloadavg()[0], 2)]
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
+
+
+def settings(a) -> dict:
+    return {"model": "curate-tiny", "batch_size": 256, "samples_seen": a.samples_seen, "ssl": SSL_SETTINGS,
+            "probe_task": "fashion_mnist (test split)", "probe_shots_per_class": a.shots,
+            "knn": "k=20, weighted vote exp(sim/0.07)",
+            "linear_probe": "logistic regression, L2 by 2-fold CV (training/probe.py)"}
+
+
+def mergeable(out: Path, a) -> None:
+    """``--only`` adds to results measured at the same budget and probe, or to none."""
+    old = json.loads(out.read_text()).get("settings", {}) if out.is_file() else {}
+    for key, mine in (("samples_seen", a.samples_seen), ("probe_shots_per_class", a.shots)):
+        if old.get(key, mine) != mine:
+            raise ValueError(f"{out} was measured with {key} {old[key]}, not {mine}: rerun every objective "
+                             "or write to another --out")
+
+
+def merge(out: Path, towers_now: dict, curation: dict, a, seconds: float, load0) -> None:
+    """Add (or replace) the ``--only`` towers in an existing results file, noting the partial rerun
+    (with its curation, which should keep what the first run kept)."""
+    res = json.loads(out.read_text()) if out.is_file() else {"machine": machine(), "image_towers": {}}
+    res["settings"] = settings(a)
+    res.setdefault("curation", curation)
+    res["image_towers"].update(towers_now)
+    res.setdefault("partial_reruns", []).append({
+        "only": a.only, "curation": curation, "seconds": round(seconds, 1), "load_average_1min_start_end": [round(load0[0], 2),
+                                                                                      round(os.getloadavg()[0], 2)]})
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps({k: res["image_towers"][k] for k in towers_now}, indent=2))
 
 
 if __name__ == "__main__":

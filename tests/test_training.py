@@ -70,6 +70,21 @@ def test_resume_after_crash_reaches_the_same_step(tmp_path):
         train(c.model_copy(update={"samples_seen": 32 * 30}))
 
 
+def test_siglip_trains_resumes_and_its_checkpoint_loads_with_the_bias(tmp_path):
+    from training.model import load_clip
+
+    make_pool(tmp_path / "pool", n=64, per_shard=32)
+    c = cfg(tmp_path, tmp_path / "pool", samples_seen=16 * 6, batch_size=16, loss="siglip", checkpoints=3,
+            log_every=1, lr=1e-3)
+    assert "checkpoint" not in train(c.model_copy(update={"max_steps": 3}))
+    r = train(c)
+    assert r["resumed_from_step"] == 2 and r["steps"] == 6 and math.isfinite(r["final_loss"])
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["logit_scale"] == pytest.approx(10, rel=0.05)  # SigLIP's initial temperature
+    bias = float(load_clip(r["checkpoint"]).model.logit_bias.detach())
+    assert -11 < bias < -9 and bias != -10  # trained from -10
+
+
 def test_config_is_validated(tmp_path):
     with pytest.raises(ValueError, match="smaller than one batch"):
         TrainConfig(train_data="x", out_dir="y", samples_seen=10, batch_size=64)
@@ -208,3 +223,20 @@ def test_cli_offers_exactly_the_trainer_losses():
     from app.cli_train import LOSSES
 
     assert LOSSES == list(typing.get_args(TrainConfig.model_fields["loss"].annotation))
+
+
+def test_training_modules_log_share_no_private_names_and_keep_functions_short():
+    """training/ logs (no print), no module imports another's ``_``-private names, no function over 80 lines."""
+    import ast
+    from pathlib import Path
+
+    found = []
+    for path in sorted((Path(__file__).parents[1] / "training").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+                found.append(f"{path.name}:{node.lineno} prints")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("training"):
+                found += [f"{path.name}:{node.lineno} imports {a.name}" for a in node.names if a.name.startswith("_")]
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                found.append(f"{path.name}:{node.lineno} {node.name} is {node.end_lineno - node.lineno + 1} lines")
+    assert found == []

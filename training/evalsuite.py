@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import time
 from pathlib import Path
 
 from schemas.tasks import GROUPS, REGISTRY_VERSION, SPECIAL, Task, fingerprint, suite
 from shardio.evaltask import task_checksum
 from training.zeroshot import append_result, trained_on
+
+log = logging.getLogger(__name__)
 
 
 def _done(results: Path, checkpoint: str) -> dict[str, dict]:
@@ -69,7 +72,7 @@ def run_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin
              **({"data_version": dv} if dv else {})}
         append_result(results, r)
         done[task.key] = r
-        print(f"{task.key:<45} {task.metric:<22} {r['main']:.4f}  ({r['seconds']} s)", flush=True)
+        log.info("%-45s %-22s %.4f  (%s s)", task.key, task.metric, r["main"], r["seconds"])
     summary = aggregate(tasks, done, Path(data_root))
     summary.update(checkpoint=str(checkpoint), suite=suite_name, results=str(results),
                    seconds=round(time.time() - t0, 1), registry_version=REGISTRY_VERSION,

@@ -5,8 +5,8 @@ the attention and MLP projections of both towers: open_clip's ``nn.MultiheadAtte
 on the fused q/k/v ``in_proj_weight``, one on ``out_proj``) and the ``nn.Linear`` MLP projections
 (``c_fc``, ``c_proj``). Each adapter is a ``torch.nn.utils.parametrize`` parametrization of the weight,
 so W0 is never written; on save it is merged (``remove_parametrizations``) and the checkpoint is a
-plain open_clip local-dir folder. ``lora=0`` fine-tunes every weight instead. The loop is CLIP
-training's (training/train.py: contrastive loss, fixed samples seen, resume).
+plain open_clip local-dir folder. ``lora=0`` fine-tunes every weight instead. It is CLIP
+training's objective (training/train.py: contrastive loss) in the one loop (training/loop.py).
 
 Why not ``peft``: 0.21 does wrap ``nn.MultiheadAttention``, but since MHA reads ``in_proj_weight``
 and ``out_proj.weight`` directly, peft adds B A into the frozen weights before every forward and
@@ -45,7 +45,7 @@ class FinetuneConfig(TrainConfig):
 
 
 class Adapter:
-    """The ``adapter`` hook of training/train.py::train: adds LoRA before training, merges it at save."""
+    """The ``adapter`` of training/train.py's CLIP objective: adds LoRA before training, merges it at save."""
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg

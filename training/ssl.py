@@ -7,7 +7,7 @@ MoCo v3 (Chen, Xie & He 2021): momentum encoder, projection + prediction heads, 
 The backbone is the image tower of a model spec (default ``curate-tiny``); its output (the tower's
 projected embedding, what ``encode_image`` returns) is the representation, heads sit on top and are
 dropped at save, as in the papers. Loader (resampled shards, fixed samples seen), optimizer, schedule,
-resumable state and the final local-dir checkpoint are CLIP training's (training/train.py). The
+resumable state and the final local-dir checkpoint are the loop's (training/loop.py). The
 checkpoint is a whole open_clip model whose text tower is untrained (``curate.image_only``): score it
 by linear probe or k-NN (training/knn.py), not zero-shot. One process only (no DDP: the negatives,
 the queue and BatchNorm would need gathering across ranks).
@@ -15,12 +15,8 @@ the queue and BatchNorm would need gathering across ranks).
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 import random
-import time
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -28,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from training.model import load_clip, save_checkpoint_dir
+from training.loop import fit
+from training.objective import ImageOnly, ImageOnlyConfig, image_size, no_tokens  # noqa: F401 - no_tokens public here
 from training.transforms import FastTrainTransform
-from training.train import TrainConfig, _close, _log, _progress, _resume, _save_state, _trim_log, lr_at, make_optimizer
 
 # Published defaults: SimCLR's CIFAR-10 temperature (the closest setting to 32 px inputs) and crop
 # scale; MoCo v2 / v3 temperature 0.2, crop scale 0.2 (v2) / 0.08 (v3).
@@ -38,7 +34,7 @@ TEMPERATURE = {"simclr": 0.5, "moco2": 0.2, "moco3": 0.2}
 CROP_MIN = {"simclr": 0.08, "moco2": 0.2, "moco3": 0.08}
 
 
-class SSLConfig(TrainConfig):
+class SSLConfig(ImageOnlyConfig):
     """CLIP training's config plus the objective's own settings (MoCo's scaled to short CPU runs:
     momentum 0.99 instead of 0.999, a 4096-key queue instead of 65536)."""
 
@@ -53,11 +49,7 @@ class SSLConfig(TrainConfig):
     crop_min: float | None = Field(None, gt=0, le=1, description="RandomResizedCrop's smallest area share")
 
     @model_validator(mode="after")
-    def _check_ssl(self):
-        if self.loss != "clip" or self.accum_steps != 1:
-            raise ValueError("loss and accum_steps are CLIP training options; SSL uses its own loss, no accumulation")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("SSL pretraining runs in one process (no torchrun)")
+    def _check_queue(self):
         if self.kind == "moco2" and self.queue_size < self.batch_size:
             raise ValueError(f"queue_size ({self.queue_size}) must hold at least one batch ({self.batch_size})")
         return self
@@ -74,19 +66,20 @@ class SSLConfig(TrainConfig):
 # ---- augmentations ----
 
 class TwoViews:
-    """The per-image half of the augmentation, drawn twice: random resized crop (torchvision's box
-    algorithm, bicubic) and horizontal flip. Returns uint8 (2, H, W, 3); ``Augment`` does the rest
+    """The per-image half of the augmentation, drawn twice (``views``): random resized crop (torchvision's box
+    algorithm, bicubic) and horizontal flip. Returns uint8 (views, H, W, 3); ``Augment`` does the rest
     once per batch, on the training device (torchvision's per-image ops took 60-100 ms a pair of views
     on the 2-core dev machine)."""
 
-    def __init__(self, size: int, crop_min: float = 0.08) -> None:
+    def __init__(self, size: int, crop_min: float = 0.08, views: int = 2) -> None:
         self.crop = FastTrainTransform(size, (crop_min, 1.0), (3 / 4, 4 / 3), (0, 0, 0), (1, 1, 1))
         self.rng: random.Random | None = None
+        self.views = views
 
     def __call__(self, img) -> torch.Tensor:
         if self.rng is None:  # seeded in the process that uses it (loader workers differ)
             self.rng = random.Random(torch.initial_seed())
-        views = [self.crop.image(img, self.rng) for _ in range(2)]
+        views = [self.crop.image(img, self.rng) for _ in range(self.views)]
         views = [v[:, ::-1] if self.rng.random() < 0.5 else v for v in views]
         return torch.from_numpy(np.stack(views))
 
@@ -150,11 +143,6 @@ def gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Te
     y = F.conv2d(y, k.view(b * c, 1, 1, kernel), groups=b * c)
     y = F.conv2d(y, k.view(b * c, 1, kernel, 1), groups=b * c)
     return y.view(b, c, h, w)
-
-
-def no_tokens(captions: list[str]) -> torch.Tensor:
-    """The loader's tokenizer slot: captions are ignored."""
-    return torch.zeros(len(captions), 0, dtype=torch.long)
 
 
 # ---- losses and MoCo's updates ----
@@ -264,96 +252,42 @@ class SSLModel(torch.nn.Module):
         return moco_v3_loss(q1, k2, self.tau) + moco_v3_loss(q2, k1, self.tau)
 
 
-# ---- the loop ----
+# ---- the objective ----
+
+class Contrastive(ImageOnly):
+    """SimCLR or MoCo on the image tower, two augmented views per image (the loop: training/loop.py)."""
+
+    def __init__(self, cfg: SSLConfig) -> None:
+        super().__init__(cfg)
+        self.name = self.kind = cfg.kind
+        self.views = self.augment = None
+
+    def same_run(self) -> dict:
+        return {"objective": self.cfg.objective, "moco_version": self.cfg.moco_version}
+
+    def build(self, device: str, rank: int, world: int) -> torch.nn.Module:
+        visual = self.image_tower(device)
+        model = SSLModel(visual, self.clip.model_cfg["embed_dim"], self.cfg).to(device)
+        size = image_size(visual)
+        self.views = TwoViews(size, self.cfg.crop_min or CROP_MIN[self.kind])
+        self.augment = Augment(size, visual.image_mean, visual.image_std)
+        return model
+
+    def transforms(self) -> tuple:
+        return self.views, no_tokens
+
+    def step(self, model, images: torch.Tensor, tokens: torch.Tensor, step: int, autocast) -> float:
+        images = images.to(self.device, non_blocking=True)
+        x1, x2 = self.augment(images[:, 0]), self.augment(images[:, 1])
+        with autocast:
+            loss = model(x1, x2, momentum_at(step, self.cfg))
+        loss.backward()
+        return float(loss.detach())
+
+    def log_fields(self, model, step: int) -> dict:
+        return {"momentum": momentum_at(step, self.cfg)}
+
 
 def pretrain(cfg: SSLConfig) -> dict:
     """Pretrain (resuming from ``out_dir`` if interrupted); return a summary with ``checkpoint``."""
-    from training.data import pin_data
-
-    with pin_data(cfg, cfg.out_dir) as pinned:  # one curated version, held for the run and recorded
-        return _pretrain(cfg.model_copy(update={"data_version": pinned.record}), pinned.shards)
-
-
-def _pretrain(cfg: SSLConfig, shards: list[str]) -> dict:
-    from shardio.device import pick_device
-    from training.data import train_loader
-
-    device = pick_device(cfg.device)
-    out = Path(cfg.out_dir)
-    ckpt_dir = out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_objective(ckpt_dir / "state_latest.pt", cfg)
-    (out / "train_config.json").write_text(cfg.model_dump_json(indent=2))
-    torch.manual_seed(cfg.seed)
-
-    clip = load_clip(cfg.init_checkpoint or cfg.model, device=device)
-    clip.model.requires_grad_(False)
-    visual = clip.model.visual.requires_grad_(True)
-    if cfg.grad_checkpointing:
-        visual.set_grad_checkpointing(True)
-    model = SSLModel(visual, clip.model_cfg["embed_dim"], cfg).to(device)
-    opt = make_optimizer(model, cfg)
-    start = _resume(ckpt_dir / "state_latest.pt", cfg, model, opt, device)
-    _trim_log(out / "metrics.jsonl", start)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") and cfg.precision != "fp32"
-                else torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"))
-
-    size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size
-    views = TwoViews(size, cfg.crop_min or CROP_MIN[cfg.kind])
-    augment = Augment(size, visual.image_mean, visual.image_std)
-    workers = cfg.workers if cfg.workers is not None else (4 if device.startswith("cuda") else 0)
-    loader = iter(train_loader(shards, views, no_tokens, cfg.batch_size, seed=cfg.seed * 7919 + start,
-                               workers=workers))
-    every = max(1, cfg.steps // cfg.checkpoints)
-    stop = min(cfg.steps, cfg.max_steps or cfg.steps)
-    bad: dict[str, int] = {}
-    bar = _progress(0, start, cfg.steps)
-    model.train()
-    t0, loss_v = time.time(), float("nan")
-    for step in range(start, stop):
-        images, _, bad_now = next(loader)
-        for k, v in bad_now.items():
-            bad[k] = bad.get(k, 0) + v
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        images = images.to(device, non_blocking=True)
-        x1, x2 = augment(images[:, 0]), augment(images[:, 1])
-        opt.zero_grad(set_to_none=True)
-        with autocast:
-            loss = model(x1, x2, momentum_at(step, cfg))
-        loss.backward()
-        opt.step()
-        loss_v, done = float(loss.detach()), step + 1
-        rate = (done - start) * cfg.batch_size / max(time.time() - t0, 1e-9)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_v:.3f}", samples_s=f"{rate:,.0f}", refresh=False)
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            _log(out, {"step": done, "samples_seen": done * cfg.batch_size, "loss": round(loss_v, 5),
-                       "lr": lr_at(step, cfg), "momentum": momentum_at(step, cfg), "samples_per_s": round(rate, 1),
-                       "elapsed_s": round(time.time() - t0, 3), "bad_samples": bad})
-        if done % every == 0 or done == cfg.steps:
-            _save_state(ckpt_dir / "state_latest.pt", model, opt, done, cfg)
-    bar.close()
-    seconds = time.time() - t0
-    _close(loader)
-    result = {"objective": cfg.kind, "steps": stop, "total_steps": cfg.steps, "samples_seen": stop * cfg.batch_size,
-              "final_loss": loss_v, "samples_per_s": round((stop - start) * cfg.batch_size / max(seconds, 1e-9), 1),
-              "train_seconds": round(seconds, 1), "resumed_from_step": start, "bad_samples": bad, "device": device,
-              "data_version": cfg.data_version}
-    if stop == cfg.steps:
-        info = {"train": cfg.model_dump(), "result": result, "base_model": clip.name, "objective": cfg.kind,
-                "image_only": True}
-        result["checkpoint"] = str(save_checkpoint_dir(out / "final", clip.model, clip.model_cfg, info))
-        (out / "result.json").write_text(json.dumps(result, indent=2))
-    return result
-
-
-def _check_same_objective(path: Path, cfg: SSLConfig) -> None:
-    if not path.is_file():
-        return
-    old = torch.load(path, map_location="cpu", weights_only=True)["config"]
-    mine = {"objective": cfg.objective, "moco_version": cfg.moco_version}
-    theirs = {k: old.get(k) for k in mine}
-    if theirs != mine:
-        raise ValueError(f"{path} belongs to a different run ({theirs}) than this config ({mine}); "
-                         "use a new out_dir or delete the old checkpoints")
+    return fit(cfg, Contrastive(cfg))
