@@ -92,13 +92,8 @@ def _replace(path: Path, start: str, end: str, body: str) -> None:
 
 
 def update_readme() -> None:
-    """bench/README.md's results section, and the web grid's table and plot in the top README."""
+    """bench/README.md's results section (the top README quotes the verdict and links there)."""
     _replace(ROOT / "bench" / "README.md", START, END, section())
-    res = ROOT / "bench" / "results"
-    if (res / "grid_web.json").is_file():
-        body = (res / "grid_web.md").read_text().replace("# Experiment grid", "#### Experiment grid")
-        _replace(ROOT / "README.md", "<!-- grid:start -->", "<!-- grid:end -->",
-                 body + "\n![average per strategy](bench/results/grid_web.svg)\n")
 
 
 if __name__ == "__main__":

@@ -178,3 +178,11 @@ def test_missing_demo_scorer_says_run_the_demo(tmp_path):
                        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "run `bash scripts/demo.sh`" in r.stderr and "runs/demo/dfn/final" in r.stderr, r.stderr
+
+
+def test_readme_is_a_users_guide():
+    """Under 2,500 words, with "How it fits together" among the first sections (results live in bench/)."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.split()) < 2500, len(text.split())
+    heads = [x for x in text.splitlines() if x.startswith("## ")]
+    assert "## How it fits together" in heads[:3], heads
