@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -45,6 +45,7 @@ class Plan:
     work: Path
     config: CurateConfig
     config_hash: str
+    unread: list[dict] = field(default_factory=list)  # files under a pool folder that are not read, and why
 
 
 def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | dict,
@@ -63,26 +64,29 @@ def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | di
         raise ValueError(f"--out {out} is a file; give a folder for the curation output")
     if work is not None and Path(work).exists() and not Path(work).is_dir():
         raise ValueError(f"--work {work} is a file; give a folder")
-    shards = _expand(pool)
+    unread: list[dict] = []
+    shards = _expand(pool, unread)
     if any(is_metadata(s) for s in shards):
         _check_metadata_only(shards, config)
     by_id: dict[str, str] = {}
     for s in shards:
         sid = shard_id(s)
         if sid in by_id and Path(by_id[sid]).resolve() != Path(s).resolve():
-            raise ValueError(f"two input shards share the name {sid!r}: {by_id[sid]} and {s}; per-shard outputs "
-                             "are keyed by name, so curate them into separate outputs or rename one")
+            raise ValueError(f"two input shards have the id {sid!r}: {by_id[sid]} and {s}; per-shard outputs and "
+                             "derived uids are keyed by it (the path inside the pool folder or pattern), so give "
+                             "their common folder, a pattern from it or a .txt list there, or curate them apart")
         by_id.setdefault(sid, s)
     shards = list(by_id.values())
     digest = hashlib.sha256(json.dumps(config.model_dump(), sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return Plan(shards, out, Path(work) if work is not None else out, config, digest)
+    return Plan(shards, out, Path(work) if work is not None else out, config, digest, unread)
 
 
-def _expand(pool) -> list[str]:
+def _expand(pool, unread: list[dict]) -> list[str]:
     """Shards, or (a folder with no tars) a DataComp metadata folder of parquets."""
     try:
-        return expand(pool)
+        return expand(pool, unread)
     except FileNotFoundError:
+        unread.clear()
         folder = Path(pool) if isinstance(pool, (str, Path)) else None
         if folder is not None and folder.is_dir() and any(folder.glob("*.parquet")):
             return sorted(str(p) for p in folder.glob("*.parquet"))
@@ -171,6 +175,7 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
         "broken_shards": broken,
         "not_processed_shards": [{"shard": s, "error": e} for s, e in sorted(failed.items())],
         "skipped_members": _add_counts(i["skipped_members"] for i in infos),
+        "pool_files_not_read": p.unread,
         "sidecar_errors": [{"shard": i["path"], "error": i["sidecar_error"]} for i in infos if i["sidecar_error"]],
         "filters": filters,
         "thresholds": {k: v["threshold"] for k, v in filters.items() if "threshold" in v},
@@ -180,6 +185,10 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
         "run": dict((extra or {}).get("run", {})),  # what this run did and how long: differs between reruns
         **{k: v for k, v in (extra or {}).items() if k != "run"},
     }
+    if p.unread:
+        why = _add_counts({u["why"].split(":")[0]: 1} for u in p.unread)
+        log.warning("%d file(s) under the pool are not read (%s), listed in the manifest's pool_files_not_read",
+                    len(p.unread), ", ".join(f"{k}: {v}" for k, v in why.items()))
     for b in broken:
         log.warning("broken shard %s: %s (%d samples recovered)", b["shard"], b["error"], b["samples_recovered"])
     declared = {f.out_column(o): t for f in p.config.filters for o, t in f.outputs.items()}
