@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -35,9 +34,11 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.ingest import INGEST_COLUMNS, ShardInfo, ingest_row, read_shard
-from pipeline.metadata import ingest_table, is_metadata, lang_columns, lang_table, npz_embeddings, precomputed, precomputed_score
+from pipeline.metadata import (ingest_table, is_metadata, lang_columns, lang_table, npz_embeddings, npz_identity, npz_path,
+                               precomputed, precomputed_score)
 from schemas.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from schemas.config import RUNTIME_FIELDS, ClipModel
+from shardio import storage
 from shardio.decode import open_image
 from shardio.shards import atomic_save_npy, atomic_write_bytes, atomic_write_table, shard_base, shard_id
 
@@ -62,8 +63,7 @@ def thumbnail(im):
 
 
 def input_identity(shard: str | Path) -> dict:
-    st = os.stat(shard)
-    return {"path": str(Path(shard).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return storage.identity(shard)  # a URL's: its size and the store's version
 
 
 def cache_key(stage: str, stage_config: dict, shard: str | Path) -> str:
@@ -252,11 +252,10 @@ def annotate_metadata(parquet: str | Path, run_dir: str | Path, clip: list[ClipM
             uids = pq.read_table(ingest_path, columns=["uid"]).column("uid")
         _write(lang_path(run, sid), lang_table(parquet).add_column(0, "uid", uids), lkey, fast=True)
         ran.append("lang")
-    npz = Path(parquet).with_suffix(".npz")
+    npz = npz_path(parquet)
     for spec in clip:
         # the embeddings stay in the npz (read in place when a step needs them): its identity is in the key
-        st = npz.stat() if npz.is_file() else None
-        ident = {"size": st.st_size, "mtime_ns": st.st_mtime_ns} if st else None
+        ident = npz_identity(npz)
         ckey = cache_key(spec.column, {**scorer_identity(spec), "npz": ident, "version": CLIP_VERSION}, parquet)
         out = run / "columns" / spec.column / f"{sid}.parquet"
         if is_done(out, ckey):
@@ -265,7 +264,7 @@ def annotate_metadata(parquet: str | Path, run_dir: str | Path, clip: list[ClipM
             uids = pq.read_table(ingest_path, columns=["uid"]).column("uid")
         n = len(uids)
         edir = run / "embeddings" / spec.column
-        where = npz_embeddings(npz, spec.precomputed, n) if npz.is_file() else None
+        where = npz_embeddings(npz, spec.precomputed, n) if ident else None
         for part in ("img", "txt"):  # a pointer or a copy, never both
             (edir / f"{sid}.{part}.npy").unlink(missing_ok=True)
         (edir / f"{sid}.npz.json").unlink(missing_ok=True)

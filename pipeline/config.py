@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated, Any, Union
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -23,6 +23,12 @@ FilterSpec = Annotated[Union[tuple(registry().values())], Field(discriminator="t
 class CurateConfig(CurateBase):
     filters: list[FilterSpec] = Field(default_factory=list,  # type: ignore[valid-type]
                                       description="applied in order; unusable samples always drop first")
+    # credentials: left out of model_dump (so of the manifest, the config hash and the log) and of repr
+    storage_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, exclude=True, repr=False,
+        description="per URL scheme (s3, gs, az, https): fsspec filesystem options for pools in object storage "
+                    "(endpoint_url, key, secret, profile, anon, client_kwargs, ...); never written to the "
+                    "manifest or the log")
 
     @property
     def needs_languages(self) -> bool:

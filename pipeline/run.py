@@ -28,6 +28,7 @@ from pipeline.executors import Executor, make
 from pipeline.faults import point
 from pipeline.lock import exclusive
 from pipeline.metadata import is_metadata
+from shardio import storage
 from shardio.shards import expand, shard_id
 
 log = logging.getLogger("curate")
@@ -59,6 +60,11 @@ def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | di
             check_scorer(spec)
     for f in config.filters:
         f.check()
+    storage.configure(config.storage_options)  # for the URLs this process reads; workers get them per job
+    for what, where in (("--out", out), ("--work", work)):
+        if storage.is_url(str(where)):
+            raise ValueError(f"{what} {where}: outputs and work folders go on a local or shared filesystem; "
+                             "only pools are read from object storage")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the curation output")
@@ -71,7 +77,7 @@ def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | di
     by_id: dict[str, str] = {}
     for s in shards:
         sid = shard_id(s)
-        if sid in by_id and Path(by_id[sid]).resolve() != Path(s).resolve():
+        if sid in by_id and _same(by_id[sid]) != _same(s):
             raise ValueError(f"two input shards have the id {sid!r}: {by_id[sid]} and {s}; per-shard outputs and "
                              "derived uids are keyed by it (the path inside the pool folder or pattern), so give "
                              "their common folder, a pattern from it or a .txt list there, or curate them apart")
@@ -81,16 +87,35 @@ def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | di
     return Plan(shards, out, Path(work) if work is not None else out, config, digest, unread)
 
 
+def _same(path: str) -> str:
+    return path if storage.is_url(path) else str(Path(path).resolve())
+
+
 def _expand(pool, unread: list[dict]) -> list[str]:
     """Shards, or (a folder with no tars) a DataComp metadata folder of parquets."""
     try:
         return expand(pool, unread)
     except FileNotFoundError:
         unread.clear()
-        folder = Path(pool) if isinstance(pool, (str, Path)) else None
-        if folder is not None and folder.is_dir() and any(folder.glob("*.parquet")):
-            return sorted(str(p) for p in folder.glob("*.parquet"))
+        folder = str(pool) if isinstance(pool, (str, Path)) else None
+        found = _parquets(folder) if folder is not None else []
+        if found:
+            return found
         raise
+
+
+def _parquets(folder: str) -> list[str]:
+    """The ``.parquet`` files directly in a folder (a URL's through one listing), sorted."""
+    if not storage.is_url(folder):
+        path = Path(folder)
+        return sorted(str(p) for p in path.glob("*.parquet")) if path.is_dir() else []
+    fs, path = storage.filesystem(folder)
+    try:
+        listed = fs.ls(path, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(f"{folder.rstrip('/')}/{storage.name(x['name'])}" for x in listed
+                  if x["type"] == "file" and x["name"].endswith(".parquet"))
 
 
 def _check_metadata_only(shards: list[str], config: CurateConfig) -> None:
@@ -107,19 +132,22 @@ def _check_metadata_only(shards: list[str], config: CurateConfig) -> None:
             raise ValueError(f"filter {f.instance!r} compares images, and this pool is metadata only")
 
 
-def annotate_job(args: tuple[str, str, list[str], bool]) -> dict:
+def annotate_job(args: tuple) -> dict:
     """One shard's per-shard pass (picklable, for process pools and clusters)."""
     from pipeline.annotate import annotate_shard
     from schemas.config import ClipModel
 
-    shard, work, clip_json, languages = args
+    shard, work, clip_json, languages, options = args
+    storage.configure(options)  # the run's storage options, in whichever process runs the job
     r = annotate_shard(shard, work, [ClipModel.model_validate_json(c) for c in clip_json], languages)
     r["info"] = r["info"].as_dict()
     return r
 
 
-def jobs(p: Plan) -> list[tuple[str, str, list[str], bool]]:
-    return [(s, str(p.work), [c.model_dump_json() for c in p.config.clip], p.config.needs_languages)
+def jobs(p: Plan) -> list[tuple]:
+    """(shard, work folder, scorers, languages, storage options): the options print as their schemes only."""
+    options = storage.Options(p.config.storage_options)
+    return [(s, str(p.work), [c.model_dump_json() for c in p.config.clip], p.config.needs_languages, options)
             for s in p.shards]
 
 

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from braceexpand import braceexpand
 
+from shardio import storage
+
 
 
 class ShardPath(str):
@@ -63,7 +65,7 @@ def expand(patterns: str | Path | Iterable[str | Path], unread: list[dict] | Non
     out: list[ShardPath] = []
     for pat in patterns:
         out.extend(_expand_one(str(pat), None, notes))
-    missing = [p for p in out if not Path(p).is_file()]
+    missing = _missing(out)
     if missing:
         raise FileNotFoundError(f"{len(missing)} shard(s) not found, first: {missing[0]}")
     if not out:
@@ -74,9 +76,31 @@ def expand(patterns: str | Path | Iterable[str | Path], unread: list[dict] | Non
 _PATTERN = "{*?["
 
 
+def _missing(paths: list[str]) -> list[str]:
+    """The paths that are no file: local ones each looked at, URLs by one listing per folder."""
+    out, listed = [], {}
+    for p in paths:
+        if not storage.is_url(p):
+            if not Path(p).is_file():
+                out.append(p)
+            continue
+        folder = storage.parent(p)
+        if folder not in listed:
+            fs, fp = storage.filesystem(folder)
+            try:
+                listed[folder] = {storage.full(fs, x["name"]) for x in fs.ls(fp, detail=True) if x["type"] == "file"}
+            except (FileNotFoundError, NotADirectoryError):
+                listed[folder] = set()
+        if p not in listed[folder]:
+            out.append(p)
+    return out
+
+
 def _expand_one(pat: str, root: str | None, notes: list[dict]) -> list[ShardPath]:
     """One pattern's shards; ``root``: the folder ids are relative to (a ``.txt`` list's), else the
     pattern's own."""
+    if storage.is_url(pat):
+        return _expand_url(pat, root, notes)
     out: list[ShardPath] = []
     literal = Path(pat).exists() or Path(pat).is_symlink()  # "pool{1}/" or "x{" may be a real name
     if root is None and not literal and any(c in pat for c in _PATTERN):
@@ -108,6 +132,67 @@ def _folder(path: Path, root: str | None, notes: list[dict]) -> list[ShardPath]:
     folder = pool_folder(path, notes)
     base = str(folder) if folder != path or root is None else root
     return [ShardPath(f, _rel_id(f, base)) for f in _walk(folder, notes, {os.path.realpath(folder)})]
+
+
+def _expand_url(pat: str, root: str | None, notes: list[dict]) -> list[ShardPath]:
+    """``_expand_one`` for a URL: the same rules, through the store's listings (fresh ones: fsspec keeps
+    filesystems and their listings for the life of the process, e.g. a served nightly deployment)."""
+    fs, whole = storage.filesystem(pat)
+    fs.invalidate_cache()
+    literal = fs.exists(whole)
+    if root is None and not literal and any(c in whole for c in _PATTERN):
+        root = pattern_root(pat)
+    out: list[ShardPath] = []
+    for p in [pat] if literal else braceexpand(pat):
+        fs, path = storage.filesystem(p)
+        if any(c in path for c in "*?[") and not fs.exists(path):
+            for x in sorted(fs.glob(path), key=lambda x: x.split("/")):
+                url = storage.full(fs, x)
+                if fs.isdir(x):
+                    out.extend(_folder_url(url, root, notes))
+                else:
+                    out.append(ShardPath(url, _rel_id(url, root or storage.parent(url))))
+        elif p.endswith(".txt") and fs.isfile(path):
+            for x in (x.strip() for x in storage.read_text(p).splitlines()):
+                if x and not x.startswith("#"):
+                    absolute = storage.is_url(x) or x.startswith("/")
+                    line = x if storage.is_url(x) else storage.join(storage.parent(p), x)
+                    out.extend(_expand_one(line, None if absolute else storage.parent(p), notes))
+        elif fs.isdir(path):
+            out.extend(_folder_url(p, root, notes))
+        else:
+            out.append(ShardPath(p, _rel_id(p, root or storage.parent(p))))
+    return out
+
+
+def _folder_url(url: str, root: str | None, notes: list[dict]) -> list[ShardPath]:
+    """``_folder`` for a folder in a store: one recursive listing; no links there."""
+    fs, path = storage.filesystem(url)
+    base = url.rstrip("/")
+    names = sorted((x[len(path.rstrip("/")) + 1:] for x in fs.find(path)), key=lambda r: r.split("/"))
+    tops = {r.split("/", 1)[0] for r in names}
+    if any(r.startswith("current/shards/") for r in names):  # a curation output: its published shards
+        return _folder_url(base + "/current/shards", None, notes)
+    if any(r.startswith("shards/") for r in names) and not any("/" not in r and SHARD_SUFFIX.search(r) for r in names):
+        notes.extend({"path": f"{base}/{t}", "why": "outside_shards: a folder with a shards/ subfolder and no tar of "
+                      "its own is read as that subfolder"} for t in sorted(tops) if t != "shards")
+        return _folder_url(base + "/shards", None, notes)
+    bases = {SHARD_SUFFIX.sub("", r) for r in names if SHARD_SUFFIX.search(r)}
+    out, hidden = [], set()
+    for r in names:
+        parts = r.split("/")
+        dot = next((i for i, x in enumerate(parts) if x.startswith(".")), None)
+        if dot is not None:
+            where = "/".join(parts[:dot + 1])
+            if where not in hidden:
+                hidden.add(where)
+                notes.append({"path": f"{base}/{where}", "why": "hidden: a name starting with a dot"})
+            continue
+        if SHARD_SUFFIX.search(parts[-1]):
+            out.append(ShardPath(f"{base}/{r}", _rel_id(f"{base}/{r}", root or base)))
+        elif not _is_sidecar(r, bases):
+            notes.append({"path": f"{base}/{r}", "why": "not_a_shard: not a .tar / .tar.gz / .tgz"})
+    return out
 
 
 def pattern_root(pat: str) -> str:
@@ -188,6 +273,9 @@ def _is_sidecar(name: str, bases: set[str]) -> bool:
 
 def _rel_id(path: str, root: str) -> str:
     """``path`` relative to ``root`` (``/`` separated, tar suffix cut); its name alone when outside it."""
+    if storage.is_url(path):
+        head = root.rstrip("/") + "/"
+        return _id(path[len(head):] if path.startswith(head) else storage.name(path))
     rel = os.path.relpath(path, root) if root else path
     if rel.startswith("..") or os.path.isabs(rel):
         rel = os.path.basename(path)

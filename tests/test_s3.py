@@ -1,0 +1,222 @@
+"""Pools in object storage, against a real S3 server: moto's standalone server in its own process over
+HTTP on 127.0.0.1 (a free port), started here and stopped after. Nothing in fsspec or s3fs is mocked:
+curate talks to the server as it would to AWS, MinIO or R2."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.run import jobs, plan, run_curation
+from shardio import storage
+from shardio.shards import expand, shard_id
+from tests.shardmaker import make_pool, uid
+
+s3fs = pytest.importorskip("s3fs")
+pytest.importorskip("moto.server")
+
+KEY, SECRET = "AKIACURATETEST", "curate-secret-must-never-be-logged-7f3a"
+CLIP = {"clip": [{"model": "curate-tiny", "batch_size": 16}],
+        "filters": [{"type": "clip_score", "fraction": 0.5}, {"type": "exact_dedup"}]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """moto's S3 server on a free port of 127.0.0.1; its endpoint URL."""
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start (exit {proc.poll()})")
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def env(server, monkeypatch):
+    """Credentials and endpoint the way the AWS SDKs read them: the environment."""
+    for k in list(os.environ):
+        if k.startswith(("AWS_", "FSSPEC_")):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server)
+    s3fs.S3FileSystem.clear_instance_cache()
+    storage.configure(None)
+    yield server
+    s3fs.S3FileSystem.clear_instance_cache()
+    storage.configure(None)
+
+
+def _client(endpoint: str):
+    return s3fs.S3FileSystem(key=KEY, secret=SECRET, endpoint_url=endpoint, skip_instance_cache=True)
+
+
+def _upload(endpoint: str, local: Path, bucket: str, prefix: str) -> None:
+    fs = _client(endpoint)
+    if not fs.exists(bucket):
+        fs.mkdir(bucket)
+    for f in sorted(p for p in local.rglob("*") if p.is_file()):
+        fs.put_file(str(f), f"{bucket}/{prefix}/{f.relative_to(local).as_posix()}")
+
+
+def _pool(root: Path) -> Path:
+    """Two parts with same-named shards (img2dataset layout: tar + parquet + stats), a note, a hidden file."""
+    make_pool(root / "pool" / "part-a", n=30, per_shard=12, plant={4: "corrupt", 7: "dup"})
+    make_pool(root / "pool" / "part-b", n=20, per_shard=12)
+    (root / "pool" / "README.md").write_text("crawl of 2026-12-01")
+    (root / "pool" / "part-b" / ".DS_Store").write_bytes(b"x")
+    return root / "pool"
+
+
+def _same_outputs(a: dict, b: dict) -> None:
+    ra, rb = Path(a["root"]), Path(b["root"])
+    for name in ("uids.npy", "metadata.parquet"):
+        assert (ra / name).read_bytes() == (rb / name).read_bytes(), name
+    sa, sb = sorted((ra / "shards").iterdir()), sorted((rb / "shards").iterdir())
+    assert [p.name for p in sa] == [p.name for p in sb] and sa
+    for x, y in [(x, y) for x, y in zip(sa, sb) if not x.name.endswith("_stats.json")]:  # stats hold a duration
+        assert x.read_bytes() == y.read_bytes(), x.name
+
+
+def test_a_run_from_a_bucket_equals_the_run_on_local_copies(env, tmp_path):
+    pool = _pool(tmp_path)
+    _upload(env, pool, "crawl", "pool")
+    local = run_curation(str(pool), tmp_path / "local", CLIP, progress=False)
+    remote = run_curation("s3://crawl/pool/", tmp_path / "remote", CLIP, progress=False)
+    _same_outputs(local, remote)
+    assert remote["samples_in"] == 50 and remote["dropped_by_reason"]["format"] == 1
+    meta = pd.read_parquet(remote["metadata"])
+    assert sorted(set(meta["shard"])) == ["part-a/00000", "part-a/00001", "part-a/00002", "part-b/00000", "part-b/00001"]
+    assert remote["input_shards"][0] == "s3://crawl/pool/part-a/00000.tar"
+    notes = {u["path"]: u["why"].split(":")[0] for u in remote["pool_files_not_read"]}
+    assert notes == {"s3://crawl/pool/README.md": "not_a_shard", "s3://crawl/pool/part-b/.DS_Store": "hidden"}
+    assert {Path(u["path"]).name for u in local["pool_files_not_read"]} == {"README.md", ".DS_Store"}
+    # braces, globs and a .txt list in the bucket give the same shards and ids
+    ids = [shard_id(s) for s in expand("s3://crawl/pool/")]
+    assert [shard_id(s) for s in expand("s3://crawl/pool/part-{a,b}/*.tar")] == ids
+    assert [shard_id(s) for s in expand("s3://crawl/pool/{part-a/00000,part-b/00001}.tar")] == [ids[0], ids[4]]
+    assert [shard_id(s) for s in expand("s3://crawl/pool/part-a/{00000..00002}.tar")] == ["00000", "00001", "00002"]
+    fs = _client(env)
+    fs.pipe_file("crawl/pool/list.txt", b"# part b only\npart-b/00000.tar\npart-b/00001.tar\n")
+    assert [shard_id(s) for s in expand("s3://crawl/pool/list.txt")] == ids[3:]
+    with pytest.raises(FileNotFoundError, match="not found"):
+        expand("s3://crawl/pool/part-a/{00000..00003}.tar")
+    # a rerun reads the cache: the store's ETag and size are the shard's identity
+    again = run_curation("s3://crawl/pool/", tmp_path / "remote", CLIP, progress=False)
+    assert again["run"]["stage_runs"] == 0
+    _same_outputs(remote, again)
+
+
+def _datacomp(folder: Path, shards=2, rows=40, seed=0) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        ids = range(rows * s, rows * s + rows)
+        pq.write_table(pa.table({
+            "uid": [uid(i) for i in ids], "url": [f"https://example.com/{i}.jpg" for i in ids],
+            "text": [f"a photo of thing {i}" for i in ids],
+            "original_width": rng.integers(150, 600, rows), "original_height": rng.integers(150, 600, rows),
+            "clip_l14_similarity_score": rng.uniform(0.1, 0.4, rows),
+            "clip_b32_similarity_score": rng.uniform(0.1, 0.4, rows)}), folder / f"{s:08x}cafe.parquet")
+        np.savez(folder / f"{s:08x}cafe.npz",
+                 **{k: rng.normal(size=(rows, 8)).astype(np.float16) for k in ("l14_img", "l14_txt", "b32_img", "b32_txt")})
+
+
+def test_a_datacomp_metadata_folder_in_a_bucket(env, tmp_path):
+    _datacomp(tmp_path / "metadata")
+    _upload(env, tmp_path / "metadata", "datacomp", "small/metadata")
+    cfg = {"clip": [{"precomputed": "l14"}],
+           "filters": [{"type": "clip_score", "fraction": 0.3}, {"type": "semantic_dedup", "clusters": 2, "eps": 0.5}]}
+    local = run_curation(str(tmp_path / "metadata"), tmp_path / "local", cfg, progress=False)
+    remote = run_curation("s3://datacomp/small/metadata", tmp_path / "remote", cfg, progress=False)
+    for name in ("uids.npy", "metadata.parquet"):
+        assert (Path(local["root"]) / name).read_bytes() == (Path(remote["root"]) / name).read_bytes(), name
+    assert remote["samples_in"] == 80 and 0 < remote["kept"] < 24
+    # the embeddings came through the store once, into the work folder (a view maps only local files)
+    emb = tmp_path / "remote" / "embeddings" / "clip_score"
+    got = np.load(emb / "00000000cafe.img.npy")
+    assert np.array_equal(got, np.load(tmp_path / "metadata" / "00000000cafe.npz")["l14_img"])
+
+
+def test_reshard_and_train_read_the_bucket(env, tmp_path):
+    from pipeline.reshard import reshard
+    from training.train import TrainConfig, train
+
+    pool = _pool(tmp_path)
+    _upload(env, pool, "shards", "pool")
+    m = run_curation(str(pool), tmp_path / "cur", {"filters": [{"type": "exact_dedup"}]}, progress=False)
+    a = reshard(m["uids"], str(pool), tmp_path / "local")
+    b = reshard(m["uids"], "s3://shards/pool", tmp_path / "remote")
+    assert b["written"] == a["written"] == m["kept"] and b["not_found"] == 0
+    sa, sb = (sorted(p for p in (Path(r["root"]) / "shards").iterdir() if not p.name.endswith("_stats.json"))
+              for r in (a, b))
+    assert [x.read_bytes() for x in sa] == [x.read_bytes() for x in sb] and sa
+    r = train(TrainConfig(train_data="s3://shards/pool/part-{a,b}", out_dir=str(tmp_path / "run"), samples_seen=16 * 3,
+                          batch_size=16, workers=0, lr=1e-3, warmup=1, log_every=1))
+    assert r["steps"] == 3 and set(r["bad_samples"]) <= {"decode", "format"}
+
+
+def test_credentials_from_the_config_are_never_written(server, monkeypatch, tmp_path, capfd, caplog):
+    for k in list(os.environ):
+        if k.startswith(("AWS_", "FSSPEC_")):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookups for credentials
+    s3fs.S3FileSystem.clear_instance_cache()
+    make_pool(tmp_path / "pool", n=12, per_shard=6)
+    _upload(server, tmp_path / "pool", "private", "pool")
+    cfg = {"filters": [], "storage_options": {"s3": {"key": KEY, "secret": SECRET, "endpoint_url": server,
+                                                     "client_kwargs": {"region_name": "us-east-1"}}}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    try:
+        m = run_curation("s3://private/pool", tmp_path / "out", str(tmp_path / "cfg.json"), progress=False)
+        assert m["samples_in"] == m["kept"] == 12
+        p = plan("s3://private/pool", tmp_path / "o2", str(tmp_path / "cfg.json"))
+        assert SECRET not in repr(jobs(p)) and SECRET not in repr(p) and SECRET not in str(p.config.model_dump())
+    finally:
+        storage.configure(None)
+        s3fs.S3FileSystem.clear_instance_cache()
+    written = [f for f in (tmp_path / "out").rglob("*") if f.is_file()]
+    assert any(f.name == "manifest.json" for f in written) and any(f.name == "curate.log" for f in written)
+    for f in written:
+        data = f.read_bytes()
+        assert SECRET.encode() not in data and KEY.encode() not in data, f
+    out, err = capfd.readouterr()
+    assert SECRET not in out + err + caplog.text
+    # without the config's options the bucket cannot be read: the run used them, not something else
+    with pytest.raises(Exception, match="[Cc]redentials") as e:
+        expand("s3://private/pool")
+    assert SECRET not in str(e.value)
