@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import schemas
 from pipeline.ingest import INGEST_COLUMNS, ShardInfo, ingest_row, read_shard
 from pipeline.metadata import (ingest_table, is_metadata, lang_columns, lang_table, npz_embeddings, npz_identity, npz_path,
-                               precomputed, precomputed_score)
+                               precomputed, precomputed_score, read_table)
 from schemas.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from schemas.config import RUNTIME_FIELDS, ClipModel
 from shardio import storage
@@ -293,12 +293,16 @@ def shard_info(ingest_path: Path) -> ShardInfo:
     return ShardInfo(**json.loads(raw)) if raw else ShardInfo(ingest_path.stem, "")
 
 
-def _sidecars(shard: str | Path) -> tuple[Path, Path]:
+def _sidecars(shard: str | Path) -> tuple[Path | str, Path | str]:
     base = shard_base(shard)
+    if storage.is_url(base):
+        return base + ".parquet", base + ".npz"
     return Path(base + ".parquet"), Path(base + ".npz")
 
 
 def _sidecar_identity(shard: str | Path) -> dict:
+    if storage.is_url(shard):
+        return {p: (i["size"], i["version"]) for p in _sidecars(shard) if storage.is_file(p) for i in [storage.identity(p)]}
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in _sidecars(shard) if p.is_file()}
 
 
@@ -307,9 +311,9 @@ def _write_precomputed(shard, run: Path, sid: str, spec: ClipModel, key: str, ui
     where the sidecar lacks a sample)."""
     pq_path, npz_path = _sidecars(shard)
     col = f"clip_{spec.precomputed}_similarity_score"
-    if not pq_path.is_file():
+    if not storage.is_file(pq_path):
         raise FileNotFoundError(f"{shard}: precomputed '{spec.precomputed}' scores need {pq_path}")
-    side = pq.read_table(pq_path).to_pandas()
+    side = read_table(pq_path).to_pandas()
     if col not in side or "uid" not in side:
         raise ValueError(f"{pq_path} has no 'uid' and '{col}' columns (DataComp metadata)")
     pos = {u: i for i, u in enumerate(side["uid"].astype(str).str.lower())}
@@ -321,8 +325,8 @@ def _write_precomputed(shard, run: Path, sid: str, spec: ClipModel, key: str, ui
     # every listed row's score, downloaded or not: DataComp's cutoff is over the pool's metadata
     atomic_save_npy(run / "columns" / spec.column / f"{sid}.pool.npy", every)
     edir = run / "embeddings" / spec.column
-    if npz_path.is_file():
-        with np.load(npz_path) as z:
+    if storage.is_file(npz_path):
+        with storage.open_read(npz_path, 8 << 20) as f, np.load(f) as z:
             for part in ("img", "txt"):
                 arr = z[f"{spec.precomputed}_{part}"]
                 out = np.zeros((len(uids), arr.shape[1]), np.float16)

@@ -220,3 +220,72 @@ def test_credentials_from_the_config_are_never_written(server, monkeypatch, tmp_
     with pytest.raises(Exception, match="[Cc]redentials") as e:
         expand("s3://private/pool")
     assert SECRET not in str(e.value)
+
+
+def test_shards_with_datacomp_sidecars_large_and_gzipped_shards(env, tmp_path, monkeypatch):
+    """Tars with DataComp's .parquet + .npz beside them (precomputed scores), a gzip'd tar, and shards
+    larger than one request (read by range requests): the same outputs as on local copies."""
+    import gzip
+
+    import shardio.tar
+
+    pool = tmp_path / "pool"
+    make_pool(pool, n=36, per_shard=12, plant={5: "corrupt"})
+    rng = np.random.default_rng(1)
+    for s in range(3):
+        side = pq.read_table(pool / f"{s:05d}.parquet")
+        n = side.num_rows
+        pq.write_table(side.append_column("clip_l14_similarity_score", pa.array(rng.uniform(0.1, 0.4, n))),
+                       pool / f"{s:05d}.parquet")
+        np.savez(pool / f"{s:05d}.npz", **{k: rng.normal(size=(n, 8)).astype(np.float16) for k in ("l14_img", "l14_txt")})
+    (pool / "00002.tar.gz").write_bytes(gzip.compress((pool / "00002.tar").read_bytes(), mtime=0))
+    (pool / "00002.tar").unlink()
+    _upload(env, pool, "sidecars", "pool")
+    cfg = {"clip": [{"precomputed": "l14"}], "filters": [{"type": "clip_score", "fraction": 0.5}]}
+    local = run_curation(str(pool), tmp_path / "local", cfg, progress=False)
+    monkeypatch.setattr(shardio.tar, "REMOTE_WHOLE_BYTES", 0)  # every shard by range requests
+    monkeypatch.setattr(shardio.tar, "REMOTE_BLOCK", 4096)
+    remote = run_curation("s3://sidecars/pool", tmp_path / "remote", cfg, progress=False)
+    _same_outputs(local, remote)
+    assert remote["samples_in"] == 36 and remote["kept"] == 19 and remote["pool_files_not_read"] == []
+    for part in ("img", "txt"):  # the npz members came through the store into the work folder
+        got = np.load(tmp_path / "remote" / "embeddings" / "clip_score" / f"00001.{part}.npy")
+        assert np.array_equal(got, np.load(tmp_path / "local" / "embeddings" / "clip_score" / f"00001.{part}.npy"))
+
+
+def test_missing_objects_and_outputs_in_a_bucket_are_named(env, tmp_path):
+    make_pool(tmp_path / "pool", n=6, per_shard=6)
+    _upload(env, tmp_path / "pool", "named", "pool")
+    with pytest.raises(FileNotFoundError, match="1 shard.*not found.*s3://named/pool/00001.tar"):
+        plan("s3://named/pool/{00000..00001}.tar", tmp_path / "o", {"filters": []})
+    with pytest.raises(FileNotFoundError, match="not found.*s3://named/nothing-here"):
+        plan("s3://named/nothing-here/", tmp_path / "o", {"filters": []})
+    with pytest.raises(ValueError, match="--work s3://named/work"):
+        plan("s3://named/pool", tmp_path / "o", {"filters": []}, work="s3://named/work")
+
+
+def test_https_pools_are_read_only_streams(tmp_path):
+    """http(s):// through fsspec's HTTP filesystem (a local http.server here): braces, and folders from
+    the server's index pages."""
+    import functools
+    import http.server
+    import threading
+
+    make_pool(tmp_path / "site" / "pool" / "part-a", n=12, per_shard=6)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path / "site")))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/pool/"
+        assert [shard_id(s) for s in expand(url)] == ["part-a/00000", "part-a/00001"]
+        remote = run_curation(url + "part-a/{00000..00001}.tar", tmp_path / "remote", {"filters": []}, progress=False)
+        local = run_curation(str(tmp_path / "site" / "pool" / "part-a"), tmp_path / "local", {"filters": []}, progress=False)
+        _same_outputs(local, remote)
+        with pytest.raises(ValueError, match="--out http"):
+            plan(url, url + "out", {"filters": []})
+    finally:
+        srv.shutdown()
