@@ -14,15 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import sys
+import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipeline import publish
+from pipeline import objstore, publish, workstore
 from pipeline.config import CurateConfig, load_config
 from pipeline.executors import Executor, make
 from pipeline.faults import point
@@ -47,6 +49,8 @@ class Plan:
     config: CurateConfig
     config_hash: str
     unread: list[dict] = field(default_factory=list)  # files under a pool folder that are not read, and why
+    out_url: str | None = None  # an output in object storage; ``out`` is then this machine's folder for the run
+    work_url: str | None = None  # a work folder in object storage; ``work`` is then this machine's mirror of it
 
 
 def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | dict,
@@ -61,10 +65,16 @@ def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | di
     for f in config.filters:
         f.check()
     storage.configure(config.storage_options)  # for the URLs this process reads; workers get them per job
-    for what, where in (("--out", out), ("--work", work)):
-        if storage.is_url(str(where)):
-            raise ValueError(f"{what} {where}: outputs and work folders go on a local or shared filesystem; "
-                             "only pools are read from object storage")
+    out_url = work_url = None
+    if storage.is_url(str(out)):  # written here first, then published by pointer (pipeline/objstore.py)
+        objstore.check_writable(str(out))
+        out_url = str(out).rstrip("/")
+        out = _local("curate-out", out_url)
+        work = work if work is not None else out_url  # the cache beside the versions, as in a local output
+    if work is not None and storage.is_url(str(work)):  # per-shard results in the store (pipeline/workstore.py)
+        objstore.check_writable(str(work), "--work")
+        work_url = str(work).rstrip("/")
+        work = _local("curate-work", work_url)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the curation output")
@@ -84,7 +94,12 @@ def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | di
         by_id.setdefault(sid, s)
     shards = list(by_id.values())
     digest = hashlib.sha256(json.dumps(config.model_dump(), sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return Plan(shards, out, Path(work) if work is not None else out, config, digest, unread)
+    return Plan(shards, out, Path(work) if work is not None else out, config, digest, unread, out_url, work_url)
+
+
+def _local(kind: str, url: str) -> Path:
+    """This machine's folder for an output or work folder in object storage."""
+    return Path(tempfile.gettempdir()) / kind / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def _same(path: str) -> str:
@@ -137,17 +152,24 @@ def annotate_job(args: tuple) -> dict:
     from pipeline.annotate import annotate_shard
     from schemas.config import ClipModel
 
-    shard, work, clip_json, languages, options = args
+    shard, work, clip_json, languages, options, cached = args
     storage.configure(options)  # the run's storage options, in whichever process runs the job
-    r = annotate_shard(shard, work, [ClipModel.model_validate_json(c) for c in clip_json], languages)
+    clip = [ClipModel.model_validate_json(c) for c in clip_json]
+    if storage.is_url(work):  # private scratch; results go to the work folder in the store
+        r = workstore.run_job(work, cached, lambda scratch: annotate_shard(shard, scratch, clip, languages))
+    else:
+        r = annotate_shard(shard, work, clip, languages)
     r["info"] = r["info"].as_dict()
     return r
 
 
 def jobs(p: Plan) -> list[tuple]:
-    """(shard, work folder, scorers, languages, storage options): the options print as their schemes only."""
+    """(shard, work folder, scorers, languages, storage options, the shard's cached files in a work folder
+    in object storage): the options print as their schemes only."""
     options = storage.Options(p.config.storage_options)
-    return [(s, str(p.work), [c.model_dump_json() for c in p.config.clip], p.config.needs_languages, options)
+    cached = workstore.index(p.work_url) if p.work_url else {}
+    clip = [c.model_dump_json() for c in p.config.clip]
+    return [(s, p.work_url or str(p.work), clip, p.config.needs_languages, options, sorted(cached.get(shard_id(s), {})))
             for s in p.shards]
 
 
@@ -184,6 +206,8 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
     t0 = time.time()
     shards = [s for s in p.shards if s in done]
     sids = [shard_id(s) for s in shards]
+    if p.work_url is not None:  # the per-shard results, from the store into this machine's mirror
+        workstore.pull(p.work_url, sids, p.work)
     infos = [done[s]["info"] for s in shards]
     plotting = threading.Thread(target=_import_plotting, daemon=True)  # while parquet reading holds no GIL
     plotting.start()
@@ -235,6 +259,11 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
     # written last: publish refuses a staged folder without it
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     point("publish:staged")
+    if p.out_url is not None:
+        version = objstore.publish(p.out_url, stage, p.out / "curate.log")
+        shutil.rmtree(stage, ignore_errors=True)
+        log.info("published %s: %d in, %d kept", version, manifest["samples_in"], manifest["kept"])
+        return absolute(manifest, version)
     version = publish.commit(p.out, stage)
     log.info("published %s: %d in, %d kept, dropped %s", version, manifest["samples_in"], manifest["kept"],
              manifest["dropped_by_reason"])
@@ -270,15 +299,26 @@ def _rewritten_captions(df, config) -> dict:
     return out
 
 
-def absolute(manifest: dict, root: Path) -> dict:
-    """The manifest with its relative paths resolved against the published version folder."""
+def absolute(manifest: dict, root: Path | str) -> dict:
+    """The manifest with its relative paths resolved against the published version folder (or URL)."""
     m = dict(manifest)
     m["root"] = str(root)
-    m["output_shards"] = [str(root / s) for s in m.get("output_shards", [])]
+    m["output_shards"] = [storage.join(str(root), s) for s in m.get("output_shards", [])]
     for k in ("uids", "metadata", "report"):
         if k in m:
-            m[k] = str(root / m[k])
+            m[k] = storage.join(str(root), m[k])
     return m
+
+
+@contextmanager
+def output_guard(p: Plan):
+    """The run's locks and log: the output folder's lock, an output prefix's lease lock in object storage,
+    and the run log (for a bucket, this run's lines, appended to ``<out>/curate.log`` at publish)."""
+    with exclusive(p.out), (objstore.exclusive(p.out_url) if p.out_url else nullcontext()):
+        if p.out_url is not None:
+            (p.out / "curate.log").unlink(missing_ok=True)
+        with run_log(p.out):
+            yield
 
 
 @contextmanager
@@ -310,8 +350,8 @@ def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | 
     ``work`` folder and so score the pool once. ``workers`` > 1 annotates shards in that many processes;
     ``dask_address`` on a Dask cluster. Outputs are the same either way."""
     p = plan(pool, out, config, work)
-    with exclusive(p.out), run_log(p.out):
-        log.info("curating %d shards into %s (config %s)", len(p.shards), p.out, p.config_hash)
+    with output_guard(p):
+        log.info("curating %d shards into %s (config %s)", len(p.shards), p.out_url or p.out, p.config_hash)
         t0 = time.time()
         light = all(is_metadata(s) for s in p.shards)  # no model: workers need no torch
         done, failed = annotate(p, make(workers, dask_address, retries, torch=not light), progress)

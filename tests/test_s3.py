@@ -83,10 +83,15 @@ def _client(endpoint: str):
     return s3fs.S3FileSystem(key=KEY, secret=SECRET, endpoint_url=endpoint, skip_instance_cache=True)
 
 
-def _upload(endpoint: str, local: Path, bucket: str, prefix: str) -> None:
+def _bucket(endpoint: str, bucket: str):
     fs = _client(endpoint)
     if not fs.exists(bucket):
         fs.mkdir(bucket)
+    return fs
+
+
+def _upload(endpoint: str, local: Path, bucket: str, prefix: str) -> None:
+    fs = _bucket(endpoint, bucket)
     for f in sorted(p for p in local.rglob("*") if p.is_file()):
         fs.put_file(str(f), f"{bucket}/{prefix}/{f.relative_to(local).as_posix()}")
 
@@ -260,8 +265,8 @@ def test_missing_objects_and_outputs_in_a_bucket_are_named(env, tmp_path):
         plan("s3://named/pool/{00000..00001}.tar", tmp_path / "o", {"filters": []})
     with pytest.raises(FileNotFoundError, match="not found.*s3://named/nothing-here"):
         plan("s3://named/nothing-here/", tmp_path / "o", {"filters": []})
-    with pytest.raises(ValueError, match="--work s3://named/work"):
-        plan("s3://named/pool", tmp_path / "o", {"filters": []}, work="s3://named/work")
+    with pytest.raises(ValueError, match="--work https://example.com/w: https:// is read only"):
+        plan("s3://named/pool", tmp_path / "o", {"filters": []}, work="https://example.com/w")
 
 
 def test_https_pools_are_read_only_streams(tmp_path):
@@ -289,3 +294,124 @@ def test_https_pools_are_read_only_streams(tmp_path):
             plan(url, url + "out", {"filters": []})
     finally:
         srv.shutdown()
+
+
+def _checksums(url: str) -> dict[str, str]:
+    """sha256 of what a reader consumes in the version ``current`` names (as publish.checksums does locally)."""
+    import hashlib
+
+    from pipeline.objstore import published_url
+
+    root = published_url(url)
+    fs, base = storage.filesystem(root)
+    files = sorted(f for f in fs.find(base) if not f.endswith(("_stats.json", "manifest.json", "report.html")))
+    sums = {f[len(base) + 1:]: hashlib.sha256(fs.cat_file(f)).hexdigest() for f in files}
+    m = json.loads(fs.cat_file(f"{base}/manifest.json"))
+    m.pop("run", None)
+    sums["manifest.json"] = hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
+    return sums
+
+
+def test_output_and_work_folder_in_a_bucket(env, tmp_path):
+    """--out s3://: the version is uploaded, then the pointer; the per-shard cache lives in the bucket,
+    so another machine (a fresh mirror) reruns from it without annotating."""
+    import shutil
+
+    from pipeline.objstore import published_url
+    from pipeline.run import _local
+
+    pool = _pool(tmp_path)
+    _upload(env, pool, "outs", "pool")
+    local = run_curation(str(pool), tmp_path / "local", CLIP, progress=False)
+    m = run_curation("s3://outs/pool", "s3://outs/run", CLIP, progress=False)
+    assert m["root"] == published_url("s3://outs/run") == "s3://outs/run/versions/v000001"
+    assert m["uids"] == "s3://outs/run/versions/v000001/uids.npy"
+    fs = _client(env)
+    for name in ("uids.npy", "metadata.parquet"):
+        assert fs.cat_file(f"outs/run/versions/v000001/{name}") == (Path(local["root"]) / name).read_bytes()
+    for f in sorted((Path(local["root"]) / "shards").glob("*.tar")):
+        assert fs.cat_file(f"outs/run/versions/v000001/shards/{f.name}") == f.read_bytes()
+    assert fs.isfile("outs/run/columns/ingest/part-b/00001.parquet") and fs.isfile("outs/run/thumbs/part-a/00000.npy")
+    assert "curating 5 shards into s3://outs/run" in fs.cat_file("outs/run/curate.log").decode()
+    shutil.rmtree(_local("curate-work", "s3://outs/run"))  # another machine: nothing of this one's
+    again = run_curation("s3://outs/pool", "s3://outs/run", CLIP, progress=False)
+    assert again["run"]["stage_runs"] == 0 and again["root"].endswith("v000002")
+    assert _checksums("s3://outs/run") == {k: v for k, v in _checksums("s3://outs/run").items()}
+    assert sorted(storage.name(v) for v in fs.ls("outs/run/versions")) == ["v000001", "v000002"]
+    third = run_curation("s3://outs/pool", "s3://outs/run", CLIP, work=str(tmp_path / "w"), progress=False)
+    assert sorted(storage.name(v) for v in fs.ls("outs/run/versions")) == ["v000002", "v000003"]  # new + previous
+    assert third["kept"] == m["kept"]
+
+
+def test_a_second_run_on_a_bucket_output_is_refused(env, tmp_path):
+    from pipeline.lock import OutputLocked
+    from pipeline.objstore import exclusive
+
+    make_pool(tmp_path / "pool", n=6, per_shard=6)
+    _bucket(env, "outs")
+    with exclusive("s3://outs/locked"):
+        with pytest.raises(OutputLocked, match="s3://outs/locked is being written by another run \\(pid"):
+            run_curation(str(tmp_path / "pool"), "s3://outs/locked", {"filters": []}, progress=False)
+    m = run_curation(str(tmp_path / "pool"), "s3://outs/locked", {"filters": []}, progress=False)
+    fs = _client(env)
+    assert m["kept"] == 6 and not fs.exists("outs/locked/.curate.lock")  # released after the run
+    # a killed run's lock: refused while its lease runs, taken over once it has run out
+    dead = {"holder": "pid 1 on elsewhere", "token": "x", "expires": time.time() + 3600}
+    fs.pipe_file("outs/locked/.curate.lock", json.dumps(dead).encode())
+    with pytest.raises(OutputLocked, match="pid 1 on elsewhere, its lease runs"):
+        run_curation(str(tmp_path / "pool"), "s3://outs/locked", {"filters": []}, progress=False)
+    fs.pipe_file("outs/locked/.curate.lock", json.dumps({**dead, "expires": time.time() - 1}).encode())
+    assert run_curation(str(tmp_path / "pool"), "s3://outs/locked", {"filters": []}, progress=False)["kept"] == 6
+    with pytest.raises(ValueError, match="read only"):
+        plan(str(tmp_path / "pool"), "https://example.com/out", {"filters": []})
+
+
+def _cli(pool, out, config, kill=None):
+    env = {**os.environ, "CURATE_KILL_AT": kill or "", "CURATE_LOCK_LEASE_S": "2"}
+    return subprocess.run([sys.executable, "-m", "app.cli", "run", "--pool", str(pool), "--out", str(out),
+                           "--config", str(config)], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1])
+
+
+def _wait_for_lease(url: str) -> None:
+    """A killed run's lock stays until its lease runs out (2 s here): wait for that, not a fixed time."""
+    fs, root = storage.filesystem(url)
+    fs.invalidate_cache()
+    try:
+        held = json.loads(fs.cat_file(f"{root}/.curate.lock"))
+    except FileNotFoundError:
+        return
+    while time.time() <= held["expires"]:
+        time.sleep(0.2)
+
+
+def kill_and_rerun(env, tmp_path, points) -> None:
+    make_pool(tmp_path / "pool", n=40, per_shard=10, plant={3: "corrupt", 8: "dup"})
+    _bucket(env, "kills")
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps({"filters": []}))
+    new.write_text(json.dumps({"filters": [{"type": "exact_dedup"}, {"type": "basic", "min_side": 30}]}))
+    assert _cli(tmp_path / "pool", "s3://kills/clean", new).returncode == 0
+    want = _checksums("s3://kills/clean")
+    for point in points:
+        out = f"s3://kills/{point.replace(':', '_')}"
+        assert _cli(tmp_path / "pool", out, old).returncode == 0
+        before = _checksums(out)
+        r = _cli(tmp_path / "pool", out, new, kill=point)
+        assert r.returncode == -9, (point, r.stderr[-2000:])
+        seen = _checksums(out)  # the pointer names the previous complete version, or the new one once switched
+        assert seen == (want if point == "publish:switched" else before), point
+        _wait_for_lease(out)  # the killed run's lock is taken over once its lease runs out
+        assert _cli(tmp_path / "pool", out, new).returncode == 0, point
+        assert _checksums(out) == want, point
+
+
+def test_kills_while_publishing_to_a_bucket_lose_nothing(env, tmp_path):
+    kill_and_rerun(env, tmp_path, ["publish:renamed"])
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_point_with_a_bucket_output_shows_no_mix(env, tmp_path):
+    from pipeline.faults import POINTS
+
+    kill_and_rerun(env, tmp_path, list(POINTS))
