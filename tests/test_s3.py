@@ -425,3 +425,29 @@ def test_a_kill_at_any_point_with_a_bucket_output_shows_no_mix(env, tmp_path):
     from pipeline.faults import POINTS
 
     kill_and_rerun(env, tmp_path, list(POINTS))
+
+
+def test_a_dask_cluster_sharing_no_disk_gives_the_local_outputs(env, tmp_path):
+    """Two Dask worker processes whose scratch is their own folder: per-shard results go through the
+    bucket (work folder there), the client reads them from it; outputs equal a one-process local run."""
+    distributed = pytest.importorskip("distributed")
+
+    pool = _pool(tmp_path)
+    _upload(env, pool, "cluster", "pool")
+    local = run_curation(str(pool), tmp_path / "local", CLIP, progress=False)
+    scratch = tmp_path / "workers"
+    scratch.mkdir()
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  local_directory=str(scratch), env={"TMPDIR": str(scratch)}) as cluster:
+        m = run_curation("s3://cluster/pool", "s3://cluster/out", CLIP, progress=False,
+                         dask_address=cluster.scheduler_address)
+        with distributed.Client(cluster) as client:
+            where = client.run(lambda: __import__("tempfile").gettempdir())
+    assert set(where.values()) == {str(scratch)}  # the workers' private scratch, not the client's
+    assert not list(scratch.glob("curate-job-*"))  # each job's scratch dropped after its upload
+    fs = _client(env)
+    for name in ("uids.npy", "metadata.parquet"):
+        assert fs.cat_file(f"cluster/out/versions/v000001/{name}") == (Path(local["root"]) / name).read_bytes()
+    for f in sorted((Path(local["root"]) / "shards").glob("*.tar")):
+        assert fs.cat_file(f"cluster/out/versions/v000001/shards/{f.name}") == f.read_bytes()
+    assert m["run"]["stage_runs"] == 10  # ingest + clip per shard, all on the workers
