@@ -51,7 +51,8 @@ def expand(patterns: str | Path | Iterable[str | Path], unread: list[dict] | Non
     ids ``00000``, ``00001`` and ``part-a/00000.tar`` / ``part-b/00000.tar`` are two shards.
 
     Folders are read recursively, with two exceptions, both other tools' or our own outputs:
-    - a curation output (``current/shards`` inside) means its published shards;
+    - a curation output (``current/shards`` inside; in a bucket, a ``current`` pointer beside ``versions/``)
+      means its published shards;
     - a folder with no tar of its own and a ``shards/`` subfolder (``curate build-pool``'s pool, beside
       ``trusted/`` and ``eval/``) means that subfolder; its other top-level entries are listed as
       ``outside_shards``.
@@ -171,6 +172,9 @@ def _folder_url(url: str, root: str | None, notes: list[dict]) -> list[ShardPath
     base = url.rstrip("/")
     names = sorted((x[len(path.rstrip("/")) + 1:] for x in fs.find(path)), key=lambda r: r.split("/"))
     tops = {r.split("/", 1)[0] for r in names}
+    if "current" in names and any(r.startswith("versions/") for r in names):  # a curation output in a bucket:
+        vid = storage.read_text(base + "/current").strip()  # the version its pointer names (pipeline/objstore.py)
+        return _folder_url(f"{base}/versions/{vid}/shards", None, notes)
     if any(r.startswith("current/shards/") for r in names):  # a curation output: its published shards
         return _folder_url(base + "/current/shards", None, notes)
     if any(r.startswith("shards/") for r in names) and not any("/" not in r and SHARD_SUFFIX.search(r) for r in names):

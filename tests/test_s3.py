@@ -347,6 +347,9 @@ def test_output_and_work_folder_in_a_bucket(env, tmp_path):
     here = {k: v for k, v in checksums(tmp_path / "local").items() if k != "manifest.json"}
     assert {k: v for k, v in _checksums("s3://outs/run").items() if k != "manifest.json"} == here
     assert sorted(storage.name(v) for v in fs.ls("outs/run/versions")) == ["v000001", "v000002"]
+    # the output as a pool (curate train --data, reshard --pool): the shards its pointer names
+    got = expand("s3://outs/run")
+    assert got[0].startswith("s3://outs/run/versions/v000002/shards/") and [shard_id(x) for x in got] == ["00000"]
     third = run_curation("s3://outs/pool", "s3://outs/run", CLIP, work=str(tmp_path / "w"), progress=False)
     fs.invalidate_cache()
     assert sorted(storage.name(v) for v in fs.ls("outs/run/versions")) == ["v000002", "v000003"]  # new + previous
