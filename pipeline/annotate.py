@@ -136,7 +136,7 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     batch_rows: list[int] = []
     batch_caps: list[str] = []
     batch_px: list[list] = [[] for _ in scorers]  # per scorer: prepared model inputs
-    info = ShardInfo(sid, str(shard))
+    info = ShardInfo(sid, storage.redact(str(shard)))  # a signed URL's secrets stay out of the work folder
 
     def flush():
         if not batch_rows:

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import shardio.tar
 from shardio.shards import clean_text, shard_id, sha256
 from shardio.sidecar import read_sidecar
+from shardio.storage import redact
 from shardio.tar import IMAGE_EXTS, TarReport, iter_samples
 
 INGEST_COLUMNS = ["uid", "key", "shard", "url", "caption", "image_ext", "image_bytes", "sha256",
@@ -139,7 +140,7 @@ def stray_sample(name: str, reason: str, sid: str) -> Sample:
 def read_shard(path: str | Path, info: ShardInfo | None = None) -> Iterator[Sample]:
     """Yield every sample of the tar, in order; ``info`` receives the shard's accounting."""
     sid = shard_id(path)
-    info = info if info is not None else ShardInfo(sid, str(path))
+    info = info if info is not None else ShardInfo(sid, redact(str(path)))
     side = read_sidecar(path)
     info.not_downloaded = dict(side.not_downloaded)
     info.sidecar_error = side.error

@@ -248,6 +248,7 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
     stage = publish.staging(p.out)
     tars = [s for s in shards if not is_metadata(s)]
     manifest = export(df, tars, stage, p.config.export.samples_per_shard, manifest, declared, captions, metadata=False)
+    manifest = _redacted(manifest)
     manifest["report"] = "report.html"
     manifest["run"]["filter_seconds"] = seconds
     meta = Background(write_metadata, stage / "metadata.parquet", df, declared)  # while the report is drawn
@@ -257,7 +258,7 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
         meta.join()
     manifest["run"]["decide_export_seconds"] = round(time.time() - t0, 2)
     # written last: publish refuses a staged folder without it
-    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    (stage / "manifest.json").write_text(storage.redact(json.dumps(manifest, indent=2, default=str)))
     point("publish:staged")
     if p.out_url is not None:
         version = objstore.publish(p.out_url, stage, p.out / "curate.log")
@@ -268,6 +269,19 @@ def finish(p: Plan, done: dict[str, dict], failed: dict[str, str], on_failure: P
     log.info("published %s: %d in, %d kept, dropped %s", version, manifest["samples_in"], manifest["kept"],
              manifest["dropped_by_reason"])
     return absolute(manifest, version)
+
+
+def _redacted(manifest: dict) -> dict:
+    """The manifest without what URLs may carry as secrets (user:password@, presigned query values)."""
+    text = json.dumps(manifest, default=str)
+    clean = storage.redact(text)
+    return manifest if clean == text else json.loads(clean)
+
+
+class _Redact(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = storage.redact(record.getMessage()), None
+        return True
 
 
 def _import_plotting() -> None:
@@ -330,6 +344,8 @@ def run_log(out: Path):
     err = logging.StreamHandler(sys.stderr)
     err.setLevel(logging.WARNING)
     err.setFormatter(logging.Formatter("curate: %(levelname)s: %(message)s"))
+    for h in (fh, err):
+        h.addFilter(_Redact())
     log.addHandler(fh)
     log.addHandler(err)
     log.setLevel(logging.INFO)

@@ -81,8 +81,8 @@ def _missing(paths: list[str]) -> list[str]:
     """The paths that are no file: local ones each looked at, URLs by one listing per folder."""
     out, listed = [], {}
     for p in paths:
-        if not storage.is_url(p):
-            if not Path(p).is_file():
+        if not storage.is_url(p) or "?" in p:  # a signed URL is in no listing: asked for itself
+            if not storage.is_file(p):
                 out.append(p)
             continue
         folder = storage.parent(p)
@@ -278,6 +278,7 @@ def _is_sidecar(name: str, bases: set[str]) -> bool:
 def _rel_id(path: str, root: str) -> str:
     """``path`` relative to ``root`` (``/`` separated, tar suffix cut); its name alone when outside it."""
     if storage.is_url(path):
+        path = re.split(r"[?#]", path, 1)[0]  # a presigned URL's query is no part of the shard's identity
         head = root.rstrip("/") + "/"
         return _id(path[len(head):] if path.startswith(head) else storage.name(path))
     rel = os.path.relpath(path, root) if root else path

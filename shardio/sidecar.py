@@ -45,6 +45,8 @@ def read_sidecar(tar_path: str | Path) -> Sidecar:
     Rows without a key are ignored; a key listed twice keeps its first downloaded row.
     A null status is counted in ``not_downloaded`` as ``"null"``.
     """
+    if storage.is_url(str(tar_path)) and "?" in str(tar_path):
+        return Sidecar(rows={}, not_downloaded={})  # a signed URL: its sidecar would need a signature of its own
     path = sidecar_path(tar_path)
     if not storage.is_file(path):
         return Sidecar(rows={}, not_downloaded={})

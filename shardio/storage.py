@@ -39,6 +39,17 @@ def configure(options: dict[str, dict[str, Any]] | None) -> None:
     _OPTIONS = Options({str(k).lower(): dict(v or {}) for k, v in (options or {}).items()})
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s\"']+@")
+_SIGNED = re.compile(r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|"
+                     r"x-goog-credential|awsaccesskeyid|signature|sig|se|sv|token|access_token|key)=)[^&#\s\"']*")
+
+
+def redact(text: str) -> str:
+    """``text`` with what URLs may carry as secrets replaced by ``***``: ``user:password@`` and signed
+    query values (presigned S3 / GCS URLs, Azure SAS tokens)."""
+    return _SIGNED.sub(r"\1***", _USERINFO.sub("***@", text))
+
+
 def current() -> Options:
     return _OPTIONS
 

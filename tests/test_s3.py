@@ -298,6 +298,14 @@ def test_https_pools_are_read_only_streams(tmp_path):
         _same_outputs(local, remote)
         with pytest.raises(ValueError, match="--out http"):
             plan(url, url + "out", {"filters": []})
+        # presigned URLs: their signatures are in no id, manifest or log
+        signed = [url + f"part-a/{i:05d}.tar?X-Amz-Credential=AKIAX&X-Amz-Signature=SIGSECRET{i}" for i in range(2)]
+        m = run_curation(signed, tmp_path / "signed", {"filters": []}, progress=False)
+        assert [shard_id(x) for x in expand(signed)] == ["00000", "00001"] and m["kept"] == 12
+        for f in (tmp_path / "signed").rglob("*"):
+            if f.is_file() and f.suffix in (".json", ".log", ".html", ".parquet"):
+                assert b"SIGSECRET" not in f.read_bytes() and b"AKIAX" not in f.read_bytes(), f
+        assert "X-Amz-Signature=***" in json.dumps(m["input_shards"])
     finally:
         srv.shutdown()
 
