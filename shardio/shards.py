@@ -25,7 +25,6 @@ from braceexpand import braceexpand
 from shardio import storage
 
 
-
 class ShardPath(str):
     """A shard's path that carries its id (``.sid``): ``expand`` makes them, ``shard_id`` reads them.
     It is the plain path string everywhere else (open, json, logs); it pickles with its id."""
@@ -113,7 +112,9 @@ def _expand_one(pat: str, root: str | None, notes: list[dict]) -> list[ShardPath
         elif path.suffix == ".txt" and path.is_file():  # a shard list: a path or pattern a line
             lines = [x.strip() for x in path.read_text().splitlines()]
             for x in lines:
-                if x and not x.startswith("#"):
+                if storage.is_url(x):  # a local list may name shards in a store
+                    out.extend(_expand_one(x, None, notes))
+                elif x and not x.startswith("#"):
                     out.extend(_expand_one(str(path.parent / x), None if Path(x).is_absolute() else str(path.parent), notes))
         elif any(c in p for c in "*?[") and not path.is_file():
             found = sorted(str(x) for x in Path().glob(p)) if not Path(p).is_absolute() \

@@ -136,6 +136,8 @@ def test_a_run_from_a_bucket_equals_the_run_on_local_copies(env, tmp_path):
     fs = _client(env)
     fs.pipe_file("crawl/pool/list.txt", b"# part b only\npart-b/00000.tar\npart-b/00001.tar\n")
     assert [shard_id(s) for s in expand("s3://crawl/pool/list.txt")] == ids[3:]
+    (tmp_path / "list.txt").write_text("s3://crawl/pool/part-b/00000.tar\n")  # a local list of URLs
+    assert [shard_id(s) for s in expand(str(tmp_path / "list.txt"))] == ["00000"]
     with pytest.raises(FileNotFoundError, match="not found"):
         expand("s3://crawl/pool/part-a/{00000..00003}.tar")
     # a rerun reads the cache: the store's ETag and size are the shard's identity
