@@ -215,8 +215,9 @@ def test_credentials_from_the_config_are_never_written(server, monkeypatch, tmp_
                                                      "client_kwargs": {"region_name": "us-east-1"}}}}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     try:
-        m = run_curation("s3://private/pool", tmp_path / "out", str(tmp_path / "cfg.json"), progress=False)
-        assert m["samples_in"] == m["kept"] == 12
+        # two worker processes: the options reach them with each job, not through the environment
+        m = run_curation("s3://private/pool", tmp_path / "out", str(tmp_path / "cfg.json"), progress=False, workers=2)
+        assert m["samples_in"] == m["kept"] == 12 and m["run"]["shards_annotated"] == 2
         p = plan("s3://private/pool", tmp_path / "o2", str(tmp_path / "cfg.json"))
         assert SECRET not in repr(jobs(p)) and SECRET not in repr(p) and SECRET not in str(p.config.model_dump())
     finally:
