@@ -88,7 +88,7 @@ def _missing(paths: list[str]) -> list[str]:
         if folder not in listed:
             fs, fp = storage.filesystem(folder)
             try:
-                listed[folder] = {storage.full(fs, x["name"]) for x in fs.ls(fp, detail=True) if x["type"] == "file"}
+                listed[folder] = {storage.full(fs, x["name"], p) for x in fs.ls(fp, detail=True) if x["type"] == "file"}
             except (FileNotFoundError, NotADirectoryError):
                 listed[folder] = set()
         if p not in listed[folder]:
@@ -149,7 +149,7 @@ def _expand_url(pat: str, root: str | None, notes: list[dict]) -> list[ShardPath
         fs, path = storage.filesystem(p)
         if any(c in path for c in "*?[") and not fs.exists(path):
             for x in sorted(fs.glob(path), key=lambda x: x.split("/")):
-                url = storage.full(fs, x)
+                url = storage.full(fs, x, p)
                 if fs.isdir(x):
                     out.extend(_folder_url(url, root, notes))
                 else:

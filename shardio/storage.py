@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, BinaryIO
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*(?:::[A-Za-z][A-Za-z0-9+.-]*)*://")  # fsspec chains: filecache::s3://
 READ_ONLY = ("http", "https")
 
 
@@ -59,23 +59,35 @@ def is_url(path: Any) -> bool:
 
 
 def scheme(url: str) -> str:
-    return url.split("://", 1)[0].lower()
+    """The store's scheme (``s3``), also behind fsspec's cache layers (``filecache::s3://``)."""
+    return url.split("://", 1)[0].split("::")[-1].lower()
 
 
 def filesystem(url: str):
-    """``(fsspec filesystem, path inside it)`` for ``url``, with this process's options for its scheme."""
+    """``(fsspec filesystem, path inside it)`` for ``url``, with this process's options for its scheme
+    (and, for a chained URL such as ``filecache::s3://``, for each layer: ``{filecache: {cache_storage: ...}}``)."""
     from fsspec.core import url_to_fs
 
+    layers = url.split("://", 1)[0].lower().split("::")
+    if len(layers) > 1:
+        kwargs = {layer: dict(_OPTIONS[layer]) for layer in layers if layer in _OPTIONS}
+    else:
+        kwargs = _OPTIONS.get(layers[0], {})
     try:
-        return url_to_fs(url, **_OPTIONS.get(scheme(url), {}))
+        return url_to_fs(url, **kwargs)
     except ImportError as e:
         raise ImportError(f"{scheme(url)}:// needs an fsspec backend that is not installed ({e}); "
                           "gs:// and az:// come with pip install 'curate[cloud]'") from None
 
 
-def full(fs, path: str) -> str:
-    """A path from ``fs`` (listings drop the scheme) as a URL again."""
-    return fs.unstrip_protocol(path)
+def full(fs, path: str, like: str | None = None) -> str:
+    """A path from ``fs`` (listings drop the scheme) as a URL again, with the cache layers of ``like``."""
+    head = like.split("://", 1)[0] if like else ""
+    if "::" not in head:
+        return fs.unstrip_protocol(path)
+    if "://" in path:  # stores whose paths are URLs (http)
+        return head.rsplit("::", 1)[0] + "::" + path
+    return f"{head}://{path}"
 
 
 def parent(path: str) -> str:

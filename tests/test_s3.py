@@ -140,6 +140,12 @@ def test_a_run_from_a_bucket_equals_the_run_on_local_copies(env, tmp_path):
     assert [shard_id(s) for s in expand(str(tmp_path / "list.txt"))] == ["00000"]
     with pytest.raises(FileNotFoundError, match="not found"):
         expand("s3://crawl/pool/part-a/{00000..00003}.tar")
+    # fsspec's cache layer, configured like any store: each shard and sidecar fetched once into it
+    cached = run_curation("filecache::s3://crawl/pool/", tmp_path / "cached", {**CLIP, "storage_options": {
+        "filecache": {"cache_storage": str(tmp_path / "cache")}}}, progress=False)
+    _same_outputs(local, cached)
+    assert cached["input_shards"][0] == "filecache::s3://crawl/pool/part-a/00000.tar"
+    assert len([f for f in (tmp_path / "cache").iterdir() if f.name != "cache"]) == 10  # 5 tars + 5 parquets
     # a rerun reads the cache: the store's ETag and size are the shard's identity
     again = run_curation("s3://crawl/pool/", tmp_path / "remote", CLIP, progress=False)
     assert again["run"]["stage_runs"] == 0
