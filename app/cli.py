@@ -13,6 +13,7 @@ import sys
 from app import cli_interleave, cli_train
 
 from schemas.checkpoint import DEMO_ROOT, DEMO_SCORER, DEMO_SCORER_DIR
+from shardio import storage
 
 
 POOL_PRESETS = ["web", "clean"]  # app/sample_pool/noise.py PRESETS (not imported: the CLI starts light)
@@ -180,6 +181,7 @@ def log_to_terminal() -> None:
     h = logging.StreamHandler(sys.stderr)
     h.setLevel(logging.WARNING)
     h.setFormatter(logging.Formatter("curate: %(levelname)s: %(message)s"))
+    h.addFilter(storage.Redact())  # a URL's secrets never reach the terminal
     logging.basicConfig(handlers=[h])
 
 

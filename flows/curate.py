@@ -21,8 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from pipeline.executors import transient
-from pipeline.lock import exclusive
-from pipeline.run import annotate, annotate_job, finish, plan, run_facts, run_log
+from pipeline.run import annotate, annotate_job, finish, output_guard, plan, run_facts
 from schemas.outputs import ShardResult
 
 DEFAULT_POOL = "data/sample_pool/shards"
@@ -84,7 +83,7 @@ def curate_shards(pool: str, out: str, config: str, work: str | None = None, ret
 
     p = plan(pool, out, config, work)
     get_run_logger().info("curating %d shards from %s into %s", len(p.shards), pool, out)
-    with exclusive(p.out), run_log(p.out):
+    with output_guard(p):  # the output's lock (a lease in a bucket) and the run log
         t0 = time.time()
         done, failed = annotate(p, PrefectTasks(retries, progress_id), progress=False)
         return finish_task(p, done, failed, on_failure, run_facts(done, time.time() - t0), keep_versions)

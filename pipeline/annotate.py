@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,6 +32,7 @@ from pipeline.stages.ingest import SHARD_INFO
 from pipeline.stages.thumbs import SIDE
 from pipeline.workdir import WorkDir
 from schemas.config import ClipModel
+from shardio import storage
 from shardio.decode import open_image
 from shardio.shards import atomic_write_table, shard_id
 
@@ -41,8 +41,7 @@ DEFAULT_BATCH = 256
 
 
 def input_identity(shard: str | Path) -> dict:
-    st = os.stat(shard)
-    return {"path": str(Path(shard).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return storage.identity(shard)  # a URL's: its size and the store's version
 
 
 def cache_key(stage: str, stage_config: dict, shard: str | Path) -> str:
@@ -130,7 +129,7 @@ def _from_ingest(src: Source, ingest_path: Path) -> None:
 def read_pass(src: Source, stages: list[Stage]) -> tuple[list[str], ShardInfo]:
     """Read the tar once, decode each usable image once when a stage needs pixels, and feed every
     stage in batches; return the uids in shard order and the shard's accounting."""
-    info = ShardInfo(src.sid, src.path)
+    info = ShardInfo(src.sid, storage.redact(str(src.path)))  # a signed URL's secrets stay out of the work folder
     decode = any(st.needs.pixels for st in stages)
     size = min([st.batch_size for st in stages if st.batch_size] or [DEFAULT_BATCH])
     uids: list[str] = []

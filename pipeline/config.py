@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated, Any, Union
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -31,6 +31,12 @@ class CurateConfig(CurateBase):
     stages: list[StageSpec] = Field(default_factory=list,  # type: ignore[valid-type]
                                     description="more per-shard stages (pipeline/stages/), e.g. a head: "
                                                 "{type: head, name: aesthetic, weights: head.safetensors}")
+    # credentials: left out of model_dump (so of the manifest, the config hash and the log) and of repr
+    storage_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, exclude=True, repr=False,
+        description="per URL scheme (s3, gs, az, https): fsspec filesystem options for pools in object storage "
+                    "(endpoint_url, key, secret, profile, anon, client_kwargs, ...); never written to the "
+                    "manifest or the log")
 
     @property
     def needs_languages(self) -> bool:

@@ -2,7 +2,8 @@
 
 Every sample found becomes a row; a sample that cannot be used carries ``ingest_error`` =
 ``"<reason>: <detail>"``, and decide drops it with that reason (``duplicate_key``, ``metadata``,
-``no_image``, ``format``, ``decode``). Rows listed in img2dataset's per-shard parquet but never
+``no_image``, ``format``, ``decode``; ``member_name`` for a tar member whose name has no key, ``.jpg``,
+or no extension, ``0001``: it belongs to no sample, so it is a row of its own). Rows listed in img2dataset's per-shard parquet but never
 downloaded are not samples: they are counted by status in the shard's accounting.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Iterator
 import shardio.tar
 from shardio.shards import clean_text, shard_id, sha256
 from shardio.sidecar import read_sidecar
+from shardio.storage import redact
 from shardio.tar import IMAGE_EXTS, TarReport, iter_samples
 
 INGEST_COLUMNS = ["uid", "key", "shard", "url", "caption", "image_ext", "image_bytes", "sha256",
@@ -119,10 +121,26 @@ def sample_uid(raw, sid: str, listed: dict[str, dict]) -> str:
     return _to_sample(raw, sid, listed).uid
 
 
+# tar.py's reasons for a member in no sample that is data, not structure (links, folders): each becomes a row
+STRAY = {"hidden_file": "has no key (its name starts with a dot)", "no_extension": "has no extension",
+         "empty_name": "has an empty name"}
+
+
+def stray_sample(name: str, reason: str, sid: str) -> Sample:
+    """A row for a tar member that belongs to no sample; it drops as ``member_name``."""
+    try:
+        key = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        key = clean_text(name)
+    # a NUL is in no member name, so this uid is never a sample's derived one (a member "0001" beside 0001.jpg)
+    return Sample(derive_uid(sid, key + "\0"), key, sid, "", None, None,
+                  error=f"member_name: tar member {key!r} {STRAY[reason]}, so it belongs to no sample")
+
+
 def read_shard(path: str | Path, info: ShardInfo | None = None) -> Iterator[Sample]:
     """Yield every sample of the tar, in order; ``info`` receives the shard's accounting."""
     sid = shard_id(path)
-    info = info if info is not None else ShardInfo(sid, str(path))
+    info = info if info is not None else ShardInfo(sid, redact(str(path)))
     side = read_sidecar(path)
     info.not_downloaded = dict(side.not_downloaded)
     info.sidecar_error = side.error
@@ -137,8 +155,12 @@ def read_shard(path: str | Path, info: ShardInfo | None = None) -> Iterator[Samp
             info.problems.extend(f"{raw.key}: {p}" for p in raw.problems)
         yield s
     info.error = report.error
-    for _, reason in report.skipped:
-        info.skipped_members[reason] = info.skipped_members.get(reason, 0) + 1
+    for name, reason in report.skipped:
+        if reason in STRAY:
+            info.samples_found += 1
+            yield stray_sample(name, reason, sid)
+        else:
+            info.skipped_members[reason] = info.skipped_members.get(reason, 0) + 1
     info.listed_missing = sum(1 for k in side.rows if k not in seen)
 
 

@@ -6,6 +6,7 @@ are the samples, in file order, with the same columns and accounting as a shard 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import schemas
 from pipeline.embeddings import Shards, _header
 from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS, ShardInfo, caption_languages, derive_uid, valid_uid
 from schemas.config import ClipModel
+from shardio import storage
 from shardio.shards import shard_base
 
 NEEDED = ("uid", "text")
@@ -27,18 +29,62 @@ def is_metadata(path: str | Path) -> bool:
     return str(path).endswith(".parquet")
 
 
+@contextmanager
+def _source(path):
+    """What pyarrow reads: a local path, or a URL's file read by range requests (the footer, then only
+    the column chunks asked for)."""
+    if storage.is_url(path):
+        with storage.open_read(path, cache="none") as f:
+            yield f
+    else:
+        yield path
+
+
+def read_table(path, columns=None) -> pa.Table:
+    with _source(path) as src:
+        return pq.read_table(src, columns=columns)
+
+
+def read_schema(path) -> pa.Schema:
+    with _source(path) as src:
+        return pq.read_schema(src)
+
+
+def _stem(path) -> str:
+    return storage.name(str(path)).removesuffix(".parquet") if storage.is_url(path) else Path(path).stem
+
+
+def npz_path(parquet):
+    """The ``.npz`` beside a metadata parquet (a URL stays a URL string)."""
+    if storage.is_url(parquet):
+        return str(parquet).removesuffix(".parquet") + ".npz"
+    return Path(parquet).with_suffix(".npz")
+
+
+def npz_identity(npz) -> dict | None:
+    """Size and mtime (a URL: size and the store's version) of an npz; None when there is none."""
+    if not storage.is_file(npz):
+        return None
+    if storage.is_url(npz):
+        ident = storage.identity(npz)
+        return {"size": ident["size"], "version": ident["version"]}
+    st = Path(npz).stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def ingest_table(parquet: str | Path) -> tuple[pa.Table, ShardInfo]:
     """The ingest columns of one metadata parquet (no image: sizes from ``original_width/height``)."""
-    path = Path(parquet)
-    have = pq.read_schema(path).names
+    path = parquet if storage.is_url(parquet) else Path(parquet)
+    stem = _stem(parquet)
+    have = read_schema(path).names
     missing = [c for c in NEEDED if c not in have]
     if missing:
         raise ValueError(f"{path} is not DataComp metadata: it has no {', '.join(missing)} column "
                          f"(columns: {', '.join(have[:12])})")
-    t = pq.read_table(path, columns=[c for c in READ if c in have])
+    t = read_table(path, columns=[c for c in READ if c in have])
     sizes = [c for c in ("original_width", "original_height") if c not in have]
     n = t.num_rows
-    uids, bad = _uids(t.column("uid"), path)
+    uids, bad = _uids(t.column("uid"), stem)
     # each distinct caption is measured once, then spread to its rows
     uniq, codes = _distinct(t.column("text"))
     codes = pa.array(codes, pa.int64())
@@ -50,7 +96,7 @@ def ingest_table(parquet: str | Path) -> tuple[pa.Table, ShardInfo]:
         return pa.array(values, kind).take(codes)
 
     none_s, none_i = pa.nulls(n, pa.string()), pa.nulls(n, pa.int32())
-    cols = {"uid": uids, "key": uids, "shard": pa.repeat(pa.scalar(path.stem), n) if n else pa.array([], pa.string()),
+    cols = {"uid": uids, "key": uids, "shard": pa.repeat(pa.scalar(stem), n) if n else pa.array([], pa.string()),
             "url": col("url"), "caption": spread([x[:MAX_CAPTION_CHARS] for x in uniq], pa.string()),
             "image_ext": none_s, "image_bytes": np.zeros(n, np.int64), "sha256": col("sha256"),
             "original_width": _size(col("original_width")), "original_height": _size(col("original_height")),
@@ -59,7 +105,7 @@ def ingest_table(parquet: str | Path) -> tuple[pa.Table, ShardInfo]:
             "ingest_error": _uid_errors(bad, n) if bad else none_s,
             "caption_words": spread([len(x.split()) for x in uniq], pa.int32()),
             "caption_chars": spread([len(x) for x in uniq], pa.int32())}
-    info = ShardInfo(path.stem, str(path), samples_found=n)
+    info = ShardInfo(stem, str(path), samples_found=n)
     if sizes:
         info.problems.append(f"no {' / '.join(sizes)} column: image sizes unknown (the basic filter drops them)")
     return pa.table({c: _typed(cols[c], c) for c in INGEST_COLUMNS}), info
@@ -67,7 +113,7 @@ def ingest_table(parquet: str | Path) -> tuple[pa.Table, ShardInfo]:
 
 def lang_table(parquet: str | Path) -> pa.Table:
     """The language columns of one metadata parquet."""
-    return lang_columns(pq.read_table(parquet, columns=["text"]).column("text"))
+    return lang_columns(read_table(parquet, columns=["text"]).column("text"))
 
 
 def lang_columns(texts) -> pa.Table:
@@ -90,7 +136,7 @@ def _typed(values, name: str):
     return pa.array(values, type=want)
 
 
-def _uids(col: pa.ChunkedArray, path: Path) -> tuple[pa.Array, dict[int, object]]:
+def _uids(col: pa.ChunkedArray, stem: str) -> tuple[pa.Array, dict[int, object]]:
     """Lower-cased uids, and row -> value of the rows whose uid is not 32 hex characters: those get a
     uid derived from the file and row (they drop as ``metadata``; never in a uid list)."""
     if pa.types.is_string(col.type) and col.null_count == 0 and pc.all(
@@ -100,7 +146,7 @@ def _uids(col: pa.ChunkedArray, path: Path) -> tuple[pa.Array, dict[int, object]
     for i, u in enumerate(col.to_pylist()):
         v = valid_uid(u)
         if v is None:
-            bad[i], v = u, derive_uid(path.stem, f"row{i}")
+            bad[i], v = u, derive_uid(stem, f"row{i}")
         out.append(v)
     return pa.array(out, pa.string()), bad
 
@@ -140,25 +186,24 @@ def _distinct(col: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
 
 def precomputed_score(parquet: str | Path, spec: ClipModel) -> np.ndarray:
     """The precomputed score column of a metadata parquet, with the column's own dtype."""
-    path = Path(parquet)
     col = f"clip_{spec.precomputed}_similarity_score"
-    f = pq.ParquetFile(path)
-    if col not in f.schema_arrow.names:
-        raise ValueError(f"{path} has no '{col}' column for the precomputed '{spec.precomputed}' scorer")
-    return f.read(columns=[col]).column(col).to_numpy(zero_copy_only=False)
+    with _source(parquet) as src:
+        f = pq.ParquetFile(src)
+        if col not in f.schema_arrow.names:
+            raise ValueError(f"{parquet} has no '{col}' column for the precomputed '{spec.precomputed}' scorer")
+        return f.read(columns=[col]).column(col).to_numpy(zero_copy_only=False)
 
 
 def precomputed(parquet: str | Path, spec: ClipModel, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(score with the column's own dtype, image and text embeddings or None) of a metadata parquet."""
-    path = Path(parquet)
-    score = precomputed_score(path, spec)
-    npz = path.with_suffix(".npz")
-    if not npz.is_file():
+    score = precomputed_score(parquet, spec)
+    npz = npz_path(parquet)
+    if not storage.is_file(npz):
         return score, None, None
-    with np.load(npz) as z:
+    with storage.open_read(npz, 8 << 20) as f, np.load(f) as z:  # a URL's: only its two members are fetched
         img, txt = z[f"{spec.precomputed}_img"], z[f"{spec.precomputed}_txt"]
     if len(img) != n:
-        raise ValueError(f"{npz} holds {len(img)} embeddings for {n} rows of {path.name}")
+        raise ValueError(f"{npz} holds {len(img)} embeddings for {n} rows of {storage.name(str(parquet))}")
     return score, img.astype(np.float16, copy=False), txt.astype(np.float16, copy=False)
 
 
@@ -191,7 +236,10 @@ def _member_start(npz: str | Path, name: str) -> int | None:
 
 def npz_embeddings(npz: Path, tag: str, n: int) -> dict | None:
     """Where a view reads ``<tag>_img`` / ``<tag>_txt`` of a DataComp npz in place (both float16,
-    uncompressed, ``n`` rows), or None when they must be copied out instead."""
+    uncompressed, ``n`` rows), or None when they must be copied out instead (always for a URL: a
+    view maps local files)."""
+    if storage.is_url(npz):
+        return None
     out = {"npz": str(npz.resolve()), "size": npz.stat().st_size, "mtime_ns": npz.stat().st_mtime_ns}
     for part in ("img", "txt"):
         head = npz_member(npz, f"{tag}_{part}")
@@ -219,13 +267,17 @@ def embedding_view(parts: list):
     return Shards(located)
 
 
-def sidecars(shard: str | Path) -> tuple[Path, Path]:
+def sidecars(shard: str | Path) -> tuple[Path | str, Path | str]:
     """A tar's DataComp sidecar files: ``<shard>.parquet`` (scores) and ``<shard>.npz`` (embeddings)."""
     base = shard_base(shard)
+    if storage.is_url(base):
+        return base + ".parquet", base + ".npz"
     return Path(base + ".parquet"), Path(base + ".npz")
 
 
 def sidecar_identity(shard: str | Path) -> dict:
+    if storage.is_url(shard):
+        return {p: (i["size"], i["version"]) for p in sidecars(shard) if storage.is_file(p) for i in [storage.identity(p)]}
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sidecars(shard) if p.is_file()}
 
 
@@ -234,9 +286,9 @@ def sidecar_scores(shard: str | Path, spec: ClipModel, uids: list[str]):
     precomputed scorer for a tar's samples, matched by uid (NaN / zeros where the sidecar lacks one)."""
     pq_path, npz_path = sidecars(shard)
     col = f"clip_{spec.precomputed}_similarity_score"
-    if not pq_path.is_file():
+    if not storage.is_file(pq_path):
         raise FileNotFoundError(f"{shard}: precomputed '{spec.precomputed}' scores need {pq_path}")
-    side = pq.read_table(pq_path).to_pandas()
+    side = read_table(pq_path).to_pandas()
     if col not in side or "uid" not in side:
         raise ValueError(f"{pq_path} has no 'uid' and '{col}' columns (DataComp metadata)")
     pos = {u: i for i, u in enumerate(side["uid"].astype(str).str.lower())}
@@ -246,8 +298,8 @@ def sidecar_scores(shard: str | Path, spec: ClipModel, uids: list[str]):
     score = np.full(len(uids), np.nan, np.float64)
     score[have] = every[where[have]]
     emb = []
-    if npz_path.is_file():
-        with np.load(npz_path) as z:
+    if storage.is_file(npz_path):
+        with storage.open_read(npz_path, 8 << 20) as f, np.load(f) as z:
             for part in ("img", "txt"):
                 arr = z[f"{spec.precomputed}_{part}"]
                 out = np.zeros((len(uids), arr.shape[1]), np.float16)

@@ -14,20 +14,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
+import tempfile
 import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipeline import publish
+from pipeline import objstore, publish, workstore
 from pipeline.config import CurateConfig, load_config
 from pipeline.executors import Executor, make
 from pipeline.faults import point
 from pipeline.lock import exclusive
 from pipeline.metadata import is_metadata
 from schemas.outputs import Manifest, ShardInfo, ShardResult
+from shardio import storage
 from shardio.shards import expand, shard_id
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,9 @@ class Plan:
     work: Path
     config: CurateConfig
     config_hash: str
+    unread: list[dict] = field(default_factory=list)  # files under a pool folder that are not read, and why
+    out_url: str | None = None  # an output in object storage; ``out`` is then this machine's folder for the run
+    work_url: str | None = None  # a work folder in object storage; ``work`` is then this machine's mirror of it
 
 
 def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | dict,
@@ -60,35 +66,73 @@ def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | di
         f.check()
     for st in config.stages:
         st.check()
+    storage.configure(config.storage_options)  # for the URLs this process reads; workers get them per job
+    out_url = work_url = None
+    if storage.is_url(str(out)):  # written here first, then published by pointer (pipeline/objstore.py)
+        objstore.check_writable(str(out))
+        out_url = str(out).rstrip("/")
+        out = _local("curate-out", out_url)
+        work = work if work is not None else out_url  # the cache beside the versions, as in a local output
+    if work is not None and storage.is_url(str(work)):  # per-shard results in the store (pipeline/workstore.py)
+        objstore.check_writable(str(work), "--work")
+        work_url = str(work).rstrip("/")
+        work = _local("curate-work", work_url)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the curation output")
     if work is not None and Path(work).exists() and not Path(work).is_dir():
         raise ValueError(f"--work {work} is a file; give a folder")
-    shards = _expand(pool)
+    unread: list[dict] = []
+    shards = _expand(pool, unread)
     if any(is_metadata(s) for s in shards):
         _check_metadata_only(shards, config)
     by_id: dict[str, str] = {}
     for s in shards:
         sid = shard_id(s)
-        if sid in by_id and Path(by_id[sid]).resolve() != Path(s).resolve():
-            raise ValueError(f"two input shards share the name {sid!r}: {by_id[sid]} and {s}; per-shard outputs "
-                             "are keyed by name, so curate them into separate outputs or rename one")
+        if sid in by_id and _same(by_id[sid]) != _same(s):
+            raise ValueError(f"two input shards have the id {sid!r}: {by_id[sid]} and {s}; per-shard outputs and "
+                             "derived uids are keyed by it (the path inside the pool folder or pattern), so give "
+                             "their common folder, a pattern from it or a .txt list there, or curate them apart")
         by_id.setdefault(sid, s)
     shards = list(by_id.values())
     digest = hashlib.sha256(json.dumps(config.model_dump(), sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return Plan(shards, out, Path(work) if work is not None else out, config, digest)
+    return Plan(shards, out, Path(work) if work is not None else out, config, digest, unread, out_url, work_url)
 
 
-def _expand(pool) -> list[str]:
+def _local(kind: str, url: str) -> Path:
+    """This machine's folder for an output or work folder in object storage."""
+    return Path(tempfile.gettempdir()) / kind / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def _same(path: str) -> str:
+    return path if storage.is_url(path) else str(Path(path).resolve())
+
+
+def _expand(pool, unread: list[dict]) -> list[str]:
     """Shards, or (a folder with no tars) a DataComp metadata folder of parquets."""
     try:
-        return expand(pool)
+        return expand(pool, unread)
     except FileNotFoundError:
-        folder = Path(pool) if isinstance(pool, (str, Path)) else None
-        if folder is not None and folder.is_dir() and any(folder.glob("*.parquet")):
-            return sorted(str(p) for p in folder.glob("*.parquet"))
+        unread.clear()
+        folder = str(pool) if isinstance(pool, (str, Path)) else None
+        found = _parquets(folder) if folder is not None else []
+        if found:
+            return found
         raise
+
+
+def _parquets(folder: str) -> list[str]:
+    """The ``.parquet`` files directly in a folder (a URL's through one listing), sorted."""
+    if not storage.is_url(folder):
+        path = Path(folder)
+        return sorted(str(p) for p in path.glob("*.parquet")) if path.is_dir() else []
+    fs, path = storage.filesystem(folder)
+    try:
+        listed = fs.ls(path, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(f"{folder.rstrip('/')}/{storage.name(x['name'])}" for x in listed
+                  if x["type"] == "file" and x["name"].endswith(".parquet"))
 
 
 def _check_metadata_only(shards: list[str], config: CurateConfig) -> None:
@@ -103,7 +147,7 @@ def _check_metadata_only(shards: list[str], config: CurateConfig) -> None:
             raise ValueError(f"filter {f.instance!r} compares images, and this pool is metadata only")
 
 
-def annotate_job(args: tuple[str, str, list[str], bool, list[str]]) -> ShardResult:
+def annotate_job(args: tuple) -> ShardResult:
     """One shard's per-shard pass (picklable, for process pools and clusters)."""
     from pydantic import TypeAdapter
 
@@ -111,15 +155,26 @@ def annotate_job(args: tuple[str, str, list[str], bool, list[str]]) -> ShardResu
     from pipeline.config import StageSpec
     from schemas.config import ClipModel
 
-    shard, work, clip_json, languages, stages_json = args
+    shard, work, clip_json, languages, stages_json, options, cached = args
+    storage.configure(options)  # the run's storage options, in whichever process runs the job
+    clip = [ClipModel.model_validate_json(c) for c in clip_json]
     stages = [TypeAdapter(StageSpec).validate_json(s) for s in stages_json]
-    r = annotate_shard(shard, work, [ClipModel.model_validate_json(c) for c in clip_json], languages, stages)
+    if storage.is_url(work):  # private scratch; results go to the work folder in the store
+        r = workstore.run_job(work, cached, lambda scratch: annotate_shard(shard, scratch, clip, languages, stages))
+    else:
+        r = annotate_shard(shard, work, clip, languages, stages)
     return ShardResult.model_validate({**r, "info": r["info"].as_dict()})
 
 
-def jobs(p: Plan) -> list[tuple[str, str, list[str], bool, list[str]]]:
-    return [(s, str(p.work), [c.model_dump_json() for c in p.config.clip], p.config.needs_languages,
-             [st.model_dump_json() for st in p.config.stages]) for s in p.shards]
+def jobs(p: Plan) -> list[tuple]:
+    """(shard, work folder, scorers, languages, stages, storage options, the shard's cached files in a work
+    folder in object storage): the options print as their schemes only."""
+    options = storage.Options(p.config.storage_options)
+    cached = workstore.index(p.work_url) if p.work_url else {}
+    clip = [c.model_dump_json() for c in p.config.clip]
+    stages = [st.model_dump_json() for st in p.config.stages]
+    return [(s, p.work_url or str(p.work), clip, p.config.needs_languages, stages, options,
+             sorted(cached.get(shard_id(s), {}))) for s in p.shards]
 
 
 def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[str, ShardResult], dict[str, str]]:
@@ -156,10 +211,12 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
                            f"output stays; rerun to retry, or pass on_failure='partial'): {names}")
     t0 = time.time()
     shards = [s for s in p.shards if s in done]
+    if p.work_url is not None:  # the per-shard results, from the store into this machine's mirror
+        workstore.pull(p.work_url, [shard_id(s) for s in shards], p.work)
     infos = [done[s].info for s in shards]
     df, filters, seconds = _decide(p, shards, sum(i.samples_found for i in infos))
-    manifest = {**summarize(df), **_shard_facts(infos, failed), "filters": filters,
-                "thresholds": {k: v["threshold"] for k, v in filters.items() if "threshold" in v},
+    manifest = {**summarize(df), **_shard_facts(infos, failed), "pool_files_not_read": p.unread,
+                "filters": filters, "thresholds": {k: v["threshold"] for k, v in filters.items() if "threshold" in v},
                 "scorers": [c.model_dump() for c in p.config.clip],
                 "config": p.config.model_dump(), "config_hash": p.config_hash,
                 "input_shards": shards, "run": dict(run or {})}
@@ -170,6 +227,7 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     tars = [s for s in shards if not is_metadata(s)]
     manifest = export(df, tars, stage, p.config.export.samples_per_shard, manifest, declared,
                       _rewritten_captions(df, p.config), metadata=False)
+    manifest = _redacted(manifest)
     manifest["report"] = "report.html"
     manifest["run"]["filter_seconds"] = seconds
     meta = Background(write_metadata, stage / "metadata.parquet", df, declared)  # while the report is drawn
@@ -179,8 +237,14 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
         meta.join()
     manifest["run"]["decide_export_seconds"] = round(time.time() - t0, 2)
     typed = Manifest.model_validate(manifest)
-    (stage / "manifest.json").write_text(typed.to_json())  # written last: publish refuses a folder without it
+    # written last: publish refuses a folder without it
+    (stage / "manifest.json").write_text(storage.redact(typed.to_json()))
     point("publish:staged")
+    if p.out_url is not None:
+        version = objstore.publish(p.out_url, stage, p.out / "curate.log")
+        shutil.rmtree(stage, ignore_errors=True)
+        log.info("published %s: %d in, %d kept", version, typed.samples_in, typed.kept)
+        return absolute(typed.as_dict(), version)
     version = publish.commit(p.out, stage, keep_versions)
     log.info("published %s: %d in, %d kept, dropped %s", version, typed.samples_in, typed.kept,
              typed.dropped_by_reason)
@@ -222,6 +286,18 @@ def _warn(manifest: dict) -> None:
         log.warning("broken shard %s: %s (%d samples recovered)", b["shard"], b["error"], b["samples_recovered"])
     for f in manifest["not_processed_shards"]:
         log.warning("not processed (published without it): %s: %s", f["shard"], f["error"])
+    unread = manifest.get("pool_files_not_read") or []
+    if unread:
+        why = _add_counts({u["why"].split(":")[0]: 1} for u in unread)
+        log.warning("%d file(s) under the pool are not read (%s), listed in the manifest's pool_files_not_read",
+                    len(unread), ", ".join(f"{k}: {v}" for k, v in why.items()))
+
+
+def _redacted(manifest: dict) -> dict:
+    """The manifest without what URLs may carry as secrets (user:password@, presigned query values)."""
+    text = json.dumps(manifest, default=str)
+    clean = storage.redact(text)
+    return manifest if clean == text else json.loads(clean)
 
 
 def _import_plotting() -> None:
@@ -253,18 +329,29 @@ def _rewritten_captions(df, config) -> dict:
     return out
 
 
-def absolute(manifest: dict, root: Path) -> dict:
-    """The manifest with its relative paths resolved against the published version folder."""
+def absolute(manifest: dict, root: Path | str) -> dict:
+    """The manifest with its relative paths resolved against the published version folder (or URL)."""
     m = dict(manifest)
     m["root"] = str(root)
-    m["output_shards"] = [str(root / s) for s in m.get("output_shards", [])]
+    m["output_shards"] = [storage.join(str(root), s) for s in m.get("output_shards", [])]
     for k in ("uids", "metadata", "report"):
         if k in m:
-            m[k] = str(root / m[k])
+            m[k] = storage.join(str(root), m[k])
     return m
 
 
 LIBRARY = ("pipeline", "shardio")  # the loggers whose events go to <out>/curate.log
+
+
+@contextmanager
+def output_guard(p: Plan):
+    """The run's locks and log: the output folder's lock, an output prefix's lease lock in object storage,
+    and the run log (for a bucket, this run's lines, appended to ``<out>/curate.log`` at publish)."""
+    with exclusive(p.out), (objstore.exclusive(p.out_url) if p.out_url else nullcontext()):
+        if p.out_url is not None:
+            (p.out / "curate.log").unlink(missing_ok=True)
+        with run_log(p.out):
+            yield
 
 
 @contextmanager
@@ -276,6 +363,7 @@ def run_log(out: Path):
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     loggers = [logging.getLogger(n) for n in LIBRARY]
     levels = [lg.level for lg in loggers]
+    fh.addFilter(storage.Redact())  # a URL's secrets never reach the log
     for lg in loggers:
         lg.addHandler(fh)
         if lg.getEffectiveLevel() > logging.INFO:
@@ -299,8 +387,8 @@ def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | 
     ``work`` folder and so score the pool once. ``workers`` > 1 annotates shards in that many processes;
     ``dask_address`` on a Dask cluster. Outputs are the same either way."""
     p = plan(pool, out, config, work)
-    with exclusive(p.out), run_log(p.out):
-        log.info("curating %d shards into %s (config %s)", len(p.shards), p.out, p.config_hash)
+    with output_guard(p):
+        log.info("curating %d shards into %s (config %s)", len(p.shards), p.out_url or p.out, p.config_hash)
         t0 = time.time()
         light = all(is_metadata(s) for s in p.shards)  # no model: workers need no torch
         done, failed = annotate(p, make(workers, dask_address, retries, torch=not light), progress)

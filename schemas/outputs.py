@@ -62,6 +62,13 @@ class FilterSummary(BaseModel):
     columns: list[str] = Field(description="the metadata columns it wrote")
 
 
+class UnreadFile(_Strict):
+    """A file under a folder pool that the run did not read."""
+    path: str = Field(description="the file (a URL's secrets redacted)")
+    why: str = Field(description="not_a_shard, hidden, dangling_link, link_loop, unreadable, not_a_regular_file "
+                                 "or outside_shards, with detail after a colon")
+
+
 class RunFacts(_Strict):
     """What this run did and how long it took: differs between reruns of the same input."""
     annotate_seconds: float | None = Field(None, description="wall-clock seconds of the per-shard pass")
@@ -89,6 +96,9 @@ class Manifest(_Strict):
     not_processed_shards: list[ShardError] = Field(description="shards whose job kept failing (published without "
                                                                "them: on_failure='partial')")
     skipped_members: dict[str, int] = Field(description="tar members not read, by reason")
+    pool_files_not_read: list[UnreadFile] = Field(default_factory=list, description="files under a folder pool "
+                                                  "that are not read, each with why (not a shard, hidden, dangling "
+                                                  "link, link loop, unreadable, outside the shards/ folder)")
     sidecar_errors: list[ShardError] = Field(description="shards whose parquet / npz sidecar could not be read")
     filters: dict[str, FilterSummary] = Field(description="each filter instance, by name, in config order")
     thresholds: dict[str, float | None] = Field(description="the cut-off each thresholding filter used")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from shardio import storage
+
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
@@ -21,8 +23,14 @@ class Sidecar:
     path: str | None = None            # the parquet's path if one exists
 
 
-def sidecar_path(tar_path: str | Path) -> Path:
-    """``a/00000.tar`` / ``a/00000.tar.gz`` / ``a/00000.tgz`` -> ``a/00000.parquet``."""
+def sidecar_path(tar_path: str | Path) -> Path | str:
+    """``a/00000.tar`` / ``a/00000.tar.gz`` / ``a/00000.tgz`` -> ``a/00000.parquet`` (a URL stays a URL string)."""
+    if storage.is_url(tar_path):
+        name = storage.name(tar_path)
+        for suffix in _TAR_SUFFIXES:
+            if name.lower().endswith(suffix) and len(name) > len(suffix):
+                return storage.join(storage.parent(tar_path), name[: -len(suffix)] + ".parquet")
+        return tar_path + ".parquet"
     p = Path(tar_path)
     name = p.name
     for suffix in _TAR_SUFFIXES:
@@ -37,12 +45,18 @@ def read_sidecar(tar_path: str | Path) -> Sidecar:
     Rows without a key are ignored; a key listed twice keeps its first downloaded row.
     A null status is counted in ``not_downloaded`` as ``"null"``.
     """
+    if storage.is_url(str(tar_path)) and "?" in str(tar_path):
+        return Sidecar(rows={}, not_downloaded={})  # a signed URL: its sidecar would need a signature of its own
     path = sidecar_path(tar_path)
-    if not path.is_file():
+    if not storage.is_file(path):
         return Sidecar(rows={}, not_downloaded={})
     out = Sidecar(rows={}, not_downloaded={}, path=str(path))
     try:
-        table = pq.read_table(path)
+        if storage.is_url(path):
+            with storage.open_read(path, cache="none") as f:
+                table = pq.read_table(f)
+        else:
+            table = pq.read_table(path)
     except Exception as e:  # ArrowInvalid (truncated, not parquet), OSError, ...
         out.error = f"unreadable_parquet: {path}: {type(e).__name__}: {e}"
         return out

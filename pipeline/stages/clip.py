@@ -69,8 +69,7 @@ class Clip(Stage):
 
         cfg = {**scorer_identity(self.spec), "version": self.version}
         if src.metadata:  # the embeddings stay in the npz: its identity is in the key
-            npz = Path(src.path).with_suffix(".npz")
-            cfg["npz"] = {"size": npz.stat().st_size, "mtime_ns": npz.stat().st_mtime_ns} if npz.is_file() else None
+            cfg["npz"] = md.npz_identity(md.npz_path(src.path))
         elif self.spec.precomputed:
             cfg["weights"] = md.sidecar_identity(src.path)
         else:  # the decode side shapes the pixels
@@ -119,8 +118,8 @@ class Clip(Stage):
 
     def _metadata(self, src: Source, n: int) -> np.ndarray:
         """A metadata-only pool: the score column, and the npz's embeddings located (or copied out)."""
-        npz = Path(src.path).with_suffix(".npz")
-        where = md.npz_embeddings(npz, self.spec.precomputed, n) if npz.is_file() else None
+        npz = md.npz_path(src.path)
+        where = md.npz_embeddings(npz, self.spec.precomputed, n) if md.npz_identity(npz) else None
         pointer = src.work.npz_pointer(self.folder, src.sid)
         for part in ("img", "txt"):  # a pointer or a copy, never both
             src.work.embeddings(self.folder, src.sid, part).unlink(missing_ok=True)
