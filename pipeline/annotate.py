@@ -89,7 +89,8 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     ``stages``) on one shard, each unless its cached output is current; return what ran, the row count
     and the shard's accounting."""
     metadata = is_metadata(shard)
-    src = Source(str(shard), sid or shard_id(shard), WorkDir(run_dir), metadata)
+    path = shard if isinstance(shard, str) else str(shard)  # a ShardPath keeps its id (shardio/shards.py)
+    src = Source(path, sid or shard_id(shard), WorkDir(run_dir), metadata)
     planned = [st for st in plan(clip, languages, stages, metadata) if st.wanted()]
     if not metadata:  # one decode feeds every pixel stage: its side shapes the pixels, so it is in their keys
         src.side = decode_side([st for st in planned if st.needs.pixels])

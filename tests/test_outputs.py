@@ -65,6 +65,6 @@ def test_a_shard_job_returns_a_typed_result(tmp_path):
     from pipeline.run import annotate_job
 
     make_pool(tmp_path / "pool", n=4, per_shard=4)
-    r = annotate_job((str(tmp_path / "pool" / "00000.tar"), str(tmp_path / "work"), [], False, []))
+    r = annotate_job((str(tmp_path / "pool" / "00000.tar"), str(tmp_path / "work"), [], False, [], {}, []))
     assert isinstance(r, outputs.ShardResult)
     assert (r.shard, r.rows, r.info.samples_found, r.info.error, r.ran) == ("00000", 4, 4, None, ["ingest", "thumbs"])

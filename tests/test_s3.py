@@ -470,4 +470,4 @@ def test_a_dask_cluster_sharing_no_disk_gives_the_local_outputs(env, tmp_path):
         assert fs.cat_file(f"cluster/out/versions/v000001/{name}") == (Path(local["root"]) / name).read_bytes()
     for f in sorted((Path(local["root"]) / "shards").glob("*.tar")):
         assert fs.cat_file(f"cluster/out/versions/v000001/shards/{f.name}") == f.read_bytes()
-    assert m["run"]["stage_runs"] == 10  # ingest + clip per shard, all on the workers
+    assert m["run"]["stage_runs"] == 15  # ingest, thumbnails and clip per shard, all on the workers
