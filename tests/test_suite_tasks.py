@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from app.sample_pool import extra_sources as xs
-from app.sample_pool.tasks_extra import BUILDERS, write_extra
+from app.sample_pool.tasks_extra import BUILDERS, train_folders, write_extra
 from schemas.tasks import BUILTIN, EXTRA, GROUPS, REGISTRY_VERSION, VALIDATION
 from shardio.evaltask import iter_split
 
@@ -119,6 +119,7 @@ def test_pool_shares_no_image_with_the_tasks_and_decontamination_reads_them(tmp_
         return
     written = set(suite["tasks"])
     ev = tmp_path / "pool" / "eval"
+    assert {Path(p).name for p in train_folders(ev)} == written  # NormSim targets: train splits only
     assert written <= {p.name for p in task_folders([str(ev)])}
     pool = set()
     for folder in ("shards", "trusted"):

@@ -375,3 +375,9 @@ def write_extra(eval_dir: str | Path, val_dir: str | Path, scale: float = 1.0, o
         info["tasks"][name] = {"group": group.get(name), "classes": len(task.get("classes", [])) or None,
                                **{s: len(splits[s]) for s in SPLITS}, "dropped_as_copies": dropped}
     return info
+
+
+def train_folders(eval_dir: str | Path) -> list[str]:
+    """The suite's task folders that hold a train split (NormSim targets, probes): never a test split."""
+    return sorted(str(p) for p in Path(eval_dir).iterdir() if (p / "train" / "nshards.txt").is_file()) \
+        if Path(eval_dir).is_dir() else []
