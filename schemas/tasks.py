@@ -90,19 +90,39 @@ BUILTIN: list[Task] = (
        _t("builtin/openclipart_retrieval", "openclipart_retrieval", "Retrieval", "mean_recall@1", "retrieval"),
        _t("builtin/emoji_retrieval", "emoji_retrieval", "Retrieval", "mean_recall@1", "retrieval")]
 )
+# Further tasks from Debian data no pool draws from (app/sample_pool/tasks_extra.py): fonts, WordNet,
+# icon themes, Symbola glyphs, flags. Each has a train split beside its test split; mean per-class
+# recall where classes are unbalanced, as DataComp does.
+EXTRA: list[Task] = [
+    _t("builtin/rendered_house_numbers", "rendered_house_numbers", "VTAB"),  # SVHN
+    _t("builtin/icon_contexts", "icon_contexts", "VTAB", "mean_per_class_recall"),
+    _t("builtin/icon_names", "icon_names", "VTAB", "mean_per_class_recall"),  # Caltech-101
+    _t("builtin/emoji_groups", "emoji_groups", "VTAB", "mean_per_class_recall"),
+    _t("builtin/object_counts", "object_counts", "VTAB"),  # CLEVR count
+    _t("builtin/icon_retrieval", "icon_retrieval", "Retrieval", "mean_recall@1", "retrieval"),
+    _t("builtin/flag_retrieval", "flag_retrieval", "Retrieval", "mean_recall@1", "retrieval"),
+    _t("builtin/rendered_sentiment", "rendered_sentiment", "Other"),  # Rendered SST2
+    _t("builtin/rendered_digits", "rendered_digits", "Other"),  # MNIST
+    _t("builtin/rendered_letters", "rendered_letters", "Other"),
+    _t("builtin/rendered_word_topics", "rendered_word_topics", "Other", "mean_per_class_recall"),
+    _t("builtin/emoji_subgroups", "emoji_subgroups", "Other", "mean_per_class_recall"),
+    _t("builtin/flag_countries", "flag_countries", "Other"),  # Country211
+]
+BUILTIN = BUILTIN + EXTRA
 # for choosing between strategies without looking at the reported suite (sample pool's val/ folder)
 VALIDATION: list[Task] = (
     [_t("val/fashion_mnist", "fashion_mnist", "ImageNet")]
     + [_t(f"val/fashion_mnist_{s}", f"fashion_mnist_{s}", "ImageNet dist. shifts") for s in SHIFTS]
     + [_t("val/openclipart_retrieval", "openclipart_retrieval", "Retrieval", "mean_recall@1", "retrieval"),
        _t("val/emoji_retrieval", "emoji_retrieval", "Retrieval", "mean_recall@1", "retrieval")]
+    + [_t("val/" + t.folder, t.folder, t.group, t.metric, t.kind) for t in EXTRA]  # other items, same kinds
 )
 SUITES = {"datacomp": DATACOMP, "builtin": BUILTIN, "validation": VALIDATION}
 
 
 # Bump when a task's data, classes, templates, metric or group changes (DataComp's averages moved
 # when one task changed: mlfoundations/datacomp#18). Results files record it with ``fingerprint``.
-REGISTRY_VERSION = 1
+REGISTRY_VERSION = 2  # 2: the EXTRA tasks
 
 
 def fingerprint(tasks: list[Task]) -> str:

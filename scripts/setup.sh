@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DATA_PKGS="dataset-fashion-mnist openclipart-png openclipart-svg fonts-noto-color-emoji chromium-headless-shell wordnet-base"
+DATA_PKGS="dataset-fashion-mnist openclipart-png openclipart-svg fonts-noto-color-emoji chromium-headless-shell wordnet-base
+  fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-croscore fonts-urw-base35 fonts-texgyre fonts-open-sans
+  fonts-roboto-unhinted fonts-hack fonts-comic-neue fonts-cantarell fonts-symbola adwaita-icon-theme gnome-icon-theme
+  mate-icon-theme tango-icon-theme famfamfam-flag-png unicode-data iso-codes"
 missing=""
 for p in $DATA_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -49,21 +49,23 @@ def _add(t: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_task(root: str | Path, classnames: list[str], templates: list[str],
-               samples: Iterable[tuple[bytes, int]], per_shard: int = 1000) -> int:
-    """Write a classification task from ``(image bytes, label)`` samples; returns the sample count."""
+               samples: Iterable[tuple[bytes, int]], per_shard: int = 1000, split: str = "test") -> int:
+    """Write a classification task from ``(image bytes, label)`` samples; returns the sample count.
+    ``split``: ``test``, or ``train`` (linear probes, NormSim targets) beside it."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / "classnames.txt").write_text("\n".join(classnames) + "\n")
     (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
-    return _write_split(root / "test", ((image, {"cls": str(int(label)).encode()}) for image, label in samples),
+    return _write_split(root / split, ((image, {"cls": str(int(label)).encode()}) for image, label in samples),
                         per_shard)
 
 
-def write_retrieval_task(root: str | Path, samples: Iterable[tuple[bytes, list[str]]], per_shard: int = 1000) -> int:
+def write_retrieval_task(root: str | Path, samples: Iterable[tuple[bytes, list[str]]], per_shard: int = 1000,
+                         split: str = "test") -> int:
     """Write a retrieval task from ``(image bytes, captions)`` samples (``txt``: one caption per line)."""
     Path(root).mkdir(parents=True, exist_ok=True)
     (Path(root) / "dataset_type.txt").write_text("retrieval\n")  # how CLIP_benchmark tells the kinds apart
-    return _write_split(Path(root) / "test", ((image, {"txt": "\n".join(c.replace("\n", " ") for c in caps).encode()})
+    return _write_split(Path(root) / split, ((image, {"txt": "\n".join(c.replace("\n", " ") for c in caps).encode()})
                                               for image, caps in samples), per_shard)
 
 

@@ -2,7 +2,9 @@
 
     out/shards/       the pool (img2dataset layout: tar + parquet + _stats.json per shard)
     out/trusted/      clean, disjoint samples (to bootstrap a scorer, the DFN recipe)
-    out/eval/<task>/  Fashion-MNIST test (or the synthetic task) in CLIP_benchmark's wds layout
+    out/eval/<task>/  the built-in suite (schemas/tasks.py BUILTIN; the synthetic task without real data) in
+                      CLIP_benchmark's wds layout; the EXTRA tasks also hold a train split
+    out/eval/suite.json  which tasks were written (sizes per split) and which were skipped, and why
     out/val/<task>/   the validation suite (items in no pool, trusted split or test task)
     out/ground_truth.parquet   per pool uid: source, label, caption, clean caption, planted noise
     out/pool.json     arguments, counts; a rebuild with the same arguments is skipped
@@ -29,7 +31,7 @@ from shardio.shards import ShardWriter, atomic_write_bytes
 SHARE = {"openclipart": 0.12, "emoji": 0.08}  # the rest is Fashion-MNIST
 TRUSTED_SHARE = {"openclipart": 0.15, "emoji": 0.025}  # of the trusted split; the rest is Fashion-MNIST
 VAL = {"fashion_mnist": 2000, "openclipart": 300, "emoji": 150}  # validation items per source
-VERSION = 7  # bump when the builder's output changes, so existing pools are rebuilt
+VERSION = 8  # bump when the builder's output changes, so existing pools are rebuilt
 
 
 def resolve_data(data: str) -> str:
@@ -85,7 +87,9 @@ def build_pool(out: str | Path, n: int, seed: int = 0, samples_per_shard: int = 
     _write(trusted, tmp / "trusted", samples_per_shard, seed)
     truth.to_parquet(tmp / "ground_truth.parquet", index=False)
     clean_share = round(float(truth["noise"].isna().mean()), 4)
-    info = {"args": args, "data": args["data"], "preset": preset, "clean_share": clean_share, "eval_task": task,
+    suite_json = tmp / "eval" / "suite.json"
+    suite_info = json.loads(suite_json.read_text()) if suite_json.is_file() else _synthetic_suite()
+    info = {"args": args, "data": args["data"], "preset": preset, "clean_share": clean_share, "eval_task": task, "suite": suite_info,
             "counts": {"pool": len(records), "trusted": len(trusted),
                        "shards": len(list((tmp / "shards").glob("*.tar"))),
                        "by_source": truth["source"].value_counts().sort_index().to_dict(),
@@ -238,7 +242,7 @@ def write_validation_shifts(root: str | Path) -> list[str]:
     return written
 
 
-SUITE_VERSION = 3  # bump when the built-in suite's tasks change
+SUITE_VERSION = 4  # bump when the built-in suite's tasks change
 
 
 def copy_suite(eval_dir: Path) -> None:
@@ -246,17 +250,36 @@ def copy_suite(eval_dir: Path) -> None:
     (``$CURATE_CACHE``, default ~/.cache/curate) and copy it into each pool."""
     import os
 
-    key = hashlib.sha256(json.dumps([SUITE_VERSION, src.real_data_status()]).encode()).hexdigest()[:12]
+    from app.sample_pool import extra_sources
+    from app.sample_pool.tasks_extra import write_extra
+
+    key = hashlib.sha256(json.dumps([SUITE_VERSION, src.real_data_status(), extra_sources.status()]).encode()).hexdigest()[:12]
     cache = src.cache_dir() / f"suite-{key}"
     if not cache.is_dir():  # written aside, then renamed: a cache folder is always complete
         tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        write_builtin_suite(tmp, write_fmnist_task(tmp / "fashion_mnist"))
+        t0 = time.time()
+        base = ["fashion_mnist"] + write_builtin_suite(tmp, write_fmnist_task(tmp / "fashion_mnist"))
+        extra = write_extra(tmp, tmp / VAL_PART)
+        (tmp / "suite.json").write_text(json.dumps({"base": base, **extra, "seconds": round(time.time() - t0, 1)},
+                                                   indent=1))
         try:
             tmp.rename(cache)
         except OSError:  # another process wrote it first
             shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(cache, eval_dir, dirs_exist_ok=True)
+    shutil.copytree(cache, eval_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(VAL_PART))
+    if (cache / VAL_PART).is_dir():  # the EXTRA tasks' validation copies
+        shutil.copytree(cache / VAL_PART, eval_dir.parent / "val", dirs_exist_ok=True)
+
+
+VAL_PART = "_validation"  # in the suite's cache: what goes to the pool's val/ folder
+
+
+def _synthetic_suite() -> dict:
+    from schemas.tasks import EXTRA
+
+    return {"base": ["synthetic_shapes"], "tasks": {},
+            "skipped": {t.folder: "synthetic pool: no Debian data used" for t in EXTRA}}
 
 
 def write_fmnist_task(root: Path) -> tuple[np.ndarray, np.ndarray]:
