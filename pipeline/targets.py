@@ -9,6 +9,7 @@ on a sample and assigns a chunk at a time; concept scores are dot products a chu
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -19,12 +20,39 @@ from PIL import Image
 from pipeline.embeddings import view
 from pipeline.vectors import kmeans, nearest, normalize, search, usable
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def task_train_splits(p: Path) -> list[Path] | None:
+    """The evaluation task folders whose train splits ``p`` stands for: itself, or (a suite folder) its
+    task folders that have one; None when ``p`` holds no task. A task with only a test split is an
+    error when named on its own, and left out of a suite folder with a warning: scoring a pool by its
+    similarity to test images would select the test set into the training data."""
+    def has(d: Path, split: str) -> bool:
+        return (d / split / "nshards.txt").is_file()
+
+    if has(p, "train"):
+        return [p]
+    if has(p, "test"):
+        raise ValueError(f"target set {p} is an evaluation task without a train split: its test images are "
+                         "never targets (give its train split, or other images)")
+    if not p.is_dir():
+        return None
+    children = sorted(d for d in p.iterdir() if d.is_dir() and (has(d, "train") or has(d, "test")))
+    if not children:
+        return None
+    no_train = [d.name for d in children if not has(d, "train")]
+    if no_train:
+        log.warning("target set %s: %d task(s) without a train split left out (%s)", p, len(no_train),
+                    ", ".join(no_train))
+    return [d for d in children if has(d, "train")]
 
 
 def iter_images(paths: list[str]) -> Iterator[Image.Image]:
     """Decodable images from webdataset shards (a .tar or a folder of them), task folders in
-    CLIP_benchmark's layout (train split if there is one, else test), or folders of image files."""
+    CLIP_benchmark's layout (their train split: a test split is never a target), a folder of such task
+    folders (each one's train split), or folders of image files."""
     from shardio.decode import decode_image
     from pipeline.ingest import read_shard
     from shardio.evaltask import iter_split
@@ -33,9 +61,10 @@ def iter_images(paths: list[str]) -> Iterator[Image.Image]:
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"target set {p} does not exist")
-        if (p / "train" / "nshards.txt").is_file() or (p / "test" / "nshards.txt").is_file():
-            split = "train" if (p / "train" / "nshards.txt").is_file() else "test"
-            yield from (im for _, im, _ in iter_split(p, split, skip_bad=True))
+        tasks = task_train_splits(p)
+        if tasks is not None:
+            for task in tasks:
+                yield from (im for _, im, _ in iter_split(task, "train", skip_bad=True))
         elif p.suffix == ".tar" or (p.is_dir() and any(p.glob("*.tar"))):
             for shard in expand(str(p)):
                 for s in read_shard(shard):

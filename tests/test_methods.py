@@ -281,3 +281,20 @@ def test_annotation_on_dask_gives_the_same_decisions(same_pool, tmp_path):
                                   np.load(tmp_path / "dask" / "embeddings" / "clip_score" / f"{sid}.{part}.npy"))
     pd.testing.assert_frame_equal(decisions(tmp_path / "one")[1], decisions(tmp_path / "dask")[1])
     assert (tmp_path / "one" / "uids.npy").read_bytes() == (tmp_path / "dask" / "uids.npy").read_bytes()
+
+
+def test_eval_task_targets_are_train_splits_never_test(tmp_path):
+    """NormSim / image-based targets from evaluation tasks: their train split; a test split never."""
+    from pipeline.targets import iter_images
+    from shardio.evaltask import write_task
+    from tests.shardmaker import image_bytes
+
+    both, only_test = tmp_path / "suite" / "both", tmp_path / "suite" / "only_test"
+    write_task(both, ["red", "blue"], ["a {c}"], [(image_bytes("red", seed=1), 0)], split="test")
+    write_task(both, ["red", "blue"], ["a {c}"], [(image_bytes("blue", seed=2), 1), (image_bytes("blue", seed=3), 1)],
+               split="train")
+    write_task(only_test, ["red"], ["a {c}"], [(image_bytes("red", seed=4), 0)], split="test")
+    assert len(list(iter_images([str(both)]))) == 2  # the train split's two images
+    assert len(list(iter_images([str(tmp_path / "suite")]))) == 2  # the suite: only_test left out
+    with pytest.raises(ValueError, match="without a train split"):
+        list(iter_images([str(only_test)]))
