@@ -151,7 +151,7 @@ def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Pa
     info: dict = {}
     seconds: dict = {}
     new_cols: dict = {}
-    ctx = Context(df, ok, arrays, config, Path(run) if run is not None else (arrays.run if arrays else None))
+    ctx = Context(df, ok, arrays, config, Path(run) if run is not None else arrays.run)
     for f in config.filters:
         t0 = time.time()
         res = f.compute(ctx) if n else _empty_result(f)

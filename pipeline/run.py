@@ -219,7 +219,7 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
                 "filters": filters, "thresholds": {k: v["threshold"] for k, v in filters.items() if "threshold" in v},
                 "scorers": [c.model_dump() for c in p.config.clip],
                 "config": p.config.model_dump(), "config_hash": p.config_hash,
-                "input_shards": shards, "run": dict(run or {})}
+                "input_shards": [str(s) for s in shards], "run": dict(run or {})}  # plain str, not ShardPath
     _warn(manifest)
     declared = {f.out_column(o): t for f in p.config.filters for o, t in f.outputs.items()}
     declared.update(p.config.stage_columns())

@@ -6,7 +6,7 @@ import tarfile
 import pytest
 import torch
 
-from schemas.tasks import DATACOMP, SPECIAL, suite
+from schemas.tasks import DATACOMP, suite
 from tests.shardmaker import COLOURS, image_bytes, make_task
 from training.evalsuite import run_suite
 from training.retrieval import recall_at

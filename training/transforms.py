@@ -10,7 +10,6 @@ import math
 import random
 
 import numpy as np
-import torch
 from PIL import Image
 
 from shardio.pixels import FastValTransform, Normalize, fast_val_transform  # noqa: F401 - re-exported
