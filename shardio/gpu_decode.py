@@ -2,7 +2,8 @@
 GPU, libjpeg-turbo on the CPU, where tests run the same code).
 
 The CPU side only reads each JPEG's header (``plain_jpeg``): the size, and whether the device may take
-it (signature, YCbCr or grey, an end-of-image marker, at most DEVICE_MAX_PIXELS). Anything else (PNG,
+it (signature, YCbCr or grey, an end-of-image marker, at most DEVICE_MAX_PIXELS, sides within
+MAX_ASPECT of each other). Anything else (PNG,
 WebP, GIF, CMYK, truncated data, huge images) and any JPEG the device decoder refuses goes to the CPU
 path (shardio/decode.py) by its caller, so the outcome and the drop reason are the CPU path's.
 Images come out full size, (3, H, W) uint8 on the device; shardio/pixels.py resizes them there.
@@ -13,6 +14,7 @@ import io
 from functools import lru_cache
 
 from shardio.decode import MAX_PIXELS, simplejpeg
+from shardio.pixels import MAX_ASPECT
 
 DEVICE_MAX_PIXELS = 1 << 22  # larger JPEGs take the CPU path, decoded at a reduced scale (M/8)
 MODES = ("auto", "cpu", "device")
@@ -33,7 +35,7 @@ def plain_jpeg(data: bytes | None) -> tuple[int, int] | None:
                 (w, h), ok = im.size, im.mode in ("RGB", "L") and im.format == "JPEG"
     except Exception:  # noqa: BLE001 - an unreadable header: the CPU path words the reason
         return None
-    if not ok or w < 1 or h < 1 or w * h > min(MAX_PIXELS, DEVICE_MAX_PIXELS):
+    if not ok or w < 1 or h < 1 or w * h > min(MAX_PIXELS, DEVICE_MAX_PIXELS) or max(w, h) > MAX_ASPECT * min(w, h):
         return None
     return w, h
 

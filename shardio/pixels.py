@@ -78,17 +78,13 @@ class FastValTransform(Normalize):
         return out
 
     def _resize_crop(self, x: torch.Tensor, w: int, h: int) -> torch.Tensor:
-        """``image``'s geometry on a float (B, 3, h, w) batch."""
+        """``image``'s geometry on a float (B, 3, h, w) batch (resize whole, then crop: images beyond
+        MAX_ASPECT are left to the CPU path by shardio/gpu_decode.py)."""
         import torch.nn.functional as F
 
         s = self.size
         nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
         top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
-        if max(w, h) > MAX_ASPECT * min(w, h):  # only the source box the crop comes from (``image``)
-            y0, x0 = int(top * h / nh), int(left * w / nw)
-            y1, x1 = max(y0 + 1, -(-(top + s) * h // nh)), max(x0 + 1, -(-(left + s) * w // nw))
-            x = x[:, :, y0:y1, x0:x1]
-            return F.interpolate(x, size=(s, s), mode="bicubic", antialias=True, align_corners=False)
         if (nw, nh) != (w, h):
             x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
         return x[:, :, top:top + s, left:left + s]

@@ -50,19 +50,38 @@ class Thumbs(Stage):
         return pa.table({"uid": pa.array(src.uids, pa.string())})
 
 
+def box_weights(n: int, out: int = SIDE) -> np.ndarray:
+    """(out, n) weights of Pillow's BOX resample along one axis (its precompute_coeffs, box support)."""
+    scale = n / out
+    support = 0.5 * max(scale, 1.0)
+    w = np.zeros((out, n), np.float64)
+    for o in range(out):
+        c = (o + 0.5) * scale
+        lo, hi = max(int(c - support + 0.5), 0), min(int(c + support + 0.5), n)
+        x = (np.arange(lo, hi) - c + 0.5) / max(scale, 1.0)
+        k = ((x > -0.5) & (x <= 0.5)).astype(np.float64)  # Pillow's box_filter
+        w[o, lo:hi] = k / k.sum() if k.sum() else 0
+    return w
+
+
 def device_thumbnails(images: list) -> np.ndarray:
-    """(3, H, W) uint8 tensors on a device -> (n, SIDE, SIDE) uint8: Pillow's "L" weights, then an area
-    average to SIDE x SIDE (BOX's), images of one size together, one copy back."""
+    """(3, H, W) uint8 tensors on a device -> (n, SIDE, SIDE) uint8, as ``thumbnail`` does it: Pillow's
+    "L" weights, then its BOX resample (horizontal pass, rounded, then vertical), images of one size
+    together, one copy back."""
     import torch
-    import torch.nn.functional as F
 
     out = np.zeros((len(images), SIDE, SIDE), np.uint8)
     groups: dict[tuple, list[int]] = {}
     for i, im in enumerate(images):
         groups.setdefault(tuple(im.shape), []).append(i)
-    for idx in groups.values():
+    for (_, h, w), idx in groups.items():
         x = torch.stack([images[i] for i in idx]).to(torch.int32)
         grey = ((x[:, 0] * 19595 + x[:, 1] * 38470 + x[:, 2] * 7471 + 0x8000) >> 16).float()
-        small = F.adaptive_avg_pool2d(grey[:, None], SIDE)[:, 0]
-        out[idx] = small.round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+        wx = torch.from_numpy(box_weights(w)).float().to(grey.device)
+        wy = torch.from_numpy(box_weights(h)).float().to(grey.device)
+        if w != SIDE:
+            grey = (grey @ wx.T).round_().clamp_(0, 255)
+        if h != SIDE:
+            grey = (wy @ grey).round_().clamp_(0, 255)
+        out[idx] = grey.to(torch.uint8).cpu().numpy()
     return out
