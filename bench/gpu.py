@@ -47,10 +47,10 @@ from bench import gpu_helpers as h  # noqa: E402
 OUT = ROOT / "bench" / "results" / "gpu.json"
 FULL = dict(device="cuda", model="ViT-B-32", samples=64_000, per_shard=1000, batch=1024, vectors=500_000, train_steps=60,
             train_batch=256, log_every=10, train_workers=8, repeats=3, peer_timeout=240, workers=8,
-            l14_model="ViT-L-14", l14_samples=24_000, cpu_compare_shards=4, limit_steps=20)
+            l14_model="ViT-L-14", l14_samples=24_000, cpu_compare_shards=4, limit_steps=20, decode="auto")
 SMOKE = dict(device="cpu", model="curate-tiny", samples=384, per_shard=128, batch=64, vectors=4000, train_steps=6,
              train_batch=64, log_every=2, train_workers=1, repeats=1, peer_timeout=120, workers=2,
-             l14_model="curate-tiny", l14_samples=256, cpu_compare_shards=1, limit_steps=3)
+             l14_model="curate-tiny", l14_samples=256, cpu_compare_shards=1, limit_steps=3, decode="auto")
 DIM, KNN_K, EPS = 512, 10, 0.01
 
 
@@ -90,7 +90,7 @@ def part_scoring(s: dict, shards: list[str], work: Path, workers: int) -> dict:
     from pipeline.run import run_curation
     from schemas.config import ClipModel
 
-    scorer = {"model": s["model"], "batch_size": s["batch"], "device": s["device"]}  # precision auto: bf16 on a GPU
+    scorer = {"model": s["model"], "batch_size": s["batch"], "device": s["device"], "decode": s["decode"]}  # bf16 on a GPU
     spec_json = ClipModel(**scorer).model_dump_json()
     config = {"clip": [scorer], "filters": [{"type": "clip_score", "fraction": 0.5}]}
     c0, t0 = children_cpu(), time.perf_counter()
@@ -114,7 +114,7 @@ def part_scoring(s: dict, shards: list[str], work: Path, workers: int) -> dict:
     besides = h.cpu_besides_towers(shards[0], spec_json, s["repeats"])
     threads = torch.get_num_threads()
     try:
-        parts = breakdown(shards[0], ClipModel(**scorer, decode="cpu").model_dump_json(), 1)  # the CPU path, by part
+        parts = breakdown(shards[0], ClipModel(**{**scorer, "decode": "cpu"}).model_dump_json(), 1)  # the CPU path, by part
     finally:
         torch.set_num_threads(threads)
     return {"model": s["model"], "weights": "random init (pretrained=None)", "device": sc.device,
@@ -137,7 +137,7 @@ def part_scoring_l14(s: dict, shards: list[str], work: Path, workers: int) -> di
     from pipeline.run import run_curation
 
     some = shards[:max(1, s["l14_samples"] // s["per_shard"])]
-    scorer = {"model": s["l14_model"], "batch_size": s["batch"], "device": s["device"]}
+    scorer = {"model": s["l14_model"], "batch_size": s["batch"], "device": s["device"], "decode": s["decode"]}
     config = {"clip": [scorer], "filters": [{"type": "clip_score", "fraction": 0.5}]}
     m = run_curation(some, work / "curate-l14", config, progress=False, workers=workers)
     n = m["samples_in"]
@@ -323,6 +323,10 @@ def main(argv: list[str] | None = None) -> dict:
         install = install_then_rerun(list(sys.argv[1:] if argv is None else argv))  # returns only on failure
     s = dict(SMOKE if a.smoke else FULL)
     s["vectors"] = a.vectors or s["vectors"]
+    if a.smoke:  # the device-decode code path on the CPU where torchvision's decode_jpeg works there
+        from shardio.gpu_decode import decode_jpeg_works
+
+        s["decode"] = "device" if decode_jpeg_works("cpu") is None else "auto"
     a.workers = a.workers or min(s["workers"], os.cpu_count() or 1)
     if a.smoke:  # no GPU, also for the spawned annotate workers
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
