@@ -215,3 +215,13 @@ def test_workers_spread_over_fake_devices_run_every_shard_once():
         assert dev in ("7", "8")
         assert seen.setdefault(pid, dev) == dev  # a worker keeps its one device
     assert len(set(seen.values())) == len(seen)  # no two workers share a device
+
+
+def test_make_spreads_a_pool_over_two_or_more_gpus(monkeypatch):
+    monkeypatch.setenv("CURATE_DEVICES", "0,1")
+    pool = executors.make(4)
+    assert isinstance(pool, executors.ProcessPool) and pool.devices == ["0", "1"]
+    assert isinstance(executors.make(1), executors.InProcess)  # one worker: the caller's own device
+    monkeypatch.setenv("CURATE_DEVICES", "3")
+    assert executors.make(4).devices == []  # one GPU: every worker shares it, nothing to spread
+    assert executors.make(4, devices=["a", "b"]).devices == ["a", "b"]
