@@ -45,8 +45,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench import gpu_helpers as h  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "gpu.json"
-FULL = dict(device="cuda", model="ViT-B-32", samples=64_000, per_shard=1000, batch=1024, vectors=500_000, train_steps=60,
-            train_batch=256, log_every=10, train_workers=8, repeats=3, peer_timeout=240, workers=8,
+FULL = dict(device="cuda", model="ViT-B-32", samples=64_000, per_shard=1000, batch=1024, vectors=500_000,
+            train_steps=60, train_batch=256, log_every=10, train_workers=8, repeats=3, peer_timeout=240, workers=8,
             l14_model="ViT-L-14", l14_samples=24_000, cpu_compare_shards=4, limit_steps=20, decode="auto")
 SMOKE = dict(device="cpu", model="curate-tiny", samples=384, per_shard=128, batch=64, vectors=4000, train_steps=6,
              train_batch=64, log_every=2, train_workers=1, repeats=1, peer_timeout=120, workers=2,
@@ -90,7 +90,8 @@ def part_scoring(s: dict, shards: list[str], work: Path, workers: int) -> dict:
     from pipeline.run import run_curation
     from schemas.config import ClipModel
 
-    scorer = {"model": s["model"], "batch_size": s["batch"], "device": s["device"], "decode": s["decode"]}  # bf16 on a GPU
+    # precision auto: bf16 on a GPU; decode auto: JPEGs decoded on the GPU when torchvision's nvJPEG works
+    scorer = {"model": s["model"], "batch_size": s["batch"], "device": s["device"], "decode": s["decode"]}
     spec_json = ClipModel(**scorer).model_dump_json()
     config = {"clip": [scorer], "filters": [{"type": "clip_score", "fraction": 0.5}]}
     c0, t0 = children_cpu(), time.perf_counter()
@@ -114,7 +115,7 @@ def part_scoring(s: dict, shards: list[str], work: Path, workers: int) -> dict:
     besides = h.cpu_besides_towers(shards[0], spec_json, s["repeats"])
     threads = torch.get_num_threads()
     try:
-        parts = breakdown(shards[0], ClipModel(**{**scorer, "decode": "cpu"}).model_dump_json(), 1)  # the CPU path, by part
+        parts = breakdown(shards[0], ClipModel(**{**scorer, "decode": "cpu"}).model_dump_json(), 1)  # CPU path by part
     finally:
         torch.set_num_threads(threads)
     return {"model": s["model"], "weights": "random init (pretrained=None)", "device": sc.device,
@@ -142,7 +143,8 @@ def part_scoring_l14(s: dict, shards: list[str], work: Path, workers: int) -> di
     m = run_curation(some, work / "curate-l14", config, progress=False, workers=workers)
     n = m["samples_in"]
     return {"model": s["l14_model"], "samples": n, "shards": len(some), "workers": workers,
-            "annotate_per_s": round(n / m["run"]["annotate_seconds"], 1), "annotate_seconds": m["run"]["annotate_seconds"],
+            "annotate_per_s": round(n / m["run"]["annotate_seconds"], 1),
+            "annotate_seconds": m["run"]["annotate_seconds"],
             "annotate_per_s_workers_up": steady_rate(work / "curate-l14", s["per_shard"])}
 
 
@@ -299,11 +301,13 @@ def install_then_rerun(argv: list[str]) -> dict:
         return rec
     path = Path(tempfile.mkdtemp(prefix="bench-gpu-install-")) / "install.json"
     path.write_text(json.dumps(rec))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), rec["site"], os.environ.get("PYTHONPATH")]))}
+    path_list = [str(ROOT), rec["site"], os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path_list))}
     print(f"installed {len(rec['wheels'])} wheels into {rec['site']} in {rec['seconds']} s; running again with them",
           flush=True)
     os.chdir(ROOT)
-    os.execve(sys.executable, [sys.executable, "-m", "bench.gpu", *argv, "--no-install", "--install-record", str(path)], env)
+    args = [sys.executable, "-m", "bench.gpu", *argv, "--no-install", "--install-record", str(path)]
+    os.execve(sys.executable, args, env)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -340,7 +344,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = s["device"]
     t0 = time.perf_counter()
     res: dict = {"smoke": a.smoke, "settings": {**s, "annotate_workers": a.workers}, "install": install}
-    res["gpu_extra"] = h.try_gpu_extra() if not (a.smoke or a.no_install and not a.install_record) else {"attempted": False}
+    extra = not a.smoke and (not a.no_install or a.install_record)  # in the run after the install too
+    res["gpu_extra"] = h.try_gpu_extra() if extra else {"attempted": False}
     res["machine"] = machine()
     parts = a.parts.split(",")
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:

@@ -308,7 +308,8 @@ def score_agreement(work_a: Path, work_b: Path, column: str = "clip_score", frac
     return {"shards": len(both), "samples": int(ok.sum()), "same_scored_rows": bool((np.isnan(a) == np.isnan(b)).all()),
             "score_max_abs_diff": round(float(np.abs(a[ok] - b[ok]).max()), 6),
             "score_mean_abs_diff": round(float(np.abs(a[ok] - b[ok]).mean()), 6), "cutoff": round(cut, 6),
-            "keep_decisions_agree_share": round(float(1 - differ.mean()), 6), "keep_decisions_differ": int(differ.sum()),
+            "keep_decisions_agree_share": round(float(1 - differ.mean()), 6),
+            "keep_decisions_differ": int(differ.sum()),
             f"differ_beyond_{near}_of_cutoff": int((differ & (np.abs(a[ok] - cut) > near)).sum())}
 
 
@@ -362,7 +363,8 @@ def compute_limit(model: str, batch: int, steps: int, device: str, warm: int = 5
 
 def try_gpu_extra(timeout: int = 180) -> dict:
     """Install pyproject's ``gpu-cu12`` extra (beside a CUDA 12 torch only) offline (``--no-index``,
-    wheels from ``.whl/`` if present) unless faiss-gpu is there already; never reaches the network. Call before faiss is imported."""
+    wheels from ``.whl/`` if present) unless faiss-gpu is there already; never reaches the network. Call
+    before faiss is imported."""
     import importlib.metadata as md
     import tomllib
 

@@ -63,7 +63,8 @@ def report(backend: str = "auto") -> dict:
     else:
         why = "auto: no GPU visible to torch: faiss-cpu searches, torch k-means on the CPU"
     where = "cuda" if gpu else "cpu"
-    return {"backend": chosen, "search": f"faiss ({'gpu' if fg else 'cpu'})" if chosen == "faiss" else f"torch on {where}",
+    search = f"faiss ({'gpu' if fg else 'cpu'})" if chosen == "faiss" else f"torch on {where}"
+    return {"backend": chosen, "search": search,
             "kmeans": f"torch Lloyd on {where if dense(backend) == 'torch' else 'cpu'}", "faiss_gpus": fg,
             "torch_cuda": cuda, "why": why, "ran": dict(RAN)}
 
