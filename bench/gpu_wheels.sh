@@ -24,7 +24,7 @@ LIMIT_MIB=60
 PLAT=(--python-version 3.12 --implementation cp --only-binary=:all: --platform manylinux_2_28_x86_64
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any)
 
-rm -rf .whl
+rm -rf .whl build  # build/: setuptools would reuse stale copies
 mkdir -p .whl
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .whl .
 if [ -z "${PROJECT_ONLY:-}" ]; then

@@ -13,8 +13,7 @@ from __future__ import annotations
 import io
 from functools import lru_cache
 
-from shardio.decode import MAX_PIXELS, simplejpeg
-from shardio.pixels import MAX_ASPECT
+from shardio.decode import MAX_ASPECT, MAX_PIXELS, simplejpeg
 
 DEVICE_MAX_PIXELS = 1 << 22  # larger JPEGs take the CPU path, decoded at a reduced scale (M/8)
 MODES = ("auto", "cpu", "device")

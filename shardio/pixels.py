@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from shardio.decode import MAX_ASPECT
+
 
 class Normalize:
     """ToTensor + Normalize once per batch of HxWx3 uint8 arrays."""
@@ -30,7 +32,6 @@ class Normalize:
         return (x - self.mean) / self.std
 
 
-MAX_ASPECT = 16  # longer side / shorter side beyond which the image is cut before resizing
 
 
 class FastValTransform(Normalize):
