@@ -1,8 +1,8 @@
 """CLIP scorer: one instance per configured scorer (``clip:``), writing its score column and its image /
 text embeddings. A model scores batches of decoded images (``ClipScorer.prepare`` per image on the
 CPU, ``submit`` per batch on its device, collected while the next batch is read; JPEGs are decoded on
-the device when its ``decode`` setting says so: pipeline/annotate.py); a ``precomputed`` scorer reads DataComp's scores
-and embeddings: a tar's sidecar ``<shard>.parquet`` / ``.npz`` (matched by uid), or, for a
+the device when its ``decode`` setting says so: pipeline/annotate.py); a ``precomputed`` scorer reads
+DataComp's scores and embeddings: a tar's sidecar ``<shard>.parquet`` / ``.npz`` (matched by uid), or, for a
 metadata-only pool, the metadata parquet and an npz read in place (a pointer, never a copy)."""
 from __future__ import annotations
 
