@@ -2,8 +2,9 @@
 GPU, libjpeg-turbo on the CPU, where tests run the same code).
 
 The CPU side only reads each JPEG's header (``plain_jpeg``): the size, and whether the device may take
-it (signature, YCbCr or grey, an end-of-image marker, at most DEVICE_MAX_PIXELS, sides within
-MAX_ASPECT of each other). Anything else (PNG,
+it (signature, Huffman-coded baseline, extended or progressive frame, YCbCr or grey, an end-of-image
+marker, at most DEVICE_MAX_PIXELS, sides within MAX_ASPECT of each other). Baseline JPEGs are decoded
+in one batched call; progressive ones one at a time (nvJPEG's hardware path takes baseline only). Anything else (PNG,
 WebP, GIF, CMYK, truncated data, huge images) and any JPEG the device decoder refuses goes to the CPU
 path (shardio/decode.py) by its caller, so the outcome and the drop reason are the CPU path's.
 Images come out full size, (3, H, W) uint8 on the device; shardio/pixels.py resizes them there.
@@ -19,10 +20,36 @@ DEVICE_MAX_PIXELS = 1 << 22  # larger JPEGs take the CPU path, decoded at a redu
 MODES = ("auto", "cpu", "device")
 
 
+SOF_BASELINE, SOF_EXTENDED, SOF_PROGRESSIVE = 0xC0, 0xC1, 0xC2
+
+
+def frame_marker(data: bytes) -> int | None:
+    """A JPEG's start-of-frame marker (0xC0 baseline, 0xC1 extended, 0xC2 progressive, others for
+    lossless / arithmetic coding), found by walking the segments before it; None if there is none."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        m = data[i + 1]
+        if m == 0xFF:  # fill byte
+            i += 1
+        elif 0xD0 <= m <= 0xD8 or m == 0x01:  # markers without a length
+            i += 2
+        elif 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):
+            return m
+        elif m == 0xDA:  # a scan before any frame
+            return None
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def plain_jpeg(data: bytes | None) -> tuple[int, int] | None:
     """``(width, height)`` of a JPEG the device may decode, else None (the CPU path decides)."""
     if not data or data[:3] != b"\xff\xd8\xff" or data.rstrip(b"\0")[-2:] != b"\xff\xd9":
         return None  # not a JPEG, or truncated (no end-of-image marker: Pillow names the damage)
+    if frame_marker(data) not in (SOF_BASELINE, SOF_EXTENDED, SOF_PROGRESSIVE):
+        return None
     try:
         if simplejpeg is not None:
             h, w, space, _ = simplejpeg.decode_jpeg_header(data)
@@ -87,19 +114,23 @@ class DeviceDecoder:
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        if not datas:
-            return []
         tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-        try:
-            return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device))
-        except Exception:  # noqa: BLE001 - one refused image fails the batch: find it
-            pass
-        out = []
-        for t in tensors:
+        out: list = [None] * len(datas)
+        progressive = [frame_marker(d) == SOF_PROGRESSIVE for d in datas]
+        batch = [i for i, p in enumerate(progressive) if not p]
+        single = [i for i, p in enumerate(progressive) if p]
+        if batch:
             try:
-                out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=self.device))
+                for i, t in zip(batch, decode_jpeg([tensors[i] for i in batch], mode=ImageReadMode.RGB,
+                                                   device=self.device)):
+                    out[i] = t
+            except Exception:  # noqa: BLE001 - one refused image fails the batch: find it
+                single = list(range(len(datas)))
+        for i in single:
+            try:
+                out[i] = decode_jpeg(tensors[i], mode=ImageReadMode.RGB, device=self.device)
             except Exception:  # noqa: BLE001 - the CPU path decodes it, or words why not
-                out.append(None)
+                out[i] = None
         return out
 
 

@@ -225,3 +225,14 @@ def test_make_spreads_a_pool_over_two_or_more_gpus(monkeypatch):
     monkeypatch.setenv("CURATE_DEVICES", "3")
     assert executors.make(4).devices == []  # one GPU: every worker shares it, nothing to spread
     assert executors.make(4, devices=["a", "b"]).devices == ["a", "b"]
+
+
+def test_frame_markers():
+    arr = picture(60, 40, 1)
+    assert gd.frame_marker(encode(arr)) == gd.SOF_BASELINE
+    assert gd.frame_marker(encode(arr, progressive=True)) == gd.SOF_PROGRESSIVE
+    assert gd.frame_marker(b"\xff\xd8\xff\xe0\x00\x04ab\xff\xda\x00\x02") is None  # a scan, no frame
+    lossless = bytearray(encode(arr))
+    at = gd.frame_marker(bytes(lossless)) and bytes(lossless).index(b"\xff\xc0")
+    lossless[at + 1] = 0xC3  # the same header marked lossless: the CPU path's
+    assert gd.frame_marker(bytes(lossless)) == 0xC3 and gd.plain_jpeg(bytes(lossless)) is None
