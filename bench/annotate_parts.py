@@ -148,7 +148,7 @@ def _pass_parts(shard: str, spec_json: str, tmp: Path) -> dict[str, float]:
     ims = [im for im, _, _ in dec]
     timed("thumbnail", lambda: np.stack([thumbnail(im) for im in ims]))
     caps = [s.caption for s in samples]
-    bs = sc.spec.batch_size
+    bs = sc.batch_size
     with torch.no_grad():
         for i in range(0, len(ims), bs):
             px = timed("model preprocessing", lambda: sc._pixels_on_device([sc.prepare(im) for im in ims[i:i + bs]]))
@@ -214,8 +214,8 @@ def _full_decode_pass(args: tuple[str, str]) -> dict:
     ok = [i for i, (im, _, _) in enumerate(dec) if im is not None]
     score = np.full(len(dec), np.nan)
     caps = [s.caption for s in read_shard(shard)]
-    for j in range(0, len(ok), sc.spec.batch_size):
-        idx = ok[j:j + sc.spec.batch_size]
+    for j in range(0, len(ok), sc.batch_size):
+        idx = ok[j:j + sc.batch_size]
         score[idx] = sc.embed([dec[i][0] for i in idx], [caps[i] for i in idx])[2]
     thumbs = np.stack([thumbnail(im) if im is not None else np.zeros((32, 32), np.uint8) for im, _, _ in dec])
     sizes = [(im.width, im.height) if im is not None else (None, None) for im, _, _ in dec]

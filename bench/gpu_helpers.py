@@ -1,6 +1,8 @@
 """Helpers of bench/gpu.py: a synthetic 256 px pool, clustered vectors and agreement measures, the
-k-means backend chain on a GPU (faiss-gpu, else faiss-cpu, else torch), the optional GPU extra and
-open_clip_train's run with its peak GPU memory. Nothing here downloads anything (the GPU machine is
+k-means backend chain on a GPU (faiss-gpu, else faiss-cpu, else torch), the install from carried
+wheels (bench/gpu_wheels.sh), the CPU cost besides the towers, score agreement between two runs, the
+trainer's compute limit (its own step on in-memory batches) and open_clip_train's run with its peak
+GPU memory. Nothing here downloads anything (the GPU machine is
 offline), except the peer's webdataset pin, which is looked for, tried once and otherwise recorded.
 """
 from __future__ import annotations
@@ -205,15 +207,175 @@ def timed(fn, sync: bool = False):
     return out, round(time.perf_counter() - t0, 3)
 
 
+# --- installing from carried wheels --------------------------------------------------------------------
+
+SITE = Path("/tmp/curate-site")
+
+
+def install_from_wheels(site: Path = SITE, timeout: int = 240) -> dict:
+    """Install every wheel in ``.whl/`` (the project's and the dependencies the machine lacks, from
+    bench/gpu_wheels.sh) into ``site`` with ``pip --no-index --no-deps --target`` (no venv module needed),
+    check that the installed project imports and its CLI answers, and record what pip's resolver says
+    of the project's own requirements against what is installed (e.g. an exact torch pin)."""
+    wheels = sorted((ROOT / ".whl").glob("*.whl"))
+    if not wheels:
+        return {"attempted": False, "why": "no .whl/ folder: bench/gpu_wheels.sh builds it"}
+    out: dict = {"attempted": True, "wheels": [w.name for w in wheels],
+                 "wheel_mib": round(sum(w.stat().st_size for w in wheels) / 2**20, 1)}
+    t0 = time.perf_counter()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    p = subprocess.run([*pip, "install", "-q", "--no-index", "--no-deps", "--upgrade", "--target", str(site),
+                        *map(str, wheels)], capture_output=True, text=True, timeout=timeout)
+    out.update(ok=p.returncode == 0, message=(p.stderr or p.stdout).strip()[-600:])
+    if p.returncode:
+        return out
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    chk = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['curate', '--help']\n"
+                          "import pipeline.run, training.train, app.cli\nfrom app.cli import main\nmain()"],
+                         capture_output=True, text=True, timeout=120, env=env, cwd="/")
+    out["project_imports_and_cli"] = chk.returncode == 0
+    out["cli_message"] = (chk.stderr if chk.returncode else chk.stdout).strip()[-300:]
+    curate = next((w for w in wheels if w.name.startswith("curate-")), None)
+    if curate is not None:  # what a plain `pip install curate` would meet here (dry run, no network)
+        dry = subprocess.run([*pip, "install", "--dry-run", "--no-index", "--find-links", str(ROOT / ".whl"),
+                              str(curate)], capture_output=True, text=True, timeout=120)
+        out["resolver_ok"] = dry.returncode == 0
+        out["resolver_message"] = (dry.stderr or dry.stdout).strip()[-600:]
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    out["site"] = str(site)
+    return out
+
+
+# --- scoring figures -----------------------------------------------------------------------------------
+
+def cpu_besides_towers(shard: str, spec_json: str, repeats: int = 3) -> dict:
+    """CPU ms a sample of one shard's whole annotate pass in this process with the towers replaced by
+    zeros (process CPU time, every thread: tar read, header parse or decode, the resize on the device's
+    launches, thumbnails, tokenising, parquet), the least of ``repeats`` after a warm pass. On a GPU
+    the waits for it spin and count too, so this is an upper bound."""
+    import tempfile
+
+    import torch
+
+    from pipeline.annotate import annotate_shard
+    from pipeline.clip_stage import get_scorer
+    from schemas.config import ClipModel
+
+    spec = ClipModel.model_validate_json(spec_json)
+    sc = get_scorer(spec_json)
+    dim, real = sc.dim, sc._encode_image
+    sc._encode_image = lambda x, normalize=True: torch.zeros((len(x), dim), device=x.device)
+    sc.model.encode_text = lambda t, normalize=True: torch.zeros((len(t), dim), device=t.device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    best, rows = None, 0
+    try:
+        for r in range(repeats + 1):
+            with tempfile.TemporaryDirectory() as tmp:
+                c0 = time.process_time()
+                rows = annotate_shard(shard, tmp, [spec], False)["rows"]
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                cpu = time.process_time() - c0
+            if r:
+                best = cpu if best is None else min(best, cpu)
+    finally:
+        sc._encode_image = real
+        del sc.model.encode_text
+        torch.set_num_threads(threads)
+    return {"ms_per_sample": round(best / rows * 1e3, 4), "samples": rows, "decode_on_device": sc.device_decode,
+            "method": "process CPU time of a whole one-shard pass, towers replaced by zeros, 1 torch thread"}
+
+
+def score_agreement(work_a: Path, work_b: Path, column: str = "clip_score", fraction: float = 0.5,
+                    near: float = 0.01) -> dict:
+    """Scores of the shards two runs both annotated (``work_a`` the reference): largest difference, and
+    keep decisions of a top-``fraction`` cut-off (the reference's quantile) compared, with the
+    disagreements that are not within ``near`` of the cut-off."""
+    import pyarrow.parquet as pq
+
+    a_files = {p.name: p for p in (Path(work_a) / "columns" / column).glob("*.parquet")}
+    b_files = {p.name: p for p in (Path(work_b) / "columns" / column).glob("*.parquet")}
+    both = sorted(set(a_files) & set(b_files))
+    if not both:
+        raise RuntimeError(f"no shard scored in both {work_a} and {work_b}")
+    a = np.concatenate([pq.read_table(a_files[n]).column(column).to_numpy() for n in both])
+    b = np.concatenate([pq.read_table(b_files[n]).column(column).to_numpy() for n in both])
+    ok = ~np.isnan(a) & ~np.isnan(b)
+    cut = float(np.quantile(a[ok], 1 - fraction))
+    keep_a, keep_b = a[ok] >= cut, b[ok] >= cut
+    differ = keep_a != keep_b
+    return {"shards": len(both), "samples": int(ok.sum()), "same_scored_rows": bool((np.isnan(a) == np.isnan(b)).all()),
+            "score_max_abs_diff": round(float(np.abs(a[ok] - b[ok]).max()), 6),
+            "score_mean_abs_diff": round(float(np.abs(a[ok] - b[ok]).mean()), 6), "cutoff": round(cut, 6),
+            "keep_decisions_agree_share": round(float(1 - differ.mean()), 6),
+            "keep_decisions_differ": int(differ.sum()),
+            f"differ_beyond_{near}_of_cutoff": int((differ & (np.abs(a[ok] - cut) > near)).sum())}
+
+
+# --- training --------------------------------------------------------------------------------------------
+
+def compute_limit(model: str, batch: int, steps: int, device: str, warm: int = 5) -> dict:
+    """Our trainer's own step (training/train.py: model, AdamW, loss, ``forward_backward``, bf16 autocast
+    on a GPU) on one in-memory batch already on the device: the rate no loader can beat."""
+    import torch
+
+    from training.model import load_clip
+    from training.train import TrainConfig, forward_backward, make_loss, make_optimizer
+
+    cfg = TrainConfig(train_data="unused", out_dir="unused", model=model, samples_seen=batch * steps,
+                      batch_size=batch, device=device)
+    torch.manual_seed(0)
+    clip = load_clip(model, device=device)
+    m = clip.model
+    m.train()
+    opt, loss_fn = make_optimizer(m, cfg), make_loss(cfg, 0, 1)
+    cuda = device.startswith("cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    size = clip.preprocess_train.transforms[0].size
+    side = size if isinstance(size, int) else size[0]
+    images = torch.randn(batch, 3, side, side, device=device)
+    tokens = clip.tokenizer(["a photo of a red car on the street"] * batch).to(device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        forward_backward(m, loss_fn, images, tokens, cfg.accum_steps, autocast)
+        opt.step()
+
+    for _ in range(warm):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    del m, opt, clip
+    if cuda:
+        torch.cuda.empty_cache()
+    return {"samples_per_s": round(steps * batch / seconds, 1), "steps": steps, "batch_size": batch,
+            "method": "training/train.py's step on one in-memory batch on the device (no loader)"}
+
+
 # --- the GPU extra -----------------------------------------------------------------------------------
 
 def try_gpu_extra(timeout: int = 180) -> dict:
-    """Install pyproject's ``gpu`` extra offline (``--no-index``, wheels from ``.whl/`` if present)
-    unless faiss-gpu is there already; never reaches the network. Call before faiss is imported."""
+    """Install pyproject's ``gpu-cu12`` extra (beside a CUDA 12 torch only) offline (``--no-index``,
+    wheels from ``.whl/`` if present) unless faiss-gpu is there already; never reaches the network. Call
+    before faiss is imported."""
     import importlib.metadata as md
     import tomllib
 
-    reqs = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    import torch
+
+    cuda = torch.version.cuda or ""
+    if not cuda.startswith("12."):
+        return {"attempted": False, "extra": "gpu-cu12",
+                "why": f"torch is built for CUDA {cuda or 'none'}: faiss-gpu-cu12 needs CUDA 12 runtime libraries and "
+                       "PyPI has no faiss GPU wheel for CUDA 13, so the global steps stay on torch"}
+    reqs = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu-cu12"]
     names = [r.split("=")[0].split(">")[0].split("<")[0].strip() for r in reqs]
     have = {}
     for n in names:

@@ -17,10 +17,18 @@ from schemas.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from schemas.config import RUNTIME_FIELDS, ClipModel
 from shardio.compat import ensure_torchvision
 from shardio.device import pick_device
+from shardio.gpu_decode import is_tensor, use_device_decode
 from shardio.models import open_clip_name
 from shardio.pixels import batch_transform, fast_val_transform
 
 ensure_torchvision()  # before open_clip imports torchvision, in every process
+
+GPU_BATCH, CPU_BATCH = 1024, 256  # default images a batch
+
+
+def default_batch(spec: ClipModel) -> int:
+    """The configured batch size, else 1024 on a GPU (towers at its pace) and 256 on a CPU."""
+    return spec.batch_size or (GPU_BATCH if pick_device(spec.device).startswith("cuda") else CPU_BATCH)
 
 
 def check_scorer(spec: ClipModel) -> None:
@@ -52,7 +60,10 @@ class ClipScorer:
 
     CPU side: ``prepare`` turns one decoded image into its uint8 model input (resize + crop, no
     normalising). Device side, per batch: the uint8 batch (pinned, copied without blocking on a GPU)
-    is normalised where the towers run, and the towers run in bf16 on a GPU (``precision: auto``)."""
+    is normalised where the towers run, and the towers run in bf16 on a GPU (``precision: auto``),
+    channels-last, optionally compiled. Images decoded on the device (shardio/gpu_decode.py, when
+    ``device_decode``) are resized and cropped there in the same batch. ``submit`` queues a batch and
+    ``collect`` waits for it, so a caller can read and decode the next batch meanwhile."""
 
     def __init__(self, spec: ClipModel):
         import open_clip
@@ -67,10 +78,17 @@ class ClipScorer:
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=spec.checkpoint, device=self.device, pretrained_text=False)
         self.model.eval()
+        self.batch_size = default_batch(spec)
+        self.channels_last = self.device.startswith("cuda")
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self._encode_image = torch.compile(self.model.encode_image) if spec.compile else self.model.encode_image
         self.tokenizer = fast_tokenizer(open_clip.get_tokenizer(name))
         self.fast = fast_val_transform(self.preprocess)  # same pixels, tensor steps per batch
         self._batch = self.fast or batch_transform(self.preprocess)
         self.dim = int(self.embed_texts(["x"]).shape[1])
+        # device decode needs the standard transform (its geometry is redone on tensors)
+        self.device_decode = self.fast is not None and use_device_decode(spec.decode, self.device)
 
     @property
     def input_side(self) -> int | None:
@@ -79,7 +97,10 @@ class ClipScorer:
         return self.fast.size if self.fast else None
 
     def prepare(self, im: Image.Image):
-        """One image's CPU-side model input: uint8 HxWx3 on the fast path, else the transform's tensor."""
+        """One image's CPU-side model input: uint8 HxWx3 on the fast path, else the transform's tensor;
+        a device-decoded image (a tensor) as it is (resized with its batch on the device)."""
+        if is_tensor(im):
+            return im
         return self.fast.image(im) if self.fast else self.preprocess(im)
 
     def embed(self, images: list[Image.Image], captions: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,19 +108,27 @@ class ClipScorer:
 
     def embed_prepared(self, prepared: list, captions: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Embed and score a batch of ``prepare`` outputs with their captions."""
+        return self.collect(self.submit(prepared, captions))
+
+    def submit(self, prepared: list, captions: list[str]):
+        """Queue a batch on the device; ``collect`` gives its (image_emb, text_emb, scores)."""
         import torch
 
         if not prepared:
-            z = np.zeros((0, self.dim), np.float32)
-            return z, z.copy(), np.zeros(0, np.float32)
+            return None
         with torch.no_grad():
             pixels = self._pixels_on_device(prepared)
             tokens = self._to_device(self.tokenizer(captions))
             with self._autocast():
-                img = self.model.encode_image(pixels, normalize=True).float()
+                img = self._encode_image(pixels, normalize=True).float()
                 txt = self.model.encode_text(tokens, normalize=True).float()
-            scores = (img * txt).sum(-1)
-        return img.cpu().numpy(), txt.cpu().numpy(), scores.cpu().numpy()
+            return img, txt, (img * txt).sum(-1)
+
+    def collect(self, handle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if handle is None:
+            z = np.zeros((0, self.dim), np.float32)
+            return z, z.copy(), np.zeros(0, np.float32)
+        return tuple(t.cpu().numpy() for t in handle)
 
     def pixels(self, images: list[Image.Image]):
         """A normalised float batch on the CPU (the transform's output for each image)."""
@@ -113,20 +142,32 @@ class ClipScorer:
     def _pixels_on_device(self, prepared: list):
         import torch
 
-        if self.fast:  # uint8 travels (4x fewer bytes than float); normalised on the device
-            return self.fast.normalize(self._to_device(torch.from_numpy(np.stack(prepared))))
-        return self._to_device(torch.stack(prepared))
+        if not self.fast:
+            x = self._to_device(torch.stack(prepared))
+        elif not any(is_tensor(p) for p in prepared):  # uint8 travels (4x fewer bytes than float)
+            x = self.fast.normalize(self._to_device(torch.from_numpy(np.stack(prepared))))
+        else:  # decoded on the device: resized there; the CPU-decoded rest (fallbacks) joins them
+            s, n = self.fast.size, len(prepared)
+            on_dev = [i for i, p in enumerate(prepared) if is_tensor(p)]
+            host = [i for i, p in enumerate(prepared) if not is_tensor(p)]
+            x = torch.empty((n, 3, s, s), dtype=torch.float32, device=self.device)
+            x[on_dev] = self.fast.tensors([prepared[i].to(self.device) for i in on_dev])
+            if host:
+                up = self._to_device(torch.from_numpy(np.stack([prepared[i] for i in host])))
+                x[host] = up.permute(0, 3, 1, 2).float()
+            x = self.fast.normalize_chw(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         import torch
 
         out = []
-        bs = self.spec.batch_size
+        bs = self.batch_size
         with torch.no_grad():
             for i in range(0, len(images), bs):
                 pixels = self._pixels_on_device([self.prepare(im) for im in images[i:i + bs]])
                 with self._autocast():
-                    out.append(self.model.encode_image(pixels, normalize=True).float().cpu().numpy())
+                    out.append(self._encode_image(pixels, normalize=True).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:

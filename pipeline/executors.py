@@ -4,7 +4,11 @@ what a failure means is the core's business (pipeline/run.py), not the executor'
 
 Only transient errors are retried (``transient``): I/O errors, a lost worker, a timeout. A deterministic
 error (bad data, a bug: ValueError, TypeError, KeyError, ...) would fail the same way again, so its job
-fails at once."""
+fails at once.
+
+Several GPUs: a pool's workers are spread over the devices (``devices``: CUDA_VISIBLE_DEVICES entries;
+default: every GPU visible when there are two or more, or ``CURATE_DEVICES=0,1,...``), each worker
+seeing one (set before its first CUDA call), so shards spread across them as workers free up."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -57,7 +61,9 @@ class InProcess:
             yield item, result, error
 
 
-def _init_worker(threads: int, torch: bool = True) -> None:
+def _init_worker(threads: int, torch: bool = True, slots=None) -> None:
+    if slots is not None:  # this worker's GPU: one slot each, taken once at start
+        os.environ["CUDA_VISIBLE_DEVICES"] = slots.get()
     if not torch:
         return
     import torch
@@ -89,13 +95,31 @@ def _context(torch: bool):
     return ctx
 
 
-class ProcessPool:
-    """One process per worker, each loading the scorer once and getting its share of the cores. A job
-    retries its transient errors in its worker; jobs lost with a dead worker (the pool breaks) run again
-    in a fresh pool, up to ``retries`` times."""
+def device_slots(workers: int, devices: list[str]) -> list[str]:
+    """The device each of ``workers`` workers gets: round robin, so no device has two more than another."""
+    return [devices[i % len(devices)] for i in range(workers)] if devices else []
 
-    def __init__(self, workers: int, retries: int = 1, torch: bool = True):
-        self.workers, self.retries, self.torch = workers, retries, torch
+
+def visible_gpus() -> list[str]:
+    """``CURATE_DEVICES`` (comma list), else CUDA_VISIBLE_DEVICES's entries, else the machine's NVIDIA
+    devices (/dev/nvidiaN); asks no GPU library, so the caller need not import torch."""
+    for name in ("CURATE_DEVICES", "CUDA_VISIBLE_DEVICES"):
+        if name in os.environ:
+            return [d.strip() for d in os.environ[name].split(",") if d.strip() and d.strip() != "-1"]
+    import glob
+    import re
+
+    return sorted((m.group(1) for p in glob.glob("/dev/nvidia*") if (m := re.fullmatch(r"/dev/nvidia(\d+)", p))),
+                  key=int)
+
+
+class ProcessPool:
+    """One process per worker, each loading the scorer once and getting its share of the cores (and,
+    with ``devices``, one device of them). A job retries its transient errors in its worker; jobs lost
+    with a dead worker (the pool breaks) run again in a fresh pool, up to ``retries`` times."""
+
+    def __init__(self, workers: int, retries: int = 1, torch: bool = True, devices: list[str] | None = None):
+        self.workers, self.retries, self.torch, self.devices = workers, retries, torch, devices or []
 
     def map(self, fn, items):
         todo = list(items)
@@ -114,9 +138,14 @@ class ProcessPool:
         """One pool over ``items``: ``(item, result, exception or None)`` as jobs finish."""
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         ctx = _context(self.torch)
+        slots = None
+        if self.devices:
+            slots = ctx.Queue()
+            for d in device_slots(self.workers, self.devices):
+                slots.put(d)
         try:
             with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(threads, self.torch)) as ex:
+                                     initargs=(threads, self.torch, slots)) as ex:
                 futs = {ex.submit(_retrying, fn, item, self.retries): item for item in items}
                 for f in as_completed(futs):
                     try:
@@ -161,8 +190,14 @@ class Dask:
                     yield where[f.key], None, _error(e)
 
 
-def make(workers: int = 1, dask_address: str | None = None, retries: int = 1, torch: bool = True) -> Executor:
-    """``torch=False``: jobs that run no model (metadata-only pools), so workers skip importing torch."""
+def make(workers: int = 1, dask_address: str | None = None, retries: int = 1, torch: bool = True,
+         devices: list[str] | None = None) -> Executor:
+    """``torch=False``: jobs that run no model (metadata-only pools), so workers skip importing torch.
+    ``devices``: GPUs to spread a pool's workers over (default ``visible_gpus()`` when two or more)."""
     if dask_address:
         return Dask(dask_address, retries)
-    return ProcessPool(workers, retries, torch) if workers > 1 else InProcess(retries)
+    if workers <= 1:
+        return InProcess(retries)
+    if devices is None and torch:
+        devices = visible_gpus()
+    return ProcessPool(workers, retries, torch, devices if devices and len(devices) > 1 else None)

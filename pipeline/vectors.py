@@ -8,6 +8,11 @@ a cluster) take torch for ``auto`` on a CPU too (a matmul there is ~6x faster th
 search). k-means centroids come from ``lloyd`` (seeded) on both backends: on the CPU they do not
 depend on the backend; on a GPU the torch backend runs the same loop there (same up to float rounding).
 
+faiss-gpu: ``faiss`` searches move to the GPUs when the installed faiss sees one (the ``gpu-cu12`` extra,
+faiss-gpu-cu12, built for CUDA 12). PyPI has no faiss GPU wheel for CUDA 13, so next to a CUDA 13
+torch the GPU work stays torch's (``auto``); ``RAN`` records which backend each step took, and
+``report`` says which one ``auto`` takes here and why.
+
 Out of core: ``kmeans``, ``assign``, ``usable`` and ``by_cluster`` take a view of per-shard embedding
 files (pipeline/embeddings.py) as well as an array, and hold a chunk or a few clusters at a time.
 """
@@ -29,6 +34,39 @@ SIM_FLOATS = 16 << 20  # similarities computed at once (64 MB): query rows a pro
 PROJ = 64  # dimensions of the random projection k-means++ seeding measures distances in
 SEED_ROWS = 8192  # rows k-means++ seeding draws from (but 4 a centroid): its cost ~ k, not k^2
 TOPK_BLOCK = 8  # rows per block of list_search's two-level top-k
+
+
+RAN: dict[str, str] = {}  # step -> the backend and device it last ran on, in this process
+
+
+def faiss_gpus() -> int:
+    """GPUs the installed faiss can use (0: faiss-cpu, or faiss missing / failing to load)."""
+    try:
+        import faiss
+    except Exception:  # noqa: BLE001 - e.g. faiss-gpu-cu12 without CUDA 12 runtime libraries
+        return 0
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def report(backend: str = "auto") -> dict:
+    """Which backend the global steps take here and why (for manifests and benchmarks)."""
+    cuda = torch.version.cuda
+    gpu = torch.cuda.is_available()
+    chosen, fg = pick(backend), faiss_gpus() if gpu else 0
+    if backend != "auto":
+        why = f"vectors.backend: {backend} in the config"
+    elif gpu:
+        why = (f"auto: torch sees a GPU (torch {torch.__version__}, CUDA {cuda}): searches and k-means are torch "
+               "matmuls there; " + ("faiss-gpu is installed too (set backend: faiss to use it)" if fg else
+                                    "no faiss that sees a GPU (faiss-gpu-cu12 needs CUDA 12 runtime libraries; PyPI "
+                                    "has no CUDA 13 build)"))
+    else:
+        why = "auto: no GPU visible to torch: faiss-cpu searches, torch k-means on the CPU"
+    where = "cuda" if gpu else "cpu"
+    search = f"faiss ({'gpu' if fg else 'cpu'})" if chosen == "faiss" else f"torch on {where}"
+    return {"backend": chosen, "search": search,
+            "kmeans": f"torch Lloyd on {where if dense(backend) == 'torch' else 'cpu'}", "faiss_gpus": fg,
+            "torch_cuda": cuda, "why": why, "ran": dict(RAN)}
 
 
 def pick(backend: str = "auto") -> str:
@@ -79,9 +117,14 @@ def search(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "auto")
         import faiss
 
         index = faiss.IndexFlatIP(base.shape[1])
+        on_gpu = k <= 2048 and torch.cuda.is_available() and faiss_gpus() > 0  # faiss's GPU top-k limit
+        if on_gpu:
+            index = faiss.index_cpu_to_all_gpus(index)
+        RAN["search"] = f"faiss on {'gpu' if on_gpu else 'cpu'}"
         index.add(np.ascontiguousarray(base, np.float32))
         return index.search(np.ascontiguousarray(queries, np.float32), k)
     dev = torch_device()
+    RAN["search"] = f"torch on {dev}"
     b = torch.from_numpy(np.ascontiguousarray(base, np.float32)).to(dev)
     out_s, out_i = [], []
     step = max(1, min(CHUNK, SIM_FLOATS // len(base)))  # a bounded block of similarities
@@ -118,6 +161,7 @@ def lloyd(x: np.ndarray, k: int, niter: int, seed: int, device: str = "cpu") -> 
     """Spherical k-means of unit rows ``x`` (torch matmul on ``device``): seeded k-means++ seeding, then
     ``niter`` Lloyd iterations; an empty cluster takes half of the biggest one (faiss's split)."""
     rng = np.random.default_rng(seed)
+    RAN["kmeans"] = f"torch Lloyd on {device}"
     t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)
     cent = t[torch.from_numpy(plusplus(x, k, rng)).to(device)].clone()
     sign = torch.where(torch.arange(x.shape[1], device=device) % 2 == 0, 1.0, -1.0) / 1024

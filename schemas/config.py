@@ -26,9 +26,14 @@ class ClipModel(_Strict):
     checkpoint: str | None = Field(None, description="local weights file for a named model (offline)")
     column: str = Field("clip_score", pattern=r"^clip_score(_[a-z0-9]+)?$",
                         description="score column written: clip_score or clip_score_<tag>")
-    batch_size: int = Field(256, gt=0, description="images per forward pass")
+    batch_size: int | None = Field(None, gt=0, description="images a batch; default 1024 on a GPU, 256 on a CPU")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the scorer runs; auto: cuda when "
                                                                         "there is a GPU, else cpu")
+    decode: Literal["auto", "cpu", "device"] = Field(
+        "auto", description="where JPEGs are decoded and resized: auto = on the scorer's GPU when torchvision's "
+                            "decode_jpeg works there (nvJPEG), else on CPU workers; device = with decode_jpeg on "
+                            "the scorer's device (also on a CPU); PNG/WebP/GIF/CMYK/refused JPEGs always on the CPU")
+    compile: bool = Field(False, description="torch.compile the image tower (GPU; the first batches compile)")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on a GPU, fp32 on a CPU; bf16 on a CPU with AVX-512 BF16 "
                             "runs the forward pass 2-2.7x faster (scores move by < 0.01)")
@@ -43,7 +48,8 @@ class ClipModel(_Strict):
 
 
 # settings that change how fast scores come, not what they are: left out of cache keys
-RUNTIME_FIELDS = {"batch_size", "device"}
+# (device decode: scores within 0.01 of the CPU path's, tests/test_gpu_path.py)
+RUNTIME_FIELDS = {"batch_size", "device", "decode", "compile"}
 
 
 class ExportConfig(_Strict):

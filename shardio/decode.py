@@ -29,6 +29,7 @@ except ImportError:  # Pillow alone gives the same results, slower
 # Pool images above this many pixels are refused as decompression bombs (Pillow's own default
 # is ~89M; openclipart ships a 20,990 x 29,700 PNG).
 MAX_PIXELS = 64_000_000
+MAX_ASPECT = 16  # longer side / shorter side beyond which the model input is cut before resizing (pixels.py)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

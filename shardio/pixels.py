@@ -1,11 +1,14 @@
 """open_clip's eval transform (Resize shorter side, CenterCrop, ToTensor, Normalize) with the tensor
 steps run once per batch: the same pixels as torchvision's on PIL images, ~2.3x cheaper. Shared by the
-scorer (pipeline/) and evaluation (training/)."""
+scorer (pipeline/) and evaluation (training/). ``FastValTransform.tensors`` is the same geometry for
+images decoded on the device (shardio/gpu_decode.py): torch's antialiased bicubic there, as Pillow's."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from PIL import Image
+
+from shardio.decode import MAX_ASPECT
 
 
 class Normalize:
@@ -20,12 +23,15 @@ class Normalize:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) uint8 on any device -> (N, 3, H, W) float, normalised there."""
+        return self.normalize_chw(x.permute(0, 3, 1, 2).float())
+
+    def normalize_chw(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float 0..255 on any device -> normalised there."""
         if self.mean.device != x.device:
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        return (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        return (x - self.mean) / self.std
 
 
-MAX_ASPECT = 16  # longer side / shorter side beyond which the image is cut before resizing
 
 
 class FastValTransform(Normalize):
@@ -58,6 +64,31 @@ class FastValTransform(Normalize):
 
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
         return self.batch([self.image(im) for im in images])
+
+    def tensors(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """(3, H, W) uint8 images on one device -> (N, 3, size, size) float 0..255 there (rounded, as
+        ``image``'s uint8): images of one size are resized together."""
+        s = self.size
+        out = torch.empty((len(images), 3, s, s), dtype=torch.float32, device=images[0].device if images else "cpu")
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault((int(im.shape[2]), int(im.shape[1])), []).append(i)
+        for (w, h), idx in groups.items():
+            x = torch.stack([images[i] for i in idx]).float()
+            out[idx] = self._resize_crop(x, w, h).round_().clamp_(0, 255)
+        return out
+
+    def _resize_crop(self, x: torch.Tensor, w: int, h: int) -> torch.Tensor:
+        """``image``'s geometry on a float (B, 3, h, w) batch (resize whole, then crop: images beyond
+        MAX_ASPECT are left to the CPU path by shardio/gpu_decode.py)."""
+        import torch.nn.functional as F
+
+        s = self.size
+        nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+        top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
+        if (nw, nh) != (w, h):
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+        return x[:, :, top:top + s, left:left + s]
 
 
 def fast_val_transform(preprocess) -> FastValTransform | None:

@@ -8,6 +8,9 @@ A stage declares
     declares must have that type there (``out_columns`` for names chosen per instance);
   - ``needs``: what it reads of a sample (raw bytes and json, caption, pixels at ``input_side``);
   - ``device`` and ``batch_size`` (the pass's batches are the smallest asked for);
+  - ``device_pixels``: its ``step`` also takes images decoded on a device (torch tensors, (3, H, W)
+    uint8, full size); the pass decodes JPEGs there only when every pixel stage does, on the
+    ``decode_device`` a stage asks for (a scorer's, by its ``decode`` setting);
   - ``step(batch)``: consume a batch of samples; ``finish(src)``: write its other files and return
     its table (``uid`` first), which the pass writes last, with the cache key, as the marker.
 Stages that read no sample (a precomputed column, a head over stored embeddings) only ``finish``.
@@ -44,7 +47,8 @@ class Batch:
     """Consecutive samples of a shard, each with its decode outcome (when some stage needs pixels)."""
     rows: list[int]
     samples: list["Sample"]
-    images: list[Any]  # PIL images at the pass's decode side; None: not decoded or undecodable
+    images: list[Any]  # PIL images at the pass's decode side, or device tensors (``device_pixels``);
+    # None: not decoded or undecodable
     sizes: list[tuple[int | None, int | None]]  # the header's (full) size, (None, None) if unknown
     errors: list[str | None]  # decode errors
 
@@ -78,6 +82,8 @@ class Stage:
     input_side: int | None = 0  # pixel stages: the side they need (0: any; None: a full decode)
     batch_size: int | None = None
     device: str = "cpu"
+    device_pixels: bool = False
+    decode_device: str | None = None
 
     @property
     def folder(self) -> str:

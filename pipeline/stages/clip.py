@@ -1,7 +1,8 @@
 """CLIP scorer: one instance per configured scorer (``clip:``), writing its score column and its image /
 text embeddings. A model scores batches of decoded images (``ClipScorer.prepare`` per image on the
-CPU, ``embed_prepared`` per batch on its device); a ``precomputed`` scorer reads DataComp's scores
-and embeddings: a tar's sidecar ``<shard>.parquet`` / ``.npz`` (matched by uid), or, for a
+CPU, ``submit`` per batch on its device, collected while the next batch is read; JPEGs are decoded on
+the device when its ``decode`` setting says so: pipeline/annotate.py); a ``precomputed`` scorer reads
+DataComp's scores and embeddings: a tar's sidecar ``<shard>.parquet`` / ``.npz`` (matched by uid), or, for a
 metadata-only pool, the metadata parquet and an npz read in place (a pointer, never a copy)."""
 from __future__ import annotations
 
@@ -38,8 +39,7 @@ class Clip(Stage):
         self.spec = spec
         if spec.precomputed:
             self.needs = Needs()
-        else:
-            self.batch_size = spec.batch_size
+        self.pending = None  # the batch on the device, collected when the next one is queued
         self.idx: list[np.ndarray] = []
         self.pairs: list[np.ndarray] = []
         self.scores: list[np.ndarray] = []
@@ -52,6 +52,18 @@ class Clip(Stage):
     @property
     def input_side(self) -> int | None:
         return self.scorer.input_side
+
+    @property
+    def batch_size(self) -> int | None:
+        return None if self.spec.precomputed else self.scorer.batch_size
+
+    @property
+    def device_pixels(self) -> bool:  # device-decoded images are resized with the batch on its device
+        return self.scorer is not None and self.scorer.fast is not None
+
+    @property
+    def decode_device(self) -> str | None:
+        return self.scorer.device if self.scorer is not None and self.scorer.device_decode else None
 
     @property
     def device(self) -> str:
@@ -81,10 +93,18 @@ class Clip(Stage):
         if self.scorer is None or not have:
             return
         prepared = [self.scorer.prepare(batch.images[i]) for i in have]
-        img, txt, score = self.scorer.embed_prepared(prepared, [batch.samples[i].caption for i in have])
-        self.idx.append(np.array([batch.rows[i] for i in have]))
-        self.pairs.append(np.stack([img, txt]))
-        self.scores.append(score)
+        handle = self.scorer.submit(prepared, [batch.samples[i].caption for i in have])
+        self._collect()  # the previous batch, while this one runs
+        self.pending = ([batch.rows[i] for i in have], handle)
+
+    def _collect(self) -> None:
+        if self.pending is not None:
+            rows, handle = self.pending
+            img, txt, score = self.scorer.collect(handle)
+            self.idx.append(np.array(rows))
+            self.pairs.append(np.stack([img, txt]))
+            self.scores.append(score)
+            self.pending = None
 
     def finish(self, src: Source) -> pa.Table:
         n = len(src.uids)
@@ -102,6 +122,7 @@ class Clip(Stage):
                          self.folder: pa.array(np.asarray(score).astype(np.float64), pa.float64())})
 
     def _model_outputs(self, src: Source, n: int) -> np.ndarray:
+        self._collect()
         dim = self.scorer.dim
         img, txt = np.zeros((n, dim), np.float16), np.zeros((n, dim), np.float16)
         score = np.full(n, np.nan, np.float32)

@@ -21,6 +21,7 @@ class Ingest(Stage):
     columns = {c: schemas.columns()[c]["type"] for c in INGEST_COLUMNS}
     needs = Needs(raw=True, caption=True, pixels=True)  # decode errors are ingest's
     order = 0
+    device_pixels = True  # reads only whether an image decoded
 
     @classmethod
     def instances(cls, clip, languages, metadata):
