@@ -31,3 +31,14 @@ def test_libraries_do_not_print():
 def test_the_check_sees_prints(tmp_path):
     (tmp_path / "m.py").write_text("import sys\nprint('x')\nsys.stderr.write('y')\nlog.info('z')\n")
     assert terminal_writes(tmp_path / "m.py") == [2, 3]
+
+
+def long_functions(path: Path, limit: int = 80) -> list[str]:
+    return [f"{path.relative_to(ROOT)}::{n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for n in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > limit]
+
+
+def test_no_function_over_80_lines():
+    found = [x for lib in (*LIBRARIES, "app") for p in sorted((ROOT / lib).rglob("*.py")) for x in long_functions(p)]
+    assert found == [], "split these: " + ", ".join(found)
