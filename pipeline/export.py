@@ -18,6 +18,7 @@ import schemas
 from pipeline.faults import point
 from pipeline.ingest import CAPTION_EXTS, MAX_CAPTION_CHARS
 from shardio.shards import ShardWriter, shard_id
+from shardio.sidecar import RETRY_COLUMNS, not_downloaded_rows
 from shardio.tar import iter_samples
 
 
@@ -97,6 +98,19 @@ def write_shards(df: pd.DataFrame, shards: list[str], out_dir: Path, samples_per
         raise RuntimeError(f"export wrote {written} samples but {len(kept)} were kept: a source shard changed "
                            "since it was annotated; rerun to re-annotate it")
     return [str(Path(out_dir.name) / Path(p).name) for p in paths]
+
+
+def write_not_downloaded(path: Path, shards: list[str]) -> int:
+    """``not_downloaded.parquet``: the rows the shards' img2dataset parquets list with a status other than
+    "success", ready to feed back to img2dataset (``--input_format parquet --url_col url --caption_col
+    caption``; ``--save_additional_columns '["uid"]'`` keeps the uids). Columns: url, caption, uid,
+    status, error_message, key, shard (strings, None where the parquet had none). Returns the row count."""
+    rows = [{**r, "shard": shard_id(s)} for s in shards for r in not_downloaded_rows(s)]
+    schema = pa.schema([pa.field(c, pa.string()) for c in (*RETRY_COLUMNS, "shard")])
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    os.replace(tmp, path)
+    return len(rows)
 
 
 def metadata_table(df: pd.DataFrame, declared: dict[str, str]) -> pa.Table:

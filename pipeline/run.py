@@ -202,7 +202,7 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     versions and those a training holds); return the manifest (a dict of ``schemas.outputs.Manifest``,
     paths made absolute). ``run``: this run's facts (``run_facts``)."""
     from pipeline.decide import summarize
-    from pipeline.export import Background, export, write_metadata
+    from pipeline.export import Background, export, write_metadata, write_not_downloaded
     from pipeline.report import write_report
 
     if failed and on_failure == "fail":
@@ -227,6 +227,13 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     tars = [s for s in shards if not is_metadata(s)]
     manifest = export(df, tars, stage, p.config.export.samples_per_shard, manifest, declared,
                       _rewritten_captions(df, p.config), metadata=False)
+    listed = [s for s, i in zip(shards, infos) if i.not_downloaded and not is_metadata(s)]
+    if listed:  # not samples: never in uids.npy or metadata.parquet
+        n = write_not_downloaded(stage / "not_downloaded.parquet", listed)
+        if n != sum(manifest["listed_not_downloaded"].values()):
+            log.warning("not_downloaded.parquet has %d rows, the shard accounting %d: a shard parquet changed "
+                        "since it was read", n, sum(manifest["listed_not_downloaded"].values()))
+        manifest["not_downloaded"] = "not_downloaded.parquet"
     manifest = _redacted(manifest)
     manifest["report"] = "report.html"
     manifest["run"]["filter_seconds"] = seconds
@@ -334,8 +341,8 @@ def absolute(manifest: dict, root: Path | str) -> dict:
     m = dict(manifest)
     m["root"] = str(root)
     m["output_shards"] = [storage.join(str(root), s) for s in m.get("output_shards", [])]
-    for k in ("uids", "metadata", "report"):
-        if k in m:
+    for k in ("uids", "metadata", "report", "not_downloaded"):
+        if m.get(k):
             m[k] = storage.join(str(root), m[k])
     return m
 

@@ -112,6 +112,9 @@ class Manifest(_Strict):
     metadata: str = Field(description="metadata.parquet: one row per sample found")
     uid_count: int = Field(ge=0, description="uids in the uid array")
     report: str = Field(description="the HTML report")
+    not_downloaded: str | None = Field(None, description="not_downloaded.parquet: the rows of listed_not_downloaded "
+                                       "(url, caption, uid, status, error_message, key, shard), to feed back to "
+                                       "img2dataset; None when every listed row was downloaded")
 
     def as_dict(self) -> dict:
         """The manifest as plain data (``run`` leaves out what was not measured)."""
