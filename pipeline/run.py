@@ -221,7 +221,7 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
                 "filters": filters, "thresholds": {k: v["threshold"] for k, v in filters.items() if "threshold" in v},
                 "scorers": [c.model_dump() for c in p.config.clip],
                 "config": p.config.model_dump(), "config_hash": p.config_hash,
-                "input_shards": shards, "run": dict(run or {})}
+                "input_shards": [str(s) for s in shards], "run": dict(run or {})}
     _warn(manifest)
     declared = {f.out_column(o): t for f in p.config.filters for o, t in f.outputs.items()}
     declared.update(p.config.stage_columns())
@@ -289,7 +289,7 @@ def _shard_facts(infos: list[ShardInfo], failed: dict[str, str]) -> dict:
         "listed_missing_from_tar": sum(i.listed_missing for i in infos),
         "broken_shards": [{"shard": i.path, "error": i.error, "samples_recovered": i.samples_found}
                           for i in infos if i.error],
-        "not_processed_shards": [{"shard": s, "error": e} for s, e in sorted(failed.items())],
+        "not_processed_shards": [{"shard": str(s), "error": e} for s, e in sorted(failed.items())],
         "skipped_members": _add_counts(i.skipped_members for i in infos),
         "sidecar_errors": [{"shard": i.path, "error": i.sidecar_error} for i in infos if i.sidecar_error],
     }
