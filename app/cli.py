@@ -38,9 +38,9 @@ def cmd_run(a) -> None:
     from pipeline.run import run_curation
 
     m = run_curation(a.pool, a.out, a.config, work=a.work, workers=a.workers, on_failure=a.on_failure,
-                     dask_address=a.dask_address, keep_versions=a.keep_versions)
+                     dask_address=a.dask_address, keep_versions=a.keep_versions, write_dropped=a.write_dropped)
     keys = ("samples_in", "kept", "dropped", "dropped_by_reason", "thresholds", "listed_not_downloaded",
-            "listed_missing_from_tar")
+            "listed_missing_from_tar", "dropped_samples")
     print(json.dumps({k: m[k] for k in keys if m.get(k) not in (None, {}, 0)}, indent=2))
     # broken and not-processed shards were logged as warnings (terminal and curate.log) while the run went
     print(f"filtered shards: {a.out}/shards   uids: {a.out}/uids.npy   manifest: {a.out}/manifest.json   "
@@ -123,6 +123,8 @@ def add_run(sub) -> None:
                         "publish without it (its samples are listed as not processed)")
     r.add_argument("--keep-versions", type=int, default=2, metavar="N",
                    help="published versions kept: the newest N, plus any a training holds (default: 2)")
+    r.add_argument("--write-dropped", action="store_true",
+                   help="also write the dropped samples as shards under dropped/<first reason>/, for inspection")
     r.set_defaults(func=cmd_run)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import schemas
 from pipeline.faults import point
 from pipeline.ingest import CAPTION_EXTS, MAX_CAPTION_CHARS
 from shardio.shards import ShardWriter, shard_id
+from shardio.sidecar import RETRY_COLUMNS, not_downloaded_rows
 from shardio.tar import iter_samples
 
 
@@ -97,6 +99,79 @@ def write_shards(df: pd.DataFrame, shards: list[str], out_dir: Path, samples_per
         raise RuntimeError(f"export wrote {written} samples but {len(kept)} were kept: a source shard changed "
                            "since it was annotated; rerun to re-annotate it")
     return [str(Path(out_dir.name) / Path(p).name) for p in paths]
+
+
+NO_BYTES = ("member_name:",)  # rows for stray tar members: no sample to copy
+
+
+def write_dropped(df: pd.DataFrame, shards: list[str], out_dir: Path, samples_per_shard: int) -> dict:
+    """Copy dropped samples' members verbatim into shards under ``out_dir/<first reason>/`` (the reason
+    made a safe folder name), for inspection. Samples that fail to decode or have bad metadata still
+    have their bytes and are copied as read (members over the size limit were never read, so are left
+    out); rows with no bytes are counted in ``not_written``: every row of a metadata-only shard, and a
+    stray tar member's row (``member_name``: it belongs to no sample). Returns the manifest's
+    ``dropped_samples`` (folders, written and not_written by reason)."""
+    dropped = df.loc[~df["keep"], ["shard", "key", "drop_reason", "ingest_error"]]
+    tar_ids = {shard_id(p) for p in shards}
+    err = dropped["ingest_error"].fillna("").astype(str)
+    stray = err.str.startswith(NO_BYTES) | ~dropped["shard"].isin(tar_ids)
+    dup = err.str.startswith("duplicate_key:")
+    want: dict[str, dict[str, str]] = {}  # shard -> key -> reason, for each key's first sample
+    again: dict[str, dict[str, list[str]]] = {}  # shard -> key -> reasons of its repeats, in shard order
+    for sid, key, reason, is_dup in zip(dropped["shard"][~stray], dropped["key"][~stray],
+                                        dropped["drop_reason"][~stray], dup[~stray]):
+        if is_dup:
+            again.setdefault(sid, {}).setdefault(key, []).append(reason)
+        else:
+            want.setdefault(sid, {})[key] = reason
+    folders: dict[str, str] = {}
+    writers: dict[str, ShardWriter] = {}
+    written: dict[str, int] = {}
+    for path in shards:
+        sid = shard_id(path)
+        first, repeats = want.get(sid, {}), {k: list(v) for k, v in again.get(sid, {}).items()}
+        if not first and not repeats:
+            continue
+        for s in iter_samples(path):
+            pending = repeats.get(s.key) if s.duplicate else None
+            reason = pending.pop(0) if pending else (None if s.duplicate else first.pop(s.key, None))
+            if reason is None:
+                continue
+            if reason not in writers:
+                folders[reason] = _folder(reason, set(folders.values()))
+                writers[reason] = ShardWriter(out_dir / folders[reason], samples_per_shard)
+            w = writers[reason]
+            w.write_raw(w.free_key(s.key, sid), dict(s.members))
+            written[reason] = written.get(reason, 0) + 1
+    for w in writers.values():
+        w.close()
+    total = dropped["drop_reason"].value_counts().to_dict()
+    not_written = {r: int(n) - written.get(r, 0) for r, n in total.items() if int(n) != written.get(r, 0)}
+    return {"folders": {r: f"{out_dir.name}/{f}" for r, f in sorted(folders.items())},
+            "written": dict(sorted(written.items())), "not_written": dict(sorted(not_written.items()))}
+
+
+def _folder(reason: str, taken: set[str]) -> str:
+    """A folder name for a drop reason: letters, digits, ``._-`` (others become ``_``), unique."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", reason).strip(".") or "reason"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}.{n}"
+    return name
+
+
+def write_not_downloaded(path: Path, shards: list[str]) -> int:
+    """``not_downloaded.parquet``: the rows the shards' img2dataset parquets list with a status other than
+    "success", ready to feed back to img2dataset (``--input_format parquet --url_col url --caption_col
+    caption``; ``--save_additional_columns '["uid"]'`` keeps the uids). Columns: url, caption, uid,
+    status, error_message, key, shard (strings, None where the parquet had none). Returns the row count."""
+    rows = [{**r, "shard": shard_id(s)} for s in shards for r in not_downloaded_rows(s)]
+    schema = pa.schema([pa.field(c, pa.string()) for c in (*RETRY_COLUMNS, "shard")])
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    os.replace(tmp, path)
+    return len(rows)
 
 
 def metadata_table(df: pd.DataFrame, declared: dict[str, str]) -> pa.Table:

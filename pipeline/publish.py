@@ -1,6 +1,6 @@
 """Atomic publish: a reader sees the previous complete output or the new complete one, never a mix.
 
-    <out>/versions/<id>/   shards/, uids.npy, metadata.parquet, manifest.json, report.html
+    <out>/versions/<id>/   shards/, uids.npy, metadata.parquet, manifest.json, report.html (+ not_downloaded.parquet, dropped/)
     <out>/current          symlink to versions/<id>, switched by one rename
     <out>/shards, uids.npy, ...   symlinks through current (the paths users know)
 A new output is written in ``<out>/.staging``, renamed into ``versions/`` and then ``current`` is
@@ -21,7 +21,7 @@ from shardio import versions as held
 
 log = logging.getLogger(__name__)
 
-ENTRIES = ("shards", "uids.npy", "metadata.parquet", "manifest.json", "report.html")
+ENTRIES = ("shards", "uids.npy", "metadata.parquet", "manifest.json", "report.html", "not_downloaded.parquet", "dropped")
 
 
 class NotPublished(FileNotFoundError):

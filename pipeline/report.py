@@ -257,6 +257,7 @@ def _thumbs(df: pd.DataFrame, shards: list[str], wanted: set[int], side: int = 1
     """row -> data URI of a JPEG thumbnail; reads only the shards holding wanted rows, each only up to
     its last wanted sample."""
     from pipeline.ingest import read_shard
+    from pipeline.metadata import is_metadata
     from shardio.decode import decode_image
     from shardio.shards import shard_id
 
@@ -266,6 +267,8 @@ def _thumbs(df: pd.DataFrame, shards: list[str], wanted: set[int], side: int = 1
         need.setdefault(sid, {}).setdefault(key, i)
     out: dict[int, str] = {}
     for path in shards:
+        if is_metadata(path):  # a DataComp parquet has no images (and a URL's would be fetched whole)
+            continue
         todo = dict(need.get(shard_id(path), {}))
         for s in read_shard(path) if todo else ():
             i = todo.pop(s.key, None)

@@ -197,12 +197,14 @@ def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[s
 
 
 def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_failure: Policy = "fail",
-           run: dict | None = None, keep_versions: int = 2) -> dict:
+           run: dict | None = None, keep_versions: int = 2, write_dropped: bool = False) -> dict:
     """Apply the failure policy, decide, export into staging, publish (keeping the newest ``keep_versions``
     versions and those a training holds); return the manifest (a dict of ``schemas.outputs.Manifest``,
-    paths made absolute). ``run``: this run's facts (``run_facts``)."""
+    paths made absolute). ``run``: this run's facts (``run_facts``). ``write_dropped``: the dropped
+    samples also go to ``dropped/<first reason>/`` as shards (``export.write_dropped``)."""
     from pipeline.decide import summarize
-    from pipeline.export import Background, export, write_metadata
+    from pipeline.export import Background, export, write_metadata, write_not_downloaded
+    from pipeline.export import write_dropped as dropped_shards
     from pipeline.report import write_report
 
     if failed and on_failure == "fail":
@@ -227,6 +229,19 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     tars = [s for s in shards if not is_metadata(s)]
     manifest = export(df, tars, stage, p.config.export.samples_per_shard, manifest, declared,
                       _rewritten_captions(df, p.config), metadata=False)
+    listed = [s for s, i in zip(shards, infos) if i.not_downloaded and not is_metadata(s)]
+    if listed:  # not samples: never in uids.npy or metadata.parquet
+        n = write_not_downloaded(stage / "not_downloaded.parquet", listed)
+        if n != sum(manifest["listed_not_downloaded"].values()):
+            log.warning("not_downloaded.parquet has %d rows, the shard accounting %d: a shard parquet changed "
+                        "since it was read", n, sum(manifest["listed_not_downloaded"].values()))
+        manifest["not_downloaded"] = "not_downloaded.parquet"
+    if write_dropped:
+        manifest["dropped_samples"] = d = dropped_shards(df, tars, stage / "dropped",
+                                                         p.config.export.samples_per_shard)
+        if d["not_written"]:
+            log.info("dropped samples with no bytes to copy (metadata-only rows, stray tar members), not in "
+                     "dropped/: %s", d["not_written"])
     manifest = _redacted(manifest)
     manifest["report"] = "report.html"
     manifest["run"]["filter_seconds"] = seconds
@@ -274,7 +289,7 @@ def _shard_facts(infos: list[ShardInfo], failed: dict[str, str]) -> dict:
         "listed_missing_from_tar": sum(i.listed_missing for i in infos),
         "broken_shards": [{"shard": i.path, "error": i.error, "samples_recovered": i.samples_found}
                           for i in infos if i.error],
-        "not_processed_shards": [{"shard": s, "error": e} for s, e in sorted(failed.items())],
+        "not_processed_shards": [{"shard": str(s), "error": e} for s, e in sorted(failed.items())],
         "skipped_members": _add_counts(i.skipped_members for i in infos),
         "sidecar_errors": [{"shard": i.path, "error": i.sidecar_error} for i in infos if i.sidecar_error],
     }
@@ -334,8 +349,8 @@ def absolute(manifest: dict, root: Path | str) -> dict:
     m = dict(manifest)
     m["root"] = str(root)
     m["output_shards"] = [storage.join(str(root), s) for s in m.get("output_shards", [])]
-    for k in ("uids", "metadata", "report"):
-        if k in m:
+    for k in ("uids", "metadata", "report", "not_downloaded"):
+        if m.get(k):
             m[k] = storage.join(str(root), m[k])
     return m
 
@@ -380,12 +395,13 @@ def run_log(out: Path):
 def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | str | dict,
                  progress: bool = True, work: str | Path | None = None, workers: int = 1,
                  on_failure: Policy = "fail", retries: int = 1, dask_address: str | None = None,
-                 keep_versions: int = 2) -> dict:
+                 keep_versions: int = 2, write_dropped: bool = False) -> dict:
     """Curate ``pool`` (paths, braced patterns or folders of shards) into ``out``; return the manifest.
 
     Per-shard columns and embeddings go to ``work`` (default: ``out``); several configs can share one
     ``work`` folder and so score the pool once. ``workers`` > 1 annotates shards in that many processes;
-    ``dask_address`` on a Dask cluster. Outputs are the same either way."""
+    ``dask_address`` on a Dask cluster. Outputs are the same either way. ``write_dropped``: also write the
+    dropped samples as shards under ``dropped/<first reason>/`` of the output version."""
     p = plan(pool, out, config, work)
     with output_guard(p):
         log.info("curating %d shards into %s (config %s)", len(p.shards), p.out_url or p.out, p.config_hash)
@@ -393,7 +409,7 @@ def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | 
         light = all(is_metadata(s) for s in p.shards)  # no model: workers need no torch
         done, failed = annotate(p, make(workers, dask_address, retries, torch=not light), progress)
         seconds = time.time() - t0
-        return finish(p, done, failed, on_failure, run_facts(done, seconds), keep_versions)
+        return finish(p, done, failed, on_failure, run_facts(done, seconds), keep_versions, write_dropped)
 
 
 def run_facts(done: dict[str, ShardResult], seconds: float) -> dict:

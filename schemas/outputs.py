@@ -80,6 +80,14 @@ class RunFacts(_Strict):
                                                                   "staged output")
 
 
+class DroppedSamples(_Strict):
+    """What ``--write-dropped`` wrote: the dropped samples as shards, one folder per first reason."""
+    folders: dict[str, str] = Field(description="drop reason -> its folder of shards, relative to the version")
+    written: dict[str, int] = Field(description="drop reason -> samples copied there verbatim")
+    not_written: dict[str, int] = Field(description="drop reason -> dropped samples with no bytes to copy "
+                                                    "(metadata-only rows, stray tar members)")
+
+
 class Manifest(_Strict):
     """``<out>/manifest.json``: what a curation run found, dropped and wrote. Paths of outputs are
     relative to the published version folder."""
@@ -112,6 +120,11 @@ class Manifest(_Strict):
     metadata: str = Field(description="metadata.parquet: one row per sample found")
     uid_count: int = Field(ge=0, description="uids in the uid array")
     report: str = Field(description="the HTML report")
+    not_downloaded: str | None = Field(None, description="not_downloaded.parquet: the rows of listed_not_downloaded "
+                                       "(url, caption, uid, status, error_message, key, shard), to feed back to "
+                                       "img2dataset; None when every listed row was downloaded")
+    dropped_samples: DroppedSamples | None = Field(None, description="the dropped samples' shards (curate run "
+                                                   "--write-dropped); None when not asked for")
 
     def as_dict(self) -> dict:
         """The manifest as plain data (``run`` leaves out what was not measured)."""

@@ -398,9 +398,11 @@ class ShardWriter:
         row: dict[str, Any] = {"key": key}
         if "json" in members:
             try:
-                row.update(json.loads(members["json"]))
-            except (ValueError, UnicodeDecodeError):
-                pass
+                meta = json.loads(members["json"])
+            except (ValueError, UnicodeDecodeError, RecursionError):  # a dropped sample's json may be anything
+                meta = None
+            if isinstance(meta, dict):
+                row.update(meta)
         self._add(key, members, row)
 
     def _add(self, key: str, members: dict[str, bytes], row: dict[str, Any]) -> None:

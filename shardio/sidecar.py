@@ -79,3 +79,39 @@ def read_sidecar(tar_path: str | Path) -> Sidecar:
         if key not in rows:
             rows[key] = row
     return out
+
+
+# img2dataset's input columns (url, caption) first, then what says which row it was and why it failed
+RETRY_COLUMNS = ("url", "caption", "uid", "status", "error_message", "key")
+
+
+def not_downloaded_rows(tar_path: str | Path) -> list[dict]:
+    """The shard parquet's rows whose status is not "success", with the columns img2dataset reads back
+    (``url``, ``caption``; DataComp's ``text`` stands in for a missing or null ``caption``) and ``uid``,
+    ``status``, ``error_message``, ``key`` where present (None where not). Empty when the parquet is
+    missing, unreadable or has no status column (``read_sidecar`` reports those)."""
+    path = sidecar_path(tar_path)
+    try:
+        if storage.is_url(str(path)):
+            with storage.open_read(path, cache="none") as f:
+                return _failed(pq.ParquetFile(f))
+        return _failed(pq.ParquetFile(path))
+    except Exception:  # noqa: BLE001 - missing or damaged: read_sidecar has said so
+        return []
+
+
+def _failed(pf: pq.ParquetFile) -> list[dict]:
+    names = pf.schema_arrow.names
+    if "status" not in names:
+        return []
+    wanted = [c for c in (*RETRY_COLUMNS, "text") if c in names]
+    rows = pf.read(columns=wanted).to_pylist()  # only the columns a retry needs
+    out = []
+    for r in rows:
+        if r.get("status") == "success":
+            continue
+        caption = r.get("caption") if r.get("caption") is not None else r.get("text")
+        out.append({c: (None if r.get(c) is None else str(r[c])) for c in RETRY_COLUMNS} | {
+            "caption": None if caption is None else str(caption),
+            "status": "null" if r.get("status") is None else str(r["status"])})
+    return out
