@@ -101,8 +101,8 @@ def near_dedup_figures(result: dict) -> dict:
 
 
 def uid_parity(meta: pd.DataFrame, uids_file: Path, fraction: float) -> bool:
-    """DataComp's rule from an independent implementation (tests/oracles.py), compared byte for byte."""
-    from tests.oracles import datacomp_top_fraction_uids
+    """DataComp's rule from an independent implementation (fixtures/oracles.py), compared byte for byte."""
+    from fixtures.oracles import datacomp_top_fraction_uids
 
     ref = datacomp_top_fraction_uids(meta["uid"], meta["clip_score"].to_numpy(np.float64), fraction)
     return np.load(uids_file).tobytes() == ref.tobytes()

@@ -4,7 +4,7 @@ as in tests/test_s3.py) behind a byte-counting TCP relay, so every byte the serv
 - a DataComp-layout metadata pool (``<hash>.parquet`` + ``<hash>.npz``, bench/scale_pool.py) in the
   bucket vs on local disk: the CLIP score L/14 30% preset, metadata only, each run a ``curate run``
   process of its own (start-up included): seconds, uids identical, bytes fetched;
-- a tar pool (tests/shardmaker.py's coloured squares) from the bucket on a Dask cluster of 2 worker
+- a tar pool (fixtures/shardmaker.py's coloured squares) from the bucket on a Dask cluster of 2 worker
   processes with private scratch, output and work folder in the bucket, vs one local process;
 - bytes fetched from the server / the pool's bytes for a CLIP-score run with ingest (curate-tiny),
   streamed and through ``filecache::``;
@@ -268,7 +268,7 @@ def _wait_for_lease(url: str) -> None:
 def kill_points(work: Path) -> dict:
     """tests/test_s3.py's kill_and_rerun, each point recorded instead of asserted."""
     from pipeline.faults import POINTS
-    from tests.shardmaker import make_pool
+    from fixtures.shardmaker import make_pool
 
     pool = work / "kill-pool"
     shutil.rmtree(pool, ignore_errors=True)
@@ -310,7 +310,7 @@ def main() -> None:
     a = ap.parse_args()
     import psutil
 
-    from tests.shardmaker import make_pool
+    from fixtures.shardmaker import make_pool
 
     work = (ROOT / a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)

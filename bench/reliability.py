@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.reliability
 
-1. The hostile corpus (tests/hostile.py: every kind of damage seen in real crawls, generated) through
+1. The hostile corpus (fixtures/hostile.py: every kind of damage seen in real crawls, generated) through
    `curate run` and through the Prefect flow: samples found, lost (expected but absent or with the
    wrong outcome), crashes (non-zero exits), identical outputs on both paths.
 2. SIGKILL at each named point (pipeline/faults.py) of a run that replaces a published output: what a
@@ -30,7 +30,7 @@ def hostile(tmp: Path) -> dict:
     import pandas as pd
 
     from pipeline.publish import checksums
-    from tests.hostile import make_corpus, run_cli
+    from fixtures.hostile import make_corpus, run_cli
 
     c = make_corpus(tmp / "hostile")
     cfg = tmp / "hostile.json"
@@ -67,8 +67,8 @@ def hostile(tmp: Path) -> dict:
 def kills(tmp: Path) -> dict:
     from pipeline.publish import checksums
     from pipeline.faults import POINTS
-    from tests.hostile import run_cli
-    from tests.shardmaker import make_pool
+    from fixtures.hostile import run_cli
+    from fixtures.shardmaker import make_pool
 
     make_pool(tmp / "pool", n=200, per_shard=20, plant={3: "corrupt", 8: "dup", 40: "truncated"})
     old, new = tmp / "old.json", tmp / "new.json"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.shardmaker import make_pool
+from fixtures.shardmaker import make_pool
 
 ROOT = Path(__file__).parents[1]
 

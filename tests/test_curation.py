@@ -13,8 +13,8 @@ from pipeline.filters.clip_score import top_fraction_threshold
 from pipeline.publish import checksums
 from pipeline.run import run_curation
 from shardio.shards import expand, iter_tar_samples
-from tests.oracles import datacomp_top_fraction_uids
-from tests.shardmaker import make_pool, uid
+from fixtures.oracles import datacomp_top_fraction_uids
+from fixtures.shardmaker import make_pool, uid
 
 PLANT = {3: "corrupt", 10: "truncated", 30: "empty", 41: "noimage", 52: "missing"}
 CONFIG = {"clip": [{"model": "curate-tiny", "batch_size": 16}],

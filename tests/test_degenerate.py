@@ -16,7 +16,7 @@ from pipeline.semdedup import semdedup
 from pipeline.targets import concept_score, image_based
 from pipeline.vectors import kmeans, normalize, search
 from shardio.evaltask import iter_split
-from tests.shardmaker import make_task
+from fixtures.shardmaker import make_task
 
 ND = {"max_rms": 4.5, "ratio": 0.75, "ratio_max_rms": 7.0}
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from schemas.tasks import DATACOMP, suite
-from tests.shardmaker import COLOURS, image_bytes, make_task
+from fixtures.shardmaker import COLOURS, image_bytes, make_task
 from training.evalsuite import run_suite
 from training.retrieval import recall_at
 

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import executors
 from pipeline.run import run_curation
-from tests.shardmaker import make_pool
+from fixtures.shardmaker import make_pool
 
 CONFIG = {"clip": [{"model": "curate-tiny", "batch_size": 16}],
           "filters": [{"type": "clip_score", "fraction": 0.5}]}

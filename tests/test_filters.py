@@ -6,7 +6,7 @@ import pytest
 from pipeline.decide import decide, summarize
 from pipeline.run import run_curation
 from pipeline.config import load_config
-from tests.shardmaker import make_pool, uid
+from fixtures.shardmaker import make_pool, uid
 
 PLANT = {3: "corrupt", 5: "dup", 10: "dup", 12: "german", 20: "short"}
 
@@ -76,7 +76,7 @@ def test_shipped_configs_validate():
 
 
 def test_decontaminate_drops_exactly_the_eval_copies(tmp_path):
-    from tests.shardmaker import make_task
+    from fixtures.shardmaker import make_task
 
     copies = {7: "evalcopy", 22: "evalcopy", 31: "evalcopy"}
     make_pool(tmp_path / "pool", n=40, per_shard=20, plant={**copies, 2: "corrupt"})

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.shardmaker import make_pool, make_task
+from fixtures.shardmaker import make_pool, make_task
 
 CONFIG = "clip:\n  - {model: curate-tiny, batch_size: 16}\nfilters:\n  - {type: clip_score, fraction: 0.5}\n"
 

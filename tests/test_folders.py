@@ -7,7 +7,7 @@ import numpy as np
 from pipeline.reshard import reshard
 from pipeline.run import run_curation
 from shardio.shards import expand
-from tests.shardmaker import make_pool
+from fixtures.shardmaker import make_pool
 
 
 def _real(paths):

@@ -15,7 +15,7 @@ from pipeline.targets import concept_score, image_based
 from pipeline.vectors import kmeans, knn, normalize, search
 from pipeline.run import run_curation
 from pipeline.config import load_config
-from tests.shardmaker import uid
+from fixtures.shardmaker import uid
 
 
 def pattern(seed: int, size: int = 64) -> Image.Image:

@@ -16,7 +16,7 @@ from pipeline.run import plan, run_curation
 from pipeline.stages.head import apply, load_layers
 from schemas.config import ClipModel
 from shardio.shards import ShardWriter
-from tests.shardmaker import COLOURS, uid
+from fixtures.shardmaker import COLOURS, uid
 
 TINY = ClipModel(model="curate-tiny")
 PLANTED = {3, 11, 17, 26, 30, 38}

@@ -10,7 +10,7 @@ from pipeline.faults import POINTS
 from pipeline.publish import NotPublished, checksums, published
 from pipeline.run import run_curation
 from shardio.shards import iter_tar_samples
-from tests.hostile import make_corpus, run_cli
+from fixtures.hostile import make_corpus, run_cli
 
 CONFIG = {"clip": [{"model": "curate-tiny", "batch_size": 16}], "filters": []}
 
@@ -63,7 +63,7 @@ def test_export_holds_the_kept_samples_with_long_captions_cut(hostile):
 def kill_and_rerun(tmp_path, points) -> None:
     """For each point: publish an old output, kill a new run there, check what a reader sees, rerun and
     compare with an uninterrupted run, byte for byte."""
-    from tests.shardmaker import make_pool
+    from fixtures.shardmaker import make_pool
 
     make_pool(tmp_path / "pool", n=60, per_shard=10, plant={3: "corrupt", 8: "dup"})
     old = tmp_path / "old.yaml"
@@ -94,7 +94,7 @@ def test_a_kill_at_any_point_loses_nothing_and_shows_no_mix(tmp_path):
 
 
 def test_a_reader_refuses_an_output_that_never_completed(tmp_path):
-    from tests.shardmaker import make_pool
+    from fixtures.shardmaker import make_pool
 
     make_pool(tmp_path / "pool", n=20, per_shard=10)
     cfg = tmp_path / "c.yaml"

@@ -4,7 +4,7 @@ import pandas as pd
 
 from pipeline.ingest import caption_languages, read_shard
 from pipeline.run import run_curation
-from tests.shardmaker import make_pool
+from fixtures.shardmaker import make_pool
 from tests.test_metadata_fast import write_pool
 
 BASIC = {"filters": [{"type": "basic", "min_side": 24, "min_words": 0, "min_chars": 0}]}

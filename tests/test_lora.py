@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from tests.shardmaker import make_pool
+from fixtures.shardmaker import make_pool
 from training.lora import Adapter, FinetuneConfig, add_lora, finetune
 from training.model import is_checkpoint_dir, load_clip, save_checkpoint_dir
 

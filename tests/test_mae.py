@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.shardmaker import make_pool, make_task
+from fixtures.shardmaker import make_pool, make_task
 from training.knn import image_probes, is_image_only
 from training.mae import MAEConfig, MAEModel, masked_patch_loss, patchify, pretrain, random_masking
 from training.model import load_clip

@@ -9,8 +9,8 @@ import pytest
 from pipeline.reshard import reshard
 from pipeline.run import run_curation
 from shardio.shards import iter_tar_samples
-from tests.oracles import datacomp_top_fraction_uids
-from tests.shardmaker import make_pool, uid
+from fixtures.oracles import datacomp_top_fraction_uids
+from fixtures.shardmaker import make_pool, uid
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pipeline.export import uid_array
 from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS, caption_languages
 from pipeline.metadata import ingest_table, lang_table, npz_member
 from pipeline.run import run_curation
-from tests.shardmaker import uid
+from fixtures.shardmaker import uid
 
 CAPTIONS = ["a red square on a table", "une photo d'un chien rouge", "", None, "two\nlines here", "   ",
             "a red square on a table", "x " * 3000, "der kleine Hund im Garten", "ok"]

@@ -20,7 +20,7 @@ from pipeline.filters.mix import rank_mix, soft_cap
 from pipeline.filters.neg_clip_loss import neg_clip_loss
 from pipeline.filters.norm_sim import norm_sim, proxy_select
 from pipeline.run import run_curation
-from tests.shardmaker import make_pool, uid
+from fixtures.shardmaker import make_pool, uid
 
 
 def unit(x):
@@ -287,7 +287,7 @@ def test_eval_task_targets_are_train_splits_never_test(tmp_path):
     """NormSim / image-based targets from evaluation tasks: their train split; a test split never."""
     from pipeline.targets import iter_images
     from shardio.evaltask import write_task
-    from tests.shardmaker import image_bytes
+    from fixtures.shardmaker import image_bytes
 
     both, only_test = tmp_path / "suite" / "both", tmp_path / "suite" / "only_test"
     write_task(both, ["red", "blue"], ["a {c}"], [(image_bytes("red", seed=1), 0)], split="test")

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 
 from pipeline.export import uid_array
 from pipeline.run import run_curation
-from tests.shardmaker import make_pool, uid
+from fixtures.shardmaker import make_pool, uid
 
 CFG = {"clip": [], "filters": [{"type": "basic", "min_side": 8}]}  # no model: ingest only
 FAILED = [  # shard, key, url, caption, uid, status, error_message

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.run import run_curation
 from schemas import outputs
-from tests.shardmaker import make_pool
+from fixtures.shardmaker import make_pool
 
 
 def test_manifest_json_schema_is_current():

@@ -14,7 +14,7 @@ import shardio.tar
 from pipeline import publish
 from shardio import versions
 from shardio.shards import ShardWriter
-from tests.shardmaker import COLOURS, image_bytes, make_task, uid
+from fixtures.shardmaker import COLOURS, image_bytes, make_task, uid
 from training.train import TrainConfig, train
 
 NAMES = list(COLOURS)
@@ -217,7 +217,7 @@ def test_a_resume_reads_the_version_it_started_on_or_refuses_naming_it(tmp_path,
 
 def test_curate_run_keeps_the_newest_n_and_logs_why(tmp_path):
     from app.cli import main
-    from tests.shardmaker import make_pool
+    from fixtures.shardmaker import make_pool
 
     make_pool(tmp_path / "pool", n=8, per_shard=4)
     (tmp_path / "c.json").write_text(json.dumps({"filters": []}))

@@ -10,7 +10,7 @@ from pipeline.config import load_config
 from pipeline.filters import registry
 from pipeline.run import run_curation
 from shardio.shards import ShardWriter
-from tests.shardmaker import image_bytes, uid
+from fixtures.shardmaker import image_bytes, uid
 
 
 def test_every_filter_module_registers_and_declares_its_contract():

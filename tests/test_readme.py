@@ -170,7 +170,7 @@ def test_demo_writes_its_scorer_where_the_alias_points(tmp_path, monkeypatch):
 
 
 def test_missing_demo_scorer_says_run_the_demo(tmp_path):
-    from tests.shardmaker import make_pool
+    from fixtures.shardmaker import make_pool
 
     make_pool(tmp_path / "pool", n=4, per_shard=4)
     r = subprocess.run([sys.executable, "-m", "app.cli", "run", "--pool", str(tmp_path / "pool"), "--out", str(tmp_path / "o"),

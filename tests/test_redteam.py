@@ -1,4 +1,4 @@
-"""Red-team inputs the hostile corpus (tests/hostile.py) lacks, each of which crashed a whole run, lost
+"""Red-team inputs the hostile corpus (fixtures/hostile.py) lacks, each of which crashed a whole run, lost
 a kept sample from the output or misread it: every one is built here, in tmp_path."""
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.report import at_threshold, confusion, dup_groups, score_filters, write_report
 from pipeline.run import run_curation
-from tests.shardmaker import make_pool, uid
+from fixtures.shardmaker import make_pool, uid
 
 PLANT = {3: "corrupt", 5: "dup", 9: "swapped", 12: "german", 14: "short"}
 NOISE = {"corrupt": "corrupt_image", "dup": "exact_duplicate", "swapped": "swapped_caption",
@@ -142,7 +142,7 @@ def test_not_processed_shards_and_a_rewritten_report_from_the_published_metadata
 
 def test_captions_are_escaped(tmp_path):
     from shardio.shards import ShardWriter
-    from tests.shardmaker import image_bytes
+    from fixtures.shardmaker import image_bytes
 
     with ShardWriter(tmp_path / "pool", 10) as w:
         for i in range(4):

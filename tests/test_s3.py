@@ -20,7 +20,7 @@ import pytest
 from pipeline.run import jobs, plan, run_curation
 from shardio import storage
 from shardio.shards import expand, shard_id
-from tests.shardmaker import make_pool, uid
+from fixtures.shardmaker import make_pool, uid
 
 s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")

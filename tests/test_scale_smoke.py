@@ -1,6 +1,6 @@
 """bench/scale.py: its smoke path on a few thousand rows (no DataComp venv, no Dask cluster, our runs in
 this process) writes the JSON the full benchmark writes, and our CLIP-score uids are DataComp's rule
-(tests/oracles.py); its measuring of a subprocess records peak RSS, a timeout and a memory cap."""
+(fixtures/oracles.py); its measuring of a subprocess records peak RSS, a timeout and a memory cap."""
 import json
 import sys
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from bench import scale
-from tests.oracles import datacomp_top_fraction_uids
+from fixtures.oracles import datacomp_top_fraction_uids
 
 STEPS = ["clip_score_l14", "basic", "image_based"]
 

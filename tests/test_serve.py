@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.shardmaker import make_pool, make_task
+from fixtures.shardmaker import make_pool, make_task
 
 ROOT = Path(__file__).parents[1]
 CONFIG = "clip:\n  - {model: curate-tiny, batch_size: 16}\nfilters:\n  - {type: clip_score, fraction: 0.5}\n"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tests.shardmaker import make_pool, make_task
+from fixtures.shardmaker import make_pool, make_task
 from training.knn import image_probes, is_image_only, knn_logits
 from training.ssl import (SSLConfig, SSLModel, TwoViews, Augment, enqueue, gaussian_blur, momentum_at,
                           momentum_update, moco_v2_loss, nt_xent, pretrain)

@@ -19,7 +19,7 @@ from pipeline.decide import load_columns
 from pipeline.stages.head import HeadConfig
 from pipeline.workdir import WorkDir, check_id
 from schemas.config import ClipModel
-from tests.shardmaker import make_pool, uid
+from fixtures.shardmaker import make_pool, uid
 
 TINY = ClipModel(model="curate-tiny", batch_size=8)
 B32 = ClipModel(precomputed="b32", column="clip_score_b32")

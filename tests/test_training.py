@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tests.shardmaker import make_pool, make_task, uid
+from fixtures.shardmaker import make_pool, make_task, uid
 from training.model import checkpoint_info, is_checkpoint_dir
 from training.train import TrainConfig, lr_at, train
 from training.zeroshot import append_result, evaluate_zeroshot, metrics
@@ -118,7 +118,7 @@ def test_fast_transform_matches_open_clip_transform():
 
     from PIL import Image
 
-    from tests.shardmaker import image_bytes
+    from fixtures.shardmaker import image_bytes
     from training.model import load_clip
     from training.transforms import fast_train_transform
 

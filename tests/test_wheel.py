@@ -7,7 +7,7 @@ import sys
 import venv
 from pathlib import Path
 
-from tests.shardmaker import make_pool
+from fixtures.shardmaker import make_pool
 
 ROOT = Path(__file__).parents[1]
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from pipeline.run import run_curation
 from shardio.tar import iter_samples
-from tests.shardmaker import make_pool, uid
+from fixtures.shardmaker import make_pool, uid
 
 PLANT = {2: "corrupt", 5: "truncated", 7: "noimage", 9: "dup", 13: "empty", 16: "dup"}
 CFG = {"filters": [{"type": "exact_dedup"}]}  # no model: ingest reasons and exact duplicates
