@@ -11,6 +11,7 @@ as in tests/test_s3.py) behind a byte-counting TCP relay, so every byte the serv
 - SIGKILL at each fault point with the output in the bucket: what the pointer shows, and the rerun.
 
     python -m bench.object_store [--rows 1000000] [--tar-samples 20000]   (~10 min on 2 cores)
+    python -m bench.object_store --parts metadata   (one part again; the others' entries are kept)
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY, SECRET = "AKIABENCHOBJSTORE", "bench-secret-not-logged"
+PARTS = {"metadata": "metadata_only", "dask": "dask", "bytes": "bytes_read", "kills": "kills"}  # --parts -> entry
 CLIP = {"clip": [{"model": "curate-tiny", "batch_size": 64}],
         "filters": [{"type": "clip_score", "fraction": 0.3}, {"type": "exact_dedup"}]}
 
@@ -160,9 +162,9 @@ def metadata_only(relay: Relay, work: Path, rows: int, per_shard: int) -> dict:
     out["uid_count"] = int(len(np.load(work / "meta-local-1" / "uids.npy")))
     out["s3_bytes_fetched_vs_parquet_bytes"] = round(out["s3_bytes_fetched"] / parquet_bytes, 3)
     out["s3_bytes_fetched_vs_pool_bytes"] = round(out["s3_bytes_fetched"] / nbytes, 3)
-    out["what_is_fetched"] = ("the parquets' columns the run reads, and the L/14 image and text embeddings of each "
-                              ".npz (range requests, 8 MB read-ahead): the precomputed scorer stage copies them into "
-                              "the work folder for later global filters, even when, as here, only the score is used")
+    out["what_is_fetched"] = ("the parquets' columns the run reads; no .npz byte: the precomputed scorer stage copies "
+                              "a bucket npz's embeddings into the work folder only when a filter or stage of the run "
+                              "reads them, and a CLIP-score filter reads only the score")
     return out
 
 
@@ -307,41 +309,56 @@ def main() -> None:
     ap.add_argument("--tar-samples", type=int, default=20_000, help="tar pool samples (default 20,000)")
     ap.add_argument("--work", default="runs/bench-object-store")
     ap.add_argument("--out", default="bench/results/object_store.json")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help=f"comma-separated, of {','.join(PARTS)}; the parts not run keep their entries in --out")
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
+    if not parts or parts - set(PARTS):
+        ap.error(f"--parts: give some of {','.join(PARTS)}")
+    path = ROOT / a.out
+    old = json.loads(path.read_text()) if parts != set(PARTS) and path.is_file() else {}
+    if set(PARTS) - parts - {k for k, v in PARTS.items() if v in old}:
+        ap.error(f"--parts: {path} has no results for the parts not run; run them too")
     import psutil
 
     from fixtures.shardmaker import make_pool
 
     work = (ROOT / a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    t_start, load = time.time(), {"before": _load()}
+    t_start, load = time.time(), {**old.get("loadavg_1m", {}), "before": _load()}
     server, port = start_server(work / "moto.log")
     relay = Relay(port)
     for k in [k for k in os.environ if k.startswith(("AWS_", "FSSPEC_"))]:
         del os.environ[k]
     os.environ.update({"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{relay.port}"})
-    result: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
+    result: dict = {**old,  # the parts not run keep their entries
+                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                                 "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
                     "server": "moto standalone server (moto[server]) on 127.0.0.1, objects kept by the server "
                               "process; every request through a byte-counting TCP relay"}
     try:
         tar_pool = work / "tars"
-        if not (tar_pool / "00000.tar").is_file() or len(list(tar_pool.glob("*.tar"))) != -(-a.tar_samples // 250):
-            shutil.rmtree(tar_pool, ignore_errors=True)
-            make_pool(tar_pool, n=a.tar_samples, per_shard=250, plant={5: "corrupt", 9: "dup", 40: "noimage"})
-        tar_bytes, _ = upload(tar_pool, "bench", "tars")
-        print("metadata only ...", flush=True)
-        result["metadata_only"] = metadata_only(relay, work, a.rows, a.per_shard)
-        load["after_metadata_only"] = _load()
-        print("dask ...", flush=True)
-        result["dask"] = dask_cluster(work, tar_pool)
-        load["after_dask"] = _load()
-        print("bytes read ...", flush=True)
-        result["bytes_read"] = bytes_read(relay, work, tar_bytes)
-        load["after_bytes_read"] = _load()
-        print("kill points ...", flush=True)
-        result["kills"] = kill_points(work)
+        if parts - {"metadata"}:
+            if not (tar_pool / "00000.tar").is_file() or len(list(tar_pool.glob("*.tar"))) != -(-a.tar_samples // 250):
+                shutil.rmtree(tar_pool, ignore_errors=True)
+                make_pool(tar_pool, n=a.tar_samples, per_shard=250, plant={5: "corrupt", 9: "dup", 40: "noimage"})
+            tar_bytes, _ = upload(tar_pool, "bench", "tars")
+        if "metadata" in parts:
+            print("metadata only ...", flush=True)
+            result["metadata_only"] = metadata_only(relay, work, a.rows, a.per_shard)
+            load["after_metadata_only"] = _load()
+        if "dask" in parts:
+            print("dask ...", flush=True)
+            result["dask"] = dask_cluster(work, tar_pool)
+            load["after_dask"] = _load()
+        if "bytes" in parts:
+            print("bytes read ...", flush=True)
+            result["bytes_read"] = bytes_read(relay, work, tar_bytes)
+            load["after_bytes_read"] = _load()
+        if "kills" in parts:
+            print("kill points ...", flush=True)
+            result["kills"] = kill_points(work)
         load["end"] = _load()
         result["server_rss_mb"] = round(psutil.Process(server.pid).memory_info().rss / 2**20)
     finally:
@@ -360,7 +377,7 @@ def main() -> None:
         "tar_samples": result["dask"]["samples"],
         "bytes_read_vs_pool_bytes": result["bytes_read"]["bytes_read_vs_pool_bytes"],
         "kill_points_identical": result["kills"]["kill_points_identical"],
-        "loadavg_1m": load, "total_seconds": round(time.time() - t_start, 1)})
+        "loadavg_1m": load, "total_seconds": round(time.time() - t_start, 1), "parts_run": sorted(parts)})
     ratio = result["bytes_read_vs_pool_bytes"]
     result["targets"] = {"s3_vs_local_seconds <= 1.5": md["s3_vs_local_seconds"] <= 1.5,
                          "uids identical": md["uids_identical"], "dask_s3_identical": result["dask_s3_identical"],
@@ -374,7 +391,6 @@ def main() -> None:
                        "locally). " if md["rows"] < 1_000_000 else "") + (
         f"Tar pool: {result['tar_samples']:,} samples of 40 px JPEGs, 250 a shard. Seconds are wall time on a shared "
         "machine: read them beside loadavg_1m.")
-    path = ROOT / a.out
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("s3_vs_local_seconds", "metadata_uids_identical", "dask_s3_identical",
                                              "dask_seconds", "bytes_read_vs_pool_bytes", "kill_points_identical",

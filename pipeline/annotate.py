@@ -88,14 +88,15 @@ def decode_side(consumers: list) -> int | None:
 
 
 def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel], languages: bool = False,
-                   stages: list = (), sid: str | None = None) -> dict:
+                   stages: list = (), sid: str | None = None, embeddings: list[str] | None = None) -> dict:
     """Run the stages of a run (scorers ``clip``, the language stage with ``languages``, the configured
     ``stages``) on one shard, each unless its cached output is current; return what ran, the row count
-    and the shard's accounting."""
+    and the shard's accounting. ``embeddings``: the scorer columns whose embeddings the run reads
+    (None: all; a metadata pool's npz in object storage is copied out only for those)."""
     metadata = is_metadata(shard)
     path = shard if isinstance(shard, str) else str(shard)  # a ShardPath keeps its id (shardio/shards.py)
     src = Source(path, sid or shard_id(shard), WorkDir(run_dir), metadata)
-    planned = [st for st in plan(clip, languages, stages, metadata) if st.wanted()]
+    planned = [st for st in plan(clip, languages, stages, metadata, embeddings) if st.wanted()]
     if not metadata:  # one decode feeds every pixel stage: its side shapes the pixels, so it is in their keys
         src.side = decode_side([st for st in planned if st.needs.pixels])
     todo: list[tuple[Stage, str]] = []

@@ -42,6 +42,12 @@ class CurateConfig(CurateBase):
     def needs_languages(self) -> bool:
         return self.languages or any(f.needs_languages() for f in self.filters)
 
+    def embedding_columns(self) -> list[str]:
+        """Scorer columns whose embeddings a filter or a stage reads (not only the scores)."""
+        cols = {c for f in self.filters if f.reads_embeddings for c in f.scorer_columns()}
+        cols.update(c for spec in self.stages for c in getattr(spec, "scorer_columns", lambda: [])())
+        return sorted(cols)
+
     def stage_columns(self) -> dict[str, str]:
         """Columns the configured stages write -> arrow type (export checks them against these)."""
         by_type = configurable()

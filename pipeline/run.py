@@ -155,26 +155,31 @@ def annotate_job(args: tuple) -> ShardResult:
     from pipeline.config import StageSpec
     from schemas.config import ClipModel
 
-    shard, work, clip_json, languages, stages_json, options, cached = args
+    shard, work, clip_json, languages, stages_json, options, cached, *rest = args
+    embeddings = rest[0] if rest else None  # scorer columns whose embeddings the run reads (None: all)
     storage.configure(options)  # the run's storage options, in whichever process runs the job
     clip = [ClipModel.model_validate_json(c) for c in clip_json]
     stages = [TypeAdapter(StageSpec).validate_json(s) for s in stages_json]
     if storage.is_url(work):  # private scratch; results go to the work folder in the store
-        r = workstore.run_job(work, cached, lambda scratch: annotate_shard(shard, scratch, clip, languages, stages))
+        def one(scratch):
+            return annotate_shard(shard, scratch, clip, languages, stages, embeddings=embeddings)
+
+        r = workstore.run_job(work, cached, one)
     else:
-        r = annotate_shard(shard, work, clip, languages, stages)
+        r = annotate_shard(shard, work, clip, languages, stages, embeddings=embeddings)
     return ShardResult.model_validate({**r, "info": r["info"].as_dict()})
 
 
 def jobs(p: Plan) -> list[tuple]:
     """(shard, work folder, scorers, languages, stages, storage options, the shard's cached files in a work
-    folder in object storage): the options print as their schemes only."""
+    folder in object storage, the scorer columns whose embeddings the run reads): the options print as
+    their schemes only."""
     options = storage.Options(p.config.storage_options)
     cached = workstore.index(p.work_url) if p.work_url else {}
     clip = [c.model_dump_json() for c in p.config.clip]
     stages = [st.model_dump_json() for st in p.config.stages]
     return [(s, p.work_url or str(p.work), clip, p.config.needs_languages, stages, options,
-             sorted(cached.get(shard_id(s), {}))) for s in p.shards]
+             sorted(cached.get(shard_id(s), {})), p.config.embedding_columns()) for s in p.shards]
 
 
 def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[str, ShardResult], dict[str, str]]:

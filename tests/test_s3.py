@@ -471,3 +471,58 @@ def test_a_dask_cluster_sharing_no_disk_gives_the_local_outputs(env, tmp_path):
     for f in sorted((Path(local["root"]) / "shards").glob("*.tar")):
         assert fs.cat_file(f"cluster/out/versions/v000001/shards/{f.name}") == f.read_bytes()
     assert m["run"]["stage_runs"] == 15  # ingest, thumbnails and clip per shard, all on the workers
+
+
+def test_a_bucket_metadata_pool_copies_embeddings_only_for_a_filter_that_reads_them(env, tmp_path, monkeypatch):
+    """A CLIP-score-only run reads the parquets' scores and no npz byte; a later run on the same work
+    folder whose filter reads embeddings computes the scorer stage again and copies them out."""
+    _datacomp(tmp_path / "metadata", seed=3)
+    _upload(env, tmp_path / "metadata", "datacomp", "lazy/metadata")
+    opened = []
+    real = storage.open_read
+
+    def spy(path, *a, **k):
+        opened.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(storage, "open_read", spy)
+    scores = {"clip": [{"precomputed": "l14"}], "filters": [{"type": "clip_score", "fraction": 0.3}]}
+    dedup = {**scores, "filters": [*scores["filters"], {"type": "semantic_dedup", "clusters": 2, "eps": 0.5}]}
+    emb = tmp_path / "work" / "embeddings" / "clip_score"
+
+    def same(a, b):
+        assert np.array_equal(np.load(Path(a["root"]) / "uids.npy"), np.load(Path(b["root"]) / "uids.npy"))
+
+    bucket, work = "s3://datacomp/lazy/metadata", tmp_path / "work"
+    remote = run_curation(bucket, tmp_path / "r1", scores, progress=False, work=work)
+    same(remote, run_curation(str(tmp_path / "metadata"), tmp_path / "l1", scores, progress=False))
+    assert remote["kept"] == 25 and not any(p.endswith(".npz") for p in opened), opened
+    assert not emb.exists() or not [p.name for p in emb.iterdir()]  # no copy and no pointer
+    # the same work folder, a filter that reads the embeddings: the scorer stage runs again and copies them
+    remote = run_curation(bucket, tmp_path / "r2", dedup, progress=False, work=work)
+    same(remote, run_curation(str(tmp_path / "metadata"), tmp_path / "l2", dedup, progress=False))
+    assert remote["run"]["stage_runs"] == 2 and 0 < remote["kept"] < 25
+    assert sorted(p for p in opened if p.endswith(".npz")) == [f"{bucket}/{s:08x}cafe.npz" for s in (0, 1)]
+    for s in (0, 1):
+        z = np.load(tmp_path / "metadata" / f"{s:08x}cafe.npz")
+        for part in ("img", "txt"):
+            assert np.array_equal(np.load(emb / f"{s:08x}cafe.{part}.npy"), z[f"l14_{part}"])
+    again = run_curation(bucket, tmp_path / "r3", dedup, progress=False, work=work)
+    assert again["run"]["stage_runs"] == 0
+    same(remote, again)
+
+
+def test_a_local_metadata_pool_keeps_its_npz_pointer_whatever_the_filters(tmp_path):
+    """On local disk the scorer stage records a pointer into the npz for any config: a later run whose
+    filter reads embeddings reuses it (nothing runs again, nothing is copied)."""
+    _datacomp(tmp_path / "metadata", seed=4)
+    scores = {"clip": [{"precomputed": "l14"}], "filters": [{"type": "clip_score", "fraction": 0.3}]}
+    dedup = {**scores, "filters": [*scores["filters"], {"type": "semantic_dedup", "clusters": 2, "eps": 0.5}]}
+    run_curation(str(tmp_path / "metadata"), tmp_path / "a", scores, progress=False, work=tmp_path / "work")
+    emb = tmp_path / "work" / "embeddings" / "clip_score"
+    names = sorted(p.name for p in emb.iterdir())
+    assert names and not any(n.endswith(".npy") for n in names)
+    second = run_curation(str(tmp_path / "metadata"), tmp_path / "b", dedup, progress=False, work=tmp_path / "work")
+    assert second["run"]["stage_runs"] == 0 and sorted(p.name for p in emb.iterdir()) == names
+    fresh = run_curation(str(tmp_path / "metadata"), tmp_path / "c", dedup, progress=False)
+    assert np.array_equal(np.load(Path(second["root"]) / "uids.npy"), np.load(Path(fresh["root"]) / "uids.npy"))

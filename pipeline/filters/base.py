@@ -7,8 +7,9 @@ A filter module defines a subclass of ``Filter`` with
   - ``checks``: the reason suffixes it can record (one reason per check: ``<instance>`` for a single
     check, ``<instance>:<check>`` for several);
   - ``outputs``: columns it writes, ``{field: arrow type}``; each is written as ``<instance>.<field>``;
-  - what it needs: ``scorer_columns()`` (whose embeddings / scores), ``needs_model`` (embeds new
-    images or prompts), ``needs_thumbs``, ``needs_languages()`` (reads ``caption_lang``);
+  - what it needs: ``scorer_columns()`` (whose embeddings / scores), ``reads_embeddings`` (their
+    embeddings, not only the scores), ``needs_model`` (embeds new images or prompts), ``needs_thumbs``,
+    ``needs_languages()`` (reads ``caption_lang``);
   - ``compute(ctx) -> Result``: fail masks per check, columns per output, info (thresholds, counts).
 ``decide`` loops over instances; reasons, columns and info are per instance, so nothing collides.
 A later instance may read an earlier one's result: ``ctx.earlier(name)`` (mix, norm_sim's ``within``).
@@ -34,6 +35,7 @@ class Filter(BaseModel):
     checks: ClassVar[tuple[str, ...]] = ("",)  # "" = the single check, recorded as the instance name
     outputs: ClassVar[dict[str, str]] = {}  # field -> arrow type name (schemas.columns types)
     needs_model: ClassVar[bool] = False
+    reads_embeddings: ClassVar[bool] = False  # reads its scorers' embeddings (ctx.arrays.image / text)
     needs_thumbs: ClassVar[bool] = False
 
     def default_name(self) -> str:

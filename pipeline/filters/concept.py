@@ -21,6 +21,7 @@ class Concept(Filter):
     keep: Literal["above", "below"] = "above"
 
     outputs = {"score": "float32"}
+    reads_embeddings = True
     needs_model = True
 
     def default_name(self) -> str:

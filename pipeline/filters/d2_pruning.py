@@ -22,6 +22,7 @@ class D2Pruning(Filter):
     gamma_r: float = Field(1.0, ge=0)
 
     outputs = {"score": "float32"}
+    reads_embeddings = True
 
     def default_name(self) -> str:
         return f"d2_pruning[{tag(self.column)}{self.budget:g}]"

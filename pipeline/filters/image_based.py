@@ -36,6 +36,7 @@ class ImageBased(Filter):
                                                     "dot product, as DataComp's baseline assigns them")
 
     outputs = {"cluster": "int32"}
+    reads_embeddings = True
 
     @property
     def needs_model(self) -> bool:

@@ -120,6 +120,7 @@ class NegClipLoss(Filter):
     temperature: float = Field(0.01, gt=0, description="the teacher's tau (OpenAI CLIP: 1/100)")
 
     outputs = {"score": "float32", "normaliser": "float32"}
+    reads_embeddings = True
 
     @model_validator(mode="after")
     def _one_of(self):

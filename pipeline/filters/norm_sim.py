@@ -134,6 +134,7 @@ class NormSim(Filter):
     max_targets: int | None = Field(None, gt=0, description="embed at most this many target images")
 
     outputs = {"score": "float32"}
+    reads_embeddings = True
 
     @model_validator(mode="after")
     def _valid(self):

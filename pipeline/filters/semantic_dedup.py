@@ -21,6 +21,7 @@ class SemanticDedup(Filter):
     keep: Literal["farthest", "score", "first"] = "farthest"
 
     outputs = {"cluster": "int32", "dup_of": "string", "max_sim": "float32"}
+    reads_embeddings = True
 
     def default_name(self) -> str:
         return f"semantic_dedup[{tag(self.column)}eps{self.eps:g}]"

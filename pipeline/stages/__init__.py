@@ -50,12 +50,18 @@ def configurable() -> dict[str, type[Stage]]:
     return {t: cls for cls in registry().values() if (t := _config_type(cls)) is not None}
 
 
-def plan(clip: list, languages: bool, configured: list = (), metadata: bool = False) -> list[Stage]:
-    """The stages of a run: the built-in ones (each class's ``instances``), then the configured ones."""
+def plan(clip: list, languages: bool, configured: list = (), metadata: bool = False,
+         embeddings: list[str] | None = None) -> list[Stage]:
+    """The stages of a run: the built-in ones (each class's ``instances``), then the configured ones.
+    ``embeddings``: the scorer columns whose embeddings the run reads (None: all of them)."""
     stages: list[Stage] = []
     builtin = sorted((c for c in registry().values() if c.Config is None), key=lambda c: c.order)
     for cls in builtin:
         stages.extend(cls.instances(clip, languages, metadata))
+    if embeddings is not None:
+        for st in stages:
+            if hasattr(st, "embeddings"):
+                st.embeddings = st.folder in embeddings
     by_type = configurable()
     stages.extend(by_type[c.type](c) for c in configured)
     return stages
@@ -63,4 +69,4 @@ def plan(clip: list, languages: bool, configured: list = (), metadata: bool = Fa
 
 def plan_for(config, metadata: bool = False) -> list[Stage]:
     """``plan`` for a curation config (pipeline/config.py)."""
-    return plan(config.clip, config.needs_languages, config.stages, metadata)
+    return plan(config.clip, config.needs_languages, config.stages, metadata, config.embedding_columns())

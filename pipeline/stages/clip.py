@@ -3,7 +3,8 @@ text embeddings. A model scores batches of decoded images (``ClipScorer.prepare`
 CPU, ``submit`` per batch on its device, collected while the next batch is read; JPEGs are decoded on
 the device when its ``decode`` setting says so: pipeline/annotate.py); a ``precomputed`` scorer reads
 DataComp's scores and embeddings: a tar's sidecar ``<shard>.parquet`` / ``.npz`` (matched by uid), or, for a
-metadata-only pool, the metadata parquet and an npz read in place (a pointer, never a copy)."""
+metadata-only pool, the metadata parquet and an npz read in place (a pointer, never a copy; an npz in
+object storage is copied out, and only when a filter or stage of the run reads its embeddings)."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ import pyarrow as pa
 from pipeline import metadata as md
 from pipeline.stages.base import Batch, Needs, Source, Stage
 from schemas.config import ClipModel
+from shardio import storage
 from shardio.shards import atomic_save_npy, atomic_write_bytes
 
 
@@ -37,6 +39,7 @@ class Clip(Stage):
 
     def __init__(self, spec: ClipModel):
         self.spec = spec
+        self.embeddings = True  # whether the run reads this scorer's embeddings (stages.plan sets it)
         if spec.precomputed:
             self.needs = Needs()
         self.pending = None  # the batch on the device, collected when the next one is queued
@@ -82,6 +85,8 @@ class Clip(Stage):
         cfg = {**scorer_identity(self.spec), "version": self.version}
         if src.metadata:  # the embeddings stay in the npz: its identity is in the key
             cfg["npz"] = md.npz_identity(md.npz_path(src.path))
+            if not self._copies(src):
+                cfg["embeddings"] = False  # a run that reads them computes this stage again
         elif self.spec.precomputed:
             cfg["weights"] = md.sidecar_identity(src.path)
         else:  # the decode side shapes the pixels
@@ -137,6 +142,11 @@ class Clip(Stage):
             atomic_save_npy(src.work.embeddings(self.folder, src.sid, "img"), img)
             atomic_save_npy(src.work.embeddings(self.folder, src.sid, "txt"), txt)
 
+    def _copies(self, src: Source) -> bool:
+        """Whether a metadata pool's embeddings are located or copied out: always from a local npz (a
+        pointer costs nothing), from one in object storage only when the run reads them."""
+        return self.embeddings or not storage.is_url(md.npz_path(src.path))
+
     def _metadata(self, src: Source, n: int) -> np.ndarray:
         """A metadata-only pool: the score column, and the npz's embeddings located (or copied out)."""
         npz = md.npz_path(src.path)
@@ -145,7 +155,9 @@ class Clip(Stage):
         for part in ("img", "txt"):  # a pointer or a copy, never both
             src.work.embeddings(self.folder, src.sid, part).unlink(missing_ok=True)
         pointer.unlink(missing_ok=True)
-        if where is not None:
+        if not self._copies(src):  # no filter or stage of the run reads them: the scores alone
+            score = md.precomputed_score(src.path, self.spec)
+        elif where is not None:
             score = md.precomputed_score(src.path, self.spec)
             pointer.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(pointer, json.dumps(where).encode())
