@@ -16,7 +16,6 @@ as in tests/test_s3.py) behind a byte-counting TCP relay, so every byte the serv
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -30,17 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fixtures.buckets import checksums, start_server, wait_for_lease
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY, SECRET = "AKIABENCHOBJSTORE", "bench-secret-not-logged"
 PARTS = {"metadata": "metadata_only", "dask": "dask", "bytes": "bytes_read", "kills": "kills"}  # --parts -> entry
 CLIP = {"clip": [{"model": "curate-tiny", "batch_size": 64}],
         "filters": [{"type": "clip_score", "fraction": 0.3}, {"type": "exact_dedup"}]}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Relay:
@@ -82,22 +77,6 @@ class Relay:
                 except OSError:
                     pass
                 s.close()
-
-
-def start_server(log: Path) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"moto server did not start (exit {proc.poll()}); see {log}")
-            time.sleep(0.2)
 
 
 def _fs():
@@ -239,34 +218,6 @@ def bytes_read(relay: Relay, work: Path, pool_bytes: int) -> dict:
     return out
 
 
-def _checksums(url: str) -> dict[str, str]:
-    """sha256 of what a reader consumes in the version the pointer names (manifest without its run facts)."""
-    from pipeline.objstore import published_url
-    from shardio import storage
-
-    fs, base = storage.filesystem(published_url(url))
-    fs.invalidate_cache()
-    files = sorted(f for f in fs.find(base) if not f.endswith(("_stats.json", "manifest.json", "report.html")))
-    sums = {f[len(base) + 1:]: hashlib.sha256(fs.cat_file(f)).hexdigest() for f in files}
-    m = json.loads(fs.cat_file(f"{base}/manifest.json"))
-    m.pop("run", None)
-    sums["manifest.json"] = hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
-    return sums
-
-
-def _wait_for_lease(url: str) -> None:
-    from shardio import storage
-
-    fs, root = storage.filesystem(url)
-    fs.invalidate_cache()
-    try:
-        held = json.loads(fs.cat_file(f"{root}/.curate.lock"))
-    except FileNotFoundError:
-        return
-    while time.time() <= held["expires"]:
-        time.sleep(0.2)
-
-
 def kill_points(work: Path) -> dict:
     """tests/test_s3.py's kill_and_rerun, each point recorded instead of asserted."""
     from pipeline.faults import POINTS
@@ -282,18 +233,18 @@ def kill_points(work: Path) -> dict:
     _, r = cli_run(str(pool), "s3://kills/clean", str(new))
     if r.returncode != 0:
         raise RuntimeError(r.stderr[-3000:])
-    want = _checksums("s3://kills/clean")
+    want = checksums("s3://kills/clean")
     points = {}
     for point in POINTS:
         out = f"s3://kills/{point.replace(':', '_')}"
         _, r0 = cli_run(str(pool), out, str(old))
-        before = _checksums(out)
+        before = checksums(out)
         _, r = cli_run(str(pool), out, str(new), kill=point)
-        seen = _checksums(out)
+        seen = checksums(out)
         expect = want if point == "publish:switched" else before
-        _wait_for_lease(out)
+        wait_for_lease(out)
         _, r2 = cli_run(str(pool), out, str(new))
-        after = _checksums(out)
+        after = checksums(out)
         points[point] = {"killed": r.returncode == -9, "pointer_shows": "new" if seen == want else
                          "old" if seen == before else "a mix", "as_expected": seen == expect,
                          "rerun_ok": r0.returncode == 0 and r2.returncode == 0, "rerun_identical": after == want}

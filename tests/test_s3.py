@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 from pipeline.run import jobs, plan, run_curation
 from shardio import storage
 from shardio.shards import expand, shard_id
+from fixtures.buckets import checksums, start_server, stop_server, wait_for_lease
 from fixtures.shardmaker import make_pool, uid
 
 s3fs = pytest.importorskip("s3fs")
@@ -30,36 +30,12 @@ CLIP = {"clip": [{"model": "curate-tiny", "batch_size": 16}],
         "filters": [{"type": "clip_score", "fraction": 0.5}, {"type": "exact_dedup"}]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """moto's S3 server on a free port of 127.0.0.1; its endpoint URL."""
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"moto server did not start (exit {proc.poll()})")
-            time.sleep(0.2)
+    proc, port = start_server(tmp_path_factory.mktemp("moto") / "server.log")
     yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_server(proc)
 
 
 @pytest.fixture
@@ -319,22 +295,6 @@ def test_https_pools_are_read_only_streams(tmp_path):
         srv.shutdown()
 
 
-def _checksums(url: str) -> dict[str, str]:
-    """sha256 of what a reader consumes in the version ``current`` names (as publish.checksums does locally)."""
-    import hashlib
-
-    from pipeline.objstore import published_url
-
-    root = published_url(url)
-    fs, base = storage.filesystem(root)
-    files = sorted(f for f in fs.find(base) if not f.endswith(("_stats.json", "manifest.json", "report.html")))
-    sums = {f[len(base) + 1:]: hashlib.sha256(fs.cat_file(f)).hexdigest() for f in files}
-    m = json.loads(fs.cat_file(f"{base}/manifest.json"))
-    m.pop("run", None)
-    sums["manifest.json"] = hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
-    return sums
-
-
 def test_output_and_work_folder_in_a_bucket(env, tmp_path):
     """--out s3://: the version is uploaded, then the pointer; the per-shard cache lives in the bucket,
     so another machine (a fresh mirror) reruns from it without annotating."""
@@ -359,10 +319,10 @@ def test_output_and_work_folder_in_a_bucket(env, tmp_path):
     shutil.rmtree(_local("curate-work", "s3://outs/run"))  # another machine: nothing of this one's
     again = run_curation("s3://outs/pool", "s3://outs/run", CLIP, progress=False)
     assert again["run"]["stage_runs"] == 0 and again["root"].endswith("v000002")
-    from pipeline.publish import checksums
+    from pipeline.publish import checksums as local_checksums
 
-    here = {k: v for k, v in checksums(tmp_path / "local").items() if k != "manifest.json"}
-    assert {k: v for k, v in _checksums("s3://outs/run").items() if k != "manifest.json"} == here
+    here = {k: v for k, v in local_checksums(tmp_path / "local").items() if k != "manifest.json"}
+    assert {k: v for k, v in checksums("s3://outs/run").items() if k != "manifest.json"} == here
     assert sorted(storage.name(v) for v in fs.ls("outs/run/versions")) == ["v000001", "v000002"]
     # the output as a pool (curate train --data, reshard --pool): the shards its pointer names
     got = expand("s3://outs/run")
@@ -403,18 +363,6 @@ def _cli(pool, out, config, kill=None):
                           cwd=Path(__file__).parents[1])
 
 
-def _wait_for_lease(url: str) -> None:
-    """A killed run's lock stays until its lease runs out (2 s here): wait for that, not a fixed time."""
-    fs, root = storage.filesystem(url)
-    fs.invalidate_cache()
-    try:
-        held = json.loads(fs.cat_file(f"{root}/.curate.lock"))
-    except FileNotFoundError:
-        return
-    while time.time() <= held["expires"]:
-        time.sleep(0.2)
-
-
 def kill_and_rerun(env, tmp_path, points) -> None:
     make_pool(tmp_path / "pool", n=40, per_shard=10, plant={3: "corrupt", 8: "dup"})
     _bucket(env, "kills")
@@ -422,18 +370,18 @@ def kill_and_rerun(env, tmp_path, points) -> None:
     old.write_text(json.dumps({"filters": []}))
     new.write_text(json.dumps({"filters": [{"type": "exact_dedup"}, {"type": "basic", "min_side": 30}]}))
     assert _cli(tmp_path / "pool", "s3://kills/clean", new).returncode == 0
-    want = _checksums("s3://kills/clean")
+    want = checksums("s3://kills/clean")
     for point in points:
         out = f"s3://kills/{point.replace(':', '_')}"
         assert _cli(tmp_path / "pool", out, old).returncode == 0
-        before = _checksums(out)
+        before = checksums(out)
         r = _cli(tmp_path / "pool", out, new, kill=point)
         assert r.returncode == -9, (point, r.stderr[-2000:])
-        seen = _checksums(out)  # the pointer names the previous complete version, or the new one once switched
+        seen = checksums(out)  # the pointer names the previous complete version, or the new one once switched
         assert seen == (want if point == "publish:switched" else before), point
-        _wait_for_lease(out)  # the killed run's lock is taken over once its lease runs out
+        wait_for_lease(out)  # the killed run's lock is taken over once its lease runs out
         assert _cli(tmp_path / "pool", out, new).returncode == 0, point
-        assert _checksums(out) == want, point
+        assert checksums(out) == want, point
 
 
 def test_kills_while_publishing_to_a_bucket_lose_nothing(env, tmp_path):
