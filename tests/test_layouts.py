@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from pipeline.ingest import derive_uid
 from pipeline.reshard import reshard
 from pipeline.run import plan, run_curation
 from shardio.shards import expand, iter_tar_samples, shard_id
+from fixtures.shardmaker import write_members as _tar
 
 META = {"filters": []}
 
@@ -29,16 +29,6 @@ def _jpg(seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "JPEG")
     return buf.getvalue()
-
-
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as t:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 0
-            t.addfile(info, io.BytesIO(data))
-    return path
 
 
 def _samples(keys: list[str], seed: int) -> list[tuple[str, bytes]]:

@@ -160,13 +160,28 @@ def test_deployment_defaults_name_what_the_demo_makes():
 
 
 def test_demo_writes_its_scorer_where_the_alias_points(tmp_path, monkeypatch):
-    """`demo-scorer` and the demo's scorer folder come from one place."""
+    """`demo-scorer` and the folder the demo trains its filtering network into come from one place."""
+    import app.sample_pool
+    import training.train
+    from app.demo import run_demo
     from schemas.checkpoint import DEMO_SCORER, demo_scorer_path
     from schemas.config import ClipModel
 
-    assert ClipModel(model=DEMO_SCORER).model == demo_scorer_path()
-    src = (ROOT / "app" / "demo.py").read_text()
-    assert "DEMO_SCORER_DIR" in src and '"dfn"' not in src
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def first_training(cfg, *a, **k):
+        seen.append(cfg.out_dir)
+        raise Stop
+
+    monkeypatch.setattr(app.sample_pool, "build_pool", lambda *a, **k: {"counts": {"pool": 10}})
+    monkeypatch.setattr(training.train, "train", first_training)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Stop):
+        run_demo()  # the defaults a user gets from `curate demo`
+    assert f"{seen[0]}/final" == demo_scorer_path() == ClipModel(model=DEMO_SCORER).model
 
 
 def test_missing_demo_scorer_says_run_the_demo(tmp_path):

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import struct
-import tarfile
 import zlib
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from PIL import Image
 
 from pipeline.run import run_curation
 from shardio.shards import expand, iter_tar_samples, shard_id
+from fixtures.shardmaker import write_members as _tar
 
 META = {"filters": []}
 CLIP = {"clip": [{"model": "curate-tiny", "batch_size": 16}], "filters": []}
@@ -38,16 +38,6 @@ def _png(w: int, h: int) -> bytes:
     raw = (b"\x00" + b"\x80" * w) * h
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-
-
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as t:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 0
-            t.addfile(info, io.BytesIO(data))
-    return path
 
 
 def _sample(key, i, image=None, caption=b"a photo of a thing", js=None, ext="jpg", cap_ext="txt"):
