@@ -48,8 +48,10 @@ def input_identity(shard: str | Path) -> dict:
     return storage.identity(shard)  # a URL's: its size and the store's version
 
 
-def cache_key(stage: str, stage_config: dict, shard: str | Path) -> str:
-    blob = json.dumps({"stage": stage, "config": stage_config, "input": input_identity(shard)}, sort_keys=True)
+def cache_key(stage: str, stage_config: dict, shard: str | Path, identity: dict | None = None) -> str:
+    """A stage's cache key on one shard; ``identity``: the shard's ``input_identity`` when already known."""
+    ident = identity if identity is not None else input_identity(shard)
+    blob = json.dumps({"stage": stage, "config": stage_config, "input": ident}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -100,8 +102,9 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     if not metadata:  # one decode feeds every pixel stage: its side shapes the pixels, so it is in their keys
         src.side = decode_side([st for st in planned if st.needs.pixels])
     todo: list[tuple[Stage, str]] = []
+    ident = input_identity(shard)  # once a shard: a URL's costs a request to the store
     for st in planned:
-        src.keys[st.folder] = key = cache_key(st.folder, st.key_config(src), shard)
+        src.keys[st.folder] = key = cache_key(st.folder, st.key_config(src), shard, ident)
         if not is_done(src.work.columns(st.folder, src.sid), key):
             todo.append((st, key))
     ingest_path = src.work.columns("ingest", src.sid)
