@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 import traceback

@@ -8,7 +8,6 @@ object storage is copied out, and only when a filter or stage of the run reads i
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
