@@ -3,12 +3,16 @@
     .venv/bin/python -m bench.grid                       # web pool, samples seen = pool size, 3 seeds
     .venv/bin/python -m bench.grid --budget 3            # the 3x budget variant (no filter, CLIP score, best)
     .venv/bin/python -m bench.grid --preset clean --tag ""   # the older grid on the ~71% clean pool
+    .venv/bin/python -m bench.grid --seeds 3 4 5 --tag _beyond   # with the published methods' candidates
 
 Every strategy curates the same pool (one annotate pass per scorer, cached in <root>/work), then for
 each seed a `curate-tiny` model trains on what it kept at the same samples-seen budget (DataComp's
 rule: samples seen = pool size) and is evaluated on the built-in suite (DataComp-style groups:
 ImageNet analogue, distribution shifts, VTAB-like, retrieval, average; bootstrap standard errors per
-task). Resumable: finished (strategy, seed, budget) runs are read back from <root>/runs.jsonl.
+task). Resumable: finished (strategy, seed, budget) runs are read back from <root>/runs.jsonl and from
+the committed bench/results/grid<tag>_runs.jsonl (rows of the same pool only, by a hash of its ground
+truth), so a grid longer than one sitting goes on in a fresh checkout; a candidate's validation average
+is stored with its run.
 
 Scorers, as in the field: `clip_score_*` use a CLIP trained on the raw pool (the no-filter model of
 the first seed, the analogue of OpenAI's web-trained CLIP); `dfn_*` use the filtering network trained
@@ -38,24 +42,44 @@ def validate(root: Path, pool: Path, row: dict) -> float | None:
     """Average on the validation suite (None when the pool has none, e.g. the synthetic fallback)."""
     from training.evalsuite import run_suite
 
-    if not (pool / "val").is_dir():
+    if row.get("validation") is not None:  # stored with the run (it outlives the checkpoint)
+        return row["validation"]
+    if not (pool / "val").is_dir() or not Path(row["checkpoint"]).is_dir():
         return None
     return run_suite(row["checkpoint"], pool / "val", "validation",
                      results=Path(row["checkpoint"]).parent / "val.jsonl")["average"]
 
 
-def done_runs(path: Path) -> dict[tuple[str, int, int], dict]:
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {(r["strategy"], r["seed"], r["samples_seen"]): r for r in rows}
+def done_runs(*paths: Path, pool: str | None = None) -> dict[tuple[str, int, int], dict]:
+    """Finished runs from the run folder's log and the committed carry file (a later session resumes
+    from it: the checkpoints are gone, the figures are not); only rows of this very pool."""
+    out = {}
+    for i, path in enumerate(paths):
+        if not path.is_file():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for r in rows:  # the run folder's own log may predate pool ids; a carried row must name this pool
+            if r.get("pool_id") == pool or (i == 0 and r.get("pool_id") is None):
+                out.setdefault((r["strategy"], r["seed"], r["samples_seen"]), r)
+    return out
+
+
+def pool_id(pool: Path) -> str:
+    """The pool's identity: a hash of its sorted uids and noise labels (its ground truth)."""
+    import hashlib
+
+    import pandas as pd
+
+    t = pd.read_parquet(pool / "ground_truth.parquet", columns=["uid", "noise"]).sort_values("uid")
+    text = "\n".join(f"{u}\t{n}" for u, n in zip(t["uid"], t["noise"].fillna("")))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 BATCH = 64  # the CPU preset: 312 steps at 20k samples seen (256 gave 78 steps, seed spreads as large as the effects)
 
 
-def run_one(root: Path, pool: Path, name: str, cfg: dict, seed: int, samples_seen: int, log: Path,
-            batch: int = BATCH) -> dict:
+def run_one(root: Path, pool: Path, name: str, cfg: dict, seed: int, samples_seen: int, log: list[Path],
+            batch: int = BATCH, validate_too: bool = False) -> dict:
     from pipeline.run import run_curation
     from training.evalsuite import run_suite
     from training.train import TrainConfig, train
@@ -73,9 +97,12 @@ def run_one(root: Path, pool: Path, name: str, cfg: dict, seed: int, samples_see
            "groups": {g: v["mean"] for g, v in ev["groups"].items()}, "average": ev["average"],
            "average_se": ev.get("average_se"), "tasks": {r["task"]: r["main"] for r in ev["rows"]},
            "task_se": {r["task"]: r.get("se") for r in ev["rows"]},
-           "train_seconds": round(time.time() - t0, 1), "checkpoint": tr["checkpoint"]}
-    with open(log, "a") as f:
-        f.write(json.dumps(row) + "\n")
+           "train_seconds": round(time.time() - t0, 1), "checkpoint": tr["checkpoint"], "pool_id": pool_id(pool)}
+    if validate_too:
+        row["validation"] = validate(root, pool, row)
+    for path in log:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
     print(f"{name} seed {seed} ({samples_seen} seen): size {row['dataset_size']}, average {row['average']:.4f}",
           flush=True)
     return row
@@ -186,6 +213,8 @@ def main() -> None:
     ap.add_argument("--web", default=None, help="web-trained CLIP for the clip_score strategies (default: this "
                                                  "grid's no-filter model of the first seed)")
     ap.add_argument("--tag", default=None, help="write grid<tag>.json/.md/.svg (default: _<preset>)")
+    ap.add_argument("--carry", default=None, help="finished runs, appended as they end and read back by a "
+                    "later call, even in a fresh checkout (default: bench/results/grid<tag>_runs.jsonl)")
     ap.add_argument("--batch-size", type=int, default=BATCH, help=f"training batch (default {BATCH}; the runs "
                     "go to runs/grid-<preset>-b<batch> unless it is 256, the earlier grids' batch)")
     a = ap.parse_args()
@@ -199,8 +228,9 @@ def main() -> None:
     base_seen = a.samples_seen or info["counts"]["pool"]
     seen = base_seen * a.budget
     root.mkdir(parents=True, exist_ok=True)
-    log = root / "runs.jsonl"
-    rows = done_runs(log)
+    carry = Path(a.carry) if a.carry else OUT / f"grid{tag}_runs.jsonl"
+    log = [root / "runs.jsonl", carry]
+    rows = done_runs(*log, pool=pool_id(pool))
     t0 = time.time()
     dfn = a.dfn or str(root / "dfn" / "final")
     if not Path(dfn).is_dir():  # the filtering network: a CLIP trained on the clean trusted split
@@ -212,6 +242,11 @@ def main() -> None:
         rows[("no_filter", first, base_seen)] = run_one(root, pool, "no_filter", {"filters": []}, first, base_seen, log,
                                                         a.batch_size)
     web = a.web or rows[("no_filter", first, base_seen)]["checkpoint"]
+    if not Path(web).is_dir():  # carried from an earlier session: the same seeded training again
+        web = train(TrainConfig(train_data=str(root / "curated" / "no_filter" / "shards"), model="curate-tiny",
+                                out_dir=str(Path(web).parent), samples_seen=base_seen, seed=first,
+                                batch_size=a.batch_size))["checkpoint"] if (root / "curated" / "no_filter").is_dir() \
+            else run_one(root, pool, "no_filter", {"filters": []}, first, base_seen, [], a.batch_size)["checkpoint"]
     plan = strategies(pool, web, dfn)
     cands = candidates(pool, web, dfn)
     select_seeds = sorted(a.seeds)[:a.select_seeds]
@@ -220,7 +255,8 @@ def main() -> None:
         vals = []
         for seed in select_seeds:
             if (name, seed, base_seen) not in rows:
-                rows[(name, seed, base_seen)] = run_one(root, pool, name, cfg, seed, base_seen, log, a.batch_size)
+                rows[(name, seed, base_seen)] = run_one(root, pool, name, cfg, seed, base_seen, log, a.batch_size,
+                                                        validate_too=True)
             vals.append(validate(root, pool, rows[(name, seed, base_seen)]))
         selection[name] = {"validation_average": None if None in vals else round(statistics.mean(vals), 4),
                            "validation_by_seed": vals, "dataset_size": rows[(name, first, base_seen)]["dataset_size"]}
