@@ -4,7 +4,6 @@ scorer's device and resized there give the Pillow path's scores within 0.01, the
 The multi-GPU spread of annotate workers assigns every shard once."""
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
@@ -15,6 +14,7 @@ from PIL import Image
 
 import pipeline.annotate as annotate
 import shardio.gpu_decode as gd
+from fixtures.jpegs import SIZES, encode, picture, planted
 from pipeline import executors
 from pipeline.neardup import thumbnail
 from pipeline.stages.thumbs import device_thumbnails
@@ -26,38 +26,6 @@ from shardio.shards import ShardWriter
 WHY = gd.decode_jpeg_works("cpu")
 needs_decode_jpeg = pytest.mark.skipif(WHY is not None, reason=f"device decode cannot run here: {WHY} "
                                                                "(run in a Python 3.12 venv with torchvision's ops)")
-SIZES = [(256, 256), (300, 200), (200, 333), (40, 40), (1000, 600), (2000, 37), (64, 64), (513, 257)]
-
-
-def picture(w: int, h: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([x * 255 // max(w, 1), y * 255 // max(h, 1), (x * 3 + y) * 60 // max(w + h, 1)], -1)
-    base = base + 60 * (((x // 17) + (y // 13)) % 2)[..., None]  # edges, so resizing matters
-    return np.clip(base + rng.integers(-25, 25, (h, w, 3)), 0, 255).astype(np.uint8)
-
-
-def encode(arr: np.ndarray, fmt: str = "JPEG", mode: str = "RGB", **kw) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).convert(mode).save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def planted() -> list[tuple[str, bytes]]:
-    """(kind, bytes): plain JPEGs of several sizes, then what must take the CPU path."""
-    out = [("jpeg", encode(picture(w, h, i), quality=90)) for i, (w, h) in enumerate(SIZES * 3)]
-    full = encode(picture(120, 90, 99))
-    out += [("grey", encode(picture(90, 120, 7), mode="L")),
-            ("progressive", encode(picture(150, 100, 8), progressive=True)),
-            ("png", encode(picture(80, 60, 9), "PNG")),
-            ("webp", encode(picture(70, 50, 10), "WEBP")),
-            ("gif", encode(picture(64, 48, 11), "GIF")),
-            ("cmyk", encode(picture(100, 80, 12), mode="CMYK")),
-            ("truncated", full[:len(full) // 2]),
-            ("corrupt", b"\xff\xd8\xff" + b"\x00not a jpeg" * 20 + b"\xff\xd9"),
-            ("garbage", b"not an image at all" * 5),
-            ("empty", b"")]
-    return out
 
 
 def write_shard(folder, items) -> str:

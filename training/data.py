@@ -37,16 +37,23 @@ def _samples(src: Iterator[dict]) -> Iterator[dict]:
             log.warning("shard %s: %s (its complete samples were used)", item["url"], report.error)
 
 
-def _batches(src: Iterator[dict], preprocess: Callable, tokenizer: Callable, batch_size: int, seed: int):
-    """Decode, transform and collate; each batch carries the bad-sample counts since the last one."""
+def _batches(src: Iterator[dict], preprocess: Callable, tokenizer: Callable, batch_size: int, seed: int,
+             device_decode: bool = False):
+    """Decode, transform and collate; each batch carries the bad-sample counts since the last one.
+    ``device_decode``: plain JPEGs stay undecoded with their crop box (training/device_decode.py)."""
+    from training.device_decode import worker_item
+
     fast = fast_train_transform(preprocess)
     rng = random.Random(seed)
     images, captions, bad = [], [], Counter()
     told: set[str] = set()
     for sample in src:
         data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
-        img, reason = decode_image(data)
         caption = sample.get("txt")
+        if device_decode and caption is not None:
+            img, reason = worker_item(data, fast, rng)
+        else:
+            img, reason = decode_image(data)
         if img is None or caption is None:
             kind = (reason or "no_caption").split(":")[0]
             bad[kind] += 1
@@ -56,31 +63,39 @@ def _batches(src: Iterator[dict], preprocess: Callable, tokenizer: Callable, bat
                             kind, sample.get("__key__"))
             continue
         try:
-            images.append(fast.image(img, rng) if fast else preprocess(img))
+            images.append(img if device_decode else fast.image(img, rng) if fast else preprocess(img))
         except Exception as e:  # noqa: BLE001 - a transform failing on one image skips that image
             bad[f"transform_failed:{type(e).__name__}"] += 1
             continue
         captions.append(caption.decode("utf-8", "replace") if isinstance(caption, bytes) else caption)
         if len(images) == batch_size:
-            pixels = fast.batch(images) if fast else torch.stack(images)
+            pixels = images if device_decode else fast.batch(images) if fast else torch.stack(images)
             yield pixels, tokenizer(captions), dict(bad)
             images, captions, bad = [], [], Counter()
 
 
 def train_loader(data: str | list[str], preprocess: Callable, tokenizer: Callable, batch_size: int,
-                 seed: int = 0, workers: int = 1, shuffle: int = 2000) -> torch.utils.data.DataLoader:
+                 seed: int = 0, workers: int = 1, shuffle: int = 2000, decode_on: str | None = None):
     """An endless loader of ``(images, tokens, bad_counts)`` batches of ``batch_size`` per process.
 
-    ``seed`` should differ per rank and per resume so streams do not repeat."""
+    ``seed`` should differ per rank and per resume so streams do not repeat. ``decode_on``: a device
+    whose JPEG decoder takes the batches' plain JPEGs (then the images come out on that device); only
+    with open_clip's standard train transform, else the CPU decodes as always."""
+    from training.device_decode import DeviceBatches
+
     urls = expand(data)
+    fast = fast_train_transform(preprocess) if decode_on else None
+    if decode_on and fast is None:
+        log.info("decode on %s: not with this train transform; the loader decodes on the CPU", decode_on)
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed, deterministic=True),
         _Stage(_samples),
         wds.shuffle(shuffle, initial=min(shuffle, 500), seed=seed),
-        _Stage(_batches, preprocess, tokenizer, batch_size, seed),
+        _Stage(_batches, preprocess, tokenizer, batch_size, seed, fast is not None),
     )
-    return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers,
-                                       persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers,
+                                         persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    return DeviceBatches(iter(loader), fast, decode_on) if fast is not None else loader
 
 
 class _Stage:

@@ -56,6 +56,8 @@ class TrainConfig(BaseModel):
     workers: int | None = Field(None, ge=0, description="loader worker processes per rank; default: 0 on CPU "
                                 "(measured no faster on 2 cores), 4 on GPU")
     device: str = "auto"
+    decode: Literal["auto", "cpu", "device"] = Field("auto", description="JPEG decoding of training images: "
+                                                     "auto: on the GPU where its decoder works; cpu; device")
     seed: int = 0
     log_every: int = Field(10, ge=1)
     max_steps: int | None = Field(None, description="stop after this step (to simulate a crash in tests)")
@@ -149,8 +151,11 @@ def _fit(cfg: TrainConfig, objective, shards: list[str]) -> dict:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device != "cpu" else None)
     preprocess, tokenizer = objective.transforms()
     workers = cfg.workers if cfg.workers is not None else (4 if device.startswith("cuda") else 0)
+    from shardio.gpu_decode import use_device_decode
+
+    on = device if use_device_decode(cfg.decode, device) else None
     loader = iter(train_loader(shards, preprocess, tokenizer, cfg.batch_size // world,
-                               seed=cfg.seed * 7919 + rank * 104729 + start, workers=workers))
+                               seed=cfg.seed * 7919 + rank * 104729 + start, workers=workers, decode_on=on))
     run = _Run(cfg, objective, out, state_path, rank, start, _autocast(cfg, device))
     run.steps(model, opt, loader)
     _close(loader)
@@ -282,6 +287,7 @@ def _progress(rank: int, start: int, total: int):
 
 def _close(loader) -> None:
     """Stop loader workers now; a worker that dies on the way out does not fail a finished run."""
+    loader = getattr(loader, "loader", loader)  # training/device_decode.DeviceBatches wraps the loader
     try:
         if hasattr(loader, "_shutdown_workers"):
             loader._shutdown_workers()

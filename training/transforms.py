@@ -41,8 +41,25 @@ class FastTrainTransform(Normalize):
         return x, y, x + cw, y + ch
 
     def image(self, im: Image.Image, rng: random.Random) -> np.ndarray:
-        box = self.crop_box(*im.size, rng)
+        return self.crop(im, self.crop_box(*im.size, rng))
+
+    def crop(self, im: Image.Image, box: tuple[int, int, int, int]) -> np.ndarray:
         return np.asarray(im.resize((self.size, self.size), Image.BICUBIC, box=box))
+
+    def tensors(self, images: list, boxes: list[tuple[int, int, int, int]]):
+        """(3, H, W) uint8 images on one device, each with its crop box -> (N, 3, size, size) float
+        0..255 there (rounded, as ``crop``'s uint8): torch's antialiased bicubic, as Pillow's."""
+        import torch
+        import torch.nn.functional as F
+
+        s = self.size
+        out = torch.empty((len(images), 3, s, s), dtype=torch.float32, device=images[0].device if images else "cpu")
+        for i, (im, (x0, y0, x1, y1)) in enumerate(zip(images, boxes)):
+            x = im[:, y0:y1, x0:x1].unsqueeze(0).float()
+            if x.shape[-2:] != (s, s):
+                x = F.interpolate(x, size=(s, s), mode="bicubic", antialias=True, align_corners=False)
+            out[i] = x[0]
+        return out.round_().clamp_(0, 255)
 
 
 def fast_train_transform(preprocess) -> FastTrainTransform | None:
