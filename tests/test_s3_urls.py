@@ -228,6 +228,12 @@ def test_training_writes_to_and_resumes_from_a_bucket(env, tmp_path):
     assert fs.cat_file(f"runs/r2/{weights}") == (tmp_path / "r2" / weights).read_bytes()
     assert e["steps"] == 4
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("curate-train-*"))  # staging folders removed
+    # training on a curated output in the bucket: the version its `current` pointer names
+    from pipeline.run import run_curation
+
+    m = run_curation(data, "s3://runs/curated", {"filters": [{"type": "exact_dedup"}]}, progress=False)
+    f = _train("s3://runs/curated", "s3://runs/r3")
+    assert m["kept"] == 40 and f["steps"] == 4 and f["checkpoint"] == "s3://runs/r3/final"
 
 
 def test_no_secret_lands_in_outputs_results_or_logs(server, monkeypatch, tmp_path, capfd, caplog):
