@@ -73,11 +73,12 @@ def cache_root() -> Path:
 
 def remote_files(url: str, what: str = "checkpoint") -> list[tuple[str, dict]]:
     """``(name, identity)`` of what a checkpoint URL stands for: a folder's config and weights files
-    (open_clip's local-dir layout), or the one file. A clear error when neither is there."""
+    (open_clip's local-dir layout), or the one file (always, for a URL with a query: a signed one).
+    A clear error when neither is there."""
     if url in _COPIES:
         return _COPIES[url][0]
     config = storage.join(url, CONFIG_FILE)
-    if storage.is_file(config):
+    if "?" not in url and storage.is_file(config):  # a signed URL names one object, never a folder
         weights = [n for n in (WEIGHTS_FILE, BIN_WEIGHTS) if storage.is_file(storage.join(url, n))]
         if not weights:
             raise FileNotFoundError(f"{what} {storage.redact(url)} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
