@@ -130,6 +130,7 @@ def test_eval_with_tasks_and_checkpoint_in_a_bucket_equals_local_copies(env, tmp
 
 
 def test_eval_command_with_a_bucket_and_missing_objects(env, tmp_path, monkeypatch, capsys):
+    """`curate eval` on a bucket with the environment's credentials; missing objects named."""
     from app.cli import main
 
     _mini_suite(monkeypatch)
@@ -152,6 +153,9 @@ def test_eval_command_with_a_bucket_and_missing_objects(env, tmp_path, monkeypat
         with pytest.raises(SystemExit) as e:
             main(["eval", *argv])
         assert e.value.code == 2 and missing in capsys.readouterr().err
+    # the environment's credentials are written nowhere either (results, caches, output)
+    for f in (f for f in tmp_path.rglob("*") if f.is_file()):
+        assert SECRET.encode() not in f.read_bytes() and KEY.encode() not in f.read_bytes(), f
 
 
 def _curate(pool, out, model: str, workers: int = 1, options: dict | None = None) -> dict:
