@@ -65,7 +65,11 @@ class RunFolder:
             shutil.rmtree(self.local, ignore_errors=True)
 
     def __enter__(self) -> "RunFolder":
-        self.pull()
+        try:
+            self.pull()
+        except BaseException:
+            self.close()  # e.g. no credentials: the staging folder does not outlive the error
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
