@@ -5,6 +5,9 @@ them to the ``curate`` parser (``add_train(sub)``, ...).
     curate eval                                  zero-shot evaluation; probes for image-only (SSL) checkpoints
     curate finetune --lora R                     LoRA (R > 0) or full (R = 0) fine-tuning of a CLIP checkpoint
     curate probe                                 linear probe + k-NN of an image tower on classification tasks
+
+Data, task folders, checkpoints and run folders may be URLs (s3://, gs://, az://; https:// to read):
+credentials come from the environment, fsspec's config, or ``--storage-options FILE`` (shardio/storage.py).
 """
 from __future__ import annotations
 
@@ -15,7 +18,33 @@ LOSSES = ["clip", "siglip"]  # training.train.TrainConfig.loss; a test keeps the
 SSL_OPTIONS = ("moco_version", "temperature", "queue_size", "momentum")
 
 
+def use_storage_options(a) -> None:
+    """``--storage-options FILE``: a YAML/JSON mapping ``scheme -> fsspec options`` (or a curation config,
+    whose ``storage_options`` block is used) for every URL this command opens. Never echoed."""
+    if not getattr(a, "storage_options", None):
+        return
+    from shardio import storage
+
+    path = Path(a.storage_options)
+    if not path.is_file():
+        raise FileNotFoundError(f"storage options file {path} does not exist")
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    data = data.get("storage_options", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"{path}: give a mapping of URL scheme to fsspec options, e.g. {{s3: {{profile: x}}}}")
+    storage.configure(data)
+
+
+def add_storage_options(parser) -> None:
+    parser.add_argument("--storage-options", default=None, metavar="FILE",
+                        help="YAML/JSON file: per URL scheme, fsspec options for URLs (endpoint_url, profile, "
+                             "key, secret, ...); a curation config's storage_options block works too")
+
+
 def cmd_train(a) -> None:
+    use_storage_options(a)
     if a.objective == "clip":
         return _train_clip(a)
     if a.objective == "mae":
@@ -55,6 +84,7 @@ def _train_clip(a) -> None:
 
 
 def cmd_eval(a) -> None:
+    use_storage_options(a)
     from training.knn import is_image_only
 
     if is_image_only(a.checkpoint):
@@ -83,6 +113,7 @@ def cmd_eval(a) -> None:
 
 
 def cmd_finetune(a) -> None:
+    use_storage_options(a)
     from training.lora import FinetuneConfig, finetune
 
     given = {"samples_seen": a.samples_seen, "batch_size": a.batch_size, "lr": a.lr, "wd": a.wd,
@@ -94,6 +125,7 @@ def cmd_finetune(a) -> None:
 
 
 def cmd_probe(a) -> None:
+    use_storage_options(a)
     if a.suite:
         from training.knn import probe_suite
 
@@ -111,7 +143,9 @@ def cmd_probe(a) -> None:
     from training.zeroshot import append_result
 
     clip, device = load_for_eval(a.checkpoint, a.weights)
-    r = {"task": a.task, "checkpoint": a.checkpoint, **image_probes(clip, a.task, a.shots, a.knn, device=device)}
+    from shardio.storage import redact
+
+    r = {"task": redact(a.task), "checkpoint": redact(a.checkpoint), **image_probes(clip, a.task, a.shots, a.knn, device=device)}
     if a.results:
         append_result(a.results, r)
     print(json.dumps(r, indent=2))
@@ -124,8 +158,8 @@ def _print(r: dict) -> None:
 def add_train(sub) -> None:
     t = sub.add_parser("train", help="train a CLIP model (or an image tower: --objective simclr|moco|mae)",
                        description="CLIP contrastive training at a fixed samples-seen budget.")
-    t.add_argument("--data", required=True, help="training shards (folder, braced pattern or glob)")
-    t.add_argument("--out", required=True, help="run folder (checkpoints/, final/, metrics.jsonl)")
+    t.add_argument("--data", required=True, help="training shards (folder, braced pattern or glob; or URLs)")
+    t.add_argument("--out", required=True, help="run folder (checkpoints/, final/, metrics.jsonl), or a bucket URL")
     t.add_argument("--preset", default=None, help="DataComp scale (debug, small, medium, large, xlarge) or CPU "
                    "preset (cpu-tiny, cpu-demo); options below override it")
     t.add_argument("--model", default=None, help="open_clip name, preset, JSON config or checkpoint folder "
@@ -137,10 +171,11 @@ def add_train(sub) -> None:
     t.add_argument("--loss", choices=LOSSES, default=None, help="ClipLoss or SigLipLoss (default: clip)")
     t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None, help="auto: bf16 on GPU")
     t.add_argument("--grad-checkpointing", action="store_true", help="trade compute for activation memory")
-    t.add_argument("--init", default=None, help="start from this checkpoint folder")
+    t.add_argument("--init", default=None, help="start from this checkpoint folder (or its URL)")
     t.add_argument("--workers", type=int, default=None, help="data loader processes per rank (default: 0 CPU, 4 GPU)")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     t.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    add_storage_options(t)
     g = t.add_argument_group("self-supervised objectives (image tower only, captions ignored)")
     g.add_argument("--objective", choices=["clip", "simclr", "moco", "mae"], default="clip",
                    help="clip (with --loss), SimCLR, MoCo or MAE pretraining of the image tower (default: clip)")
@@ -156,18 +191,19 @@ def add_eval(sub) -> None:
     e = sub.add_parser("eval", help="zero-shot evaluation", description="Zero-shot classification of a checkpoint "
                        "(and a few-shot linear probe of its image encoder); an image-only (SSL) checkpoint gets "
                        "the linear probe and k-NN instead.")
-    e.add_argument("--checkpoint", required=True, help="checkpoint folder (or open_clip model spec)")
-    e.add_argument("--task", default=None, help="one task folder in CLIP_benchmark's wds layout")
+    e.add_argument("--checkpoint", required=True, help="checkpoint folder or its URL (or open_clip model spec)")
+    e.add_argument("--task", default=None, help="one task folder (or URL) in CLIP_benchmark's wds layout")
     e.add_argument("--suite", choices=["builtin", "datacomp"], default=None,
                    help="a whole suite (schemas/tasks.py); resumable, writes jsonl + md + csv")
-    e.add_argument("--data-root", default="data/sample_pool/eval", help="folder holding the suite's task folders "
-                   "(default: data/sample_pool/eval)")
+    e.add_argument("--data-root", default="data/sample_pool/eval", help="folder or bucket URL holding the suite's "
+                   "task folders (default: data/sample_pool/eval)")
     e.add_argument("--tasks", nargs="*", default=None, help="only these task keys or folders")
     e.add_argument("--weights", default=None, help="weights file when --checkpoint is a model name "
                    "(e.g. an open_clip_train epoch_N.pt)")
     e.add_argument("--few-shot", type=int, default=0, metavar="K", help="also fit a K-shot linear probe")
-    e.add_argument("--results", default=None, help="append results to this jsonl (suite default: "
-                   "<checkpoint>/eval_<suite>.jsonl)")
+    e.add_argument("--results", default=None, help="append results to this local jsonl (suite default: "
+                   "<checkpoint>/eval_<suite>.jsonl, or ./eval_<suite>.jsonl for a URL or model name)")
+    add_storage_options(e)
     e.set_defaults(func=cmd_eval)
 
 
@@ -191,6 +227,7 @@ def add_finetune(sub) -> None:
     f.add_argument("--workers", type=int, default=None, help="data loader processes (default: 0 CPU, 4 GPU)")
     f.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     f.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    add_storage_options(f)
     f.set_defaults(func=cmd_finetune)
 
 
@@ -207,4 +244,5 @@ def add_probe(sub) -> None:
     p.add_argument("--shots", type=int, default=10, help="labelled images per class (default: 10)")
     p.add_argument("--knn", type=int, default=20, metavar="K", help="k-NN neighbours (default: 20)")
     p.add_argument("--results", default=None, help="append results to this jsonl")
+    add_storage_options(p)
     p.set_defaults(func=cmd_probe)

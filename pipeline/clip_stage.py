@@ -1,9 +1,9 @@
 """CLIP stage: image and text embeddings and the image-text score, with open_clip.
 
 The score is DataComp's: cosine similarity of the L2-normalised image and text embeddings. A scorer
-is an open_clip model name (with an optional local weights file), a JSON model config, or a
-checkpoint folder in open_clip's ``local-dir`` layout (what ``curate train`` writes), loaded by
-open_clip itself, offline.
+is an open_clip model name (with an optional weights file), a JSON model config, or a checkpoint
+folder in open_clip's ``local-dir`` layout (what ``curate train`` writes), loaded by open_clip itself,
+offline; each may be a URL (copied once into a local cache where the scorer runs: shardio/models.py).
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from schemas.config import RUNTIME_FIELDS, ClipModel
 from shardio.compat import ensure_torchvision
 from shardio.device import pick_device
 from shardio.gpu_decode import is_tensor, use_device_decode
-from shardio.models import open_clip_name
+from shardio import storage
+from shardio.models import local_copy, open_clip_name, remote_files
 from shardio.pixels import batch_transform, fast_val_transform
 
 ensure_torchvision()  # before open_clip imports torchvision, in every process
@@ -34,8 +35,10 @@ def default_batch(spec: ClipModel) -> int:
 def check_scorer(spec: ClipModel) -> None:
     """Validate a scorer's model and weights file before any work starts (no model is built)."""
     if spec.model:
-        open_clip_name(spec.model, "scorer model")
-    if spec.checkpoint and not Path(spec.checkpoint).is_file():
+        open_clip_name(spec.model, "scorer model", fetch=False)  # a URL: checked here, copied where it runs
+    if spec.checkpoint and storage.is_url(spec.checkpoint):
+        remote_files(spec.checkpoint, "scorer weights file")
+    elif spec.checkpoint and not Path(spec.checkpoint).is_file():
         raise FileNotFoundError(f"scorer weights file {spec.checkpoint} does not exist")
 
 
@@ -45,10 +48,13 @@ def scorer_identity(spec: ClipModel) -> dict:
 
 
 def weights_identity(spec: ClipModel) -> dict:
-    """Which weights: a checkpoint file/folder's size and mtime, so retraining invalidates scores."""
+    """Which weights: a checkpoint file/folder's size and mtime (a URL's: size and ETag), so retraining
+    invalidates scores."""
     out = {}
     for p in (spec.checkpoint, spec.model):
-        if p and Path(p).exists():
+        if p and storage.is_url(p):
+            out[storage.redact(p)] = remote_files(p)
+        elif p and Path(p).exists():
             path = Path(p)
             files = [path / WEIGHTS_FILE, path / CONFIG_FILE] if path.is_dir() else [path]
             out[str(path.resolve())] = [(f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
@@ -76,7 +82,8 @@ class ClipScorer:
         with torch.random.fork_rng(devices=[]):  # a model without weights starts the same in every process
             torch.manual_seed(0)
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=spec.checkpoint, device=self.device, pretrained_text=False)
+                name, pretrained=local_copy(spec.checkpoint) if spec.checkpoint else None, device=self.device,
+                pretrained_text=False)
         self.model.eval()
         self.batch_size = default_batch(spec)
         self.channels_last = self.device.startswith("cuda")

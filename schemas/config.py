@@ -19,11 +19,12 @@ class ClipModel(_Strict):
     ``<shard>.parquet`` (``clip_<tag>_similarity_score``) and ``<shard>.npz`` (``<tag>_img``,
     ``<tag>_txt``) instead of running a model; ``model`` is then only needed by filters that embed
     something new (image-based targets, concept prompts)."""
-    model: str | None = Field(None, description="open_clip name, project preset, JSON config, or checkpoint folder; "
+    model: str | None = Field(None, description="open_clip name, project preset, JSON config, or checkpoint folder "
+                              "(each may be a URL: copied once into a local cache); "
                               f"'{DEMO_SCORER}' is the filtering network `curate demo` trains ({demo_scorer_path()})")
     precomputed: Literal["b32", "l14"] | None = Field(
         None, description="read DataComp's precomputed scores/embeddings for this model instead")
-    checkpoint: str | None = Field(None, description="local weights file for a named model (offline)")
+    checkpoint: str | None = Field(None, description="weights file for a named model (a path or URL; offline)")
     column: str = Field("clip_score", pattern=r"^clip_score(_[a-z0-9]+)?$",
                         description="score column written: clip_score or clip_score_<tag>")
     batch_size: int | None = Field(None, gt=0, description="images a batch; default 1024 on a GPU, 256 on a CPU")

@@ -1,6 +1,9 @@
 """Write and read evaluation tasks in CLIP_benchmark's webdataset layout (readable by clip_benchmark too):
 ``classnames.txt``, ``zeroshot_classification_templates.txt``, ``test/nshards.txt``, ``test/{i}.tar``
-with ``{key}.png|jpg`` + ``{key}.cls`` (classification) or ``{key}.txt`` (retrieval)."""
+with ``{key}.png|jpg`` + ``{key}.cls`` (classification) or ``{key}.txt`` (retrieval).
+
+A task read may be a URL (``s3://bucket/eval/cifar10``, shardio/storage.py): its tars are streamed,
+its small files read whole; nothing is copied to local disk."""
 from __future__ import annotations
 
 import io
@@ -8,19 +11,42 @@ import tarfile
 from pathlib import Path
 from typing import Iterable
 
+from shardio import storage
 
 PNG = b"\x89PNG"
 
 
-def split_shards(root: str | Path, split: str = "test") -> list[Path]:
+def task_path(root: str | Path, *parts: str) -> str | Path:
+    """A file or folder inside a task (or a suite's data root): a URL stays a URL, a local path a Path."""
+    if storage.is_url(root):
+        return "/".join([str(root).rstrip("/"), *parts])
+    return Path(root).joinpath(*parts)
+
+
+def task_name(root: str | Path) -> str:
+    return storage.name(str(root)) if storage.is_url(root) else Path(root).name
+
+
+def has_split(root: str | Path, split: str = "test") -> bool:
+    return storage.is_file(task_path(root, split, "nshards.txt"))
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """A task's text file (class names, templates), stripped, blank lines left out."""
+    return [x.strip() for x in storage.read_text(path).splitlines() if x.strip()]
+
+
+def split_shards(root: str | Path, split: str = "test") -> list[str | Path]:
     """The split's tars as ``nshards.txt`` lists them; a clear error when the split is not there."""
-    d = Path(root) / split
-    if not (d / "nshards.txt").is_file():
-        raise FileNotFoundError(f"{root} is not a task in CLIP_benchmark's wds layout: missing {d / 'nshards.txt'}")
-    shards = [d / f"{i}.tar" for i in range(int((d / "nshards.txt").read_text()))]
-    missing = [str(p) for p in shards if not p.is_file()]
+    count = task_path(root, split, "nshards.txt")
+    if not storage.is_file(count):
+        raise FileNotFoundError(f"{storage.redact(str(root))} is not a task in CLIP_benchmark's wds layout: "
+                                f"missing {storage.redact(str(count))}")
+    shards = [task_path(root, split, f"{i}.tar") for i in range(int(storage.read_text(count)))]
+    missing = [storage.redact(str(p)) for p in shards if not storage.is_file(p)]
     if missing:
-        raise FileNotFoundError(f"task {root}: nshards.txt says {len(shards)} but missing {', '.join(missing)}")
+        raise FileNotFoundError(f"task {storage.redact(str(root))}: nshards.txt says {len(shards)} but missing "
+                                f"{', '.join(missing)}")
     return shards
 
 
@@ -38,8 +64,8 @@ def iter_split(root: str | Path, split: str = "test", need: str | None = None, s
             if img is None or (need and need not in s):
                 if skip_bad:
                     continue
-                raise ValueError(f"{shard}: sample {s['__key__']} unusable ({reason or f'no .{need}'})")
-            yield f"{Path(root).name}/{s['__key__'].rsplit('/', 1)[-1]}", img, s
+                raise ValueError(f"{storage.redact(str(shard))}: sample {s['__key__']} unusable ({reason or f'no .{need}'})")
+            yield f"{task_name(root)}/{s['__key__'].rsplit('/', 1)[-1]}", img, s
 
 
 def _add(t: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -93,19 +119,20 @@ CHECKSUM_CACHE = ".curate_checksum.json"
 
 def task_checksum(root: str | Path, split: str = "test") -> str | None:
     """sha256 over what a task's score depends on: class names, templates and the split's tars, in a
-    fixed order (None when the task is not local). Cached beside the data, keyed on names, sizes and
-    modification times, so a large set is read once."""
+    fixed order (None when the task is not there). Cached keyed on names, sizes and modification times
+    (a URL's: sizes and ETags), so a large set is read once: beside local data, and in the local cache
+    (shardio/models.py::cache_root) for data in a bucket. Same bytes, same checksum, wherever they lie."""
     import hashlib
     import json
 
-    root = Path(root)
     try:
-        files = [root / n for n in ("classnames.txt", "zeroshot_classification_templates.txt") if (root / n).is_file()]
+        files = [task_path(root, n) for n in ("classnames.txt", "zeroshot_classification_templates.txt")
+                 if storage.is_file(task_path(root, n))]
         files += split_shards(root, split)
     except FileNotFoundError:
         return None
-    stamp = [[str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    cache = root / CHECKSUM_CACHE
+    stamp = [_stamp(root, f) for f in files]
+    cache = _checksum_cache(root, split)
     try:
         got = json.loads(cache.read_text())
         if got.get("files") == stamp:
@@ -115,12 +142,32 @@ def task_checksum(root: str | Path, split: str = "test") -> str | None:
     h = hashlib.sha256()
     for f, (name, *_) in zip(files, stamp):
         h.update(name.encode() + b"\0")
-        with open(f, "rb") as fh:
+        with storage.open_read(f, block_size=8 << 20) as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     digest = h.hexdigest()
     try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"files": stamp, "sha256": digest}))
     except OSError:  # a read-only data root: computed again next time
         pass
     return digest
+
+
+def _stamp(root: str | Path, f: str | Path) -> list:
+    if storage.is_url(root):
+        ident = storage.identity(str(f))
+        return [str(f)[len(str(root).rstrip("/")) + 1:], ident["size"], ident["version"]]
+    st = Path(f).stat()
+    return [str(Path(f).relative_to(root)), st.st_size, st.st_mtime_ns]
+
+
+def _checksum_cache(root: str | Path, split: str) -> Path:
+    if not storage.is_url(root):
+        return Path(root) / CHECKSUM_CACHE
+    import hashlib
+
+    from shardio.models import cache_root
+
+    key = hashlib.sha256(f"{storage.redact(str(root).rstrip('/'))}\0{split}".encode()).hexdigest()[:24]
+    return cache_root().parent / "task_checksums" / f"{key}.json"

@@ -108,7 +108,9 @@ def resolve(spec: str | Path | Iterable[str | Path]) -> DataVersion:
     """One version of a curated output (``current`` read once), or plain shards."""
     from shardio.shards import expand
 
-    if isinstance(spec, (str, Path)):
+    from shardio import storage
+
+    if isinstance(spec, (str, Path)) and not storage.is_url(spec):
         p = Path(spec)
         if p.is_dir() and (p / "current").is_symlink():
             p = p / "current"  # an output folder
@@ -119,6 +121,8 @@ def resolve(spec: str | Path | Iterable[str | Path]) -> DataVersion:
             return DataVersion(expand(p / "shards"), out=str(p.resolve()),  # written before versioning
                                manifest_sha256=_sha(p / "manifest.json"))
     shards = expand(spec)
+    if any(storage.is_url(s) for s in shards):  # a bucket output: expand read its `current` once; not held
+        return DataVersion(shards)
     owners = {_version_of(Path(os.path.realpath(s)).parent) for s in shards}
     found = owners - {None}
     if not found:

@@ -108,10 +108,11 @@ class _Stage:
         return self.fn(src, *self.args)
 
 
-def pin_data(cfg, run_dir: str | Path):
+def pin_data(cfg, run_dir: str | Path, label: str | None = None):
     """The curated version this run reads, held until released (shardio/versions.py): on a resume (a
     saved state in ``run_dir``) the version its train_config.json recorded, else ``cfg.train_data``
-    resolved now. Under torchrun rank 0 resolves and the other ranks take the same version."""
+    resolved now. Under torchrun rank 0 resolves and the other ranks take the same version.
+    ``label``: how the hold names the run (default: ``run_dir``)."""
     from shardio.versions import VersionGone, pin
     from training import dist
 
@@ -122,7 +123,7 @@ def pin_data(cfg, run_dir: str | Path):
         if old.get("train_data") == cfg.train_data:
             recorded = old.get("data_version")
     rank, world, _ = dist.setup()
-    purpose = f"training {run_dir.resolve()}"
+    purpose = f"training {label or run_dir.resolve()}"
     try:
         if world == 1:
             return pin(cfg.train_data, recorded, purpose)

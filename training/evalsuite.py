@@ -4,6 +4,11 @@ Each finished task is appended to a jsonl at once; a rerun skips tasks already t
 checkpoint. A task without data is reported missing, never scored 0, and the average states how many
 tasks it covers. Average = plain mean of the scored tasks' main metrics; group score = mean within
 the group. Writes ``<results>.md`` and ``<results>.csv`` beside the jsonl.
+
+The data root and the checkpoint may be URLs (``s3://...``): the tasks are streamed from the bucket,
+the checkpoint copied once into the local cache (shardio/models.py); results are written locally
+(default ``eval_<suite>.jsonl`` in the working folder for a checkpoint that is not a local folder).
+A URL is recorded without what may be a secret in it (``storage.redact``).
 """
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ import time
 from pathlib import Path
 
 from schemas.tasks import GROUPS, REGISTRY_VERSION, SPECIAL, Task, fingerprint, suite
-from shardio.evaltask import task_checksum
+from shardio import storage
+from shardio.evaltask import has_split, task_checksum, task_path
 from training.zeroshot import append_result, trained_on
 
 log = logging.getLogger(__name__)
@@ -49,15 +55,16 @@ def run_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin
     from training.model import load_for_eval
 
     tasks = [t for t in suite(suite_name) if not only or t.key in only or t.folder in only]
-    ckpt_dir = Path(checkpoint)
-    results = Path(results or (ckpt_dir / f"eval_{suite_name}.jsonl" if ckpt_dir.is_dir() else f"eval_{suite_name}.jsonl"))
-    done = _done(results, str(checkpoint))
+    local_dir = not storage.is_url(checkpoint) and Path(checkpoint).is_dir()
+    results = Path(results or (Path(checkpoint) / f"eval_{suite_name}.jsonl" if local_dir else f"eval_{suite_name}.jsonl"))
+    label = storage.redact(str(checkpoint))
+    done = _done(results, label)
     dv = trained_on(checkpoint)
     clip = None
     t0 = time.time()
     for task in tasks:
-        folder = Path(data_root) / task.folder
-        if not (folder / "test" / "nshards.txt").is_file() or task.metric in SPECIAL:
+        folder = task_path(data_root, task.folder)
+        if task.metric in SPECIAL or not has_split(folder):
             continue  # missing, or needs annotations the wds layout lacks
         checksum = task_checksum(folder)
         old = done.get(task.key)
@@ -66,29 +73,29 @@ def run_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin
         done.pop(task.key, None)  # scored on another registry version or other data: scored again
         if clip is None:
             clip, device = load_for_eval(checkpoint, weights, device)
-        r = {"task": task.key, "checkpoint": str(checkpoint), "group": task.group, "metric": task.metric,
+        r = {"task": task.key, "checkpoint": label, "group": task.group, "metric": task.metric,
              "registry_version": REGISTRY_VERSION, "data_sha256": checksum,
              **evaluate_task(clip, task, folder, device, few_shot), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
              **({"data_version": dv} if dv else {})}
         append_result(results, r)
         done[task.key] = r
         log.info("%-45s %-22s %.4f  (%s s)", task.key, task.metric, r["main"], r["seconds"])
-    summary = aggregate(tasks, done, Path(data_root))
-    summary.update(checkpoint=str(checkpoint), suite=suite_name, results=str(results),
+    summary = aggregate(tasks, done, data_root)
+    summary.update(checkpoint=label, suite=suite_name, results=str(results),
                    seconds=round(time.time() - t0, 1), registry_version=REGISTRY_VERSION,
                    registry_fingerprint=fingerprint(tasks), data_version=dv)
     write_tables(summary, results)
     return summary
 
 
-def aggregate(tasks: list[Task], done: dict[str, dict], data_root: Path) -> dict:
+def aggregate(tasks: list[Task], done: dict[str, dict], data_root: str | Path) -> dict:
     rows = []
     for t in tasks:
         r = done.get(t.key)
         fs = (r or {}).get("few_shot", {}).get("main")
         if r is not None:
             status, main = "ok", r["main"]
-        elif t.metric in SPECIAL and (data_root / t.folder).is_dir():
+        elif t.metric in SPECIAL and storage.is_dir(task_path(data_root, t.folder)):
             status, main = "metric unavailable", None
         else:
             status, main = "missing", None

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from shardio import storage
+from shardio.evaltask import has_split, task_path
 from training.probe import fit, pick_l2, shot_split
 from training.zeroshot import append_result, metrics, read_task
 
@@ -72,17 +74,18 @@ def probe_suite(checkpoint: str, data_root: str | Path, suite_name: str = "built
 
     tasks = [t for t in suite(suite_name)
              if t.kind == "classification" and (not only or t.key in only or t.folder in only)]
-    default = Path(checkpoint) if Path(checkpoint).is_dir() else Path(".")
+    default = Path(checkpoint) if not storage.is_url(checkpoint) and Path(checkpoint).is_dir() else Path(".")
     results = Path(results or default / f"probe_{suite_name}.jsonl")
+    label = storage.redact(str(checkpoint))  # a URL's signature is not written
     done = {}
     if results.is_file():
         rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
-        done = {r["task"]: r for r in rows if r.get("checkpoint") == str(checkpoint)}
+        done = {r["task"]: r for r in rows if r.get("checkpoint") == label}
     text = not is_image_only(checkpoint)
     clip = None
     for task in tasks:
-        folder = Path(data_root) / task.folder
-        if task.key in done or not (folder / "test" / "nshards.txt").is_file():
+        folder = task_path(data_root, task.folder)
+        if task.key in done or not has_split(folder):
             continue
         if clip is None:
             clip, device = load_for_eval(checkpoint, weights, device)
@@ -93,7 +96,7 @@ def probe_suite(checkpoint: str, data_root: str | Path, suite_name: str = "built
             r = {"error": str(e)}
         if text:
             r["zero_shot"] = classify(clip, folder, device=device)
-        r = {"task": task.key, "checkpoint": str(checkpoint), "metric": task.metric, **r,
+        r = {"task": task.key, "checkpoint": label, "metric": task.metric, **r,
              "seconds": round(time.time() - t0, 2)}
         append_result(results, r)
         done[task.key] = r
@@ -103,6 +106,6 @@ def probe_suite(checkpoint: str, data_root: str | Path, suite_name: str = "built
         vals = [r[kind][r["metric"]] for r in rows if kind in r]
         return sum(vals) / len(vals) if vals else None
 
-    return {"checkpoint": str(checkpoint), "suite": suite_name, "results": str(results), "rows": rows,
+    return {"checkpoint": label, "suite": suite_name, "results": str(results), "rows": rows,
             "image_only": not text, "mean_linear": mean("linear"), "mean_knn": mean("knn"),
             "mean_zero_shot": mean("zero_shot") if text else None}

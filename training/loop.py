@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from training import dist
 from training.model import save_checkpoint_dir, unwrap
+from training.runfolder import FINAL_FILES, STATE_FILES
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class TrainConfig(BaseModel):
 
     preset: str | None = Field(None, description="DataComp scale (debug..xlarge) or CPU preset (cpu-tiny)")
     train_data: str = Field(description="training shards: folder, braced pattern or glob")
-    out_dir: str = Field(description="run folder")
+    out_dir: str = Field(description="run folder, or a bucket URL (staged locally, mirrored: training/runfolder.py)")
     model: str = Field("curate-tiny", description="open_clip name, preset, JSON config or checkpoint folder")
     samples_seen: int = Field(gt=0, description="training budget in samples (global)")
     batch_size: int = Field(256, gt=0, description="global batch size")
@@ -52,7 +53,7 @@ class TrainConfig(BaseModel):
     grad_checkpointing: bool = False
     accum_steps: int = Field(1, ge=1, description="gradient accumulation: micro-batches per step (exact gradient)")
     checkpoints: int = Field(4, ge=1, description="save resumable state every 1/N of the run")
-    init_checkpoint: str | None = Field(None, description="start from this checkpoint folder's weights")
+    init_checkpoint: str | None = Field(None, description="start from this checkpoint folder's weights (or its URL)")
     workers: int | None = Field(None, ge=0, description="loader worker processes per rank; default: 0 on CPU "
                                 "(measured no faster on 2 cores), 4 on GPU")
     device: str = "auto"
@@ -121,26 +122,29 @@ def fit(cfg: TrainConfig, objective) -> dict:
     resolved here, once: a curated output is read in one version, held for the run and recorded as
     ``data_version`` in train_config.json, the result and the checkpoint (training/data.py::pin_data)."""
     from training.data import pin_data
+    from training.runfolder import RunFolder
 
-    with pin_data(cfg, cfg.out_dir) as pinned:
+    with RunFolder(cfg.out_dir) as folder, pin_data(cfg, folder.local, folder.label()) as pinned:
         if not pinned.shards:
             raise FileNotFoundError(f"no shards found at {cfg.train_data}")
-        return _fit(cfg.model_copy(update={"data_version": pinned.record}), objective, pinned.shards)
+        return _fit(cfg.model_copy(update={"data_version": pinned.record}), objective, pinned.shards, folder)
 
 
-def _fit(cfg: TrainConfig, objective, shards: list[str]) -> dict:
+def _fit(cfg: TrainConfig, objective, shards: list[str], folder) -> dict:
+    """``folder``: the run's training/runfolder.py::RunFolder (a local folder, or one mirrored to a bucket)."""
     from training.data import train_loader
 
     rank, world, local = dist.setup()
     if world > 1 and not objective.distributed:
         raise ValueError(f"the {objective.name} objective runs in one process (no torchrun)")
     device = _device(cfg, world, local)
-    out = Path(cfg.out_dir)
+    out = folder.local
     state_path = out / "checkpoints" / "state_latest.pt"
     state = _load_state(state_path, cfg, objective)
     if rank == 0:
         state_path.parent.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+        folder.push("train_config.json")
     torch.manual_seed(cfg.seed)
     model = objective.build(device, rank, world)
     opt = make_optimizer(model, cfg)
@@ -156,7 +160,7 @@ def _fit(cfg: TrainConfig, objective, shards: list[str]) -> dict:
     on = device if use_device_decode(cfg.decode, device) else None
     loader = iter(train_loader(shards, preprocess, tokenizer, cfg.batch_size // world,
                                seed=cfg.seed * 7919 + rank * 104729 + start, workers=workers, decode_on=on))
-    run = _Run(cfg, objective, out, state_path, rank, start, _autocast(cfg, device))
+    run = _Run(cfg, objective, folder, state_path, rank, start, _autocast(cfg, device))
     run.steps(model, opt, loader)
     _close(loader)
     result = {**objective.result_fields(), "steps": run.stop, "total_steps": cfg.steps,
@@ -165,8 +169,10 @@ def _fit(cfg: TrainConfig, objective, shards: list[str]) -> dict:
               "train_seconds": round(run.seconds, 1), "resumed_from_step": start, "bad_samples": run.bad,
               "device": device, "world_size": world, "data_version": cfg.data_version}
     if run.stop == cfg.steps and rank == 0:
-        result["checkpoint"] = str(_save_final(out, cfg, objective, unwrap(model), result))
+        _save_final(out, cfg, objective, unwrap(model), result)
+        result["checkpoint"] = folder.where("final")
         (out / "result.json").write_text(json.dumps(result, indent=2))
+        folder.push(*FINAL_FILES)
     dist.barrier()
     return result
 
@@ -174,9 +180,9 @@ def _fit(cfg: TrainConfig, objective, shards: list[str]) -> dict:
 class _Run:
     """The step loop of one run and what it tallies (bad samples, last loss, seconds)."""
 
-    def __init__(self, cfg: TrainConfig, objective, out: Path, state_path: Path, rank: int, start: int,
+    def __init__(self, cfg: TrainConfig, objective, folder, state_path: Path, rank: int, start: int,
                  autocast) -> None:
-        self.cfg, self.objective, self.out, self.state_path = cfg, objective, out, state_path
+        self.cfg, self.objective, self.folder, self.out, self.state_path = cfg, objective, folder, folder.local, state_path
         self.rank, self.start, self.autocast = rank, start, autocast
         self.stop = min(cfg.steps, cfg.max_steps or cfg.steps)
         self.every = max(1, cfg.steps // cfg.checkpoints)
@@ -210,6 +216,7 @@ class _Run:
                                     "bad_samples": self.bad})
                 if done % self.every == 0 or done == cfg.steps:
                     _save_state(self.state_path, model, opt, done, cfg)
+                    self.folder.push(*STATE_FILES)
         bar.close()
         self.seconds = time.time() - t0
 

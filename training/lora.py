@@ -17,7 +17,6 @@ Parameters are replaced on every call. It also pulls in transformers, whose pres
 """
 from __future__ import annotations
 
-import json
 import math
 import resource
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from pydantic import Field
 from torch.nn.utils import parametrize
 
+from training.runfolder import write_result
 from training.train import TrainConfig, train
 
 TARGETS = ["attn", "c_fc", "c_proj"]  # open_clip's attention and MLP projections (module name ends)
@@ -55,9 +55,12 @@ class Adapter:
         if self.cfg.weights:
             import open_clip
 
-            if not Path(self.cfg.weights).is_file():
+            from shardio.models import local_copy
+
+            weights = local_copy(self.cfg.weights, "weights file")  # a URL: copied once into the local cache
+            if not Path(weights).is_file():
                 raise FileNotFoundError(f"weights file {self.cfg.weights} does not exist")
-            open_clip.load_checkpoint(model, self.cfg.weights)
+            open_clip.load_checkpoint(model, weights)
         if self.cfg.lora:
             model = add_lora(model, self.cfg.lora, self.cfg.alpha, self.cfg.targets)
         self.counts = count_parameters(model)
@@ -142,5 +145,5 @@ def finetune(cfg: FinetuneConfig) -> dict:
     r = train(cfg, adapter=adapter)
     r.update(lora=cfg.lora, **adapter.counts, peak_rss_mb=peak_rss_mb())
     if "checkpoint" in r:
-        (Path(cfg.out_dir) / "result.json").write_text(json.dumps(r, indent=2, default=str))
+        write_result(cfg.out_dir, r)
     return r

@@ -18,7 +18,8 @@ import open_clip  # noqa: E402
 import torch  # noqa: E402
 
 from schemas.checkpoint import CONFIG_FILE, WEIGHTS_FILE  # noqa: E402
-from shardio.models import open_clip_name  # noqa: E402
+from shardio import storage  # noqa: E402
+from shardio.models import local_copy, open_clip_name  # noqa: E402
 from schemas.checkpoint import MODEL_CONFIG_DIR as CONFIG_DIR  # noqa: E402
 
 open_clip.add_model_config(CONFIG_DIR)
@@ -35,6 +36,9 @@ class Clip:
 
 
 def is_checkpoint_dir(path: str | Path) -> bool:
+    """A checkpoint folder (local, or a URL: then read from its local copy, shardio/models.py)."""
+    if storage.is_url(path):
+        return storage.is_file(storage.join(str(path), CONFIG_FILE))
     return (Path(path) / CONFIG_FILE).is_file()
 
 
@@ -45,9 +49,10 @@ def resolve_name(model: str) -> str:
 
 def load_clip(model: str, checkpoint: str | None = None, device: str = "cpu",
               precision: str = "fp32") -> Clip:
-    """Create an open_clip model; ``checkpoint`` is a local weights file for a named model."""
+    """Create an open_clip model; ``checkpoint`` is a weights file (local or a URL) for a named model."""
     name = resolve_name(model)
     if checkpoint is not None:
+        checkpoint = local_copy(checkpoint, "weights file")
         if name.startswith("local-dir:"):
             raise ValueError("give either a checkpoint folder as the model or a weights file, not both")
         if not Path(checkpoint).is_file():
@@ -106,7 +111,7 @@ def save_checkpoint_dir(path: str | Path, model: torch.nn.Module, model_cfg: dic
 
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
-    return json.loads((Path(path) / CONFIG_FILE).read_text()).get("curate", {})
+    return json.loads((Path(local_copy(str(path))) / CONFIG_FILE).read_text()).get("curate", {})
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shardio import storage
+from shardio.evaltask import has_split, task_name
 from training.zeroshot import iter_batches, metrics, read_task
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -70,7 +72,7 @@ def linear_probe(checkpoint: str, task_root: str | Path, k: int = 10, seed: int 
     t0 = time.time()
     clip, device = load_for_eval(checkpoint, weights, device)
     r = probe(clip, task_root, k, seed, device)
-    return {"task": Path(task_root).name, "checkpoint": str(checkpoint), **r, "seconds": round(time.time() - t0, 2)}
+    return {"task": task_name(task_root), "checkpoint": storage.redact(str(checkpoint)), **r, "seconds": round(time.time() - t0, 2)}
 
 
 def shot_split(task_root: str | Path, embed, k: int, seed: int):
@@ -78,7 +80,7 @@ def shot_split(task_root: str | Path, embed, k: int, seed: int):
     split when it has one, else ``k`` per class drawn from ``test/`` and scored on the rest.
     ``embed(split)`` gives a split's features and labels."""
     x, y = embed("test")
-    if (Path(task_root) / "train" / "nshards.txt").is_file():
+    if has_split(task_root, "train"):
         xt, yt = embed("train")
         sel = k_shot(yt, k, seed)
         return xt[sel], yt[sel], x, y, "train split"

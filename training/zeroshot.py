@@ -15,19 +15,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shardio.evaltask import iter_split, split_shards
+from shardio import storage
+from shardio.evaltask import iter_split, read_lines, split_shards, task_name, task_path
 
 
 def read_task(task_root: str | Path) -> tuple[list[str], list[str]]:
-    """Class names and templates; the test split must be there too."""
-    root = Path(task_root)
-    need = [root / "classnames.txt", root / "zeroshot_classification_templates.txt"]
-    missing = [str(p) for p in need if not p.is_file()]
+    """Class names and templates; the test split must be there too (a folder or a URL)."""
+    need = [task_path(task_root, "classnames.txt"), task_path(task_root, "zeroshot_classification_templates.txt")]
+    missing = [storage.redact(str(p)) for p in need if not storage.is_file(p)]
     if missing:
-        raise FileNotFoundError(f"{root} is not a task in CLIP_benchmark's wds layout: missing {', '.join(missing)}")
-    split_shards(root)
-    classnames = [c.strip() for c in need[0].read_text().splitlines() if c.strip()]
-    templates = [t.strip() for t in need[1].read_text().splitlines() if t.strip()]
+        raise FileNotFoundError(f"{storage.redact(str(task_root))} is not a task in CLIP_benchmark's wds layout: "
+                                f"missing {', '.join(missing)}")
+    split_shards(task_root)
+    classnames, templates = read_lines(need[0]), read_lines(need[1])
     bad = [t for t in templates if "{c}" not in t]
     if bad:
         raise ValueError(f"templates without {{c}} in {need[1]}: {bad}")
@@ -84,7 +84,7 @@ def classify(clip, task_root: str | Path, batch_size: int = 256, device: str = "
 
     w = classifier(clip.model, clip.tokenizer, classnames, templates, device)
     logits, target = [], []
-    bar = tqdm(desc=Path(task_root).name, unit="img", leave=False, mininterval=2)  # progress inside a task
+    bar = tqdm(desc=task_name(task_root), unit="img", leave=False, mininterval=2)  # progress inside a task
     for images, labels in iter_batches(task_root, clip.preprocess_val, batch_size):
         with torch.no_grad():
             img = clip.model.encode_image(images.to(device), normalize=True)
@@ -107,7 +107,7 @@ def evaluate_zeroshot(checkpoint: str, task_root: str | Path, batch_size: int = 
     m = classify(clip, task_root, batch_size, device)
     n, templates, se = m.pop("n"), m.pop("templates"), m.pop("se")
     dv = trained_on(checkpoint)
-    return {"task": Path(task_root).name, "checkpoint": str(checkpoint), "n": n, "metrics": m, "se": se,
+    return {"task": task_name(task_root), "checkpoint": storage.redact(str(checkpoint)), "n": n, "metrics": m, "se": se,
             "templates": templates, "seconds": round(time.time() - t0, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **({"data_version": dv} if dv else {})}
 
