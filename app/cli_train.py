@@ -74,7 +74,7 @@ def _train_clip(a) -> None:
         raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in extra)} need --objective simclr|moco")
     from training.train import TrainConfig, train
 
-    given = {**_given(a), "accum_steps": a.accum_steps, "loss": a.loss}
+    given = {**_given(a), "accum_steps": a.accum_steps, "loss": a.loss, "decode": a.decode}
     cfg = TrainConfig(train_data=a.data, out_dir=a.out, seed=a.seed, device=a.device,
                       **{k: v for k, v in given.items() if v is not None})
     r = train(cfg)
@@ -171,6 +171,8 @@ def add_train(sub) -> None:
     t.add_argument("--loss", choices=LOSSES, default=None, help="ClipLoss or SigLipLoss (default: clip)")
     t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None, help="auto: bf16 on GPU")
     t.add_argument("--grad-checkpointing", action="store_true", help="trade compute for activation memory")
+    t.add_argument("--decode", choices=["auto", "cpu", "device"], default=None,
+                   help="JPEG decoding of training images (default auto: on the GPU where its decoder works)")
     t.add_argument("--init", default=None, help="start from this checkpoint folder (or its URL)")
     t.add_argument("--workers", type=int, default=None, help="data loader processes per rank (default: 0 CPU, 4 GPU)")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
