@@ -155,7 +155,7 @@ def annotate_job(args: tuple) -> ShardResult:
     embeddings = rest[0] if rest else None  # scorer columns whose embeddings the run reads (None: all)
     spool = rest[1] if len(rest) > 1 else None  # the run's spool, when the job runs on the run's machine
     storage.configure(options)  # the run's storage options, in whichever process runs the job
-    with spooling(spool):
+    with spooling(spool) if spool else nullcontext():  # else this process's own, if the run set one
         return _annotate_job(shard, work, clip_json, languages, stages_json, cached, embeddings)
 
 
