@@ -12,9 +12,11 @@ everything it could not use, instead of raising. It reads in two passes:
    of their first member, so the usual adjacent layout is read front to back.
 
 Only the byte offsets of the members are held between the passes, never the shard's data.
-A shard in object storage (a URL, shardio/storage.py) is streamed, never copied to disk: up to
-``REMOTE_WHOLE_BYTES`` it is fetched in one request and read from memory, a larger one by range
-requests (both passes then fetch it). Gzip-compressed shards are decompressed into a ``SpooledTemporaryFile`` (memory up to
+A shard in object storage (a URL, shardio/storage.py) is streamed: up to ``REMOTE_WHOLE_BYTES`` it
+is fetched in one request and read from memory, a larger one by range requests (both passes then
+fetch it). Inside a run's ``spooling`` it is also kept in the run's private spool as it is fetched
+(a larger one streamed there first and read from disk), and later reads in the run read that copy:
+each byte fetched once a run, no user-visible cache. Gzip-compressed shards are decompressed into a ``SpooledTemporaryFile`` (memory up to
 ``SPOOL_MAX_BYTES``, disk beyond) and read the same way.
 
 Grouping rules (see ``tests/test_tar_reader.py``):
