@@ -20,63 +20,20 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from fixtures.buckets import checksums, start_server, wait_for_lease
+from fixtures.buckets import Relay, Requests, checksums, start_server, wait_for_lease
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY, SECRET = "AKIABENCHOBJSTORE", "bench-secret-not-logged"
 PARTS = {"metadata": "metadata_only", "dask": "dask", "bytes": "bytes_read", "kills": "kills"}  # --parts -> entry
 CLIP = {"clip": [{"model": "curate-tiny", "batch_size": 64}],
         "filters": [{"type": "clip_score", "fraction": 0.3}, {"type": "exact_dedup"}]}
-
-
-class Relay:
-    """A TCP relay to the server that counts the bytes the server sends back (``down``) and receives (``up``)."""
-
-    def __init__(self, target: int):
-        self.target, self.down, self.up = target, 0, 0
-        self.lock = threading.Lock()
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def reset(self) -> None:
-        with self.lock:
-            self.down = self.up = 0
-
-    def _accept(self) -> None:
-        while True:
-            client, _ = self.sock.accept()
-            server = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pump, args=(client, server, "up"), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, "down"), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, way: str) -> None:
-        try:
-            while data := src.recv(1 << 16):
-                with self.lock:
-                    setattr(self, way, getattr(self, way) + len(data))
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
 
 
 def _fs():
@@ -110,6 +67,17 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def _per_object(counts) -> dict:
+    """GET requests per parquet (min, max), and every other request by method."""
+    gets = [n for (m, p), n in counts.items() if m == "GET" and p.endswith(".parquet")]
+    other: dict[str, int] = {}
+    for (m, p), n in counts.items():
+        if not (m == "GET" and p.endswith(".parquet")):
+            other[m] = other.get(m, 0) + n
+    return {"parquets_read": len(gets), "gets_per_parquet": [min(gets, default=0), max(gets, default=0)],
+            "npz_requests": sum(n for (m, p), n in counts.items() if p.endswith(".npz")), "other": other}
+
+
 def metadata_only(relay: Relay, work: Path, rows: int, per_shard: int) -> dict:
     from bench.scale_pool import make_pool
 
@@ -127,6 +95,7 @@ def metadata_only(relay: Relay, work: Path, rows: int, per_shard: int) -> dict:
             dst = work / f"meta-{where}-{i}"
             shutil.rmtree(dst, ignore_errors=True)
             relay.reset()
+            relay.requests.mark()
             secs, r = cli_run(src, dst, "datacomp/clip-score-l14-30")
             if r.returncode != 0:
                 raise RuntimeError(f"metadata-only run from {where} failed: {r.stderr[-3000:]}")
@@ -134,6 +103,7 @@ def metadata_only(relay: Relay, work: Path, rows: int, per_shard: int) -> dict:
             uids[where] = (dst / "uids.npy").read_bytes()
             if where == "s3":
                 out["s3_bytes_fetched"] = relay.down
+                out["s3_requests"] = _per_object(relay.requests.count())
     out["seconds"] = runs
     out["local_seconds"], out["s3_seconds"] = min(runs["local"]), min(runs["s3"])
     out["s3_vs_local_seconds"] = round(out["s3_seconds"] / out["local_seconds"], 3)
@@ -141,9 +111,12 @@ def metadata_only(relay: Relay, work: Path, rows: int, per_shard: int) -> dict:
     out["uid_count"] = int(len(np.load(work / "meta-local-1" / "uids.npy")))
     out["s3_bytes_fetched_vs_parquet_bytes"] = round(out["s3_bytes_fetched"] / parquet_bytes, 3)
     out["s3_bytes_fetched_vs_pool_bytes"] = round(out["s3_bytes_fetched"] / nbytes, 3)
-    out["what_is_fetched"] = ("the parquets' columns the run reads; no .npz byte: the precomputed scorer stage copies "
-                              "a bucket npz's embeddings into the work folder only when a filter or stage of the run "
-                              "reads them, and a CLIP-score filter reads only the score")
+    out["what_is_fetched"] = ("each parquet once: its last 64 KiB (the footer, as pyarrow reads it), then the chunks "
+                              "of the columns the stages read (ingest's and the L/14 score) in one set of range "
+                              "requests, nearby chunks merged; the next 3 parquets are fetched on two threads while "
+                              "one is worked on. No .npz byte: the precomputed scorer stage copies a bucket npz's "
+                              "embeddings into the work folder only when a filter or stage of the run reads them, "
+                              "and a CLIP-score filter reads only the score")
     return out
 
 
@@ -191,7 +164,9 @@ def dask_cluster(work: Path, tar_pool: Path) -> dict:
             "dask_s3_identical": not same["differ"] and same["same_shard_names"] and m["kept"] == local["kept"],
             "setup": "LocalCluster: 2 worker processes, 1 thread each, scratch in their own folder (TMPDIR); pool, "
                      "work folder and output in the bucket; the client reads only the bucket; curate-tiny scorer, "
-                     "CLIP score 30% + exact dedup"}
+                     "CLIP score 30% + exact dedup. The workers keep no spool (another machine's disk): the "
+                     "client's export fetches each tar holding kept samples once more, into its own spool, and "
+                     "the report reads that"}
 
 
 def bytes_read(relay: Relay, work: Path, pool_bytes: int) -> dict:
@@ -211,10 +186,11 @@ def bytes_read(relay: Relay, work: Path, pool_bytes: int) -> dict:
         out[name] = {"bytes_fetched": relay.down, "bytes_sent": relay.up, "seconds": round(time.time() - t0, 2),
                      "samples": m["samples_in"], "bytes_read_vs_pool_bytes": round(relay.down / pool_bytes, 4)}
     out["bytes_read_vs_pool_bytes"] = {k: out[k]["bytes_read_vs_pool_bytes"] for k in ("streamed", "filecache")}
-    out["why_streamed_reads_more"] = ("a streamed run reads a tar once for the per-shard pass, again to copy the kept "
-                                      "samples into the output shards, and again up to the last sample the report's "
-                                      "gallery shows (tars up to 256 MB are fetched whole each time); filecache:: "
-                                      "fetches each object once and serves the later reads from local disk")
+    out["how_streamed_reads_once"] = ("the per-shard pass keeps each tar it fetches in the run's private spool "
+                                      "(<out>/.spool, one file a shard, removed when the run ends); export and the "
+                                      "report's gallery read it there. The rest over 1: the shards' img2dataset "
+                                      "parquets (read by the pass and again by the report), the listings and the "
+                                      "HTTP headers. filecache:: fetches each object once into a cache the user keeps")
     return out
 
 
@@ -279,6 +255,7 @@ def main() -> None:
     t_start, load = time.time(), {**old.get("loadavg_1m", {}), "before": _load()}
     server, port = start_server(work / "moto.log")
     relay = Relay(port)
+    relay.requests = Requests(work / "moto.log")
     for k in [k for k in os.environ if k.startswith(("AWS_", "FSSPEC_"))]:
         del os.environ[k]
     os.environ.update({"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",

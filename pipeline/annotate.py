@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import pyarrow as pa
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.ingest import ShardInfo, read_shard
-from pipeline.metadata import is_metadata
+from pipeline.metadata import READ, fetched, is_metadata
 from pipeline.stages import Batch, Source, Stage, check_columns, plan
 from pipeline.stages.ingest import SHARD_INFO
 from pipeline.stages.thumbs import SIDE
@@ -116,12 +117,26 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     if all(st.folder != "ingest" for st, _ in todo):
         _from_ingest(src, ingest_path)
     ran = []
-    for st, key in todo:
-        tbl = st.finish(src)
-        check_columns(st, tbl)
-        _write(src.work.columns(st.folder, src.sid), tbl, key, st.marker_metadata(src), fast=metadata)
-        ran.append(st.folder)
+    with fetched(path, parquet_columns([st for st, _ in todo])) if metadata else nullcontext():
+        for st, key in todo:  # a metadata parquet in a bucket: fetched once for all of them
+            tbl = st.finish(src)
+            check_columns(st, tbl)
+            _write(src.work.columns(st.folder, src.sid), tbl, key, st.marker_metadata(src), fast=metadata)
+            ran.append(st.folder)
     return {"shard": src.sid, "ran": ran, "rows": len(src.uids), "info": src.info}
+
+
+def parquet_columns(stages: list[Stage]) -> list[str]:
+    """The columns of a DataComp metadata parquet that ``stages`` read."""
+    cols: list[str] = []
+    for st in stages:
+        if st.folder == "ingest":
+            cols += READ
+        elif st.folder == "lang":
+            cols.append("text")
+        elif getattr(getattr(st, "spec", None), "precomputed", None):
+            cols.append(f"clip_{st.spec.precomputed}_similarity_score")
+    return cols
 
 
 def _from_ingest(src: Source, ingest_path: Path) -> None:

@@ -6,7 +6,9 @@ are the samples, in file order, with the same columns and accounting as a shard 
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +31,132 @@ def is_metadata(path: str | Path) -> bool:
     return str(path).endswith(".parquet")
 
 
+TAIL = 64 << 10  # a URL's footer: its last 64 KiB (what pyarrow reads for it), one request; more for a larger one
+_OPENED: ContextVar[dict] = ContextVar("curate_parquets", default={})
+
+
 @contextmanager
 def _source(path):
     """What pyarrow reads: a local path, or a URL's file read by range requests (the footer, then only
-    the column chunks asked for)."""
-    if storage.is_url(path):
-        with storage.open_read(path, cache="none") as f:
-            yield f
-    else:
+    the column chunks asked for); inside ``fetched`` for that URL, its bytes already in memory."""
+    if not storage.is_url(path):
         yield path
+        return
+    held = _OPENED.get().get(str(path))
+    f = held if held is not None else _opened(str(path))
+    f.seek(0)
+    yield f
+
+
+def _opened(url: str) -> storage.Ranges:
+    """A URL's parquet with its footer in memory."""
+    f = storage.Ranges(url)
+    f.fetch([(f.size - TAIL, f.size)])
+    tail = f.get(max(0, f.size - 8), f.size)
+    if len(tail) == 8 and tail[4:] == b"PAR1":
+        f.fetch([(f.size - 8 - int.from_bytes(tail[:4], "little"), f.size)])
+    return f
+
+
+@contextmanager
+def fetched(path, columns):
+    """Inside: every read of the URL ``path`` (schema, ``columns``, each stage's) comes from memory,
+    its footer and the chunks of ``columns`` it has fetched in one set of range requests (nearby chunks
+    merged, fetched concurrently). A local path: nothing to do."""
+    if not storage.is_url(path):
+        yield
+        return
+    ahead = _AHEAD.get("run")
+    f = (ahead.take(str(path), columns) if ahead is not None else None) or _opened(str(path))
+    _fetch_columns(f, columns)
+    token = _OPENED.set({**_OPENED.get(), str(path): f})
+    try:
+        yield
+    finally:
+        _OPENED.reset(token)
+
+
+def _fetch_columns(f: storage.Ranges, columns) -> storage.Ranges:
+    try:
+        meta = pq.read_metadata(f)
+    except Exception:  # noqa: BLE001 - not a parquet: the stage's own read says so
+        return f
+    f.fetch(chunk_ranges(meta, columns))
+    return f
+
+
+def _prefetch(url: str, columns) -> storage.Ranges:
+    return _fetch_columns(_opened(url), columns)
+
+
+_AHEAD: dict[str, "ReadAhead"] = {}
+
+
+class ReadAhead:
+    """While one parquet of a bucket pool is worked on, the next ``depth`` ones (in job order) are
+    fetched on two threads, with the columns that one read: their round trips overlap the work
+    instead of adding to it. It starts with the first parquet that is read (a run whose stages are
+    all cached fetches nothing); memory: ``depth`` parquets' fetched bytes."""
+
+    def __init__(self, paths: list, depth: int = 3):
+        self.order = [str(p) for p in paths if storage.is_url(p) and is_metadata(p)]
+        self.index = {p: i for i, p in enumerate(self.order)}
+        self.depth = depth
+        self.futures: dict = {}  # url -> its fetch, until taken
+        self.started: set[str] = set()
+        self.pool = ThreadPoolExecutor(2, thread_name_prefix="curate-read-ahead") if self.order else None
+
+    def take(self, url: str, columns) -> storage.Ranges | None:
+        """``url``'s prefetched file (None when it was not fetched ahead, or failed: read it then)."""
+        i = self.index.get(url)
+        if i is None:
+            return None
+        for nxt in self.order[i + 1:i + 1 + self.depth]:
+            if nxt not in self.started:
+                self.started.add(nxt)
+                self.futures[nxt] = self.pool.submit(_prefetch, nxt, list(columns))
+        self.started.add(url)
+        fut = self.futures.pop(url, None)
+        for old in [u for u in self.futures if self.index[u] < i]:  # skipped (cached): let go of their bytes
+            self.futures.pop(old).cancel()
+        try:
+            return fut.result() if fut is not None else None
+        except Exception:  # noqa: BLE001 - read again by the stage, which reports what fails
+            return None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def read_ahead(paths: list):
+    """Inside: this process's ``fetched`` reads ahead through ``paths`` (a bucket metadata pool's
+    parquets, annotated one after the other in this process)."""
+    ahead = ReadAhead(paths)
+    _AHEAD["run"] = ahead
+    try:
+        yield
+    finally:
+        _AHEAD.pop("run", None)
+        ahead.close()
+
+
+def chunk_ranges(meta: pq.FileMetaData, columns) -> list[tuple[int, int]]:
+    """(start, end) of every row group's chunk of the top-level ``columns`` (those the file has)."""
+    want = set(columns)
+    out = []
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        for c in range(rg.num_columns):
+            col = rg.column(c)
+            if col.path_in_schema.split(".", 1)[0] not in want:
+                continue
+            start = col.data_page_offset
+            if col.has_dictionary_page and col.dictionary_page_offset:
+                start = min(start, col.dictionary_page_offset)
+            out.append((start, start + col.total_compressed_size))
+    return out
 
 
 def read_table(path, columns=None) -> pa.Table:

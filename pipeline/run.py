@@ -25,13 +25,15 @@ from typing import Literal
 
 from pipeline import objstore, publish, workstore
 from pipeline.config import CurateConfig, load_config
-from pipeline.executors import Executor, make
+from pipeline.executors import Executor, InProcess, ProcessPool, make
 from pipeline.faults import point
 from pipeline.lock import exclusive
-from pipeline.metadata import is_metadata
+from pipeline.metadata import is_metadata, read_ahead
+from pipeline.workdir import spool_dir
 from schemas.outputs import Manifest, ShardInfo, ShardResult
 from shardio import storage
 from shardio.shards import expand, shard_id
+from shardio.tar import spooling
 
 log = logging.getLogger(__name__)
 Policy = Literal["fail", "partial"]
@@ -149,15 +151,21 @@ def _check_metadata_only(shards: list[str], config: CurateConfig) -> None:
 
 def annotate_job(args: tuple) -> ShardResult:
     """One shard's per-shard pass (picklable, for process pools and clusters)."""
+    shard, work, clip_json, languages, stages_json, options, cached, *rest = args
+    embeddings = rest[0] if rest else None  # scorer columns whose embeddings the run reads (None: all)
+    spool = rest[1] if len(rest) > 1 else None  # the run's spool, when the job runs on the run's machine
+    storage.configure(options)  # the run's storage options, in whichever process runs the job
+    with spooling(spool) if spool else nullcontext():  # else this process's own, if the run set one
+        return _annotate_job(shard, work, clip_json, languages, stages_json, cached, embeddings)
+
+
+def _annotate_job(shard, work, clip_json, languages, stages_json, cached, embeddings) -> ShardResult:
     from pydantic import TypeAdapter
 
     from pipeline.annotate import annotate_shard
     from pipeline.config import StageSpec
     from schemas.config import ClipModel
 
-    shard, work, clip_json, languages, stages_json, options, cached, *rest = args
-    embeddings = rest[0] if rest else None  # scorer columns whose embeddings the run reads (None: all)
-    storage.configure(options)  # the run's storage options, in whichever process runs the job
     clip = [ClipModel.model_validate_json(c) for c in clip_json]
     stages = [TypeAdapter(StageSpec).validate_json(s) for s in stages_json]
     if storage.is_url(work):  # private scratch; results go to the work folder in the store
@@ -170,16 +178,18 @@ def annotate_job(args: tuple) -> ShardResult:
     return ShardResult.model_validate({**r, "info": r["info"].as_dict()})
 
 
-def jobs(p: Plan) -> list[tuple]:
+def jobs(p: Plan, spool: bool = False) -> list[tuple]:
     """(shard, work folder, scorers, languages, stages, storage options, the shard's cached files in a work
-    folder in object storage, the scorer columns whose embeddings the run reads): the options print as
-    their schemes only."""
+    folder in object storage, the scorer columns whose embeddings the run reads, the run's spool or None):
+    the options print as their schemes only. ``spool``: the jobs run on this machine (this process or
+    its pool), so remote tars they read are kept in the run's spool for export and the report."""
     options = storage.Options(p.config.storage_options)
     cached = workstore.index(p.work_url) if p.work_url else {}
     clip = [c.model_dump_json() for c in p.config.clip]
     stages = [st.model_dump_json() for st in p.config.stages]
     return [(s, p.work_url or str(p.work), clip, p.config.needs_languages, stages, options,
-             sorted(cached.get(shard_id(s), {})), p.config.embedding_columns()) for s in p.shards]
+             sorted(cached.get(shard_id(s), {})), p.config.embedding_columns(),
+             str(spool_dir(p.out)) if spool and _spools(p) else None) for s in p.shards]
 
 
 def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[str, ShardResult], dict[str, str]]:
@@ -188,15 +198,18 @@ def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[s
 
     done, failed = {}, {}
     bar = tqdm(total=len(p.shards), desc="annotate", unit="shard", disable=not progress)
-    for i, (job, result, error) in enumerate(executor.map(annotate_job, jobs(p))):
-        if error is None:
-            done[job[0]] = result
-        else:
-            failed[job[0]] = error
-            log.info("shard %s failed after retries: %s", job[0], error)  # reported once, by finish or its error
-        bar.update(1)
-        if i == len(p.shards) // 2:
-            point("annotate:mid")
+    # jobs run here one after the other: a bucket metadata pool's next parquets are fetched meanwhile
+    here = isinstance(executor, (InProcess, ProcessPool))  # not a cluster: the run's spool is theirs too
+    with read_ahead(p.shards) if isinstance(executor, InProcess) else nullcontext():
+        for i, (job, result, error) in enumerate(executor.map(annotate_job, jobs(p, spool=here))):
+            if error is None:
+                done[job[0]] = result
+            else:
+                failed[job[0]] = error
+                log.info("shard %s failed after retries: %s", job[0], error)  # reported once, by finish or its error
+            bar.update(1)
+            if i == len(p.shards) // 2:
+                point("annotate:mid")
     bar.close()
     return done, failed
 
@@ -370,8 +383,29 @@ def output_guard(p: Plan):
     with exclusive(p.out), (objstore.exclusive(p.out_url) if p.out_url else nullcontext()):
         if p.out_url is not None:
             (p.out / "curate.log").unlink(missing_ok=True)
-        with run_log(p.out):
+        with run_log(p.out), run_spool(p):
             yield
+
+
+def _spools(p: Plan) -> bool:
+    return any(storage.is_url(s) and not is_metadata(s) for s in p.shards)
+
+
+@contextmanager
+def run_spool(p: Plan):
+    """A pool of tars in a store: the run's spool (``spool_dir``, a killed run's emptied first), where
+    this process and the jobs on this machine keep each shard as they fetch it, so export and the
+    report read it from there; removed when the run ends. Jobs on a cluster keep nothing here."""
+    if not _spools(p):
+        yield
+        return
+    folder = spool_dir(p.out)
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        with spooling(folder):
+            yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager

@@ -8,6 +8,10 @@
     thumbs/<sid>.npy                     uint8 (n, 32, 32) grey thumbnails
     global/...                           pool-wide caches (k-means centroids, eval thumbnails)
 
+A run's spool (remote tars kept for the run, shardio/tar.py ``spooling``) is not in the work folder:
+it is ``<out>/.spool/`` of the run's local output folder (``spool_dir``), which the output's lock
+keeps to one run, and it is removed when the run ends.
+
 A shard id may be a path relative to the pool root (``part-a/00000``): each ``/`` is a sub-folder
 (made on write). Ids are checked so that two ids never name one file: no empty, ``.`` or ``..``
 part, no leading ``/``, no NUL (a backslash is an ordinary character: ``shard_id`` writes
@@ -70,3 +74,8 @@ class WorkDir:
 
     def global_dir(self, *parts: str) -> Path:
         return self.root.joinpath("global", *(check_name(p) for p in parts))
+
+
+def spool_dir(out: str | Path) -> Path:
+    """The run's private spool in its local output folder (a bucket output's: this machine's folder)."""
+    return Path(out) / ".spool"

@@ -13,6 +13,7 @@ Options are never written to a manifest or a log: ``Options`` shows only which s
 """
 from __future__ import annotations
 
+import io
 import logging
 
 import re
@@ -156,6 +157,75 @@ def identity(path: str | Path) -> dict:
     version = info.get("ETag") or info.get("etag") or info.get("md5") or info.get("LastModified") \
         or info.get("last_modified") or info.get("mtime")
     return {"path": str(path), "size": int(info.get("size") or 0), "version": str(version)}
+
+
+class Ranges(io.RawIOBase):
+    """A URL's object as a read-only file whose fetched parts stay in memory: a read inside them costs
+    no request; any other read fetches just its range. ``fetch`` brings many ranges at once (fsspec's
+    ``cat_ranges``: concurrent requests), ranges less than ``gap`` bytes apart merged into one. Made
+    for readers that know what they will read (a parquet's footer, then its column chunks)."""
+
+    def __init__(self, url: str, gap: int = 64 << 10):
+        self.url, self.gap = url, gap
+        self.fs, self.path = filesystem(url)
+        self.size = int(self.fs.size(self.path))  # a listed object's size: from the listing, no request
+        self.parts: list[tuple[int, bytes]] = []
+        self.pos = 0
+        self.requests = 0  # ranges fetched (each one GET)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: 0, 1: self.pos, 2: self.size}[whence] + offset
+        return self.pos
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
+        data = self.get(self.pos, end)
+        self.pos += len(data)
+        return data
+
+    def get(self, start: int, end: int) -> bytes:
+        """Bytes ``start:end``, from memory when a fetched part holds them."""
+        end = min(end, self.size)
+        if start >= end:
+            return b""
+        for attempt in (0, 1):
+            for at, data in self.parts:
+                if at <= start and end <= at + len(data):
+                    return data[start - at:end - at]
+            if not attempt:
+                self.fetch([(start, end)])
+        raise OSError(f"{redact(self.url)}: bytes {start}..{end} could not be read (the object changed while read?)")
+
+    def fetch(self, ranges: list[tuple[int, int]]) -> None:
+        """Bring ``ranges`` ((start, end) pairs) into memory, those already held left out."""
+        todo = sorted((max(0, s), min(self.size, e)) for s, e in ranges
+                      if s < e and not any(a <= s and e <= a + len(d) for a, d in self.parts))
+        merged: list[list[int]] = []
+        for s, e in todo:
+            if merged and s - merged[-1][1] <= self.gap:
+                merged[-1][1] = max(merged[-1][1], e)
+            else:
+                merged.append([s, e])
+        if not merged:
+            return
+        got = self.fs.cat_ranges([self.path] * len(merged), [s for s, _ in merged], [e for _, e in merged],
+                                 on_error="raise")
+        self.requests += len(merged)
+        self.parts.extend((s, bytes(d)) for (s, _), d in zip(merged, got))
 
 
 def open_read(path: str | Path, block_size: int | None = None, cache: str = "readahead") -> BinaryIO:

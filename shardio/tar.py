@@ -12,9 +12,11 @@ everything it could not use, instead of raising. It reads in two passes:
    of their first member, so the usual adjacent layout is read front to back.
 
 Only the byte offsets of the members are held between the passes, never the shard's data.
-A shard in object storage (a URL, shardio/storage.py) is streamed, never copied to disk: up to
-``REMOTE_WHOLE_BYTES`` it is fetched in one request and read from memory, a larger one by range
-requests (both passes then fetch it). Gzip-compressed shards are decompressed into a ``SpooledTemporaryFile`` (memory up to
+A shard in object storage (a URL, shardio/storage.py) is streamed: up to ``REMOTE_WHOLE_BYTES`` it
+is fetched in one request and read from memory, a larger one by range requests (both passes then
+fetch it). Inside a run's ``spooling`` it is also kept in the run's private spool as it is fetched
+(a larger one streamed there first and read from disk), and later reads in the run read that copy:
+each byte fetched once a run, no user-visible cache. Gzip-compressed shards are decompressed into a ``SpooledTemporaryFile`` (memory up to
 ``SPOOL_MAX_BYTES``, disk beyond) and read the same way.
 
 Grouping rules (see ``tests/test_tar_reader.py``):
@@ -33,11 +35,16 @@ Grouping rules (see ``tests/test_tar_reader.py``):
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import logging
 import os
+import shutil
 import tarfile
 import tempfile
+import threading
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -51,6 +58,8 @@ SPOOL_MAX_BYTES = 64 << 20  # decompressed gzip shards larger than this spill to
 MAX_MEMBER_BYTES = 256 << 20  # a larger member is not read (its sample drops, see TarSample.too_big)
 REMOTE_WHOLE_BYTES = 256 << 20  # a stored shard up to this size is fetched in one request, into memory
 REMOTE_BLOCK = 8 << 20  # a larger one: range requests of this size
+SPOOL_RESERVE = 1 << 30  # the run's spool keeps a shard only while the disk keeps this much (and 2%) free
+log = logging.getLogger(__name__)
 _GZIP_MAGIC = b"\x1f\x8b"
 _OTHER_COMPRESSION = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
                       b"PK\x03\x04": "zip"}
@@ -121,13 +130,73 @@ def iter_samples(path: str | Path, report: TarReport | None = None) -> Iterator[
         yield from _iter_tar(f, size, report, pread=_pread_for(f))
 
 
+_SPOOL: list[Path | None] = [None]  # this process's run spool (``spooling``)
+
+
+@contextmanager
+def spooling(folder: str | Path | None):
+    """Inside: a shard read from a URL is kept in ``folder`` (one file per shard, written as it is
+    fetched) and every later read of it in the run is served from there, so each byte of a stored
+    pool is fetched once a run. The run owns the folder and removes it (pipeline/run.py); a shard
+    that would leave the disk short (``SPOOL_RESERVE``) is not kept, and later reads fetch it again."""
+    before = _SPOOL[0]
+    _SPOOL[0] = Path(folder) if folder is not None else None
+    try:
+        yield
+    finally:
+        _SPOOL[0] = before
+
+
+def spooled(url: str) -> Path | None:
+    """Where the run's spool keeps ``url`` (None: no spool in this process)."""
+    folder = _SPOOL[0]
+    return None if folder is None else folder / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".shard")
+
+
+def _room(local: Path, size: int) -> bool:
+    try:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        du = shutil.disk_usage(local.parent)
+    except OSError:
+        return False
+    return du.free - size >= max(SPOOL_RESERVE, du.total // 50)
+
+
+def _keep(local: Path, write) -> bool:
+    """``write(file)`` into ``local``, atomically; False (nothing left behind) when the disk refuses."""
+    tmp = local.with_name(f"{local.name}.{os.getpid()}.{threading.get_ident()}.part")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, local)
+        return True
+    except OSError as e:
+        log.info("spool: %s not kept (%s); later reads fetch it again", local.name, e)
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _iter_url(url: str, report: TarReport) -> Iterator[TarSample]:
+    local = spooled(url)
+    if local is not None and local.is_file():  # fetched earlier in this run
+        yield from iter_samples(local, report)
+        return
     try:
         size = storage.size(url)
-        data = storage.read_bytes(url) if size <= REMOTE_WHOLE_BYTES else None
-        f = io.BytesIO(data) if data is not None else storage.open_read(url, REMOTE_BLOCK)
+        keep = local is not None and _room(local, size)
+        if size > REMOTE_WHOLE_BYTES and keep and _keep(local, lambda out: _copy(url, out)):
+            f = None  # a large shard: streamed to the spool once, read there
+        else:
+            data = storage.read_bytes(url) if size <= REMOTE_WHOLE_BYTES else None
+            if keep and data is not None:
+                _keep(local, lambda out: out.write(data))
+            f = io.BytesIO(data) if data is not None else storage.open_read(url, REMOTE_BLOCK)
     except Exception as e:  # noqa: BLE001 - the store's: no such object, access denied, network
         report.error = f"unreadable: {type(e).__name__}: {e}"
+        return
+    if f is None:
+        yield from iter_samples(local, report)
         return
     with f:
         if size == 0:
@@ -150,6 +219,11 @@ def _iter_url(url: str, report: TarReport) -> Iterator[TarSample]:
             return f.read(n)
         f.seek(0)
         yield from _iter_tar(f, size, report, pread=read_at)
+
+
+def _copy(url: str, out: BinaryIO) -> None:
+    with storage.open_read(url, REMOTE_BLOCK) as f:
+        shutil.copyfileobj(f, out, REMOTE_BLOCK)
 
 
 def _pread_for(f: BinaryIO):

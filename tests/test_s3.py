@@ -19,7 +19,7 @@ import pytest
 from pipeline.run import jobs, plan, run_curation
 from shardio import storage
 from shardio.shards import expand, shard_id
-from fixtures.buckets import checksums, start_server, stop_server, wait_for_lease
+from fixtures.buckets import Relay, Requests, checksums, start_server, stop_server, wait_for_lease
 from fixtures.shardmaker import make_pool, uid
 
 s3fs = pytest.importorskip("s3fs")
@@ -31,11 +31,18 @@ CLIP = {"clip": [{"model": "curate-tiny", "batch_size": 16}],
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """moto's S3 server on a free port of 127.0.0.1; its endpoint URL."""
-    proc, port = start_server(tmp_path_factory.mktemp("moto") / "server.log")
-    yield f"http://127.0.0.1:{port}"
+def moto(tmp_path_factory):
+    """moto's S3 server on a free port of 127.0.0.1: (port, its log, one line a request)."""
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    proc, port = start_server(log)
+    yield port, log
     stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def server(moto):
+    """The server's endpoint URL."""
+    return f"http://127.0.0.1:{moto[0]}"
 
 
 @pytest.fixture
@@ -474,3 +481,84 @@ def test_a_local_metadata_pool_keeps_its_npz_pointer_whatever_the_filters(tmp_pa
     assert second["run"]["stage_runs"] == 0 and sorted(p.name for p in emb.iterdir()) == names
     fresh = run_curation(str(tmp_path / "metadata"), tmp_path / "c", dedup, progress=False)
     assert np.array_equal(np.load(Path(second["root"]) / "uids.npy"), np.load(Path(fresh["root"]) / "uids.npy"))
+
+
+@pytest.fixture
+def counted(moto, env, monkeypatch):
+    """Every request of the test through a byte-counting relay (``.down``: bytes the server sent), and
+    the server's log of them (``.requests``)."""
+    relay = Relay(moto[0])
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{relay.port}")
+    s3fs.S3FileSystem.clear_instance_cache()
+    relay.requests = Requests(moto[1])
+    yield relay
+    relay.close()
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _gets(counts, suffix: str) -> dict[str, int]:
+    return {p: n for (m, p), n in counts.items() if m == "GET" and p.endswith(suffix)}
+
+
+def test_a_bucket_metadata_pool_fetches_each_parquet_once_and_only_its_read_columns(counted, tmp_path):
+    """A metadata-only run reads each parquet's footer and the chunks of the columns its stages read in
+    one set of range requests (the next parquets fetched while one is worked on); a column no stage
+    reads is never fetched; a rerun whose stages are cached fetches nothing."""
+    _datacomp(tmp_path / "metadata", shards=3, rows=3000, seed=5)
+    rng = np.random.default_rng(5)
+    junk = 0
+    for f in sorted((tmp_path / "metadata").glob("*.parquet")):  # a large column no stage reads, last
+        t = pq.read_table(f)
+        pq.write_table(t.append_column("face_bboxes", pa.array([rng.bytes(100) for _ in range(t.num_rows)])), f,
+                       compression="none")
+        junk += pq.read_metadata(f).row_group(0).column(t.num_columns).total_compressed_size
+    _upload(os.environ["AWS_ENDPOINT_URL"], tmp_path / "metadata", "datacomp", "once")
+    parquet_bytes = sum(f.stat().st_size for f in (tmp_path / "metadata").glob("*.parquet"))
+    cfg = {"clip": [{"precomputed": "l14"}], "filters": [{"type": "clip_score", "fraction": 0.3}]}
+    local = run_curation(str(tmp_path / "metadata"), tmp_path / "local", cfg, progress=False)
+    counted.reset()
+    counted.requests.mark()
+    remote = run_curation("s3://datacomp/once", tmp_path / "remote", cfg, progress=False)
+    got = counted.requests.count()
+    assert (Path(local["root"]) / "uids.npy").read_bytes() == (Path(remote["root"]) / "uids.npy").read_bytes()
+    parquets = _gets(got, ".parquet")
+    assert sorted(parquets) == [f"datacomp/once/{s:08x}cafe.parquet" for s in range(3)]
+    # the footer, then the chunks: ingest's columns and the score are adjacent, so one range each
+    assert set(parquets.values()) == {2}, got
+    assert not [k for k in got if k[0] == "HEAD" and k[1].endswith((".parquet", ".npz"))], got
+    assert not _gets(got, ".npz")
+    from pipeline.metadata import TAIL
+
+    read = parquet_bytes - junk + 3 * TAIL  # the columns read, each footer's request (its tail) and headers
+    assert read - 3 * TAIL - 20_000 < counted.down < read + 20_000, (counted.down, read)
+    counted.requests.mark()
+    again = run_curation("s3://datacomp/once", tmp_path / "remote", cfg, progress=False)
+    assert again["run"]["stage_runs"] == 0 and not _gets(counted.requests.count(), ".parquet")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_streamed_tar_pool_is_fetched_once_per_run(counted, tmp_path, workers):
+    """No cache configured: the per-shard pass keeps each tar it fetches in the run's spool, and export,
+    the dropped samples' shards and the report's gallery read it there; the outputs are the local run's
+    and the spool is gone after the run. A rerun that annotates nothing fetches each tar once, for export."""
+    from pipeline.workdir import spool_dir
+
+    pool = _pool(tmp_path)
+    _upload(os.environ["AWS_ENDPOINT_URL"], pool, "spool", "pool")
+    # as many processes as the bucket run: the scores' last bits follow the scorer's thread count
+    local = run_curation(str(pool), tmp_path / "local", CLIP, progress=False, write_dropped=True, workers=workers)
+    counted.requests.mark()
+    remote = run_curation("s3://spool/pool", tmp_path / "remote", CLIP, progress=False, workers=workers,
+                          write_dropped=True)
+    _same_outputs(local, remote)
+    assert (Path(remote["root"]) / "report.html").read_bytes().count(b"data:image/jpeg") == \
+        (Path(local["root"]) / "report.html").read_bytes().count(b"data:image/jpeg") > 0
+    tars = sorted(f"spool/pool/{p.relative_to(pool).as_posix()}" for p in pool.rglob("*.tar"))
+    assert _gets(counted.requests.count(), ".tar") == {t: 1 for t in tars}
+    assert not spool_dir(tmp_path / "remote").exists()
+    counted.requests.mark()
+    again = run_curation("s3://spool/pool", tmp_path / "remote", CLIP, progress=False, write_dropped=True,
+                         workers=workers)
+    assert again["run"]["stage_runs"] == 0
+    assert _gets(counted.requests.count(), ".tar") == {t: 1 for t in tars}
+    _same_outputs(local, again)
