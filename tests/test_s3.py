@@ -409,7 +409,14 @@ def test_a_dask_cluster_sharing_no_disk_gives_the_local_outputs(env, tmp_path):
 
     pool = _pool(tmp_path)
     _upload(env, pool, "cluster", "pool")
-    local = run_curation(str(pool), tmp_path / "local", CLIP, progress=False)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker scores (Dask starts them with one thread): the same float sums
+    try:
+        local = run_curation(str(pool), tmp_path / "local", CLIP, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     scratch = tmp_path / "workers"
     scratch.mkdir()
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
