@@ -271,12 +271,18 @@ def repeated_uids(uid: pd.Series, usable: np.ndarray) -> np.ndarray:
     rows = np.flatnonzero(usable) if not usable.all() else None
     hi, lo = halves if rows is None else (halves[0][rows], halves[1][rows])
     del halves
-    order = np.lexsort((lo, hi))  # stable: equal uids in row order
-    hi, lo = hi[order], lo[order]
-    again = np.zeros(len(order), bool)
-    again[1:] = (hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1])
+    order = np.argsort(hi, kind="stable")  # by the upper half; rows sharing it are compared whole below
+    top = hi[order]
+    same = np.flatnonzero(top[1:] == top[:-1])
+    del top
+    tied = order[np.union1d(same, same + 1)]  # rows whose upper half another row has (few)
+    del order
+    sub = np.lexsort((lo[tied], hi[tied]))  # stable: equal uids in row order
+    t = tied[sub]
+    again = np.zeros(len(t), bool)
+    again[1:] = (hi[t[1:]] == hi[t[:-1]]) & (lo[t[1:]] == lo[t[:-1]])
     out = np.zeros(len(uid), bool)
-    out[order[again] if rows is None else rows[order[again]]] = True
+    out[t[again] if rows is None else rows[t[again]]] = True
     return out
 
 
