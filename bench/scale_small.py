@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -108,8 +109,14 @@ def prepare(res: dict, st: dict, a) -> dict:
           f"{' (reused)' if info['reused'] else ''}", flush=True)
     res["pool"]["parquet_bytes_per_row_by_column"] = column_bytes(work / "metadata" / f"{info['shards'][0]}.parquet")
     t0 = time.time()
-    res["image_inputs"] = image_inputs(work / "metadata", info["shards"], work / "image_inputs",
-                                       clusters=IMAGE_CLUSTERS if not a.smoke else 20)
+    # in a subprocess: a child inherits this process's peak RSS (ru_maxrss survives fork and exec), so this
+    # process stays small
+    args = [str(work / "metadata"), info["shards"], str(work / "image_inputs"), 20 if a.smoke else IMAGE_CLUSTERS]
+    code = ("import json, sys; from pathlib import Path; from bench.scale_small_steps import image_inputs; "
+            "a = json.loads(sys.argv[1]); print(json.dumps(image_inputs(Path(a[0]), a[1], Path(a[2]), a[3])))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(args)], cwd=ROOT, check=True, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    res["image_inputs"] = json.loads(done.stdout.strip().splitlines()[-1])
     res["image_inputs"]["seconds"] = round(time.time() - t0, 1)
     return info
 
