@@ -138,3 +138,52 @@ def bytes_read(res: dict) -> dict:
             emb = 3072
         out[step] = round(sum(pq_cols.get(c, 0.0) for c in cols) + emb, 1)
     return out
+
+
+def _cell(r: dict | None) -> str:
+    if not r:
+        return "-"
+    if r.get("status") != "ok":
+        return f"{r.get('status')} ({r.get('seconds', 0):.0f} s)"
+    return f"{r['seconds']:.1f} / {r['cpu_seconds']:.1f} / {r['peak_rss_mb']:,.0f}"
+
+
+def table(res: dict) -> str:
+    """The bench/README table: per step and size wall s / CPU s / peak MB, ours and DataComp's."""
+    sizes = [str(n) for n in res.get("sizes", [])]
+    label = {"1000000": "1M", "4000000": "4M", "12800000": "12.8M"}
+    head = "| step | " + " | ".join(f"ours {label.get(n, n)}" for n in sizes) + " | " + \
+        " | ".join(f"DataComp {label.get(n, n)}" for n in sizes) + " | cpu exp | identical |"
+    lines = [head, "|" + "---|" * (len(sizes) * 2 + 3)]
+    by = res.get("by_size", {})
+    for step in res.get("steps", {}):
+        ours = [_cell(by.get(n, {}).get(step)) for n in sizes]
+        theirs = [_cell(by.get(n, {}).get(f"datacomp:{step}")) for n in sizes]
+        same = [by.get(n, {}).get(f"datacomp:{step}", {}).get("identical_to_ours") for n in sizes]
+        same = "-" if all(s is None for s in same) else ("yes" if all(s for s in same if s is not None) else "NO")
+        exp = res.get("cost_per_step", {}).get(step, {}).get("cpu_exponent")
+        lines.append(f"| {step} | " + " | ".join(ours + theirs) + f" | {exp if exp is not None else '-'} | {same} |")
+    return "\n".join(lines)
+
+
+def projection_table(res: dict) -> str:
+    """Projected worker-hours, wall hours (8 / 32 workers of this kind, 8 16-core nodes) and client peak."""
+    lines = ["| step | rows | worker-hours | wall h, 8 x 2-core | wall h, 32 x 2-core | wall h, 8 x 16-core | "
+             "client peak GB |", "|---|---|---|---|---|---|---|"]
+    for name, rows in SIZES.items():
+        for step, p in res.get("projected", {}).get(name, {}).items():
+            w = p["wall_hours"]
+            lines.append(f"| {step} | {rows / 1e6:,.0f}M | {p['worker_hours']:,} | {w['this_kind_x8']:,} | "
+                         f"{w['this_kind_x32']:,} | {w['16_core_x8']:,} | {p['client_peak_mb'] / 1024:,.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    from pathlib import Path
+
+    res = json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/scale_small.json").read_text())
+    print(table(res))
+    print()
+    print(projection_table(res))

@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = st["out"]
 
     def save():
+        res["missing"] = [f"{n}:{s}" for n in res["sizes"] for s in res.get("steps", {})
+                          if s not in res["by_size"].get(str(n), {})]
         res.update(model(res))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=1) + "\n")
@@ -218,19 +220,19 @@ def main(argv: list[str] | None = None) -> dict:
     inputs = st["work"] / "image_inputs"
     cfgs = configs(str(inputs / "targets_l14.npy"), str(inputs / "centroids_l14.npy"), a.smoke,
                    res["image_inputs"]["clusters"])
-    res["steps"] = {s: cfgs[s] for s in st["steps"]}
+    res["steps"] = cfgs if a.resume else {s: cfgs[s] for s in st["steps"]}
     env = peer_env(st["work"], inputs) if st["peer"] else None
-    if a.resume and out.is_file():
+    if a.resume and out.is_file():  # earlier invocations' steps and sizes are kept
         old = json.loads(out.read_text())
         res["by_size"], res["dask"] = old.get("by_size", {}), old.get("dask", {})
-    res["missing"] = [f"{n}:{s}" for n in st["sizes"] for s in st["steps"]]
+        res["datacomp"] = res["datacomp"] or old.get("datacomp", False)
+        res["sizes"] = sorted(set(res["sizes"]) | set(old.get("sizes", [])))
     for n in st["sizes"]:
         pool = subset_pool(st["work"] / "metadata", info, n, st["work"] / "pools" / str(n))
         row = res["by_size"].setdefault(str(n), {})
         for step in st["steps"]:
             if step not in row:
                 one_step(step, n, pool, row, st, a, cfgs, env)
-            res["missing"].remove(f"{n}:{step}")
             save()
     if st["dask_sizes"]:
         for n in st["dask_sizes"]:
