@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import schemas
 from pipeline.embeddings import Shards
 from pipeline.filters import Context, Filter
+from pipeline.ingest import INGEST_COLUMNS
 from pipeline.metadata import embedding_view
 from pipeline.stages import plan_for
 from pipeline.workdir import WorkDir
@@ -28,16 +29,20 @@ INGEST_REASONS = ("duplicate_key", "metadata", "no_image", "format", "decode")
 _NP = {"string": object, "float32": np.float32, "int32": np.int32, "int64": np.int64, "bool": bool}
 
 
-def load_columns(run_dir: str | Path, shard_ids: list[str], config) -> pd.DataFrame:
+def load_columns(run_dir: str | Path, shard_ids: list[str], config, lean: Lean | None = None) -> pd.DataFrame:
     """Join every stage's columns for the given shards into one table (row order = pool order): ingest's,
     ``row``, then each later stage's in plan order (pipeline/stages/); null for a stage the config
-    does not run (language id when nothing reads it), so what a run writes depends on its config."""
+    does not run (language id when nothing reads it), so what a run writes depends on its config.
+    ``lean`` (metadata-only runs): its deferred columns stay on disk, ``key`` shares ``uid``'s values
+    when they are equal and ``shard`` is held as a category (``Lean.restore`` gives them back)."""
     work = WorkDir(run_dir)
     quiet_allocator()
     stages = [st for st in plan_for(config) if st.folder != "ingest" and st.out_columns()]
     parts = []
     for sid in shard_ids:
         t = pq.read_table(work.columns("ingest", sid))
+        if lean is not None:
+            t = lean.shrink(t)
         t = t.append_column("row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
         for st in stages:
             cols = list(st.out_columns())
@@ -53,15 +58,86 @@ def load_columns(run_dir: str | Path, shard_ids: list[str], config) -> pd.DataFr
         parts.append(t.replace_schema_metadata(None))
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in ("uid", "key", "shard", "ingest_error")})
+    if lean is not None and lean.share_key and lean.key_is_uid is False:  # keys that are not uids: read again
+        del parts
+        lean.share_key = False
+        return load_columns(run_dir, shard_ids, config, lean)
     table = pa.concat_tables(parts)
     del parts
-    return table.to_pandas(split_blocks=True, self_destruct=True)
+    df = table.to_pandas(split_blocks=True, self_destruct=True)
+    if lean is not None and lean.key_is_uid:
+        df.insert(INGEST_COLUMNS.index("key"), "key", df["uid"])  # the same values, held once
+    return df
+
+
+# ingest columns no rule of decide reads (a filter may: Lean.deferred_for keeps those it names)
+DEFERRABLE = ("url", "image_ext", "image_bytes", "sha256", "width", "height")
+
+
+class Lean:
+    """What a metadata-only run's decide step leaves out of memory, and how metadata.parquet gets it back:
+    the ``deferred`` ingest columns (those no filter reads) are read again shard by shard as the file is
+    written, ``shard`` goes back from a category to a string column, so the file is the same bytes."""
+
+    def __init__(self, run_dir: str | Path, shard_ids: list[str], deferred: list[str], share_key: bool = True):
+        self.work, self.sids, self.deferred = WorkDir(run_dir), shard_ids, [c for c in INGEST_COLUMNS if c in deferred]
+        self.share_key = share_key
+        self.key_is_uid: bool | None = None  # None: no shard seen yet
+        self.string = pa.array([], pa.string()).to_pandas().dtype  # a string column's dtype once loaded
+        self._next, self._buf, self._start = 0, [], 0
+
+    @staticmethod
+    def deferred_for(config) -> list[str]:
+        """The deferrable columns that no filter reads (named in its settings, or sha256 for exact_dedup)."""
+        said = json.dumps([f.model_dump(mode="json") for f in config.filters])
+        exact = any(f.type == "exact_dedup" for f in config.filters)
+        return [c for c in DEFERRABLE if f'"{c}"' not in said and not (c == "sha256" and exact)]
+
+    def shrink(self, t: pa.Table) -> pa.Table:
+        """One shard's ingest table without the deferred columns (and ``key`` when it equals ``uid``)."""
+        t = t.drop_columns(self.deferred)
+        if self.share_key and self.key_is_uid is not False:
+            self.key_is_uid = t.column("key").equals(t.column("uid"))
+        if self.share_key and self.key_is_uid:
+            t = t.drop_columns(["key"])
+        i = t.schema.get_field_index("shard")
+        return t.set_column(i, "shard", pc.dictionary_encode(t.column("shard")))
+
+    def _rows(self, lo: int, hi: int) -> pa.Table:
+        """Rows ``lo:hi`` of the deferred columns (calls go forward through the pool)."""
+        while self._start + sum(b.num_rows for b in self._buf) < hi and self._next < len(self.sids):
+            path = self.work.columns("ingest", self.sids[self._next])
+            self._buf.append(pq.read_table(path, columns=self.deferred).replace_schema_metadata(None))
+            self._next += 1
+        while self._buf and self._start + self._buf[0].num_rows <= lo:
+            self._start += self._buf.pop(0).num_rows
+        return pa.concat_tables(self._buf).slice(lo - self._start, hi - lo)
+
+    def restore(self, chunk: pd.DataFrame, lo: int) -> pd.DataFrame:
+        """A slice of decide's table (rows ``lo:``) with every column a full load would have held."""
+        chunk = chunk.copy(deep=False)
+        chunk["shard"] = chunk["shard"].astype(self.string)
+        if self.deferred:
+            back = self._rows(lo, lo + len(chunk)).to_pandas()
+            for c in self.deferred:
+                chunk.insert(INGEST_COLUMNS.index(c), c, back[c].set_axis(chunk.index))
+        return chunk
 
 
 def quiet_allocator() -> None:
-    """Arrow's system allocator: mimalloc kept the parquet reader's freed buffers, adding to the peak RSS."""
+    """Arrow's system allocator: mimalloc kept the parquet reader's freed buffers, adding to the peak RSS.
+    glibc's malloc then maps blocks of 1 MiB and more on their own and gives them back when freed (its
+    moving threshold otherwise keeps large freed blocks on the heap: ~90 MB a million rows here)."""
     if pa.default_memory_pool().backend_name != "system":
         pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (fixes it, so it no longer moves)
+        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class Arrays:
@@ -144,7 +220,7 @@ def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Pa
     n = len(df)
     cause = ingest_reasons(df) if n else np.zeros(0, object)
     usable = df["ingest_error"].isna().to_numpy(bool) if n else np.zeros(0, bool)
-    dup_uid = df["uid"].where(usable).duplicated(keep="first").to_numpy() & usable if n else np.zeros(0, bool)
+    dup_uid = repeated_uids(df["uid"], usable)
     ok = usable & ~dup_uid
     names = sorted(set(pd.unique(cause[~usable])), key=lambda r: (r not in INGEST_REASONS, r))
     fails: list[tuple[str, np.ndarray]] = [(r, cause == r) for r in names] + [("duplicate_uid", dup_uid)]
@@ -171,11 +247,43 @@ def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Pa
     df = df.assign(**new_cols)
     matrix = np.stack([m for _, m in fails], axis=1) if n else np.zeros((0, len(fails)), bool)
     labels = np.array([r for r, _ in fails], dtype=object)
-    df["keep"] = ~matrix.any(axis=1)
-    first = matrix.argmax(axis=1)
-    df["drop_reason"] = np.where(df["keep"], None, labels[first] if n else labels[:0]).astype(object)
+    keep = ~matrix.any(axis=1)
+    df["keep"] = keep
+    if keep.all():  # no reason at all: an object column of None, as pandas makes of one
+        df["drop_reason"] = np.full(n, None, object)
+    else:  # strings, built in Arrow (null where kept)
+        first = pa.array(matrix.argmax(axis=1).astype(np.int32), mask=keep)
+        df["drop_reason"] = pa.array([str(x) for x in labels], pa.string()).take(first).to_pandas()
     df["drop_reasons"] = reason_lists(matrix, labels)
     return df, info, seconds
+
+
+def repeated_uids(uid: pd.Series, usable: np.ndarray) -> np.ndarray:
+    """Usable rows whose uid an earlier usable row has. Lower-case hex uids (a metadata pool's) are
+    compared as two 64-bit halves (a stable sort: ~40 bytes a row); others as strings."""
+    from pipeline.export import _hex_halves
+
+    arr = uid.array._pa_array if isinstance(uid.array, pd.arrays.ArrowExtensionArray) else None
+    lower = arr is not None and len(uid) > 0 and not pc.any(pc.match_substring_regex(arr, "[A-F]")).as_py()
+    halves = _hex_halves(uid) if lower else None
+    if halves is None:
+        return uid.where(usable).duplicated(keep="first").to_numpy() & usable if len(uid) else np.zeros(0, bool)
+    rows = np.flatnonzero(usable) if not usable.all() else None
+    hi, lo = halves if rows is None else (halves[0][rows], halves[1][rows])
+    del halves
+    order = np.argsort(hi, kind="stable")  # by the upper half; rows sharing it are compared whole below
+    top = hi[order]
+    same = np.flatnonzero(top[1:] == top[:-1])
+    del top
+    tied = order[np.union1d(same, same + 1)]  # rows whose upper half another row has (few)
+    del order
+    sub = np.lexsort((lo[tied], hi[tied]))  # stable: equal uids in row order
+    t = tied[sub]
+    again = np.zeros(len(t), bool)
+    again[1:] = (hi[t[1:]] == hi[t[:-1]]) & (lo[t[1:]] == lo[t[:-1]])
+    out = np.zeros(len(uid), bool)
+    out[t[again] if rows is None else rows[t[again]]] = True
+    return out
 
 
 def reason_lists(matrix: np.ndarray, labels: np.ndarray) -> pd.arrays.ArrowExtensionArray:
@@ -203,8 +311,7 @@ def _typed(values, kind: str, n: int):
 
 def summarize(df: pd.DataFrame) -> dict:
     keep = df["keep"].to_numpy(bool)
-    reason = pd.Series(df["drop_reason"].to_numpy(object)[~keep], dtype=object)
-    by_reason = reason.value_counts().sort_index()
+    by_reason = df["drop_reason"][~keep].value_counts().sort_index()  # no Python string a row
     return {"samples_in": int(len(df)), "kept": int(keep.sum()), "dropped": int((~keep).sum()),
             "dropped_by_reason": {k: int(v) for k, v in by_reason.items()},
             "failing_by_rule": dict(sorted(rule_counts(df["drop_reasons"]).items()))}

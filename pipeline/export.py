@@ -23,14 +23,17 @@ from shardio.sidecar import RETRY_COLUMNS, not_downloaded_rows
 from shardio.tar import iter_samples
 
 
-def uid_array(uids) -> np.ndarray:
-    """DataComp's subset format: sorted structured array of (upper, lower) 64-bit halves."""
+def uid_array(uids, keep: np.ndarray | None = None) -> np.ndarray:
+    """DataComp's subset format: sorted structured array of (upper, lower) 64-bit halves (of the rows
+    ``keep`` marks, when given)."""
     halves = _hex_halves(uids)
     if halves is None:
-        arr = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in uids], np.dtype("u8,u8"))
+        picked = uids if keep is None else [u for u, k in zip(uids, keep) if k]
+        arr = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in picked], np.dtype("u8,u8"))
         arr.sort()
         return arr
-    hi, lo = halves
+    hi, lo = halves if keep is None else (halves[0][keep], halves[1][keep])
+    del halves
     order = np.lexsort((lo, hi))
     arr = np.empty(len(order), np.dtype("u8,u8"))
     arr["f0"], arr["f1"] = hi[order], lo[order]
@@ -40,25 +43,29 @@ def uid_array(uids) -> np.ndarray:
 _HEX = np.full(256, 255, np.uint8)
 for _i, _c in enumerate(b"0123456789abcdef"):
     _HEX[_c] = _HEX[b"0123456789ABCDEF"[_i]] = _i
+HALVES_ROWS = 1 << 20  # rows converted at a time (~150 bytes a row while converted)
 
 
 def _hex_halves(uids) -> tuple[np.ndarray, np.ndarray] | None:
-    """(upper, lower) halves of 32-hex-character uids, vectorised; None when any is not one."""
+    """(upper, lower) halves of 32-hex-character uids, vectorised ``HALVES_ROWS`` at a time; None when
+    any is not one."""
     arr = uids.array._pa_array if isinstance(getattr(uids, "array", None), pd.arrays.ArrowExtensionArray) \
         else pa.chunked_array([pa.array(list(uids), pa.string())])
     if arr.null_count:
         return None
-    arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    arr = arr.cast(pa.large_binary())
-    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + len(arr) + 1]
-    if len(arr) and not (np.diff(offsets) == 32).all():
-        return None
-    raw = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0]:offsets[-1]] if len(arr) else np.zeros(0, np.uint8)
-    nib = _HEX[raw].reshape(len(arr), 32)
-    if (nib == 255).any():
-        return None
-    packed = np.ascontiguousarray((nib[:, 0::2] << 4) | nib[:, 1::2]).view(">u8")  # (n, 2) big-endian halves
-    return packed[:, 0].astype(np.uint64), packed[:, 1].astype(np.uint64)
+    hi, lo = np.empty(len(arr), np.uint64), np.empty(len(arr), np.uint64)
+    for at in range(0, len(arr), HALVES_ROWS):
+        part = arr.slice(at, HALVES_ROWS)
+        part = (part.combine_chunks() if part.num_chunks != 1 else part.chunk(0)).cast(pa.large_binary())
+        offsets = np.frombuffer(part.buffers()[1], np.int64)[part.offset:part.offset + len(part) + 1]
+        if not (np.diff(offsets) == 32).all():
+            return None
+        nib = _HEX[np.frombuffer(part.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]].reshape(len(part), 32)
+        if (nib == 255).any():
+            return None
+        packed = np.ascontiguousarray((nib[:, 0::2] << 4) | nib[:, 1::2]).view(">u8")  # (n, 2) big-endian halves
+        hi[at:at + len(part)], lo[at:at + len(part)] = packed[:, 0], packed[:, 1]
+    return hi, lo
 
 
 def write_shards(df: pd.DataFrame, shards: list[str], out_dir: Path, samples_per_shard: int,
@@ -203,16 +210,23 @@ def metadata_table(df: pd.DataFrame, declared: dict[str, str]) -> pa.Table:
 UNIQUE = ("uid", "key", "url", "caption", "sha256")
 
 
-def write_metadata(path: Path, df: pd.DataFrame, declared: dict[str, str], rows: int = 1 << 17) -> None:
-    """metadata.parquet, converted and written ``rows`` at a time (no second copy of the table)."""
+def write_metadata(path: Path, df: pd.DataFrame, declared: dict[str, str], rows: int = 1 << 17,
+                   restore=None) -> None:
+    """metadata.parquet, converted and written ``rows`` at a time (no second copy of the table).
+    ``restore(slice, first_row)``: the slice with the columns a lean decide left on disk put back
+    (pipeline/decide.Lean.restore)."""
+    def part(lo: int) -> pa.Table:
+        s = df.iloc[lo:lo + rows]
+        return metadata_table(s if restore is None else restore(s, lo), declared)
+
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    first = metadata_table(df.iloc[:rows], declared)
+    first = part(0)
     # dictionaries where values repeat; a uid, url or caption column would only fall back to plain
     repeat = [c for c in first.column_names if c not in UNIQUE]
     with pq.ParquetWriter(tmp, first.schema, use_dictionary=repeat) as w:
         w.write_table(first)
         for lo in range(rows, len(df), rows):
-            w.write_table(metadata_table(df.iloc[lo:lo + rows], declared))
+            w.write_table(part(lo))
     os.replace(tmp, path)
 
 
@@ -244,7 +258,7 @@ def export(df: pd.DataFrame, shards: list[str], out: str | Path, samples_per_sha
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = write_shards(df, shards, out / "shards", samples_per_shard, captions) if shards else []
-    uids = uid_array(df.loc[df["keep"], "uid"])
+    uids = uid_array(df["uid"], df["keep"].to_numpy(bool))
     tmp = out / ".uids.tmp.npy"
     np.save(tmp, uids)
     tmp.replace(out / "uids.npy")

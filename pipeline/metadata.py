@@ -320,6 +320,8 @@ def precomputed(parquet: str | Path, spec: ClipModel, n: int) -> tuple[np.ndarra
     if not storage.is_file(npz):
         return score, None, None
     with storage.open_read(npz, 8 << 20) as f, np.load(f) as z:  # a URL's: only its two members are fetched
+        if not {f"{spec.precomputed}_img.npy", f"{spec.precomputed}_txt.npy"} <= set(z.zip.namelist()):
+            return score, None, None  # an npz without this scorer's embeddings: the scores alone
         img, txt = z[f"{spec.precomputed}_img"], z[f"{spec.precomputed}_txt"]
     if len(img) != n:
         raise ValueError(f"{npz} holds {len(img)} embeddings for {n} rows of {storage.name(str(parquet))}")

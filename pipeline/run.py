@@ -234,7 +234,7 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     if p.work_url is not None:  # the per-shard results, from the store into this machine's mirror
         workstore.pull(p.work_url, [shard_id(s) for s in shards], p.work)
     infos = [done[s].info for s in shards]
-    df, filters, seconds = _decide(p, shards, sum(i.samples_found for i in infos))
+    df, filters, seconds, lean = _decide(p, shards, sum(i.samples_found for i in infos))
     manifest = {**summarize(df), **_shard_facts(infos, failed), "pool_files_not_read": p.unread,
                 "filters": filters, "thresholds": {k: v["threshold"] for k, v in filters.items() if "threshold" in v},
                 "scorers": [c.model_dump() for c in p.config.clip],
@@ -263,7 +263,8 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     manifest = _redacted(manifest)
     manifest["report"] = "report.html"
     manifest["run"]["filter_seconds"] = seconds
-    meta = Background(write_metadata, stage / "metadata.parquet", df, declared)  # while the report is drawn
+    meta = Background(write_metadata, stage / "metadata.parquet", df, declared, 1 << 17,  # while the report is drawn
+                      lean.restore if lean is not None else None)
     try:
         write_report(stage, df.reset_index(drop=True), shards, manifest)
     finally:
@@ -285,19 +286,22 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
 
 
 def _decide(p: Plan, shards: list[str], found: int):
-    """Load the shards' columns and decide; (table, filter summaries, seconds per filter)."""
-    from pipeline.decide import Arrays, decide, load_columns
+    """Load the shards' columns and decide; (table, filter summaries, seconds per filter, the ``Lean``
+    that gives a metadata-only run's table back its left-out columns, or None)."""
+    from pipeline.decide import Arrays, Lean, decide, load_columns
 
     sids = [shard_id(s) for s in shards]
     plotting = threading.Thread(target=_import_plotting, daemon=True)  # while parquet reading holds no GIL
     plotting.start()
-    df = load_columns(p.work, sids, p.config)
+    metadata_only = bool(shards) and all(map(is_metadata, shards))
+    lean = Lean(p.work, sids, Lean.deferred_for(p.config)) if metadata_only else None
+    df = load_columns(p.work, sids, p.config, lean)
     plotting.join()  # before decide, which may fork
     point("decide")
     df, filters, seconds = decide(df, p.config, Arrays(p.work, sids), run=p.work)
     if found != len(df):
         raise RuntimeError(f"accounting: the shards hold {found} samples but decide saw {len(df)}")
-    return df, filters, seconds
+    return df, filters, seconds, lean
 
 
 def _shard_facts(infos: list[ShardInfo], failed: dict[str, str]) -> dict:

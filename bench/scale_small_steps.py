@@ -1,0 +1,140 @@
+"""bench/scale_small.py's steps: our configs, DataComp's baselines.py arguments beside the ones it has,
+the image-based inputs (given centroids and target embeddings, both sides the same files) and the run
+of DataComp's code (bench/parity_peer.py's wrapper: offline, CUDA mapped to the CPU)."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from bench.scale_measure import measure, rel
+from bench.scale_peer import PEER_PY, datacomp_dir, lid_model
+
+FRACTION = 0.3
+SEMDEDUP_CLUSTERS = 500  # as bench/scale.py: fixed, as a config fixes it
+IMAGE_CLUSTERS = 1000  # given centroids (DataComp small's own are 100,000: see the results' notes)
+TRAIN_SHARDS = 10  # the centroids' k-means sample: the pool's first shards, caption-filtered
+N_TARGETS = 1000
+
+L14 = {"precomputed": "l14"}
+B32 = {"precomputed": "b32", "column": "clip_score_b32"}
+CAPTION = {"type": "basic", "words": "fasttext", "min_words": 2, "min_chars": 6, "min_side": None,
+           "max_aspect": None}  # DataComp's image-based caption filter (pipeline/presets/datacomp/image-based.yaml)
+
+# step -> (our config, DataComp's baselines.py arguments or None, "cheap" | "global")
+STEPS = {
+    "no_filter": ({"clip": [], "filters": []}, ["--name", "no_filter"], "cheap"),
+    "basic": ({"clip": [], "filters": [{"type": "basic"}]}, ["--name", "basic_filter"], "cheap"),
+    "clip_score_l14": ({"clip": [L14], "filters": [{"type": "clip_score", "fraction": FRACTION}]},
+                       ["--name", "clip_score", "--arch", "l14", "--fraction", str(FRACTION)], "cheap"),
+    "clip_score_b32": ({"clip": [B32], "filters": [{"type": "clip_score", "column": "clip_score_b32",
+                                                    "fraction": FRACTION}]},
+                       ["--name", "clip_score", "--arch", "b32", "--fraction", str(FRACTION)], "cheap"),
+    "text_based": ({"clip": [], "filters": [{"type": "basic", "min_words": 0, "min_chars": 0, "min_side": None,
+                                             "max_aspect": None}, {"type": "text_based", "rule": "wordnet"}]},
+                   ["--name", "text_based"], "cheap"),
+    "image_based": ({"clip": [L14], "filters": [CAPTION, {"type": "image_based", "clusters": IMAGE_CLUSTERS}]},
+                    ["--name", "image_based", "--image_based_scale", "small", "--num_gpus", "1"], "global"),
+    "image_based_clip": ({"clip": [L14], "filters": [CAPTION, {"type": "clip_score", "fraction": FRACTION},
+                                                     {"type": "image_based", "clusters": IMAGE_CLUSTERS}]},
+                         ["--name", "image_based_intersect_clip_score", "--image_based_scale", "small", "--arch",
+                          "l14", "--fraction", str(FRACTION), "--num_gpus", "1"], "global"),
+    "semantic_dedup": ({"clip": [L14], "filters": [{"type": "semantic_dedup", "clusters": SEMDEDUP_CLUSTERS,
+                                                    "eps": 0.05}]}, None, "global"),
+    "d2_pruning": ({"clip": [L14], "filters": [{"type": "d2_pruning", "budget": FRACTION}]}, None, "global"),
+    "neg_clip_loss": ({"clip": [L14], "filters": [{"type": "neg_clip_loss", "fraction": FRACTION}]}, None, "global"),
+    "norm_sim": ({"clip": [L14], "filters": [{"type": "norm_sim", "p": "inf", "fraction": FRACTION}]}, None, "global"),
+}
+
+
+def configs(targets: str, centroids: str, small: bool, clusters: int = IMAGE_CLUSTERS) -> dict:
+    """Each step's config with the image inputs filled in (``small``: tiny pools, fewer clusters)."""
+    import json
+
+    out = {}
+    for step, (cfg, _, _) in STEPS.items():
+        cfg = json.loads(json.dumps(cfg))
+        for f in cfg["filters"]:
+            if f["type"] == "image_based":
+                f.update({"targets": [targets], "centroids": centroids, "clusters": clusters})
+            if f["type"] == "norm_sim":
+                f["targets"] = [targets]
+            if f["type"] == "semantic_dedup" and small:
+                f["clusters"] = 10
+        out[step] = cfg
+    return out
+
+
+def image_inputs(pool: Path, shards: list[str], folder: Path, clusters: int = IMAGE_CLUSTERS, seed: int = 7) -> dict:
+    """Given centroids (faiss k-means as DataComp's image_based_clustering.py: niter 20, seed 0, L2, on
+    the caption-filtered L/14 image embeddings of the pool's first ``TRAIN_SHARDS`` shards) and 1,000
+    target embeddings near rows of half the centroids; .npy for ours, .pt (written by DataComp's venv)
+    for its loader. Reused when there."""
+    import faiss
+    import pyarrow.parquet as pq
+
+    from bench.parity_pool import caption_mask
+
+    if (folder / "centroids_l14.npy").is_file() and (folder / "in1k_clip_vit_l14_4.pt").is_file():
+        return {"clusters": clusters, "reused": True}
+    x = []
+    for name in shards[:TRAIN_SHARDS]:
+        texts = pq.read_table(pool / f"{name}.parquet", columns=["text"]).column("text").to_pylist()
+        with np.load(pool / f"{name}.npz") as z:
+            x.append(z["l14_img"][caption_mask(texts)].astype(np.float32))
+    x = np.ascontiguousarray(np.concatenate(x))
+    d = x.shape[1]
+    cluster = faiss.Clustering(d, clusters)
+    cluster.niter, cluster.seed, cluster.max_points_per_centroid = 20, 0, 10_000_000
+    cluster.train(x, faiss.IndexFlatL2(d))
+    cent = faiss.vector_float_to_array(cluster.centroids).reshape(clusters, d).astype(np.float32)
+    lab = (x @ cent.T).argmax(1)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(clusters, clusters // 2, replace=False)
+    src = x[np.isin(lab, chosen)]
+    t = src[rng.integers(len(src), size=N_TARGETS)]
+    t = t + (0.05 / np.sqrt(d)) * rng.standard_normal(t.shape).astype(np.float32)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "centroids_l14.npy", cent)
+    np.save(folder / "targets_l14.npy", t.astype(np.float32))
+    code = ("import sys, numpy as np, torch; f = sys.argv[1]; c = np.load(f + '/centroids_l14.npy'); "
+            "torch.save(c, f + '/small_centroids_l14.pt', pickle_protocol=4); t = torch.from_numpy(np.load(f + "
+            "'/targets_l14.npy')); [torch.save({'image_features': p.clone()}, f + f'/in1k_clip_vit_l14_{i}.pt') "
+            "for i, p in enumerate(torch.tensor_split(t, 5))]")
+    if PEER_PY.exists():
+        subprocess.run([str(PEER_PY), "-c", code, str(folder)], check=True)
+    return {"clusters": clusters, "trained_on_rows": int(len(x)), "targets": N_TARGETS, "reused": False}
+
+
+def peer_env(work: Path, inputs: Path) -> dict:
+    from bench.parity_peer import nltk_data
+    from pipeline.filters.text_based import default_synsets
+
+    return {**os.environ, "DATACOMP_DIR": str(datacomp_dir()), "DATACOMP_LID": str(lid_model()),
+            "PYTHONPATH": str(datacomp_dir()), "PARITY_IN21K": str(default_synsets()),
+            "NLTK_DATA": str(nltk_data(work / "nltk_data")), "PARITY_CPU": "1",
+            "PARITY_CENTROIDS": str(inputs / "small_centroids_l14.pt"), "PARITY_TARGETS": str(inputs),
+            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": "1"}
+
+
+def run_peer(step: str, pool: Path, n: int, work: Path, env: dict, workers: int, timeout: float,
+             mem_cap_mb: float) -> dict:
+    """DataComp's baselines.py for ``step`` on ``pool`` (its uids saved beside ours)."""
+    from bench.parity_peer import PEER_WRAPPER, WRAPPER
+
+    if not WRAPPER.is_file() or WRAPPER.read_text() != PEER_WRAPPER:
+        WRAPPER.write_text(PEER_WRAPPER)
+    dst = work / "uids" / str(n) / f"datacomp_{step}.npy"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    log = work / "logs" / str(n) / f"datacomp_{step}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    res = measure([str(PEER_PY), str(WRAPPER), "--metadata_dir", str(pool), "--save_path", str(dst),
+                   "--num_workers", str(workers), *STEPS[step][1]], timeout, mem_cap_mb, env=env, log=log)
+    if res["status"] == "ok":
+        res["uid_count"] = int(len(np.load(dst)))
+        res["uids_file"] = rel(dst)
+    return res
