@@ -46,6 +46,10 @@ NOTES = [
     "100,000) fit by faiss k-means on the caption-filtered first 100,000 rows, and 1,000 target embeddings; its "
     "GPU assignment runs on the CPU (bench/parity_peer.py maps cuda to cpu: the same torch einsum and argmax)",
     "the machine is shared with other work (2 cores): loadavg_1m_before gives the load before each step",
+    "a step killed at its timeout reports the CPU seconds of the processes its parent had reaped: for DataComp "
+    "(whose workers are killed with it) that is the parent's alone, so a timeout's cpu_seconds understates it",
+    "the steps ran in several invocations (--resume), the cheap ones first at every size, then the global ones as "
+    "the time allowed; missing lists the size:step pairs not run",
 ]
 
 
