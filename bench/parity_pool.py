@@ -159,7 +159,6 @@ def caption_mask(texts: list[str]) -> np.ndarray:
 def image_inputs(pool: Path, info: dict, folder: Path) -> dict:
     """DataComp-style centroids (faiss k-means on the caption-filtered pool) and target embeddings,
     as .npy (ours) and, written by DataComp's venv, .pt (its loader's format)."""
-    import faiss
     import pyarrow.parquet as pq
 
     x, near = [], []
@@ -171,18 +170,28 @@ def image_inputs(pool: Path, info: dict, folder: Path) -> dict:
         x.append(img[keep].astype(np.float32))
         near.append(img[np.isfinite(img.astype(np.float32)).all(1) & (np.abs(img).max(1) > 0)].astype(np.float32))
     x = np.ascontiguousarray(np.concatenate(x))
+    chosen = write_image_inputs(x, np.concatenate(near), CLUSTERS, SEED, folder)
+    return {"clusters": CLUSTERS, "trained_on_rows": int(len(x)), "targets": N_TARGETS,
+            "target_seed_clusters": int(len(chosen))}
+
+
+def write_image_inputs(x: np.ndarray, rows: np.ndarray, clusters: int, seed: int, folder: Path,
+                       n_targets: int = N_TARGETS) -> np.ndarray:
+    """Centroids: faiss k-means of ``x`` as DataComp's image_based_clustering.py runs it (niter 20, seed 0,
+    L2); targets: ``n_targets`` unit vectors near ``rows`` of the clusters of half the centroids. Saved as
+    .npy (ours) and, when DataComp's venv is there, as .pt in its loader's format. Returns the chosen clusters."""
+    import faiss
+
     d = x.shape[1]
-    cluster = faiss.Clustering(d, CLUSTERS)
+    cluster = faiss.Clustering(d, clusters)
     cluster.niter, cluster.seed, cluster.max_points_per_centroid = 20, 0, 10_000_000
     cluster.train(x, faiss.IndexFlatL2(d))
-    cent = faiss.vector_float_to_array(cluster.centroids).reshape(CLUSTERS, d).astype(np.float32)
-    # targets: around pool rows of the clusters of half the centroids
-    pool_rows = np.concatenate(near)
-    lab = (pool_rows @ cent.T).argmax(1)
-    rng = np.random.default_rng(SEED)
-    chosen = rng.choice(CLUSTERS, CLUSTERS // 2, replace=False)
-    src = pool_rows[np.isin(lab, chosen)]
-    t = src[rng.integers(len(src), size=N_TARGETS)]
+    cent = faiss.vector_float_to_array(cluster.centroids).reshape(clusters, d).astype(np.float32)
+    lab = (rows @ cent.T).argmax(1)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(clusters, clusters // 2, replace=False)
+    src = rows[np.isin(lab, chosen)]
+    t = src[rng.integers(len(src), size=n_targets)]
     t = t + (0.05 / np.sqrt(d)) * rng.standard_normal(t.shape).astype(np.float32)
     t /= np.linalg.norm(t, axis=1, keepdims=True)
     folder.mkdir(parents=True, exist_ok=True)
@@ -192,9 +201,9 @@ def image_inputs(pool: Path, info: dict, folder: Path) -> dict:
             "torch.save(c, f + '/small_centroids_l14.pt', pickle_protocol=4); t = torch.from_numpy(np.load(f + "
             "'/targets_l14.npy')); [torch.save({'image_features': p.clone()}, f + f'/in1k_clip_vit_l14_{i}.pt') "
             "for i, p in enumerate(torch.tensor_split(t, 5))]")
-    subprocess.run([str(PEER_PY), "-c", code, str(folder)], check=True)
-    return {"clusters": CLUSTERS, "trained_on_rows": int(len(x)), "targets": N_TARGETS,
-            "target_seed_clusters": int(len(chosen))}
+    if PEER_PY.exists():
+        subprocess.run([str(PEER_PY), "-c", code, str(folder)], check=True)
+    return chosen
 
 
 def pool_meta(pool: Path, info: dict) -> dict:

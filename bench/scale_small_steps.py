@@ -4,7 +4,6 @@ of DataComp's code (bench/parity_peer.py's wrapper: offline, CUDA mapped to the 
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +71,9 @@ def image_inputs(pool: Path, shards: list[str], folder: Path, clusters: int = IM
     the caption-filtered L/14 image embeddings of the pool's first ``TRAIN_SHARDS`` shards) and 1,000
     target embeddings near rows of half the centroids; .npy for ours, .pt (written by DataComp's venv)
     for its loader. Reused when there."""
-    import faiss
     import pyarrow.parquet as pq
 
-    from bench.parity_pool import caption_mask
+    from bench.parity_pool import caption_mask, write_image_inputs
 
     if (folder / "centroids_l14.npy").is_file() and (folder / "in1k_clip_vit_l14_4.pt").is_file():
         return {"clusters": clusters, "reused": True}
@@ -85,27 +83,7 @@ def image_inputs(pool: Path, shards: list[str], folder: Path, clusters: int = IM
         with np.load(pool / f"{name}.npz") as z:
             x.append(z["l14_img"][caption_mask(texts)].astype(np.float32))
     x = np.ascontiguousarray(np.concatenate(x))
-    d = x.shape[1]
-    cluster = faiss.Clustering(d, clusters)
-    cluster.niter, cluster.seed, cluster.max_points_per_centroid = 20, 0, 10_000_000
-    cluster.train(x, faiss.IndexFlatL2(d))
-    cent = faiss.vector_float_to_array(cluster.centroids).reshape(clusters, d).astype(np.float32)
-    lab = (x @ cent.T).argmax(1)
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(clusters, clusters // 2, replace=False)
-    src = x[np.isin(lab, chosen)]
-    t = src[rng.integers(len(src), size=N_TARGETS)]
-    t = t + (0.05 / np.sqrt(d)) * rng.standard_normal(t.shape).astype(np.float32)
-    t /= np.linalg.norm(t, axis=1, keepdims=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "centroids_l14.npy", cent)
-    np.save(folder / "targets_l14.npy", t.astype(np.float32))
-    code = ("import sys, numpy as np, torch; f = sys.argv[1]; c = np.load(f + '/centroids_l14.npy'); "
-            "torch.save(c, f + '/small_centroids_l14.pt', pickle_protocol=4); t = torch.from_numpy(np.load(f + "
-            "'/targets_l14.npy')); [torch.save({'image_features': p.clone()}, f + f'/in1k_clip_vit_l14_{i}.pt') "
-            "for i, p in enumerate(torch.tensor_split(t, 5))]")
-    if PEER_PY.exists():
-        subprocess.run([str(PEER_PY), "-c", code, str(folder)], check=True)
+    write_image_inputs(x, x, clusters, seed, folder)
     return {"clusters": clusters, "trained_on_rows": int(len(x)), "targets": N_TARGETS, "reused": False}
 
 

@@ -19,7 +19,7 @@ import pytest
 from pipeline.run import jobs, plan, run_curation
 from shardio import storage
 from shardio.shards import expand, shard_id
-from fixtures.buckets import Relay, Requests, checksums, start_server, stop_server, wait_for_lease
+from fixtures.buckets import Relay, Requests, checksums, http_site, start_server, stop_server, wait_for_lease
 from fixtures.shardmaker import make_pool, uid
 
 s3fs = pytest.importorskip("s3fs")
@@ -270,20 +270,9 @@ def test_missing_objects_and_outputs_in_a_bucket_are_named(env, tmp_path):
 def test_https_pools_are_read_only_streams(tmp_path):
     """http(s):// through fsspec's HTTP filesystem (a local http.server here): braces, and folders from
     the server's index pages."""
-    import functools
-    import http.server
-    import threading
-
     make_pool(tmp_path / "site" / "pool" / "part-a", n=12, per_shard=6)
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path / "site")))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{srv.server_address[1]}/pool/"
+    with http_site(tmp_path / "site") as base:
+        url = base + "/pool/"
         assert [shard_id(s) for s in expand(url)] == ["part-a/00000", "part-a/00001"]
         remote = run_curation(url + "part-a/{00000..00001}.tar", tmp_path / "remote", {"filters": []}, progress=False)
         local = run_curation(str(tmp_path / "site" / "pool" / "part-a"), tmp_path / "local", {"filters": []}, progress=False)
@@ -298,8 +287,6 @@ def test_https_pools_are_read_only_streams(tmp_path):
             if f.is_file() and f.suffix in (".json", ".log", ".html", ".parquet"):
                 assert b"SIGSECRET" not in f.read_bytes() and b"AKIAX" not in f.read_bytes(), f
         assert "X-Amz-Signature=***" in json.dumps(m["input_shards"])
-    finally:
-        srv.shutdown()
 
 
 def test_output_and_work_folder_in_a_bucket(env, tmp_path):

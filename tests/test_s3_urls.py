@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures.buckets import start_server, stop_server
+from fixtures.buckets import http_site, start_server, stop_server
 from fixtures.shardmaker import COLOURS, image_bytes, make_pool, make_task, write_members
 from shardio import models, storage
 
@@ -291,23 +291,12 @@ def test_no_secret_lands_in_outputs_results_or_logs(server, monkeypatch, tmp_pat
 def test_https_checkpoints_are_read_and_never_written(tmp_path, monkeypatch):
     """A checkpoint folder and a presigned weights file over http(s) (a local http.server): read into the
     cache, same weights as the local folder; a run folder there is refused."""
-    import functools
-    import http.server
-    import threading
-
     from training.model import load_clip
 
     _clean_env(monkeypatch, tmp_path)
     ckpt = _checkpoint(tmp_path / "site" / "m" / "final", seed=5)
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path / "site")))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{srv.server_address[1]}/m/final"
+    with http_site(tmp_path / "site") as base:
+        url = base + "/m/final"
         want = load_clip(str(ckpt)).model.state_dict()
         for got in (load_clip(url), load_clip("curate-tiny", url + "/open_clip_model.safetensors?X-Amz-Signature=SIG")):
             assert all(torch.equal(v, got.model.state_dict()[k]) for k, v in want.items())
@@ -315,5 +304,3 @@ def test_https_checkpoints_are_read_and_never_written(tmp_path, monkeypatch):
         assert names == ["final", "open_clip_model.safetensors"]  # no signature in a cached name
         with pytest.raises(ValueError, match="read only"):
             _train(str(tmp_path / "site"), url.rsplit("/", 1)[0] + "/run")
-    finally:
-        srv.shutdown()
