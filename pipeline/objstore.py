@@ -14,6 +14,7 @@ uploaded: byte for byte what a local run writes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -28,6 +29,7 @@ from pipeline.publish import NotPublished
 from shardio import storage
 
 LOCK, POINTER, LOG = ".curate.lock", "current", "curate.log"
+_log = logging.getLogger(__name__)
 
 
 def lease_seconds() -> float:
@@ -142,9 +144,15 @@ def publish(url: str, version: Path, log: Path | None = None) -> str:
     point("publish:renamed")
     fs.pipe_file(f"{root}/{POINTER}", (vid + "\n").encode())  # the switch: one PUT of one small object
     point("publish:switched")
-    for v in _versions(fs, root):
-        if v not in (vid, previous):
-            fs.rm(f"{root}/versions/{v}", recursive=True)
+    from shardio import versions as held
+
+    holds = held.live_holds(url)
+    for v in _versions(fs, root):  # older versions go, unless a reader (a training run) holds one
+        if v in (vid, previous):
+            continue
+        late = holds.get(v) or held.remove_version(url, v)
+        if late:
+            _log.info("kept %s/versions/%s: held by %s", url, v, ", ".join(h.get("holder", "?") for h in late))
     if log is not None and log.is_file():
         try:
             old = fs.cat_file(f"{root}/{LOG}")

@@ -98,8 +98,83 @@ class FolderStore:
         (self.root / name).unlink(missing_ok=True)
 
 
-def store(out: str | Path) -> FolderStore:
+class ObjectStore:
+    """FolderStore's operations on an object-store prefix (fsspec): a put is one whole-object PUT."""
+
+    def __init__(self, url: str) -> None:
+        from shardio import storage
+
+        self.fs, root = storage.filesystem(url)
+        self.root = root.rstrip("/")
+
+    def put(self, name: str, data: bytes) -> None:
+        self.fs.pipe_file(f"{self.root}/{name}", data)
+
+    def get(self, name: str) -> bytes | None:
+        try:
+            return self.fs.cat_file(f"{self.root}/{name}")
+        except FileNotFoundError:
+            return None
+
+    def names(self) -> list[str]:
+        self.fs.invalidate_cache(self.root)
+        try:
+            found = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in (str(x).rstrip("/").rsplit("/", 1)[-1] for x in found) if not n.startswith("."))
+
+    def age(self, name: str) -> float | None:
+        try:
+            info = self.fs.info(f"{self.root}/{name}")
+        except FileNotFoundError:
+            return None
+        t = info.get("LastModified") or info.get("mtime")
+        return None if t is None else time.time() - (t.timestamp() if hasattr(t, "timestamp") else float(t))
+
+    def delete(self, name: str) -> None:
+        try:
+            self.fs.rm(f"{self.root}/{name}")
+        except FileNotFoundError:
+            pass
+
+
+def store(out: str | Path) -> FolderStore | ObjectStore:
+    from shardio import storage
+
+    if storage.is_url(out):
+        return ObjectStore(storage.join(str(out).rstrip("/"), "holds"))
     return FolderStore(Path(out) / "holds")
+
+
+def _url_version(url: str) -> tuple[str, str] | None:
+    """(output URL, version) for a bucket output (its ``current`` pointer read once), one of its
+    ``versions/<id>`` or their ``shards/``; None for anything else."""
+    from shardio import storage
+
+    parts = url.rstrip("/").split("/")
+    if parts[-1] == "shards":
+        parts = parts[:-1]
+    if len(parts) > 2 and parts[-2] == "versions" and VERSION.fullmatch(parts[-1]):
+        return "/".join(parts[:-2]), parts[-1]
+    base = "/".join(parts)
+    try:
+        vid = storage.read_text(base + "/current").strip()
+    except (FileNotFoundError, IsADirectoryError, OSError):
+        return None
+    return (base, vid) if VERSION.fullmatch(vid) else None
+
+
+def _manifest(out: str | Path, name: str) -> bytes | None:
+    """A version's manifest bytes; None when it is gone or was never completed."""
+    from shardio import storage
+
+    try:
+        if storage.is_url(out):
+            return storage.read_bytes(storage.join(str(out).rstrip("/"), f"versions/{name}/manifest.json"))
+        return (Path(out) / "versions" / name / "manifest.json").read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 # ---- resolving a data spec to one version ----
@@ -110,6 +185,10 @@ def resolve(spec: str | Path | Iterable[str | Path]) -> DataVersion:
 
     from shardio import storage
 
+    if isinstance(spec, (str, Path)) and storage.is_url(spec):
+        hit = _url_version(str(spec))
+        if hit is not None:  # a bucket output: the version its pointer names, held like a folder's
+            return _open(*hit)
     if isinstance(spec, (str, Path)) and not storage.is_url(spec):
         p = Path(spec)
         if p.is_dir() and (p / "current").is_symlink():
@@ -141,7 +220,7 @@ def resolve(spec: str | Path | Iterable[str | Path]) -> DataVersion:
 def resolve_record(record: dict) -> DataVersion:
     """The version a run recorded, exactly (same manifest), or ``VersionGone`` naming it."""
     out, name, sha = record["out"], record["version"], record.get("manifest_sha256")
-    dv = _open(Path(out), name)
+    dv = _open(out, name)
     if sha and dv.manifest_sha256 != sha:
         raise VersionGone(f"{out} version {name} now has another manifest (sha256 {dv.manifest_sha256[:12]}, "
                           f"recorded {sha[:12]}): it is not the data this run read")
@@ -157,16 +236,18 @@ def _version_of(p: Path) -> tuple[Path, str] | None:
     return None
 
 
-def _open(out: Path, name: str) -> DataVersion:
+def _open(out: str | Path, name: str) -> DataVersion:
+    from shardio import storage
     from shardio.shards import expand
 
-    root = Path(out) / "versions" / name
     if store(out).get(f"{name}.removing") is not None:
         raise VersionGone(f"{out} version {name} is being removed by a publish; train on the current version")
-    if not (root / "manifest.json").is_file():
+    manifest = _manifest(out, name)
+    if manifest is None:
         raise VersionGone(f"{out} version {name} no longer exists (a publish removed it, or it never completed)")
-    return DataVersion(expand(root / "shards"), out=str(out), version=name,
-                       manifest_sha256=_sha(root / "manifest.json"))
+    shards = (storage.join(str(out).rstrip("/"), f"versions/{name}/shards") if storage.is_url(out)
+              else Path(out) / "versions" / name / "shards")
+    return DataVersion(expand(shards), out=str(out), version=name, manifest_sha256=hashlib.sha256(manifest).hexdigest())
 
 
 def _sha(path: Path) -> str:
@@ -175,7 +256,7 @@ def _sha(path: Path) -> str:
 
 def usable(dv: DataVersion) -> bool:
     """The version is complete and no publish is removing it."""
-    return (dv.root is not None and (dv.root / "manifest.json").is_file()
+    return (dv.version is not None and _manifest(dv.out, dv.version) is not None
             and store(dv.out).get(f"{dv.version}.removing") is None)
 
 
@@ -286,7 +367,9 @@ def remove_version(out: str | Path, name: str, stale_after: float = STALE_AFTER_
     marker = f"{name}.removing"
     s.put(marker, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}).encode())
     held = live_holds(out, stale_after).get(name, [])
-    if not held:
+    if not held and isinstance(s, ObjectStore):
+        s.fs.rm(f"{s.root.rsplit('/', 1)[0]}/versions/{name}", recursive=True)
+    elif not held:
         shutil.rmtree(Path(out) / "versions" / name, ignore_errors=True)
     s.delete(marker)
     return held
