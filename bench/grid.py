@@ -242,11 +242,8 @@ def main() -> None:
         rows[("no_filter", first, base_seen)] = run_one(root, pool, "no_filter", {"filters": []}, first, base_seen, log,
                                                         a.batch_size)
     web = a.web or rows[("no_filter", first, base_seen)]["checkpoint"]
-    if not Path(web).is_dir():  # carried from an earlier session: the same seeded training again
-        web = train(TrainConfig(train_data=str(root / "curated" / "no_filter" / "shards"), model="curate-tiny",
-                                out_dir=str(Path(web).parent), samples_seen=base_seen, seed=first,
-                                batch_size=a.batch_size))["checkpoint"] if (root / "curated" / "no_filter").is_dir() \
-            else run_one(root, pool, "no_filter", {"filters": []}, first, base_seen, [], a.batch_size)["checkpoint"]
+    if not Path(web).is_dir():  # carried from an earlier session: the same seeded run again, not logged twice
+        web = run_one(root, pool, "no_filter", {"filters": []}, first, base_seen, [], a.batch_size)["checkpoint"]
     plan = strategies(pool, web, dfn)
     cands = candidates(pool, web, dfn)
     select_seeds = sorted(a.seeds)[:a.select_seeds]

@@ -122,7 +122,9 @@ class ObjectStore:
             found = self.fs.ls(self.root, detail=False)
         except FileNotFoundError:
             return []
-        return sorted(n for n in (str(x).rstrip("/").rsplit("/", 1)[-1] for x in found) if not n.startswith("."))
+        from shardio import storage
+
+        return sorted(n for n in map(storage.name, found) if not n.startswith("."))
 
     def age(self, name: str) -> float | None:
         try:
