@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from schemas.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from schemas.config import RUNTIME_FIELDS, ClipModel
+from schemas.config import ClipModel
 from shardio.compat import ensure_torchvision
 from shardio.device import pick_device
 from shardio.gpu_decode import is_tensor, use_device_decode
@@ -40,25 +39,6 @@ def check_scorer(spec: ClipModel) -> None:
         remote_files(spec.checkpoint, "scorer weights file")
     elif spec.checkpoint and not Path(spec.checkpoint).is_file():
         raise FileNotFoundError(f"scorer weights file {spec.checkpoint} does not exist")
-
-
-def scorer_identity(spec: ClipModel) -> dict:
-    """What decides a scorer's outputs (runtime settings left out; 'auto' precision counts as the default)."""
-    return spec.model_dump(exclude=RUNTIME_FIELDS | ({"precision"} if spec.precision == "auto" else set()))
-
-
-def weights_identity(spec: ClipModel) -> dict:
-    """Which weights: a checkpoint file/folder's size and mtime (a URL's: size and ETag), so retraining
-    invalidates scores."""
-    out = {}
-    for p in (spec.checkpoint, spec.model):
-        if p and storage.is_url(p):
-            out[storage.redact(p)] = remote_files(p)
-        elif p and Path(p).exists():
-            path = Path(p)
-            files = [path / WEIGHTS_FILE, path / CONFIG_FILE] if path.is_dir() else [path]
-            out[str(path.resolve())] = [(f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
-    return out
 
 
 class ClipScorer:

@@ -115,7 +115,7 @@ class Context:
     def fitter(self, f: Filter, status: dict):
         """k-means through saved centroids (pipeline/centroids.py) when the run folder is known."""
         from pipeline.centroids import fit_or_reuse
-        from pipeline.clip_stage import scorer_identity, weights_identity
+        from pipeline.scorer_identity import scorer_identity, weights_identity
         from pipeline.workdir import WorkDir
 
         v = self.config.vectors

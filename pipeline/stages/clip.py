@@ -79,7 +79,7 @@ class Clip(Stage):
         return {self.spec.column: "float64"}
 
     def key_config(self, src: Source) -> dict:
-        from pipeline.clip_stage import scorer_identity, weights_identity
+        from pipeline.scorer_identity import scorer_identity, weights_identity
 
         cfg = {**scorer_identity(self.spec), "version": self.version}
         if src.metadata:  # the embeddings stay in the npz: its identity is in the key
