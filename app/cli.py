@@ -153,7 +153,7 @@ def add_demo(sub) -> None:
     d.add_argument("--scorer-samples-seen", type=int, default=None,
                    help="filtering network's training budget (default: 40000, as the grid's)")
     d.add_argument("--strategy", default=None, help="curation strategy compared with no filter (default: the "
-                   "committed grid's best, bench/results/grid_web.json)")
+                   "committed grid's best, bench/results/grid_beyond.json)")
     d.add_argument("--preset", choices=POOL_PRESETS, default="web", help="pool noise mix (default: web)")
     d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     d.add_argument("--pool", default="data/sample_pool", help="sample pool folder, built if missing or "

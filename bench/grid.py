@@ -156,7 +156,7 @@ def markdown(t: dict, meta: dict) -> str:
         lines.append(f"| {label} | {r['dataset_size']} | {r.get('clean_share_of_kept', '')} | "
                      + " | ".join(pm(r.get(g)) for g in GROUPS) + f" | {avg} | {se} |")
     keys = ["clip_score_30_minus_no_filter", "clip_score_spread", "best_strategy", "best_baseline",
-            "best_minus_best_baseline", "suite_bootstrap_se"]
+            "best_minus_best_baseline", "best_minus_best_baseline_spread", "seed_ordering", "suite_bootstrap_se"]
     lines += [""] + [f"- `{k}`: {meta[k]}" for k in keys if k in meta]
     by_task = meta.get("best_minus_best_baseline_by_task")
     if by_task:
@@ -319,9 +319,26 @@ def verdict(t: dict, chosen: str | None) -> dict:
         a, b = t["best"].get("tasks", {}), t[out["best_baseline"]].get("tasks", {})
         # where the difference comes from: the average is a plain mean over the suite's tasks
         out["best_minus_best_baseline_by_task"] = {k: round(a[k] - b[k], 4) for k in a if k in b}
+    if out["best_baseline"]:  # the spreads beside the difference
+        out["best_minus_best_baseline_spread"] = round((g("best", "average_std") or 0)
+                                                       + (g(out["best_baseline"], "average_std") or 0), 4)
+    out["seed_ordering"] = seed_ordering(t)
     ses = [r["bootstrap_se"] for r in t.values() if r.get("bootstrap_se") is not None]
     out["suite_bootstrap_se"] = round(statistics.mean(ses), 4) if ses else None
     return out
+
+
+def seed_ordering(t: dict) -> dict:
+    """Seed by seed (same seed, same training order): is no filter below CLIP score 30%, and where does
+    image-based ∩ CLIP score stand against CLIP score alone."""
+    def by_seed(name):
+        r = t.get(name) or {}
+        return dict(zip(r.get("seeds", []), r.get("averages", [])))
+
+    nf, cs, ib = by_seed("no_filter"), by_seed("clip_score_30"), by_seed("image_based_clip_score")
+    return {"seeds": sorted(cs),
+            "no_filter_below_clip_score_30": [nf[s] < cs[s] for s in sorted(cs) if s in nf],
+            "image_based_clip_score_minus_clip_score_30": [round(ib[s] - cs[s], 4) for s in sorted(cs) if s in ib]}
 
 
 def report_shot(curated: Path, train_dir: Path) -> None:

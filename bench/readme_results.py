@@ -1,4 +1,4 @@
-"""Rewrite bench/README.md's "Results" section from bench/results/grid_web.*, grid.*, stages.json.
+"""Rewrite bench/README.md's "Results" section from bench/results/grid_beyond*.*, grid_web*.*, grid.*, stages.json.
 
     .venv/bin/python -m bench.readme_results      (bench/grid.py and bench/stages.py call it too)
 """
@@ -15,8 +15,10 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 def section() -> str:
     res = ROOT / "bench" / "results"
     parts = []
-    for tag in ("_web", "_web_x3"):
+    for tag in ("_beyond", "_beyond_x3", "_web", "_web_x3"):
         if (res / f"grid{tag}.json").is_file():
+            if tag == "_web" and (res / "grid_beyond.json").is_file():
+                parts += ["### The earlier grid: the 10-task suite, seeds 0-2", ""]
             parts += web_grid(res, tag)
     if (res / "grid.json").is_file():
         g = json.loads((res / "grid.json").read_text())

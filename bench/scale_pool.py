@@ -197,7 +197,8 @@ def subset_pool(pool: Path, info: dict, n: int, folder: Path) -> Path:
     folder.mkdir(parents=True)
     for name in take:
         for ext in (".parquet", ".npz"):
-            (folder / f"{name}{ext}").symlink_to((pool / f"{name}{ext}").resolve())  # --work may be relative
+            if (pool / f"{name}{ext}").exists():  # a parquet-only pool has no npz
+                (folder / f"{name}{ext}").symlink_to((pool / f"{name}{ext}").resolve())  # --work may be relative
     return folder
 
 

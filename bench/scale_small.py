@@ -32,6 +32,7 @@ from bench.scale_measure import ROOT, DaskCluster, machine_facts, rel
 from bench.scale_peer import PEER_PY, datacomp_dir, peer_help
 
 OUT = ROOT / "bench" / "results" / "scale_small.json"
+PARQUET_STEPS = ("no_filter", "basic", "clip_score_l14", "clip_score_b32", "text_based")  # read no embedding
 NOTES = [
     "pool: DataComp's metadata/ layout at DataComp small's size; the generator writes what the steps read: every "
     "parquet column DataComp ships (uid, url, text, original sizes, both CLIP scores, sha256) and L/14 image and "
@@ -50,6 +51,8 @@ NOTES = [
     "(whose workers are killed with it) that is the parent's alone, so a timeout's cpu_seconds understates it",
     "the steps ran in several invocations (--resume), the cheap ones first at every size, then the global ones as "
     "the time allowed; missing lists the size:step pairs not run",
+    "--parquet-only pools (same rows and scores, no npz) serve the steps that read no embedding; earlier_pools "
+    "lists the pools that earlier invocations' rows were measured on (the global steps' need the embeddings)",
 ]
 
 
@@ -72,6 +75,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--in-process", action="store_true", help="(tests) our runs in this process")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="keep the steps the results file already holds")
+    ap.add_argument("--rerun", action="store_true", help="with --resume: run --steps at --sizes (and the Dask "
+                    "steps at --dask-sizes) again, replacing what the file holds for them")
+    ap.add_argument("--parquet-only", action="store_true", help="a pool of parquets alone (no npz: 1/20 of the "
+                    "disk); only the steps that read no embedding can run on it")
     return ap
 
 
@@ -85,9 +92,12 @@ def settings(a) -> dict:
     dask = [int(x) for x in a.dask_sizes.split(",") if x] if a.dask_sizes is not None else (
         [20_000, 40_000] if a.smoke else [1_000_000, 4_000_000])
     steps = a.steps.split(",") if a.steps else list(STEPS)
-    bad = [s for s in steps if s not in STEPS]
+    if a.parquet_only:
+        steps = [s for s in steps if s in PARQUET_STEPS] if not a.steps else steps
+    bad = [s for s in steps if s not in STEPS or (a.parquet_only and s not in PARQUET_STEPS)]
     if bad or any(n % per_shard or n > n_max for n in sizes + dask):
-        sys.exit(f"unknown steps {bad}, or sizes not whole shards of {per_shard:,} up to {n_max:,}")
+        sys.exit(f"unknown steps {bad} (with --parquet-only: {', '.join(PARQUET_STEPS)}), or sizes not whole "
+                 f"shards of {per_shard:,} up to {n_max:,}")
     work = Path(a.work) if a.work else ROOT / "runs" / ("scale-small-smoke" if a.smoke else "scale-small")
     peer = not a.no_peer and PEER_PY.exists() and (datacomp_dir() / "baselines.py").is_file()
     if not a.no_peer and not peer:
@@ -100,18 +110,21 @@ def settings(a) -> dict:
 def prepare(res: dict, st: dict, a) -> dict:
     """The pool and the image inputs; returns the pool's info."""
     from bench.scale_small_pool import make_small_pool
-    from bench.scale_small_steps import IMAGE_CLUSTERS, image_inputs
+    from bench.scale_small_steps import IMAGE_CLUSTERS
 
     work = st["work"]
     print(f"pool: {st['n_max']:,} rows -> {work / 'metadata'}", flush=True)
     info = make_small_pool(work / "metadata", st["n_max"], st["per_shard"], a.seed, procs=a.workers,
-                           log=lambda m: print("  " + m, flush=True))
+                           log=lambda m: print("  " + m, flush=True), npz=not a.parquet_only)
     res["pool"] = {"path": str(work / "metadata"), "reused": info["reused"], "write_seconds": info["write_seconds"],
                    "write_procs": info.get("procs"), "shards": len(info["shards"]), "gb": round(info["bytes"] / 1e9, 2),
                    "bytes_per_row": round(info["bytes"] / st["n_max"], 1), "settings": info["settings"]}
     print(f"  {len(info['shards'])} shards, {info['bytes'] / 1e9:.1f} GB, written in {info['write_seconds']} s"
           f"{' (reused)' if info['reused'] else ''}", flush=True)
     res["pool"]["parquet_bytes_per_row_by_column"] = column_bytes(work / "metadata" / f"{info['shards'][0]}.parquet")
+    if a.parquet_only:  # no embeddings: no image-based inputs either
+        res["image_inputs"] = {"clusters": IMAGE_CLUSTERS, "skipped": "parquet-only pool"}
+        return info
     t0 = time.time()
     # in a subprocess: a child inherits this process's peak RSS (ru_maxrss survives fork and exec), so this
     # process stays small
@@ -204,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     from bench.scale_small_steps import configs, peer_env
 
     a = parser().parse_args(argv)
+    if a.rerun and not a.resume:
+        sys.exit("--rerun goes with --resume")
     st = settings(a)
     desc, load = machine_facts()
     res: dict = {"n_max": st["n_max"], "sizes": st["sizes"], "per_shard": st["per_shard"], "workers": a.workers,
@@ -229,6 +244,19 @@ def main(argv: list[str] | None = None) -> dict:
     if a.resume and out.is_file():  # earlier invocations' steps and sizes are kept
         old = json.loads(out.read_text())
         res["by_size"], res["dask"] = old.get("by_size", {}), old.get("dask", {})
+        if a.rerun:
+            for n in st["sizes"]:
+                for step in st["steps"]:
+                    res["by_size"].get(str(n), {}).pop(step, None)
+                    res["by_size"].get(str(n), {}).pop(f"datacomp:{step}", None)
+            for n in st["dask_sizes"]:
+                for step in a.dask_steps.split(","):
+                    res["dask"].get(str(n), {}).pop(step, None)
+        earlier = old.get("earlier_pools", [])
+        if old.get("pool") and old["pool"].get("settings") != res["pool"]["settings"]:  # rows measured on it stay
+            earlier = earlier + [old["pool"]]
+        if earlier:
+            res["earlier_pools"] = earlier
         res["datacomp"] = res["datacomp"] or old.get("datacomp", False)
         res["sizes"] = sorted(set(res["sizes"]) | set(old.get("sizes", [])))
     for n in st["sizes"]:

@@ -12,7 +12,7 @@ import pytest
 from pipeline.decide import Arrays, reason_lists, summarize
 from pipeline.export import uid_array
 from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS, caption_languages
-from pipeline.metadata import ingest_table, lang_table, npz_member
+from pipeline.metadata import caption_counts, ingest_table, lang_table, npz_member
 from pipeline.run import run_curation
 from fixtures.shardmaker import uid
 
@@ -50,6 +50,17 @@ def test_ingest_columns_are_the_per_caption_reference(tmp_path):
     assert got["caption_chars"] == [len(x) for x in texts]
     assert got["caption"] == [x[:MAX_CAPTION_CHARS] for x in texts]
     assert got["uid"] == got["key"] == [u.lower() for u in pq.read_table(path).column("uid").to_pylist()]
+
+
+def test_caption_counts_are_pythons_for_every_code_point():
+    import sys
+
+    texts = [f"a{c}b  {c}{c}x {c}" for c in map(chr, range(sys.maxunicode + 1)) if not 0xD800 <= ord(c) < 0xE000]
+    texts += ["", "   ", " a  b ", "\u3000x\u2028y\x1c", "é" * (MAX_CAPTION_CHARS + 5), "😀" * MAX_CAPTION_CHARS + "x"]
+    words, chars, cut = caption_counts(pa.array(texts, pa.string()))
+    assert words.to_pylist() == [len(x.split()) for x in texts]
+    assert chars.to_pylist() == [len(x) for x in texts]
+    assert cut.to_pylist() == [x[:MAX_CAPTION_CHARS] for x in texts]
 
 
 def test_embeddings_stay_in_the_npz_and_a_view_reads_them(tmp_path):
