@@ -57,6 +57,28 @@ def test_bad_samples_are_counted_and_skipped(tmp_path):
     assert json.loads((tmp_path / "run" / "result.json").read_text())["bad_samples"] == r["bad_samples"]
 
 
+def test_the_loader_stops_with_a_clear_error_when_its_shards_vanish(tmp_path):
+    from open_clip import get_tokenizer
+    from training.data import train_loader
+
+    make_pool(tmp_path / "pool", n=20, per_shard=10)
+    tars = sorted((tmp_path / "pool").rglob("*.tar"))
+    assert len(tars) == 2
+
+    def preprocess(img):
+        return torch.zeros(3, 8, 8)
+
+    loader = train_loader([str(t) for t in tars], preprocess, get_tokenizer("RN50"), batch_size=4, workers=0,
+                          shuffle=10)
+    tars[0].unlink()  # one of two gone: the other still feeds batches
+    batches = iter(loader)
+    assert next(batches)[0].shape[0] == 4
+    tars[1].unlink()  # all gone: an error naming the cause, not an endless loop
+    with pytest.raises(RuntimeError, match="were the shards moved or deleted"):
+        for _ in range(10_000):
+            next(batches)
+
+
 def test_resume_after_crash_reaches_the_same_step(tmp_path):
     make_pool(tmp_path / "pool", n=100, per_shard=50)
     c = cfg(tmp_path, tmp_path / "pool", samples_seen=32 * 20, batch_size=32, checkpoints=4, log_every=1)

@@ -23,18 +23,36 @@ from training.transforms import fast_train_transform
 log = logging.getLogger(__name__)
 
 
-def _samples(src: Iterator[dict]) -> Iterator[dict]:
+def empty_draws_allowed(shards: int) -> int:
+    """Shard draws in a row that may yield no sample before the loader stops: with one readable shard
+    among ``shards`` drawn with replacement, missing it this often has odds of ~e^-20."""
+    return max(100, 20 * shards)
+
+
+def _samples(src: Iterator[dict], shards: int = 1) -> Iterator[dict]:
     """Shard urls -> samples through the shared reader (shardio/tar.py): every complete sample of a
-    truncated or odd tar is used; a broken shard is logged once per shard, never fatal."""
+    truncated or odd tar is used; a broken shard is logged once per shard, never fatal on its own.
+    When no drawn shard yields a sample for ``empty_draws_allowed`` draws in a row (the shards were
+    removed, or none is readable), it raises instead of drawing forever."""
     from shardio.tar import TarReport, iter_samples
 
+    told: set[str] = set()
+    empty = 0
     for item in src:
         report = TarReport(item["url"])
+        got = 0
         for s in iter_samples(item["url"], report):
             if not s.duplicate:
+                got += 1
                 yield {"__key__": s.key, **s.members}
-        if report.error:
+        if report.error and item["url"] not in told:
+            told.add(item["url"])
             log.warning("shard %s: %s (its complete samples were used)", item["url"], report.error)
+        empty = 0 if got else empty + 1
+        if empty >= empty_draws_allowed(shards):
+            raise RuntimeError(f"no training sample in the last {empty} shard draws (of {shards} shards; the last, "
+                               f"{item['url']}: {report.error or 'no complete sample'}): were the shards moved or "
+                               "deleted after the run started?")
 
 
 def _batches(src: Iterator[dict], preprocess: Callable, tokenizer: Callable, batch_size: int, seed: int,
@@ -89,7 +107,7 @@ def train_loader(data: str | list[str], preprocess: Callable, tokenizer: Callabl
         log.info("decode on %s: not with this train transform; the loader decodes on the CPU", decode_on)
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed, deterministic=True),
-        _Stage(_samples),
+        _Stage(_samples, len(urls)),
         wds.shuffle(shuffle, initial=min(shuffle, 500), seed=seed),
         _Stage(_batches, preprocess, tokenizer, batch_size, seed, fast is not None),
     )
