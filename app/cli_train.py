@@ -96,11 +96,11 @@ def cmd_eval(a) -> None:
 
         s = run_suite(a.checkpoint, a.data_root, a.suite, results=a.results, only=a.tasks, weights=a.weights,
                       few_shot=a.few_shot)
-        print(Path(s["results"]).with_suffix(".md").read_text())
+        print(s["markdown"])
         return
     if not a.task:
         raise ValueError("give --task FOLDER (one task) or --suite builtin|datacomp with --data-root")
-    from training.zeroshot import append_result, evaluate_zeroshot
+    from training.zeroshot import evaluate_zeroshot
 
     r = evaluate_zeroshot(a.checkpoint, a.task, weights=a.weights)
     if a.few_shot:
@@ -108,7 +108,7 @@ def cmd_eval(a) -> None:
 
         r["few_shot"] = linear_probe(a.checkpoint, a.task, k=a.few_shot, weights=a.weights)
     if a.results:
-        append_result(a.results, r)
+        _append(a.results, r)
     print(json.dumps(r, indent=2, default=str))
 
 
@@ -140,15 +140,22 @@ def cmd_probe(a) -> None:
         raise ValueError("give --task FOLDER (one task) or --suite builtin|datacomp with --data-root")
     from training.knn import image_probes
     from training.model import load_for_eval
-    from training.zeroshot import append_result
 
     clip, device = load_for_eval(a.checkpoint, a.weights)
     from shardio.storage import redact
 
     r = {"task": redact(a.task), "checkpoint": redact(a.checkpoint), **image_probes(clip, a.task, a.shots, a.knn, device=device)}
     if a.results:
-        append_result(a.results, r)
+        _append(a.results, r)
     print(json.dumps(r, indent=2))
+
+
+def _append(results: str, record: dict) -> None:
+    """One row appended to a results jsonl, a local file or a bucket URL."""
+    from training.runfolder import ResultsFile
+
+    with ResultsFile(results) as out:
+        out.append(record)
 
 
 def _print(r: dict) -> None:
@@ -203,7 +210,7 @@ def add_eval(sub) -> None:
     e.add_argument("--weights", default=None, help="weights file when --checkpoint is a model name "
                    "(e.g. an open_clip_train epoch_N.pt)")
     e.add_argument("--few-shot", type=int, default=0, metavar="K", help="also fit a K-shot linear probe")
-    e.add_argument("--results", default=None, help="append results to this local jsonl (suite default: "
+    e.add_argument("--results", default=None, help="append results to this jsonl, a file or bucket URL (suite default: "
                    "<checkpoint>/eval_<suite>.jsonl, or ./eval_<suite>.jsonl for a URL or model name)")
     add_storage_options(e)
     e.set_defaults(func=cmd_eval)
@@ -245,6 +252,6 @@ def add_probe(sub) -> None:
     p.add_argument("--tasks", nargs="*", default=None, help="only these task keys or folders")
     p.add_argument("--shots", type=int, default=10, help="labelled images per class (default: 10)")
     p.add_argument("--knn", type=int, default=20, metavar="K", help="k-NN neighbours (default: 20)")
-    p.add_argument("--results", default=None, help="append results to this jsonl")
+    p.add_argument("--results", default=None, help="append results to this jsonl (a file or bucket URL)")
     add_storage_options(p)
     p.set_defaults(func=cmd_probe)

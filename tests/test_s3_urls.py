@@ -129,6 +129,28 @@ def test_eval_with_tasks_and_checkpoint_in_a_bucket_equals_local_copies(env, tmp
     assert [r["main"] for r in other["rows"]] != [r["main"] for r in local["rows"]]
 
 
+def test_eval_results_in_a_bucket_are_whole_after_each_task_and_read_back(env, tmp_path, monkeypatch):
+    from shardio import storage
+    from training.evalsuite import run_suite
+
+    _mini_suite(monkeypatch)
+    ckpt, data = _checkpoint(tmp_path / "ckpt", seed=7), _eval_data(tmp_path / "eval")
+    local = run_suite(str(ckpt), data, "builtin", results=tmp_path / "local.jsonl")
+    _fs(env).mkdir("results")
+    url = "s3://results/evals/run1.jsonl"
+    remote = run_suite(str(ckpt), data, "builtin", results=url)
+    assert remote["results"] == url and remote["markdown"] == (tmp_path / "local.md").read_text().replace(
+        str(tmp_path / "local.jsonl"), url)
+    rows = [json.loads(x) for x in storage.read_text(url).splitlines()]
+    assert [r["main"] for r in rows] == [r["main"] for r in local["rows"] if r["status"] == "ok"]
+    assert storage.is_file("s3://results/evals/run1.md") and storage.is_file("s3://results/evals/run1.csv")
+    # a rerun reads the bucket's rows back and scores nothing again
+    monkeypatch.setattr("training.evalsuite.evaluate_task", lambda *a, **k: pytest.fail("scored again"))
+    again = run_suite(str(ckpt), data, "builtin", results=url)
+    assert [r["main"] for r in again["rows"]] == [r["main"] for r in local["rows"]]
+    assert len(storage.read_text(url).splitlines()) == len(rows)
+
+
 def test_eval_command_with_a_bucket_and_missing_objects(env, tmp_path, monkeypatch, capsys):
     """`curate eval` on a bucket with the environment's credentials; missing objects named."""
     from app.cli import main

@@ -6,14 +6,13 @@ tasks it covers. Average = plain mean of the scored tasks' main metrics; group s
 the group. Writes ``<results>.md`` and ``<results>.csv`` beside the jsonl.
 
 The data root and the checkpoint may be URLs (``s3://...``): the tasks are streamed from the bucket,
-the checkpoint copied once into the local cache (shardio/models.py); results are written locally
-(default ``eval_<suite>.jsonl`` in the working folder for a checkpoint that is not a local folder).
+the checkpoint copied once into the local cache (shardio/models.py); the results file may be a bucket
+URL too (default ``eval_<suite>.jsonl`` in the working folder for a checkpoint that is not a local folder).
 A URL is recorded without what may be a secret in it (``storage.redact``).
 """
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import time
 from pathlib import Path
@@ -21,15 +20,13 @@ from pathlib import Path
 from schemas.tasks import GROUPS, REGISTRY_VERSION, SPECIAL, Task, fingerprint, suite
 from shardio import storage
 from shardio.evaltask import has_split, task_checksum, task_path
-from training.zeroshot import append_result, trained_on
+from training.runfolder import ResultsFile
+from training.zeroshot import trained_on
 
 log = logging.getLogger(__name__)
 
 
-def _done(results: Path, checkpoint: str) -> dict[str, dict]:
-    if not results.is_file():
-        return {}
-    rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+def _done(rows: list[dict], checkpoint: str) -> dict[str, dict]:
     return {r["task"]: r for r in rows if r.get("checkpoint") == checkpoint}
 
 
@@ -51,14 +48,20 @@ def evaluate_task(clip, task: Task, folder: Path, device: str, few_shot: int = 0
 def run_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin", results: str | Path | None = None,
               only: list[str] | None = None, device: str = "auto", weights: str | None = None,
               few_shot: int = 0) -> dict:
-    """``few_shot`` > 0 adds a k-shot linear probe beside zero-shot on classification tasks."""
-    from training.model import load_for_eval
-
+    """``few_shot`` > 0 adds a k-shot linear probe beside zero-shot on classification tasks. ``results``: a
+    jsonl path or bucket URL."""
     tasks = [t for t in suite(suite_name) if not only or t.key in only or t.folder in only]
     local_dir = not storage.is_url(checkpoint) and Path(checkpoint).is_dir()
-    results = Path(results or (Path(checkpoint) / f"eval_{suite_name}.jsonl" if local_dir else f"eval_{suite_name}.jsonl"))
+    results = results or (Path(checkpoint) / f"eval_{suite_name}.jsonl" if local_dir else f"eval_{suite_name}.jsonl")
+    with ResultsFile(results) as out:
+        return _run_suite(checkpoint, data_root, suite_name, tasks, out, device, weights, few_shot)
+
+
+def _run_suite(checkpoint, data_root, suite_name, tasks, out: ResultsFile, device, weights, few_shot) -> dict:
+    from training.model import load_for_eval
+
     label = storage.redact(str(checkpoint))
-    done = _done(results, label)
+    done = _done(out.rows(), label)
     dv = trained_on(checkpoint)
     clip = None
     t0 = time.time()
@@ -77,14 +80,15 @@ def run_suite(checkpoint: str, data_root: str | Path, suite_name: str = "builtin
              "registry_version": REGISTRY_VERSION, "data_sha256": checksum,
              **evaluate_task(clip, task, folder, device, few_shot), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
              **({"data_version": dv} if dv else {})}
-        append_result(results, r)
+        out.append(r)
         done[task.key] = r
         log.info("%-45s %-22s %.4f  (%s s)", task.key, task.metric, r["main"], r["seconds"])
     summary = aggregate(tasks, done, data_root)
-    summary.update(checkpoint=label, suite=suite_name, results=str(results),
+    summary.update(checkpoint=label, suite=suite_name, results=out.label(),
                    seconds=round(time.time() - t0, 1), registry_version=REGISTRY_VERSION,
                    registry_fingerprint=fingerprint(tasks), data_version=dv)
-    write_tables(summary, results)
+    summary["markdown"] = write_tables(summary, out.local)
+    out.push(".md", ".csv")
     return summary
 
 
@@ -138,7 +142,8 @@ def _se(rows: list[dict]) -> float | None:
     return None if not ses or None in ses else round(se_of_mean(ses), 5)
 
 
-def write_tables(s: dict, results: Path) -> None:
+def write_tables(s: dict, results: Path) -> str:
+    """``<results>.md`` and ``.csv`` beside the jsonl; returns the markdown."""
     def fmt(v):
         return "" if v is None else f"{v:.4f}"
 
@@ -163,3 +168,4 @@ def write_tables(s: dict, results: Path) -> None:
                                            "registry_version", "data_sha256"])
         w.writeheader()
         w.writerows(s["rows"])
+    return "\n".join(lines) + "\n"

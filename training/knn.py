@@ -8,7 +8,6 @@ pass serves both probes, and zero-shot is added when the model has a trained tex
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 from shardio import storage
 from shardio.evaltask import has_split, task_path
 from training.probe import fit, pick_l2, shot_split
-from training.zeroshot import append_result, metrics, read_task
+from training.zeroshot import metrics, read_task
 
 
 def knn_logits(train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, n_classes: int, k: int = 20,
@@ -66,21 +65,24 @@ def probe_suite(checkpoint: str, data_root: str | Path, suite_name: str = "built
                 weights: str | None = None) -> dict:
     """The suite's classification tasks by linear probe and k-NN (plus zero-shot unless image-only).
 
-    Appends one json line per task to ``results`` (default ``<checkpoint>/probe_<suite>.jsonl``),
+    Appends one json line per task to ``results`` (default ``<checkpoint>/probe_<suite>.jsonl``; a bucket URL too),
     skips tasks already there, and returns the per-task rows with the means of each score."""
     from schemas.tasks import suite
-    from training.model import load_for_eval
-    from training.zeroshot import classify
+    from training.runfolder import ResultsFile
 
     tasks = [t for t in suite(suite_name)
              if t.kind == "classification" and (not only or t.key in only or t.folder in only)]
     default = Path(checkpoint) if not storage.is_url(checkpoint) and Path(checkpoint).is_dir() else Path(".")
-    results = Path(results or default / f"probe_{suite_name}.jsonl")
+    with ResultsFile(results or default / f"probe_{suite_name}.jsonl") as out:
+        return _probe_suite(checkpoint, data_root, suite_name, tasks, out, shots, neighbours, device, weights)
+
+
+def _probe_suite(checkpoint, data_root, suite_name, tasks, out, shots, neighbours, device, weights) -> dict:
+    from training.model import load_for_eval
+    from training.zeroshot import classify
+
     label = storage.redact(str(checkpoint))  # a URL's signature is not written
-    done = {}
-    if results.is_file():
-        rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
-        done = {r["task"]: r for r in rows if r.get("checkpoint") == label}
+    done = {r["task"]: r for r in out.rows() if r.get("checkpoint") == label}
     text = not is_image_only(checkpoint)
     clip = None
     for task in tasks:
@@ -98,7 +100,7 @@ def probe_suite(checkpoint: str, data_root: str | Path, suite_name: str = "built
             r["zero_shot"] = classify(clip, folder, device=device)
         r = {"task": task.key, "checkpoint": label, "metric": task.metric, **r,
              "seconds": round(time.time() - t0, 2)}
-        append_result(results, r)
+        out.append(r)
         done[task.key] = r
     rows = [done[t.key] for t in tasks if t.key in done]
 
@@ -106,6 +108,6 @@ def probe_suite(checkpoint: str, data_root: str | Path, suite_name: str = "built
         vals = [r[kind][r["metric"]] for r in rows if kind in r]
         return sum(vals) / len(vals) if vals else None
 
-    return {"checkpoint": label, "suite": suite_name, "results": str(results), "rows": rows,
+    return {"checkpoint": label, "suite": suite_name, "results": out.label(), "rows": rows,
             "image_only": not text, "mean_linear": mean("linear"), "mean_knn": mean("knn"),
             "mean_zero_shot": mean("zero_shot") if text else None}

@@ -89,3 +89,47 @@ def write_result(out_dir: str | Path, result: dict) -> None:
         fs.pipe_file(path, data.encode())
     else:
         (Path(out_dir) / "result.json").write_text(data)
+
+
+class ResultsFile:
+    """A results jsonl as the user named it: a local path, or a URL whose staging copy (read back first,
+    so a rerun skips what is there) is uploaded whole after each appended row, so a killed evaluation
+    leaves the bucket's file whole and up to date. ``push(".md", ".csv")`` uploads the tables beside it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.url = str(path) if storage.is_url(path) else None
+        if self.url and storage.scheme(self.url) in storage.READ_ONLY:
+            raise ValueError(f"{storage.redact(self.url)}: http(s) is read only; give a bucket URL or a local file")
+        self.local = Path(tempfile.mkdtemp(prefix="curate-results-")) / storage.name(self.url) if self.url else Path(path)
+        if self.url and storage.is_file(self.url):
+            fs, remote = storage.filesystem(self.url)
+            fs.get_file(remote, str(self.local))
+
+    def label(self) -> str:
+        return storage.redact(self.url) if self.url else str(self.local)
+
+    def rows(self) -> list[dict]:
+        if not self.local.is_file():
+            return []
+        return [json.loads(x) for x in self.local.read_text().splitlines() if x.strip()]
+
+    def append(self, record: dict) -> None:
+        from training.zeroshot import append_result
+
+        append_result(self.local, record)
+        self.push(self.local.suffix)
+
+    def push(self, *suffixes: str) -> None:
+        if not self.url:
+            return
+        stem = self.url[:len(self.url) - len(self.local.suffix)] if self.local.suffix else self.url
+        for suffix in suffixes:
+            if self.local.with_suffix(suffix).is_file():
+                put(self.local.with_suffix(suffix), stem + suffix)
+
+    def __enter__(self) -> "ResultsFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.url:
+            shutil.rmtree(self.local.parent, ignore_errors=True)
