@@ -3,7 +3,10 @@
     <out>/versions/<id>/   a complete version, uploaded file by file, its manifest.json last
     <out>/current          the pointer: one small object naming the version, written last (one PUT)
     <out>/.curate.lock     created only if absent (a conditional create: If-None-Match), renewed while
-                           the run lives; a lease that has run out (a killed run's) is taken over
+                           the run lives; a lease that has run out (a killed run's) is taken over by the
+                           one run that creates <out>/.curate.lock.after-<its token> (also conditional),
+                           so two runs finding the same dead lock never both hold it; a run whose lock
+                           was taken over (it stalled past its lease) does not switch the pointer
     <out>/curate.log       the run log, appended per run
 A reader follows ``current`` (``published_url``) and reads inside that version, so it sees the previous
 complete output or the new one, never a mix. A version no pointer names (a killed run's upload) is
@@ -13,6 +16,7 @@ uploaded: byte for byte what a local run writes.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -21,6 +25,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from pipeline.faults import point
@@ -80,15 +85,7 @@ def exclusive(url: str):
         return json.dumps({"holder": holder, "token": token, "expires": time.time() + lease}).encode()
 
     fs.invalidate_cache()
-    if not _create(fs, lock, body()):
-        held = _read_json(fs, lock)
-        if held is not None and held.get("expires", 0) > time.time():
-            raise OutputLocked(f"{url} is being written by another run ({held.get('holder', 'unknown holder')}, "
-                               f"its lease runs {held['expires'] - time.time():.0f} s more); wait for it to finish "
-                               "or give another output")
-        fs.rm_file(lock)  # the lease ran out: its run was killed
-        if not _create(fs, lock, body()):
-            raise OutputLocked(f"{url} was just taken by another run; wait for it to finish or give another output")
+    mine = _acquire(fs, lock, body, url)
     stop = threading.Event()
 
     def renew() -> None:
@@ -100,14 +97,71 @@ def exclusive(url: str):
 
     beat = threading.Thread(target=renew, daemon=True)
     beat.start()
+    guard = _HELD.set((fs, lock, token, url))
     try:
         yield
     finally:
+        _HELD.reset(guard)
         stop.set()
         beat.join()
-        held = _read_json(fs, lock)
-        if held and held.get("token") == token:
+        now = _read_json(fs, lock)
+        if now and now.get("token") == token:
             fs.rm_file(lock)
+            if mine is not None:
+                fs.rm_file(mine)
+
+
+_HELD: ContextVar[tuple | None] = ContextVar("curate_bucket_lock", default=None)
+
+
+def _acquire(fs, lock: str, body, url: str) -> str | None:
+    """Take the lock; returns the takeover marker this run created (None when the lock was free)."""
+    if _create(fs, lock, body()):
+        return None
+    held = _read_json(fs, lock)
+    if held is None:  # released between the two calls: free again
+        if _create(fs, lock, body()):
+            return None
+    elif held.get("expires", 0) > time.time():
+        raise OutputLocked(f"{url} is being written by another run ({held.get('holder', 'unknown holder')}, "
+                           f"its lease runs {held['expires'] - time.time():.0f} s more); wait for it to finish "
+                           "or give another output")
+    # the lease ran out (its run was killed): the one contender that creates the marker replaces it
+    if held is None or not _create(fs, _after(lock, held), body()):
+        raise OutputLocked(f"{url} was just taken by another run; wait for it to finish or give another output")
+    fs.pipe_file(lock, body())
+    for stale in _markers(fs, lock):  # earlier takeovers' markers (this run's own goes at release)
+        if stale != _after(lock, held):
+            fs.rm_file(stale)
+    return _after(lock, held)
+
+
+def _after(lock: str, held: dict) -> str:
+    """The marker whose conditional create wins the takeover of the lock ``held``."""
+    return f"{lock}.after-{held.get('token') or hashlib.sha256(json.dumps(held, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
+def _markers(fs, lock: str) -> list[str]:
+    parent, name = lock.rsplit("/", 1)
+    try:
+        return [p for p in fs.ls(parent, detail=False) if p.rsplit("/", 1)[-1].startswith(f"{name}.after-")]
+    except FileNotFoundError:
+        return []
+
+
+def still_held() -> None:
+    """Inside ``exclusive``: raise when another run has taken this run's lock over (this run stalled
+    past its lease and was presumed dead), so it does not switch the pointer under that run."""
+    held = _HELD.get()
+    if held is None:
+        return
+    fs, lock, token, url = held
+    fs.invalidate_cache()
+    now = _read_json(fs, lock)
+    if not now or now.get("token") != token:
+        raise OutputLocked(f"{url}: this run's lock was taken over by {(now or {}).get('holder', 'another run')} "
+                           "after its lease ran out; nothing was published (its upload is removed by the next "
+                           "publish)")
 
 
 def _versions(fs, root: str) -> list[str]:
@@ -142,6 +196,7 @@ def publish(url: str, version: Path, log: Path | None = None) -> str:
     for f in sorted(files, key=lambda p: p.name == "manifest.json"):  # the manifest last: it marks a complete version
         fs.put_file(str(f), f"{target}/{f.relative_to(version).as_posix()}")
     point("publish:renamed")
+    still_held()
     fs.pipe_file(f"{root}/{POINTER}", (vid + "\n").encode())  # the switch: one PUT of one small object
     point("publish:switched")
     from shardio import versions as held

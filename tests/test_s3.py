@@ -350,6 +350,58 @@ def test_a_second_run_on_a_bucket_output_is_refused(env, tmp_path):
         plan(str(tmp_path / "pool"), "https://example.com/out", {"filters": []})
 
 
+def test_two_runs_finding_the_same_dead_lock_never_both_take_it(env, tmp_path):
+    import threading
+
+    from pipeline.lock import OutputLocked
+    from pipeline.objstore import exclusive
+
+    _bucket(env, "outs")
+    fs = _client(env)
+    dead = {"holder": "pid 1 on elsewhere", "token": "dead", "expires": time.time() - 1}
+    for attempt in range(3):
+        fs.pipe_file("outs/race/.curate.lock", json.dumps({**dead, "token": f"dead{attempt}"}).encode())
+        start, results = threading.Barrier(4), []
+
+        def contender():
+            start.wait()
+            try:
+                with exclusive("s3://outs/race"):
+                    results.append("held")
+                    time.sleep(0.5)  # the others try while this one holds it
+            except OutputLocked as e:
+                results.append(str(e))
+
+        threads = [threading.Thread(target=contender) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results.count("held") == 1, results
+        fs.invalidate_cache()
+        assert fs.find("outs/race") == []  # released, with its takeover marker
+
+
+def test_a_run_whose_lock_was_taken_over_does_not_publish(env, tmp_path):
+    from pipeline.lock import OutputLocked
+    from pipeline.objstore import current_id, exclusive, publish
+
+    _bucket(env, "outs")
+    fs = _client(env)
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "manifest.json").write_text("{}")
+    with exclusive("s3://outs/fenced"):
+        publish("s3://outs/fenced", tmp_path / "v")
+        # this run stalls past its lease; another takes the lock over
+        fs.pipe_file("outs/fenced/.curate.lock", json.dumps({"holder": "pid 2 on other", "token": "theirs",
+                                                             "expires": time.time() + 60}).encode())
+        with pytest.raises(OutputLocked, match="taken over by pid 2 on other after its lease ran out; nothing was published"):
+            publish("s3://outs/fenced", tmp_path / "v")
+    fs.invalidate_cache()
+    assert current_id(fs, "outs/fenced") == "v000001"
+    assert fs.exists("outs/fenced/.curate.lock")  # theirs: not removed by this run
+
+
 def _cli(pool, out, config, kill=None):
     env = {**os.environ, "CURATE_KILL_AT": kill or "", "CURATE_LOCK_LEASE_S": "2"}
     return subprocess.run([sys.executable, "-m", "app.cli", "run", "--pool", str(pool), "--out", str(out),
