@@ -78,15 +78,22 @@ def pool_id(pool: Path) -> str:
 BATCH = 64  # the CPU preset: 312 steps at 20k samples seen (256 gave 78 steps, seed spreads as large as the effects)
 
 
-def run_one(root: Path, pool: Path, name: str, cfg: dict, seed: int, samples_seen: int, log: list[Path],
-            batch: int = BATCH, validate_too: bool = False) -> dict:
+def curate_one(root: Path, pool: Path, name: str, cfg: dict) -> Path:
+    """The strategy's curated output (curated once; a run carried from another session curates it here)."""
     from pipeline.run import run_curation
-    from training.evalsuite import run_suite
-    from training.train import TrainConfig, train
 
     cur = root / "curated" / name
     if not (cur / "manifest.json").is_file():
         run_curation(str(pool / "shards"), cur, cfg, work=root / "work", progress=False)
+    return cur
+
+
+def run_one(root: Path, pool: Path, name: str, cfg: dict, seed: int, samples_seen: int, log: list[Path],
+            batch: int = BATCH, validate_too: bool = False) -> dict:
+    from training.evalsuite import run_suite
+    from training.train import TrainConfig, train
+
+    cur = curate_one(root, pool, name, cfg)
     m = json.loads((cur / "manifest.json").read_text())
     t0 = time.time()
     out = root / "train" / f"{name}-s{seed}-n{samples_seen}"
@@ -277,7 +284,8 @@ def main() -> None:
     at_budget = {k: v for k, v in rows.items() if k[1] in a.seeds and k[2] == seen}
     t = table(at_budget, [n for n in plan if n in wanted])
     for name in t:
-        t[name].update(composition(pool, root / "curated" / (chosen if name == "best" else name)))
+        run_as = chosen if name == "best" else name
+        t[name].update(composition(pool, curate_one(root, pool, run_as, plan[name])))
     meta = {"preset": a.preset, "pool_clean_share": info.get("clean_share"), "pool_size": info["counts"]["pool"],
             "samples_seen": seen, "budget": a.budget, "seeds": a.seeds, "model": "curate-tiny",
             "batch_size": a.batch_size, "web_clip": web,
