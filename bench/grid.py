@@ -169,6 +169,17 @@ def markdown(t: dict, meta: dict) -> str:
     if by_task:
         lines.append("- best minus best baseline, per task (mean over seeds): " + ", ".join(
             f"{k.split('/')[-1]} {v:+.4f}" for k, v in sorted(by_task.items(), key=lambda kv: -abs(kv[1]))))
+    cands = meta.get("candidates") or {}
+    if cands:  # every declared combination, the published methods among them, on the test suite too
+        sel = meta.get("selection") or {}
+        lines += ["", "Candidates for `best` (chosen by the validation column only; the test-suite average is "
+                  "reported, never used to choose):", "",
+                  "| candidate | dataset size | validation average | test average ± seed std |", "|---|---|---|---|"]
+        for name, r in sorted(cands.items(), key=lambda kv: -(sel.get(kv[0], {}).get("validation_average") or 0)):
+            val = sel.get(name, {}).get("validation_average")
+            std = "" if r["average_std"] is None else f" ± {r['average_std']:.4f}"
+            lines.append(f"| {name} | {r['dataset_size']} | {'' if val is None else f'{val:.4f}'} | "
+                         f"{r['average_mean']:.4f}{std} |")
     return "\n".join(lines) + "\n"
 
 

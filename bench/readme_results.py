@@ -74,7 +74,7 @@ def web_grid(res: Path, tag: str) -> list[str]:
                     if v.get("validation_average") is not None)
     return [(res / f"grid{tag}.md").read_text().replace("# Experiment grid", "### Experiment grid"),
             f"![average per strategy](results/grid{tag}.svg)", "",
-            f"`.venv/bin/python -m bench.grid{' --budget ' + str(g['budget']) if g.get('budget', 1) != 1 else ''}` "
+            f"`.venv/bin/python -m bench.grid{_args(g, tag)}` "
             f"({g['machine']}; training + evaluation {g.get('train_and_eval_seconds_total', '?')} s over its runs, "
             f"{g['wall_seconds_this_call']} s for the last call; training batch "
             f"{g.get('batch_size', 256)}). Scorers: `clip_score_*`, "
@@ -83,6 +83,19 @@ def web_grid(res: Path, tag: str) -> list[str]:
             f"`{g.get('best')}`, the highest validation-suite average of our declared combinations ({sel}). "
             f"Settings are in `grid{tag}.json` (`configs`); what each kept, per planted noise type, is in its "
             "`kept_share_by_noise`.", ""]
+
+
+def _args(g: dict, tag: str) -> str:
+    """The grid command's arguments that made ``grid<tag>.json``."""
+    out = ""
+    if g.get("seeds") and g["seeds"] != [0, 1, 2]:
+        out += " --seeds " + " ".join(str(x) for x in g["seeds"])
+    base = tag.removesuffix(f"_x{g.get('budget')}") if g.get("budget", 1) != 1 else tag
+    if base != "_web":
+        out += f" --tag {base}"
+    if g.get("budget", 1) != 1:
+        out += f" --budget {g['budget']} --budget-strategies " + " ".join(g.get("strategies", {}))
+    return out
 
 
 def _replace(path: Path, start: str, end: str, body: str) -> None:
