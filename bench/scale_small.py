@@ -51,6 +51,8 @@ NOTES = [
     "(whose workers are killed with it) that is the parent's alone, so a timeout's cpu_seconds understates it",
     "the steps ran in several invocations (--resume), the cheap ones first at every size, then the global ones as "
     "the time allowed; missing lists the size:step pairs not run",
+    "semantic_dedup's k-means clusters grow with the pool (n / 2,000, at least 500: steps.sized_config); with "
+    "500 clusters at 4M a cluster held 64,922 rows and the run refused, as it should (config error)",
     "--parquet-only pools (same rows and scores, no npz) serve the steps that read no embedding; earlier_pools "
     "lists the pools that earlier invocations' rows were measured on (the global steps' need the embeddings)",
 ]
@@ -143,14 +145,14 @@ def one_step(step: str, n: int, pool: Path, row: dict, st: dict, a, cfgs: dict, 
     import types
 
     from bench.scale import run_ours
-    from bench.scale_small_steps import STEPS, run_peer
+    from bench.scale_small_steps import STEPS, run_peer, sized_config
 
     kind = STEPS[step][2]
     timeout = a.step_timeout if kind == "cheap" else a.global_timeout
     opts = types.SimpleNamespace(workers=a.workers, step_timeout=timeout, mem_cap_gb=a.mem_cap_gb,
                                  in_process=a.in_process)
     load = round(os.getloadavg()[0], 2)
-    r = run_ours(step, cfgs[step], pool, n, st["work"], opts)
+    r = run_ours(step, sized_config(step, cfgs[step], n), pool, n, st["work"], opts)
     r.update(loadavg_1m_before=load, kind=kind, timeout_s=timeout)
     row[step] = r
     print(f"n={n:>10,} {step:<17} {r['status']:<8} {r['seconds']:8.1f} s cpu {r['cpu_seconds']:8.1f} s "

@@ -12,7 +12,8 @@ from bench.scale_measure import measure, rel
 from bench.scale_peer import PEER_PY, datacomp_dir, lid_model
 
 FRACTION = 0.3
-SEMDEDUP_CLUSTERS = 500  # as bench/scale.py: fixed, as a config fixes it
+SEMDEDUP_CLUSTERS = 500  # at 1M; a larger pool gets one cluster per SEMDEDUP_ROWS rows (sized_config)
+SEMDEDUP_ROWS = 2000  # rows a cluster: a fixed count's clusters outgrow the pairwise pass (64,922 rows at 4M)
 IMAGE_CLUSTERS = 1000  # given centroids (DataComp small's own are 100,000: see the results' notes)
 TRAIN_SHARDS = 10  # the centroids' k-means sample: the pool's first shards, caption-filtered
 N_TARGETS = 1000
@@ -46,6 +47,15 @@ STEPS = {
     "neg_clip_loss": ({"clip": [L14], "filters": [{"type": "neg_clip_loss", "fraction": FRACTION}]}, None, "global"),
     "norm_sim": ({"clip": [L14], "filters": [{"type": "norm_sim", "p": "inf", "fraction": FRACTION}]}, None, "global"),
 }
+
+
+def sized_config(step: str, cfg: dict, n: int) -> dict:
+    """``cfg`` for a pool of ``n`` rows: SemDeDup's cluster count grows with the pool, as a user sets it
+    (k-means clusters of ~2,000 rows; the SemDeDup paper: 50,000 clusters for 440M rows)."""
+    if step != "semantic_dedup" or n // SEMDEDUP_ROWS <= SEMDEDUP_CLUSTERS:
+        return cfg
+    return {**cfg, "filters": [{**f, "clusters": n // SEMDEDUP_ROWS} if f["type"] == "semantic_dedup" else f
+                               for f in cfg["filters"]]}
 
 
 def configs(targets: str, centroids: str, small: bool, clusters: int = IMAGE_CLUSTERS) -> dict:
