@@ -211,7 +211,6 @@ def ingest_table(parquet: str | Path) -> tuple[pa.Table, ShardInfo]:
     def col(name):
         return t.column(name) if name in have else pa.nulls(n)
 
-
     none_s, none_i = pa.nulls(n, pa.string()), pa.nulls(n, pa.int32())
     cols = {"uid": uids, "key": uids, "shard": pa.repeat(pa.scalar(stem), n) if n else pa.array([], pa.string()),
             "url": col("url"), "caption": cut.take(codes),
