@@ -76,6 +76,18 @@ def _hex_rows(rng: np.random.Generator, n: int, nbytes: int) -> list[str]:
     return [h[i:i + w] for i in range(0, len(h), w)]
 
 
+def copy_rows(rng: np.random.Generator, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(exact copies, their sources, near copies, their sources): 2% and 3% of a shard's rows (never the
+    first), each copying an earlier row."""
+    kind = rng.random(rows)
+    exact = np.flatnonzero(kind < 0.02)
+    near = np.flatnonzero((kind >= 0.02) & (kind < 0.05))
+    exact, near = exact[exact > 0], near[near > 0]
+    src_exact = (rng.random(len(exact)) * exact).astype(np.int64)
+    src_near = (rng.random(len(near)) * near).astype(np.int64)
+    return exact, src_exact, near, src_near
+
+
 def _centres(seed: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Image centres and text centres (partly aligned with them) of one embedding space."""
     rng = np.random.default_rng([seed, dim])
@@ -111,12 +123,7 @@ def write_shard(folder: str, i: int, rows: int, seed: int) -> str:
     aspect = np.exp(rng.normal(0, 0.45, rows))
     width, height = w.astype(np.int64), np.clip(w / aspect, 16, 8000).astype(np.int64)
     uid, sha = _hex_rows(rng, rows, 16), _hex_rows(rng, rows, 32)
-    kind = rng.random(rows)
-    exact = np.flatnonzero(kind < 0.02)
-    near = np.flatnonzero((kind >= 0.02) & (kind < 0.05))
-    exact, near = exact[exact > 0], near[near > 0]
-    src_exact = (rng.random(len(exact)) * exact).astype(np.int64)  # an earlier row
-    src_near = (rng.random(len(near)) * near).astype(np.int64)
+    exact, src_exact, near, src_near = copy_rows(rng, rows)
     align = rng.uniform(0.0, 0.8, rows).astype(np.float32)[:, None]
     emb, score = {}, {}
     for arch, dim in (("b32", 512), ("l14", 768)):

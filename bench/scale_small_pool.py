@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.scale_pool import CENTRES, _centres, _shard_name, _unit, caption_bank
+from bench.scale_pool import CENTRES, _centres, _shard_name, _unit, caption_bank, copy_rows
 
 POOL_VERSION = 2
 DIM = 768
@@ -57,12 +57,7 @@ def shard_columns(i: int, rows: int, seed: int) -> tuple[dict, dict]:
     aspect = np.exp(rng.normal(0, 0.45, rows))
     width, height = w.astype(np.int64), np.clip(w / aspect, 16, 8000).astype(np.int64)
     uid, sha = hex_column(rng, rows, 16), hex_column(rng, rows, 32)
-    kind = rng.random(rows)
-    exact = np.flatnonzero(kind < 0.02)
-    near = np.flatnonzero((kind >= 0.02) & (kind < 0.05))
-    exact, near = exact[exact > 0], near[near > 0]
-    src_exact = (rng.random(len(exact)) * exact).astype(np.int64)
-    src_near = (rng.random(len(near)) * near).astype(np.int64)
+    exact, src_exact, near, src_near = copy_rows(rng, rows)
     img, txt = _embeddings(rng, c, near, src_near, exact, src_exact, seed)
     s = np.einsum("ij,ij->i", img.astype(np.float32), txt.astype(np.float32)).astype(np.float64)
     s += rng.normal(0, 1e-7, rows)
