@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,10 @@ from pipeline.filters import Context, Filter
 from pipeline.ingest import INGEST_COLUMNS
 from pipeline.metadata import embedding_view
 from pipeline.stages import plan_for
+from pipeline.uids import UidOrder, uid_order
 from pipeline.workdir import WorkDir
 
+READERS = 2  # threads reading the shards' columns
 INGEST_REASONS = ("duplicate_key", "metadata", "no_image", "format", "decode")
 _NP = {"string": object, "float32": np.float32, "int32": np.int32, "int64": np.int64, "bool": bool}
 
@@ -38,24 +41,32 @@ def load_columns(run_dir: str | Path, shard_ids: list[str], config, lean: Lean |
     work = WorkDir(run_dir)
     quiet_allocator()
     stages = [st for st in plan_for(config) if st.folder != "ingest" and st.out_columns()]
+    wanted = [c for c in INGEST_COLUMNS if lean is None or c not in lean.deferred]
+
+    def read(sid):  # on reader threads: parquet decoding releases the GIL
+        return (pq.read_table(work.columns("ingest", sid), columns=wanted),
+                [pq.read_table(work.columns(st.folder, sid), columns=["uid", *st.out_columns()])
+                 for st in stages if st.wanted()])
+
     parts = []
-    for sid in shard_ids:
-        t = pq.read_table(work.columns("ingest", sid))
-        if lean is not None:
-            t = lean.shrink(t)
-        t = t.append_column("row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
-        for st in stages:
-            cols = list(st.out_columns())
-            if not st.wanted():
-                for c in cols:
-                    t = t.append_column(c, pa.nulls(t.num_rows, schemas.TYPES[st.out_columns()[c]]))
-                continue
-            c = pq.read_table(work.columns(st.folder, sid), columns=["uid", *cols])
-            if not c.column("uid").equals(t.column("uid")):
-                raise RuntimeError(f"{st.folder} columns for shard {sid} are out of step with ingest; rerun it")
-            for col in cols:
-                t = t.append_column(col, c.column(col))
-        parts.append(t.replace_schema_metadata(None))
+    with ThreadPoolExecutor(READERS) as readers:
+        for sid, (t, read_stages) in zip(shard_ids, readers.map(read, shard_ids)):
+            if lean is not None:
+                t = lean.shrink(t)
+            t = t.append_column("row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
+            read_stages = iter(read_stages)
+            for st in stages:
+                cols = list(st.out_columns())
+                if not st.wanted():
+                    for c in cols:
+                        t = t.append_column(c, pa.nulls(t.num_rows, schemas.TYPES[st.out_columns()[c]]))
+                    continue
+                c = next(read_stages)
+                if not c.column("uid").equals(t.column("uid")):
+                    raise RuntimeError(f"{st.folder} columns for shard {sid} are out of step with ingest; rerun it")
+                for col in cols:
+                    t = t.append_column(col, c.column(col))
+            parts.append(t.replace_schema_metadata(None))
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in ("uid", "key", "shard", "ingest_error")})
     if lean is not None and lean.share_key and lean.key_is_uid is False:  # keys that are not uids: read again
@@ -95,7 +106,7 @@ class Lean:
 
     def shrink(self, t: pa.Table) -> pa.Table:
         """One shard's ingest table without the deferred columns (and ``key`` when it equals ``uid``)."""
-        t = t.drop_columns(self.deferred)
+        t = t.drop_columns([c for c in self.deferred if c in t.column_names])
         if self.share_key and self.key_is_uid is not False:
             self.key_is_uid = t.column("key").equals(t.column("uid"))
         if self.share_key and self.key_is_uid:
@@ -112,6 +123,16 @@ class Lean:
         while self._buf and self._start + self._buf[0].num_rows <= lo:
             self._start += self._buf.pop(0).num_rows
         return pa.concat_tables(self._buf).slice(lo - self._start, hi - lo)
+
+    def restore_table(self, chunk: pd.DataFrame, lo: int, to_table) -> pa.Table:
+        """``to_table(restore(chunk, lo))`` built in Arrow: the deferred columns are not converted to
+        pandas and back (``to_table``: the slice's Arrow table, its pandas metadata aside)."""
+        t = to_table(chunk)
+        back = self._rows(lo, lo + len(chunk)) if self.deferred else None
+        for c in self.deferred:
+            t = t.add_column(INGEST_COLUMNS.index(c), pa.field(c, schemas.arrow_type(c)),
+                             back.column(c).cast(schemas.arrow_type(c)))
+        return t
 
     def restore(self, chunk: pd.DataFrame, lo: int) -> pd.DataFrame:
         """A slice of decide's table (rows ``lo:``) with every column a full load would have held."""
@@ -212,15 +233,16 @@ def ingest_reasons(df: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Path | None = None
-           ) -> tuple[pd.DataFrame, dict, dict]:
+def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Path | None = None,
+           order: UidOrder | None = None) -> tuple[pd.DataFrame, dict, dict]:
     """Add keep / drop_reason / drop_reasons and each filter instance's columns; return the table, what
-    each instance used (thresholds, counts) and the seconds each took."""
+    each instance used (thresholds, counts) and the seconds each took. ``order``: the uids'
+    ``uid_order``, when the caller keeps it for export."""
     arrays = arrays or Arrays(None, [])
     n = len(df)
     cause = ingest_reasons(df) if n else np.zeros(0, object)
     usable = df["ingest_error"].isna().to_numpy(bool) if n else np.zeros(0, bool)
-    dup_uid = repeated_uids(df["uid"], usable)
+    dup_uid = repeated_uids(df["uid"], usable, order)
     ok = usable & ~dup_uid
     names = sorted(set(pd.unique(cause[~usable])), key=lambda r: (r not in INGEST_REASONS, r))
     fails: list[tuple[str, np.ndarray]] = [(r, cause == r) for r in names] + [("duplicate_uid", dup_uid)]
@@ -258,32 +280,14 @@ def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Pa
     return df, info, seconds
 
 
-def repeated_uids(uid: pd.Series, usable: np.ndarray) -> np.ndarray:
-    """Usable rows whose uid an earlier usable row has. Lower-case hex uids (a metadata pool's) are
-    compared as two 64-bit halves (a stable sort: ~40 bytes a row); others as strings."""
-    from pipeline.export import _hex_halves
-
-    arr = uid.array._pa_array if isinstance(uid.array, pd.arrays.ArrowExtensionArray) else None
-    lower = arr is not None and len(uid) > 0 and not pc.any(pc.match_substring_regex(arr, "[A-F]")).as_py()
-    halves = _hex_halves(uid) if lower else None
-    if halves is None:
+def repeated_uids(uid: pd.Series, usable: np.ndarray, order: UidOrder | None = None) -> np.ndarray:
+    """Usable rows whose uid an earlier usable row has. Hex uids all in lower case (a metadata pool's)
+    are compared as two 64-bit halves, with ``order`` (``uid_order``) when given; others as strings."""
+    if order is None and len(uid):
+        order = uid_order(uid)
+    if order is None or order.upper:
         return uid.where(usable).duplicated(keep="first").to_numpy() & usable if len(uid) else np.zeros(0, bool)
-    rows = np.flatnonzero(usable) if not usable.all() else None
-    hi, lo = halves if rows is None else (halves[0][rows], halves[1][rows])
-    del halves
-    order = np.argsort(hi, kind="stable")  # by the upper half; rows sharing it are compared whole below
-    top = hi[order]
-    same = np.flatnonzero(top[1:] == top[:-1])
-    del top
-    tied = order[np.union1d(same, same + 1)]  # rows whose upper half another row has (few)
-    del order
-    sub = np.lexsort((lo[tied], hi[tied]))  # stable: equal uids in row order
-    t = tied[sub]
-    again = np.zeros(len(t), bool)
-    again[1:] = (hi[t[1:]] == hi[t[:-1]]) & (lo[t[1:]] == lo[t[:-1]])
-    out = np.zeros(len(uid), bool)
-    out[t[again] if rows is None else rows[t[again]]] = True
-    return out
+    return order.repeated(usable)
 
 
 def reason_lists(matrix: np.ndarray, labels: np.ndarray) -> pd.arrays.ArrowExtensionArray:

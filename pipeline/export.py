@@ -18,54 +18,22 @@ import pyarrow.parquet as pq
 import schemas
 from pipeline.faults import point
 from pipeline.ingest import CAPTION_EXTS, MAX_CAPTION_CHARS
+from pipeline.uids import UidOrder, uid_order
 from shardio.shards import ShardWriter, shard_id
 from shardio.sidecar import RETRY_COLUMNS, not_downloaded_rows
 from shardio.tar import iter_samples
 
 
-def uid_array(uids, keep: np.ndarray | None = None) -> np.ndarray:
+def uid_array(uids, keep: np.ndarray | None = None, order: UidOrder | None = None) -> np.ndarray:
     """DataComp's subset format: sorted structured array of (upper, lower) 64-bit halves (of the rows
-    ``keep`` marks, when given)."""
-    halves = _hex_halves(uids)
-    if halves is None:
+    ``keep`` marks, when given). ``order``: the uids' ``uid_order``, when the run has it already."""
+    order = order if order is not None else uid_order(uids)
+    if order is None:
         picked = uids if keep is None else [u for u, k in zip(uids, keep) if k]
         arr = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in picked], np.dtype("u8,u8"))
         arr.sort()
         return arr
-    hi, lo = halves if keep is None else (halves[0][keep], halves[1][keep])
-    del halves
-    order = np.lexsort((lo, hi))
-    arr = np.empty(len(order), np.dtype("u8,u8"))
-    arr["f0"], arr["f1"] = hi[order], lo[order]
-    return arr
-
-
-_HEX = np.full(256, 255, np.uint8)
-for _i, _c in enumerate(b"0123456789abcdef"):
-    _HEX[_c] = _HEX[b"0123456789ABCDEF"[_i]] = _i
-HALVES_ROWS = 1 << 20  # rows converted at a time (~150 bytes a row while converted)
-
-
-def _hex_halves(uids) -> tuple[np.ndarray, np.ndarray] | None:
-    """(upper, lower) halves of 32-hex-character uids, vectorised ``HALVES_ROWS`` at a time; None when
-    any is not one."""
-    arr = uids.array._pa_array if isinstance(getattr(uids, "array", None), pd.arrays.ArrowExtensionArray) \
-        else pa.chunked_array([pa.array(list(uids), pa.string())])
-    if arr.null_count:
-        return None
-    hi, lo = np.empty(len(arr), np.uint64), np.empty(len(arr), np.uint64)
-    for at in range(0, len(arr), HALVES_ROWS):
-        part = arr.slice(at, HALVES_ROWS)
-        part = (part.combine_chunks() if part.num_chunks != 1 else part.chunk(0)).cast(pa.large_binary())
-        offsets = np.frombuffer(part.buffers()[1], np.int64)[part.offset:part.offset + len(part) + 1]
-        if not (np.diff(offsets) == 32).all():
-            return None
-        nib = _HEX[np.frombuffer(part.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]].reshape(len(part), 32)
-        if (nib == 255).any():
-            return None
-        packed = np.ascontiguousarray((nib[:, 0::2] << 4) | nib[:, 1::2]).view(">u8")  # (n, 2) big-endian halves
-        hi[at:at + len(part)], lo[at:at + len(part)] = packed[:, 0], packed[:, 1]
-    return hi, lo
+    return order.pairs(keep)
 
 
 def write_shards(df: pd.DataFrame, shards: list[str], out_dir: Path, samples_per_shard: int,
@@ -208,22 +176,29 @@ def metadata_table(df: pd.DataFrame, declared: dict[str, str]) -> pa.Table:
 
 
 UNIQUE = ("uid", "key", "url", "caption", "sha256")
+HEX = ("uid", "key", "sha256")
 
 
 def write_metadata(path: Path, df: pd.DataFrame, declared: dict[str, str], rows: int = 1 << 17,
-                   restore=None) -> None:
+                   lean=None) -> None:
     """metadata.parquet, converted and written ``rows`` at a time (no second copy of the table).
-    ``restore(slice, first_row)``: the slice with the columns a lean decide left on disk put back
-    (pipeline/decide.Lean.restore)."""
+    ``lean``: the ``pipeline.decide.Lean`` of a lean decide, which puts back the columns it left on disk
+    (the first slice through pandas, as a full table is written; the others in Arrow)."""
     def part(lo: int) -> pa.Table:
         s = df.iloc[lo:lo + rows]
-        return metadata_table(s if restore is None else restore(s, lo), declared)
+        if lean is None:
+            return metadata_table(s, declared)
+        if lo == 0:  # its schema, pandas metadata included, is the file's
+            return metadata_table(lean.restore(s, lo), declared)
+        return lean.restore_table(s, lo, lambda chunk: metadata_table(chunk, declared))
 
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     first = part(0)
     # dictionaries where values repeat; a uid, url or caption column would only fall back to plain
     repeat = [c for c in first.column_names if c not in UNIQUE]
-    with pq.ParquetWriter(tmp, first.schema, use_dictionary=repeat) as w:
+    # random hex (uid, key, sha256) gains ~25% from snappy at a third of the write's time: stored plain
+    comp = {c: "none" if c in HEX else "snappy" for c in first.column_names}
+    with pq.ParquetWriter(tmp, first.schema, use_dictionary=repeat, compression=comp) as w:
         w.write_table(first)
         for lo in range(rows, len(df), rows):
             w.write_table(part(lo))
@@ -251,14 +226,16 @@ class Background:
 
 
 def export(df: pd.DataFrame, shards: list[str], out: str | Path, samples_per_shard: int, manifest: dict,
-           declared: dict[str, str] | None = None, captions: dict | None = None, metadata: bool = True) -> dict:
+           declared: dict[str, str] | None = None, captions: dict | None = None, metadata: bool = True,
+           order: UidOrder | None = None) -> dict:
     """Write shards, uids.npy and metadata.parquet into ``out`` (a staging folder); return the manifest
     with the outputs added (the caller writes it last, after the report). ``metadata=False``: the
-    caller writes metadata.parquet itself (``write_metadata``), e.g. while the report is drawn."""
+    caller writes metadata.parquet itself (``write_metadata``), e.g. while the report is drawn. ``order``:
+    the uids' ``pipeline.uids.uid_order`` from decide."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = write_shards(df, shards, out / "shards", samples_per_shard, captions) if shards else []
-    uids = uid_array(df["uid"], df["keep"].to_numpy(bool))
+    uids = uid_array(df["uid"], df["keep"].to_numpy(bool), order)
     tmp = out / ".uids.tmp.npy"
     np.save(tmp, uids)
     tmp.replace(out / "uids.npy")

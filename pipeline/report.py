@@ -251,8 +251,17 @@ def at_threshold(df: pd.DataFrame, col: str, t: float, fails: np.ndarray, n: int
     s = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
     ok = df["ingest_error"].isna().to_numpy() & np.isfinite(s)
     dist = np.abs(s - t)
-    pick = [np.flatnonzero(ok & m)[np.argsort(dist[ok & m], kind="stable")[:n]] for m in (~fails, fails)]
-    return list(pick[0]), list(pick[1])
+    return tuple(list(nearest_rows(np.flatnonzero(ok & m), dist, n)) for m in (~fails, fails))
+
+
+def nearest_rows(rows: np.ndarray, dist: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` rows of smallest ``dist``, ties in row order (a stable sort's first ``n``, without
+    sorting them all)."""
+    d = dist[rows]
+    if len(d) > n > 0:
+        cut = np.partition(d, n - 1)[n - 1]
+        rows, d = rows[d <= cut], d[d <= cut]
+    return rows[np.argsort(d, kind="stable")[:n]]
 
 
 def _thumbs(df: pd.DataFrame, shards: list[str], wanted: set[int], side: int = 112) -> dict[int, str]:

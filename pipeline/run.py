@@ -187,9 +187,10 @@ def jobs(p: Plan, spool: bool = False) -> list[tuple]:
     cached = workstore.index(p.work_url) if p.work_url else {}
     clip = [c.model_dump_json() for c in p.config.clip]
     stages = [st.model_dump_json() for st in p.config.stages]
-    return [(s, p.work_url or str(p.work), clip, p.config.needs_languages, stages, options,
-             sorted(cached.get(shard_id(s), {})), p.config.embedding_columns(),
-             str(spool_dir(p.out)) if spool and _spools(p) else None) for s in p.shards]
+    columns, languages = p.config.embedding_columns(), p.config.needs_languages
+    kept = str(spool_dir(p.out)) if spool and _spools(p) else None  # once: it looks at every shard
+    return [(s, p.work_url or str(p.work), clip, languages, stages, options,
+             sorted(cached.get(shard_id(s), {})), columns, kept) for s in p.shards]
 
 
 def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[str, ShardResult], dict[str, str]]:
@@ -234,7 +235,7 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     if p.work_url is not None:  # the per-shard results, from the store into this machine's mirror
         workstore.pull(p.work_url, [shard_id(s) for s in shards], p.work)
     infos = [done[s].info for s in shards]
-    df, filters, seconds, lean = _decide(p, shards, sum(i.samples_found for i in infos))
+    df, filters, seconds, lean, order = _decide(p, shards, sum(i.samples_found for i in infos))
     manifest = {**summarize(df), **_shard_facts(infos, failed), "pool_files_not_read": p.unread,
                 "filters": filters, "thresholds": {k: v["threshold"] for k, v in filters.items() if "threshold" in v},
                 "scorers": [c.model_dump() for c in p.config.clip],
@@ -246,7 +247,8 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     stage = publish.staging(p.out)
     tars = [s for s in shards if not is_metadata(s)]
     manifest = export(df, tars, stage, p.config.export.samples_per_shard, manifest, declared,
-                      _rewritten_captions(df, p.config), metadata=False)
+                      _rewritten_captions(df, p.config), metadata=False, order=order)
+    del order
     listed = [s for s, i in zip(shards, infos) if i.not_downloaded and not is_metadata(s)]
     if listed:  # not samples: never in uids.npy or metadata.parquet
         n = write_not_downloaded(stage / "not_downloaded.parquet", listed)
@@ -263,8 +265,7 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     manifest = _redacted(manifest)
     manifest["report"] = "report.html"
     manifest["run"]["filter_seconds"] = seconds
-    meta = Background(write_metadata, stage / "metadata.parquet", df, declared, 1 << 17,  # while the report is drawn
-                      lean.restore if lean is not None else None)
+    meta = Background(write_metadata, stage / "metadata.parquet", df, declared, 1 << 17, lean)  # while the report is drawn
     try:
         write_report(stage, df.reset_index(drop=True), shards, manifest)
     finally:
@@ -287,8 +288,10 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
 
 def _decide(p: Plan, shards: list[str], found: int):
     """Load the shards' columns and decide; (table, filter summaries, seconds per filter, the ``Lean``
-    that gives a metadata-only run's table back its left-out columns, or None)."""
+    that gives a metadata-only run's table back its left-out columns or None, the uids' sorted order
+    or None)."""
     from pipeline.decide import Arrays, Lean, decide, load_columns
+    from pipeline.uids import uid_order
 
     sids = [shard_id(s) for s in shards]
     plotting = threading.Thread(target=_import_plotting, daemon=True)  # while parquet reading holds no GIL
@@ -298,10 +301,11 @@ def _decide(p: Plan, shards: list[str], found: int):
     df = load_columns(p.work, sids, p.config, lean)
     plotting.join()  # before decide, which may fork
     point("decide")
-    df, filters, seconds = decide(df, p.config, Arrays(p.work, sids), run=p.work)
+    order = uid_order(df["uid"]) if len(df) else None  # one sort for repeated uids and uids.npy
+    df, filters, seconds = decide(df, p.config, Arrays(p.work, sids), run=p.work, order=order)
     if found != len(df):
         raise RuntimeError(f"accounting: the shards hold {found} samples but decide saw {len(df)}")
-    return df, filters, seconds, lean
+    return df, filters, seconds, lean, order
 
 
 def _shard_facts(infos: list[ShardInfo], failed: dict[str, str]) -> dict:

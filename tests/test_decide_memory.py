@@ -9,6 +9,7 @@ import pytest
 
 import pipeline.decide
 import pipeline.export
+import pipeline.uids
 from pipeline.config import load_config
 from pipeline.decide import Arrays, Lean, decide, load_columns, repeated_uids
 from pipeline.export import uid_array, write_metadata
@@ -79,9 +80,9 @@ def test_restore_across_chunk_and_shard_boundaries_and_what_stays_on_disk(tmp_pa
     declared = {f.out_column(o): t for f in cfg.filters for o, t in f.outputs.items()}
     declared.update(cfg.stage_columns())
     outs = []
-    for tag, df, restore in (("full", full, None), ("lean", small, lean.restore)):
+    for tag, df, how in (("full", full, None), ("lean", small, lean)):
         df, _, _ = decide(df, cfg, Arrays(work, sids), run=work)
-        write_metadata(tmp_path / f"{tag}.parquet", df, declared, rows=10, restore=restore)  # 10: not a shard's 33
+        write_metadata(tmp_path / f"{tag}.parquet", df, declared, rows=10, lean=how)  # 10: not a shard's 33
         outs.append((tmp_path / f"{tag}.parquet").read_bytes())
     assert outs[0] == outs[1]
 
@@ -106,7 +107,7 @@ def test_repeated_uids_are_pandas_duplicated_among_usable_rows():
 
 
 def test_uid_array_of_kept_rows_a_chunk_at_a_time(monkeypatch):
-    monkeypatch.setattr(pipeline.export, "HALVES_ROWS", 7)
+    monkeypatch.setattr(pipeline.uids, "HALVES_ROWS", 7)
     rng = np.random.default_rng(4)
     uids = pd.Series([rng.bytes(16).hex() for _ in range(50)], dtype="str")
     keep = rng.random(50) < 0.5

@@ -109,3 +109,30 @@ def test_image_based_on_metadata_alone_with_target_embeddings(pool, tmp_path):
     cfg["filters"][0]["targets"] = [str(tmp_path / "wide.npy")]
     with pytest.raises(Exception, match="32 dimensions, the pool's image embeddings 16"):
         run_curation(str(pool / "metadata"), tmp_path / "out2", cfg, progress=False)
+
+
+def test_image_based_survivors_only_judges_what_earlier_filters_keep(pool, tmp_path):
+    """``survivors_only``: the same kept rows (a row is kept only when every filter keeps it), the
+    image-based rule judged only on the CLIP score filter's survivors: the others get cluster -1 and no
+    image_based entry in drop_reasons."""
+    with np.load(sorted((pool / "metadata").glob("*.npz"))[0]) as z:
+        emb = z["l14_img"].astype(np.float32)
+    np.save(tmp_path / "targets.npy", emb[[0, 3, 7]])
+    np.save(tmp_path / "cent.npy", emb[[0, 1, 2, 3, 5, 7]])
+    img = {"type": "image_based", "targets": [str(tmp_path / "targets.npy")], "centroids": str(tmp_path / "cent.npy")}
+    runs = {}
+    for lazy in (False, True):
+        cfg = {"clip": [{"precomputed": "l14"}],
+               "filters": [{"type": "clip_score", "fraction": 0.5}, {**img, "survivors_only": lazy}]}
+        m = run_curation(str(pool / "metadata"), tmp_path / f"out{lazy}", cfg, progress=False)
+        runs[lazy] = (m, pd.read_parquet(tmp_path / f"out{lazy}" / "metadata.parquet"))
+    (m0, full), (m1, lazy) = runs[False], runs[True]
+    assert full["uid"].tolist() == lazy["uid"].tolist() and full["keep"].tolist() == lazy["keep"].tolist()
+    assert m0["uid_count"] == m1["uid_count"] > 0
+    col = "image_based[given].cluster"
+    passed = ~full["drop_reasons"].map(lambda r: "clip_score[top0.5]" in list(r))
+    assert (lazy.loc[passed, col] == full.loc[passed, col]).all()
+    assert (lazy.loc[~passed, col] == -1).all() and (full.loc[~passed, col] >= 0).any()
+    assert not lazy.loc[~passed, "drop_reasons"].map(lambda r: "image_based[given]" in list(r)).any()
+    assert full.loc[~passed, "drop_reasons"].map(lambda r: "image_based[given]" in list(r)).any()
+    assert m1["filters"]["image_based[given]"]["rows_judged"] == int(passed.sum())

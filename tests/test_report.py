@@ -170,3 +170,14 @@ def test_report_screenshot_in_headless_chromium_is_not_blank(report):
     px = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert px.shape == (3000, 1400) and px.std() > 20  # not one flat colour
     assert px[:1200, 900:].std() > 10  # the right side holds content too (full page width)
+
+
+def test_nearest_rows_is_the_stable_sorts_first_n():
+    from pipeline.report import nearest_rows
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 5, 30):
+        for m in (0, 3, 50, 1000):
+            d = rng.integers(0, 5, 2000).astype(float)  # many ties
+            rows = np.sort(rng.choice(2000, m, replace=False))
+            assert (nearest_rows(rows, d, n) == rows[np.argsort(d[rows], kind="stable")[:n]]).all()

@@ -108,6 +108,14 @@ class Context:
                              f"config (earlier: {sorted(self.done) or 'none'})")
         return self.done[instance]
 
+    def survivors(self) -> np.ndarray:
+        """Usable rows that no earlier filter instance fails."""
+        out = np.array(self.ok, bool)
+        for r in self.done.values():
+            for m in r.fails.values():
+                out &= ~np.asarray(m, bool)
+        return out
+
     def uids_at(self, rows: np.ndarray) -> list:
         uids = self.df["uid"].to_numpy()
         return [uids[r] if r >= 0 else None for r in rows]

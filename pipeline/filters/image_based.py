@@ -34,6 +34,10 @@ class ImageBased(Filter):
     centroids: str | None = Field(None, description="given pool centroids (.npy, or DataComp's *_centroids_l14.pt): "
                                                     "no k-means; rows and targets go to the centroid of largest "
                                                     "dot product, as DataComp's baseline assigns them")
+    survivors_only: bool = Field(False, description="cluster and judge only the rows every earlier filter keeps, "
+                                                    "as DataComp's baseline does (far less work after a CLIP "
+                                                    "score filter); the others get cluster -1 and no "
+                                                    "image_based entry in drop_reasons")
 
     outputs = {"cluster": "int32"}
     reads_embeddings = True
@@ -51,15 +55,17 @@ class ImageBased(Filter):
         from pipeline.targets import image_based, image_based_given, load_centroids, target_embeddings
 
         targets = target_embeddings(lambda: ctx.scorer(self.column), self.targets, self.max_targets)
+        valid = ctx.survivors() if self.survivors_only else ctx.ok
+        judged = {"rows_judged": int(valid.sum())} if self.survivors_only else {}
         if self.centroids:
             cent = load_centroids(self.centroids)
-            keep, cluster, n_target = image_based_given(ctx.arrays.image(self.column), ctx.ok, targets, cent)
-            return Result({"": ~keep}, {"cluster": cluster},
+            keep, cluster, n_target = image_based_given(ctx.arrays.image(self.column), valid, targets, cent)
+            return Result({"": ~keep & valid}, {"cluster": cluster},
                           {"clusters": int(len(cent)), "centroids": "given", "target_images": len(targets),
-                           "target_clusters": n_target})
+                           "target_clusters": n_target, **judged})
         status: dict = {}
-        keep, cluster, n_target = image_based(ctx.arrays.image(self.column), ctx.ok, targets, self.clusters,
+        keep, cluster, n_target = image_based(ctx.arrays.image(self.column), valid, targets, self.clusters,
                                               self.niter, ctx.seed, ctx.backend, fit=ctx.fitter(self, status))
-        return Result({"": ~keep}, {"cluster": cluster},
+        return Result({"": ~keep & valid}, {"cluster": cluster},
                       {"clusters": self.clusters, "target_images": len(targets), "target_clusters": n_target,
-                       **status})
+                       **judged, **status})
