@@ -81,7 +81,8 @@ def load_columns(run_dir: str | Path, shard_ids: list[str], config, lean: Lean |
     return df
 
 
-# ingest columns no rule of decide reads (a filter may: Lean.deferred_for keeps those it names)
+# ingest columns no rule of decide reads (a filter may: Lean.deferred_for keeps those it names); the
+# caption too when no filter reads it (Filter.reads_captions)
 DEFERRABLE = ("url", "image_ext", "image_bytes", "sha256", "width", "height")
 
 
@@ -96,16 +97,34 @@ class Lean:
         self.key_is_uid: bool | None = None  # None: no shard seen yet
         self.string = pa.array([], pa.string()).to_pandas().dtype  # a string column's dtype once loaded
         self._next, self._buf, self._start = 0, [], 0
+        self.counts: list[int] = []  # rows of each shard, as shrunk
 
     @staticmethod
     def deferred_for(config) -> list[str]:
         """The deferrable columns that no filter reads (named in its settings, or sha256 for exact_dedup)."""
         said = json.dumps([f.model_dump(mode="json") for f in config.filters])
         exact = any(f.type == "exact_dedup" for f in config.filters)
-        return [c for c in DEFERRABLE if f'"{c}"' not in said and not (c == "sha256" and exact)]
+        out = [c for c in DEFERRABLE if f'"{c}"' not in said and not (c == "sha256" and exact)]
+        if not any(f.reads_captions for f in config.filters) and '"caption"' not in said:
+            out.append("caption")  # the report reads the few it shows (``values``)
+        return [c for c in INGEST_COLUMNS if c in out]
+
+    def values(self, column: str, rows) -> dict[int, object]:
+        """Row -> value of a deferred column, for a few rows (the report's)."""
+        rows = np.unique(np.asarray(list(rows), np.int64))
+        out: dict[int, object] = {}
+        start = 0
+        for sid, n in zip(self.sids, self.counts):
+            hit = rows[(rows >= start) & (rows < start + n)]
+            if len(hit):
+                col = pq.read_table(self.work.columns("ingest", sid), columns=[column]).column(column)
+                out.update({int(r): col[int(r - start)].as_py() for r in hit})
+            start += n
+        return out
 
     def shrink(self, t: pa.Table) -> pa.Table:
         """One shard's ingest table without the deferred columns (and ``key`` when it equals ``uid``)."""
+        self.counts.append(t.num_rows)
         t = t.drop_columns([c for c in self.deferred if c in t.column_names])
         if self.share_key and self.key_is_uid is not False:
             self.key_is_uid = t.column("key").equals(t.column("uid"))
@@ -275,7 +294,8 @@ def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Pa
         df["drop_reason"] = np.full(n, None, object)
     else:  # strings, built in Arrow (null where kept)
         first = pa.array(matrix.argmax(axis=1).astype(np.int32), mask=keep)
-        df["drop_reason"] = pa.array([str(x) for x in labels], pa.string()).take(first).to_pandas()
+        # large_string: what pandas holds strings as, so the column is not copied on the way
+        df["drop_reason"] = pa.array([str(x) for x in labels], pa.large_string()).take(first).to_pandas()
     df["drop_reasons"] = reason_lists(matrix, labels)
     return df, info, seconds
 

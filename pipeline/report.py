@@ -15,6 +15,7 @@ import base64
 import html
 import io
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -295,9 +296,11 @@ def _thumbs(df: pd.DataFrame, shards: list[str], wanted: set[int], side: int = 1
     return out
 
 
-def _cell(df: pd.DataFrame, i: int, thumbs: dict, scores: list[str], note: str = "") -> str:
+def _cell(df: pd.DataFrame, i: int, thumbs: dict, scores: list[str], note: str = "",
+          captions: dict | None = None) -> str:
     r = df.loc[i]
-    caption = "" if pd.isna(r["caption"]) else str(r["caption"])
+    caption = captions.get(i) if captions is not None else r["caption"]
+    caption = "" if pd.isna(caption) else str(caption)
     img = (f'<img src="{thumbs[i]}" alt="{esc(caption[:80])}">' if i in thumbs
            else '<div class="noimg">no image</div>')
     lines = [f"{c} {r[c]:.5f}" for c in scores if pd.notna(r[c])]
@@ -352,7 +355,8 @@ def _first_rows(df: pd.DataFrame, usable: np.ndarray, uids: set) -> dict:
 # ---- the page ----
 
 def write_report(out: str | Path, df: pd.DataFrame, shards: list[str], manifest: dict,
-                 train_dir: str | Path | None = None, seed: int = 0) -> Path:
+                 train_dir: str | Path | None = None, seed: int = 0, captions=None) -> Path:
+    """``captions(rows) -> {row: caption}``: where the captions are when ``df`` has none (a lean decide's)."""
     from pipeline.decide import as_lists
 
     out = Path(out)
@@ -376,6 +380,8 @@ def write_report(out: str | Path, df: pd.DataFrame, shards: list[str], manifest:
     wanted = {i for _, rows, _ in grids for i in rows} | {i for _, a, b in near for i in a + b}
     wanted |= {i for _, _, gs in dups for rep, rows in gs for i in [rep, *rows]}
     thumbs = _thumbs(df, shards, wanted)
+    caps = captions(sorted(wanted)) if captions is not None and "caption" not in df else None
+    cell = partial(_cell, captions=caps)
 
     n_in = manifest["samples_in"]
     pools = ", ".join(dict.fromkeys(str(Path(s).parent) for s in shards)) or "(no shards)"
@@ -400,19 +406,19 @@ def write_report(out: str | Path, df: pd.DataFrame, shards: list[str], manifest:
     for (name, col, t, _), (_, kept, dropped) in zip(cuts, near):
         parts.append(f"<h2>At the threshold: {esc(name)} ({esc(col)} {t:.5f})</h2><div class='two'>"
                      f"<div><h3>just kept</h3><div class='grid'>"
-                     + "".join(_cell(df, i, thumbs, score_cols) for i in kept)
+                     + "".join(cell(df, i, thumbs, score_cols) for i in kept)
                      + "</div></div><div><h3>just dropped</h3><div class='grid'>"
-                     + "".join(_cell(df, i, thumbs, score_cols) for i in dropped) + "</div></div></div>")
+                     + "".join(cell(df, i, thumbs, score_cols) for i in dropped) + "</div></div></div>")
     for title, rows, note in grids:
         parts.append(f"<h2>{esc(title)} <small>{esc(note)} ({len(rows)} random examples)</small></h2>"
-                     "<div class='grid'>" + "".join(_cell(df, i, thumbs, score_cols) for i in rows) + "</div>")
+                     "<div class='grid'>" + "".join(cell(df, i, thumbs, score_cols) for i in rows) + "</div>")
     if dups:
         parts.append("<h2>Duplicates: the kept sample first, then its duplicates</h2><div class='two'>")
         for name, dist, groups in dups:
             parts.append(f"<div><h3>{esc(name)}</h3>")
             for rep, rows in groups:
-                parts.append("<div class='grid dup'>" + _cell(df, rep, thumbs, score_cols, "kept by this filter")
-                             + "".join(_cell(df, i, thumbs, score_cols, f"{dist.rsplit('.', 1)[-1]} "
+                parts.append("<div class='grid dup'>" + cell(df, rep, thumbs, score_cols, "kept by this filter")
+                             + "".join(cell(df, i, thumbs, score_cols, f"{dist.rsplit('.', 1)[-1]} "
                                              f"{df.at[i, dist]:.3f}" if dist else "") for i in rows) + "</div>")
             parts.append("</div>")
         parts.append("</div>")

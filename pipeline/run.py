@@ -267,7 +267,8 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     manifest["run"]["filter_seconds"] = seconds
     meta = Background(write_metadata, stage / "metadata.parquet", df, declared, 1 << 17, lean)  # while the report is drawn
     try:
-        write_report(stage, df.reset_index(drop=True), shards, manifest)
+        captions = (lambda rows: lean.values("caption", rows)) if lean is not None and "caption" in lean.deferred else None
+        write_report(stage, df.reset_index(drop=True), shards, manifest, captions=captions)
     finally:
         meta.join()
     manifest["run"]["decide_export_seconds"] = round(time.time() - t0, 2)

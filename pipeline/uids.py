@@ -60,7 +60,7 @@ def sorted_rows(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         return np.lexsort((np.arange(n), lo, hi))
     key = (hi >> np.uint64(bits) << np.uint64(bits)) | np.arange(n, dtype=np.uint64)
     key.sort()
-    order = (key & np.uint64((1 << bits) - 1)).astype(np.int64)
+    order = (key & np.uint64((1 << bits) - 1)).astype(np.int32 if bits < 31 else np.int64)
     top = key >> np.uint64(bits)
     del key
     tie = np.flatnonzero(top[1:] == top[:-1])

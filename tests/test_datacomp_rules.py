@@ -53,6 +53,18 @@ def test_fasttext_token_count_is_fasttext_tokenize(text, tokens):
     assert fasttext_token_count(text) == tokens
 
 
+def test_fasttext_token_counts_is_the_one_caption_count_on_every_caption(monkeypatch):
+    import pipeline.filters.basic as basic
+
+    rng = np.random.default_rng(0)
+    alphabet = list("ab \n\r\t\v\f\0") + ["\u3000", "\u00a0", "é", "日", "\x85", "😀"]
+    texts = ["".join(rng.choice(alphabet, rng.integers(0, 12))) for _ in range(3000)] + [None, "", "\n"]
+    monkeypatch.setattr(basic, "TOKEN_ROWS", 7)  # several slices, some all empty
+    want = [basic.fasttext_token_count(t or "") for t in texts]
+    for s in (pd.Series(texts, dtype="str"), pd.Series(texts, dtype=object)):
+        assert basic.fasttext_token_counts(s).tolist() == want
+
+
 def test_image_based_caption_stage_counts_fasttext_tokens_and_ignores_sizes():
     from pipeline.filters.basic import Basic
 

@@ -89,7 +89,24 @@ def test_restore_across_chunk_and_shard_boundaries_and_what_stays_on_disk(tmp_pa
 
 def test_exact_dedup_or_a_filter_naming_a_column_keeps_it_in_memory():
     assert "sha256" not in Lean.deferred_for(load_config(CONFIGS["exact_dedup"]))
-    assert Lean.deferred_for(load_config({"filters": []})) == list(pipeline.decide.DEFERRABLE)
+    assert Lean.deferred_for(load_config({"filters": []})) == ["url", "caption", *pipeline.decide.DEFERRABLE[1:]]
+    assert "caption" in Lean.deferred_for(load_config(CONFIGS["exact_dedup"]))  # no filter there reads captions
+    assert "caption" not in Lean.deferred_for(load_config(CONFIGS["basic_clip"]))  # basic does
+
+
+def test_a_deferred_caption_still_shows_in_the_report(tmp_path, monkeypatch):
+    """CLIP score alone reads no caption: it stays on disk, metadata.parquet is the same bytes as a full
+    load's, and the report's cards still show the captions of the rows they show."""
+    write_pool(tmp_path / "pool")
+    cfg = {"clip": [{"precomputed": "l14"}], "filters": [{"type": "clip_score", "fraction": 0.5}]}
+    assert "caption" in Lean.deferred_for(load_config(cfg))
+    run_curation(str(tmp_path / "pool"), tmp_path / "lean", cfg, progress=False)
+    monkeypatch.setattr(pipeline.decide, "Lean", NoLean)
+    run_curation(str(tmp_path / "pool"), tmp_path / "full", cfg, progress=False)
+    for f in ("metadata.parquet", "uids.npy", "report.html"):
+        assert (tmp_path / "lean" / f).read_bytes() == (tmp_path / "full" / f).read_bytes(), f
+    html = (tmp_path / "lean" / "report.html").read_text()
+    assert sum(html.count(f'<span class="cap">{c}</span>') for c in CAPTIONS) > 0
 
 
 def test_repeated_uids_are_pandas_duplicated_among_usable_rows():

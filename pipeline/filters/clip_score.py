@@ -43,6 +43,7 @@ def top_fraction_threshold(scores: np.ndarray, fraction: float, count_missing: b
 class ClipScore(Filter):
     """Keep samples whose CLIP score is in the top ``fraction`` of the pool, or >= ``threshold``."""
     type: Literal["clip_score"]
+    reads_captions = False
     column: str = "clip_score"
     fraction: float | None = Field(None, gt=0, le=1)
     threshold: float | None = Field(None, ge=-1, le=1)

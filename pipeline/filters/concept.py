@@ -14,6 +14,7 @@ class Concept(Filter):
     """``keep: above`` keeps samples scoring >= threshold (wanted content), ``below`` keeps those under
     it (unwanted content, e.g. prompts describing watermarks)."""
     type: Literal["concept"]
+    reads_captions = False
     concept: str = Field(pattern=r"^[a-z0-9_]+$", description="short name, part of the instance name")
     column: str = "clip_score"
     prompts: list[str] = Field(min_length=1)

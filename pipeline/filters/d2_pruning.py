@@ -15,6 +15,7 @@ class D2Pruning(Filter):
     forward message passing (``gamma_f``) then reverse selection (``gamma_r``) until ``budget`` (a
     fraction of the decodable samples) is selected."""
     type: Literal["d2_pruning"]
+    reads_captions = False
     column: str = "clip_score"
     budget: float = Field(gt=0, le=1)
     k: int = Field(10, ge=1, le=200)

@@ -12,6 +12,7 @@ from pipeline.filters.base import Context, Filter, Result
 class Decontaminate(Filter):
     """``eval_dirs``: task folders in CLIP_benchmark's layout, or folders of them."""
     type: Literal["decontaminate"]
+    reads_captions = False
     eval_dirs: list[str] = Field(min_length=1)
     max_rms: float = Field(0.03, gt=0, le=2)
 

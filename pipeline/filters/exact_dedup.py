@@ -8,6 +8,7 @@ from pipeline.filters.base import Context, Filter, Result
 
 class ExactDedup(Filter):
     type: Literal["exact_dedup"]
+    reads_captions = False
 
     def compute(self, ctx: Context) -> Result:
         sha = ctx.df["sha256"].where(ctx.ok & ctx.df["sha256"].notna().to_numpy())

@@ -26,6 +26,7 @@ class ImageBased(Filter):
     files of target image embeddings from the model that made the column's embeddings (no model
     needed then: a metadata-only pool's precomputed embeddings are enough)."""
     type: Literal["image_based"]
+    reads_captions = False
     column: str = "clip_score"
     targets: list[str] = Field(min_length=1)
     clusters: int = Field(1000, ge=1)

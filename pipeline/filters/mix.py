@@ -63,6 +63,7 @@ def soft_cap(mix: np.ndarray, draws: int, temperature: float, penalty: float, ca
 class Mix(Filter):
     """Rank average of several score columns (module docstring); keep the top ``fraction`` or sample."""
     type: Literal["mix"]
+    reads_captions = False
     scores: list[str] = Field(min_length=2, description="pool columns or '<earlier instance>.<field>'; "
                                                         "a leading '-' ranks lower-is-better")
     weights: list[float] | None = Field(None, description="one weight >= 0 a score (default equal)")

@@ -15,6 +15,7 @@ class NearDedup(Filter):
     ``max_rms`` grey levels, or at most ``ratio_max_rms`` and at most ``ratio`` times the RMS from either
     image to its nearest other look-alike (``ratio`` 0 turns that test off)."""
     type: Literal["near_dedup"]
+    reads_captions = False
     max_rms: float = Field(4.5, gt=0, le=255)
     ratio: float = Field(0.75, ge=0, lt=1)
     ratio_max_rms: float = Field(7.0, gt=0, le=255)

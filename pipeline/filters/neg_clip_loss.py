@@ -112,6 +112,7 @@ class NegClipLoss(Filter):
     """negCLIPLoss of scorer ``column``'s image and text embeddings (module docstring); keep the top
     ``fraction`` of scored rows (1.0: score only, e.g. for ``mix``) or score >= ``threshold``."""
     type: Literal["neg_clip_loss"]
+    reads_captions = False
     column: str = "clip_score"
     fraction: float | None = Field(None, gt=0, le=1)
     threshold: float | None = Field(None, ge=-2, le=1)

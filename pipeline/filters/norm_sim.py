@@ -123,6 +123,7 @@ class NormSim(Filter):
     """NormSim_p of scorer ``column``'s image embeddings against ``targets`` (module docstring); keep
     the top ``fraction`` of usable rows (1.0: score only) or NormSim >= ``threshold``."""
     type: Literal["norm_sim"]
+    reads_captions = False
     column: str = "clip_score"
     targets: list[str] = Field(min_length=1, description="image / task folders, shards, .npy embeddings, "
                                                          "or [pool] for NormSim_2-D")

@@ -15,6 +15,7 @@ class SemanticDedup(Filter):
     before it is dropped. Keep order: ``farthest`` from the centroid first (SemDeDup), highest
     ``score`` first, or pool ``first``."""
     type: Literal["semantic_dedup"]
+    reads_captions = False
     column: str = "clip_score"
     clusters: int = Field(100, ge=1)
     eps: float = Field(0.05, gt=0, lt=1)

@@ -14,6 +14,7 @@ from pipeline.filters.clip_score import top_fraction_threshold
 
 class Threshold(Filter):
     type: Literal["threshold"]
+    reads_captions = False
     column: str = Field(description="a score column written by a configured stage (e.g. a head's name)")
     min: float | None = Field(None, description="keep score >= min")
     max: float | None = Field(None, description="keep score <= max (e.g. an NSFW probability)")
