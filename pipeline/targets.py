@@ -184,12 +184,12 @@ def image_based_given(pool_img, valid: np.ndarray, targets: np.ndarray,
     # the largest dot product, first of ties (DataComp's get_centroid_ids_gpu), raw vectors on both sides
     wanted = np.unique(nearest(torch.from_numpy(np.ascontiguousarray(targets)), cent))
     cluster = np.full(len(pool), -1, np.int64)
-    valid = np.asarray(valid, bool)
-    for start, block in pool.chunks():
-        ok = usable(block, valid[start:start + len(block)])
+    rows = np.flatnonzero(np.asarray(valid, bool))  # only these are read (a few, after a CLIP score filter)
+    for start, block in pool.subset(rows).chunks():
+        ok = usable(block)
         if ok.any():
-            rows = np.ascontiguousarray(np.asarray(block)[ok], np.float32)
-            cluster[start:start + len(block)][ok] = nearest(torch.from_numpy(rows), cent)
+            x = np.ascontiguousarray(np.asarray(block)[ok], np.float32)
+            cluster[rows[start:start + len(block)][ok]] = nearest(torch.from_numpy(x), cent)
     return np.isin(cluster, wanted) & (cluster >= 0), cluster, int(len(wanted))
 
 
