@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.vectors import assign, kmeans
+from pipeline.embeddings import View, view
+from pipeline import vectors
+from pipeline.vectors import assign, assign_levels, kmeans, kmeans_levels
 from shardio.shards import atomic_save_npz
 
 
@@ -31,8 +33,16 @@ def fit_or_reuse(x, k: int, niter: int, seed: int, backend: str, cache_dir: Path
     if path.is_file():
         with np.load(path) as z:
             cent, n_fit = z["centroids"], int(z["n_fit"])
+            levels = (z["coarse"], z["parent"]) if "coarse" in z.files else None
         if n_fit <= len(x) <= n_fit * (1 + refit_growth) and cent.shape[1] == x.shape[1]:
-            return cent, assign(x, cent, backend), "reused"
+            labels = (assign(x, cent, backend) if levels is None
+                      else assign_levels(x, levels[0], cent, levels[1], backend))
+            return cent, labels, "reused"
+    if min(k, len(x)) > vectors.TWO_LEVEL:  # saved with its coarse level, so a reuse assigns in two levels too
+        cent, labels, coarse, parent = kmeans_levels(view(x), min(k, len(x)), niter, seed, backend,
+                                                     capped=isinstance(x, View))
+        atomic_save_npz(path, centroids=cent, n_fit=len(x), coarse=coarse, parent=parent)
+        return cent, labels, "fitted"
     cent, labels = kmeans(x, k, niter, seed, backend)
     atomic_save_npz(path, centroids=cent, n_fit=len(x))
     return cent, labels, "fitted"

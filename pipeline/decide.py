@@ -42,6 +42,8 @@ def load_columns(run_dir: str | Path, shard_ids: list[str], config, lean: Lean |
     quiet_allocator()
     stages = [st for st in plan_for(config) if st.folder != "ingest" and st.out_columns()]
     wanted = [c for c in INGEST_COLUMNS if lean is None or c not in lean.deferred]
+    if lean is not None:
+        lean.counts = []  # (again, when keys that are not uids make it read the shards a second time)
 
     def read(sid):  # on reader threads: parquet decoding releases the GIL
         return (pq.read_table(work.columns("ingest", sid), columns=wanted),

@@ -34,6 +34,7 @@ SIM_FLOATS = 16 << 20  # similarities computed at once (64 MB): query rows a pro
 PROJ = 64  # dimensions of the random projection k-means++ seeding measures distances in
 SEED_ROWS = 8192  # rows k-means++ seeding draws from (but 4 a centroid): its cost ~ k, not k^2
 TOPK_BLOCK = 8  # rows per block of list_search's two-level top-k
+TWO_LEVEL = 1024  # k-means with more centroids than this goes in two levels (kmeans_levels)
 
 
 RAN: dict[str, str] = {}  # step -> the backend and device it last ran on, in this process
@@ -141,20 +142,80 @@ def kmeans(x, k: int, niter: int = 20, seed: int = 0, backend: str = "auto") -> 
     The centroids come from ``lloyd`` on a seeded sample of at most 256 rows a centroid (from a view
     also at most TRAIN_BYTES, but not under 39 a centroid), so the pool is never in memory at once.
     Every row is then assigned to its nearest centroid by ``assign`` (the n * k pass, a chunk at a
-    time)."""
+    time). Above TWO_LEVEL centroids, ``kmeans_levels`` instead (n * ~2 sqrt(k))."""
     v = view(x)
     if len(v) == 0:
         return np.zeros((0, v.shape[1]), np.float32), np.zeros(0, np.int64)
     k = max(1, min(k, len(v)))
+    if k > TWO_LEVEL:
+        return kmeans_levels(v, k, niter, seed, backend, capped=isinstance(x, View))[:2]
+    return _flat(v, k, niter, seed, backend, isinstance(x, View))
+
+
+def _flat(v: View, k: int, niter: int, seed: int, backend: str, capped: bool) -> tuple[np.ndarray, np.ndarray]:
+    cent = fit_centroids(v, k, niter, seed, backend, capped)
+    return cent, assign(v, cent, backend)
+
+
+def fit_centroids(v: View, k: int, niter: int, seed: int, backend: str, capped: bool = True) -> np.ndarray:
+    """``kmeans``'s centroids alone (no assignment pass); ``capped``: a sample of at most TRAIN_BYTES
+    (the rows are read from files)."""
     rows = k * PER_CENTROID
-    if isinstance(x, View):
+    if capped:
         rows = min(rows, max(k * 39, TRAIN_BYTES // (4 * v.shape[1])))
     train = v.sample(rows, seed)[1]
     if not getattr(v, "unit", False):
         train /= np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)  # normalize, in place
-    cent = lloyd(train, k, niter, seed, torch_device() if dense(backend) == "torch" else "cpu")
-    del train
-    return cent, assign(v, cent, backend)
+    return lloyd(train, k, niter, seed, torch_device() if dense(backend) == "torch" else "cpu")
+
+
+def kmeans_levels(v: View, k: int, niter: int, seed: int, backend: str = "auto", capped: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """k-means in two levels, for many clusters (as hierarchical k-means, e.g. NeMo Curator's and
+    SemDeDup's at billions of rows, keeps assignment affordable): ceil(sqrt(k)) coarse clusters, then
+    each split into a share of ``k`` in proportion to its rows (at least 1), fit on a sample of its rows.
+    A row goes to the nearest centroid of its coarse cluster. (centroids (~k, d), assignment,
+    coarse centroids, each centroid's coarse cluster)."""
+    coarse, top = _flat(v, int(np.ceil(np.sqrt(k))), niter, seed, backend, capped)
+    sizes = np.bincount(top, minlength=len(coarse))
+    share = shares(sizes, k)
+    cents, parent = [], []
+    for c, rows in zip(np.flatnonzero(sizes), members(top)):
+        sub = fit_centroids(v.subset(rows), int(share[c]), niter, seed + 1 + int(c), backend, capped)
+        cents.append(sub)
+        parent.append(np.full(len(sub), c, np.int64))
+    cent, parent = np.concatenate(cents), np.concatenate(parent)
+    return cent, assign_levels(v, coarse, cent, parent, backend, top), coarse, parent
+
+
+def shares(sizes: np.ndarray, k: int) -> np.ndarray:
+    """``k`` split over groups in proportion to ``sizes`` (largest remainders), at least 1 for a
+    non-empty group (the total may pass ``k`` by those), at most its size."""
+    raw = sizes / max(1, sizes.sum()) * k
+    share = np.floor(raw).astype(np.int64)
+    left = k - int(share.sum())
+    if left > 0:
+        share[np.argsort(-(raw - share), kind="stable")[:left]] += 1
+    return np.minimum(np.where(sizes > 0, np.maximum(share, 1), 0), sizes)
+
+
+def assign_levels(x, coarse: np.ndarray, cent: np.ndarray, parent: np.ndarray, backend: str = "auto",
+                  top: np.ndarray | None = None) -> np.ndarray:
+    """Each row's nearest centroid among those of its nearest coarse centroid, a chunk at a time."""
+    x = view(x)
+    top = assign(x, coarse, backend) if top is None else top
+    ids = members(parent)  # centroid ids of each coarse cluster that has any
+    by_coarse = {int(parent[g[0]]): g for g in ids}
+    out = np.zeros(len(x), np.int64)
+    for start, block in x.chunks():
+        t = top[start:start + len(block)]
+        for c in np.unique(t):
+            m = t == c
+            g = by_coarse.get(int(c))
+            if g is None:  # a coarse cluster that had no rows when fit (centroids reused): all of them
+                g = np.arange(len(cent))
+            out[start:start + len(block)][m] = g[search(cent[g], block[m], 1, dense(backend))[1][:, 0]]
+    return out
 
 
 def lloyd(x: np.ndarray, k: int, niter: int, seed: int, device: str = "cpu") -> np.ndarray:

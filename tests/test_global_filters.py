@@ -279,3 +279,19 @@ def test_semdedup_refuses_a_cluster_too_big_for_memory(monkeypatch):
     monkeypatch.setattr(sd, "MAX_CLUSTER", 10)
     with pytest.raises(ValueError, match="raise 'clusters'"):
         sd.semdedup(normalize(np.random.default_rng(0).normal(size=(50, 8))), k=1, eps=0.1)
+
+
+def test_d2_and_semdedup_with_two_level_kmeans(monkeypatch):
+    """Many clusters (above TWO_LEVEL): D² still selects its budget from every blob, and SemDeDup still
+    catches a planted copy, with k-means in two levels over the joined / image view."""
+    import pipeline.vectors as vectors
+    from pipeline.semdedup import semdedup
+
+    monkeypatch.setattr(vectors, "TWO_LEVEL", 3)
+    x, label = blobs(50, 2, 0.05)
+    r = d2_select(x, x, np.where(label == 0, 0.9, 0.5), budget=0.5, k=5, clusters=12)
+    assert r["selected"].sum() == 50 and 0 < r["selected"][label == 1].sum() < 50
+    y = x.copy()
+    y[7] = y[3]  # a copy
+    d = semdedup(y, 12, eps=1e-4, rule="first")
+    assert d["duplicate_of"][7] == 3 and (d["cluster"] >= 0).all() and len(set(d["cluster"])) > 3

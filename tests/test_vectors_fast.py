@@ -83,3 +83,28 @@ def test_usable_on_float16_bits_is_usable_in_float32(tmp_path):
     assert np.array_equal(usable(v), want) and want[13] and want.sum() == 35
     assert np.array_equal([b for _, b in v.stored(7)][4], x[25:32])
 
+
+
+def test_kmeans_in_two_levels_above_two_level(monkeypatch, tmp_path):
+    """Above TWO_LEVEL centroids: about k centroids, every row at the nearest centroid of its coarse
+    cluster, planted blobs kept apart, and saved centroids reused in two levels with the same answer."""
+    from pipeline.centroids import fit_or_reuse
+    from pipeline.vectors import assign_levels, kmeans_levels, shares
+
+    monkeypatch.setattr(vectors, "TWO_LEVEL", 8)
+    x, truth = blobs(40, 25, 16, 0.05)
+    cent, lab = kmeans(x, 40, niter=10, seed=0)
+    assert 36 <= len(cent) <= 40 and lab.max() < len(cent)
+    # rows of one planted blob share a cluster, and a cluster mostly holds one blob
+    pure = np.mean([np.bincount(truth[lab == c]).max() / (lab == c).sum() for c in np.unique(lab)])
+    assert pure > 0.9
+    cent2, lab2, coarse, parent = kmeans_levels(view(x), 40, 10, 0)
+    assert np.array_equal(cent, cent2) and np.array_equal(lab, lab2)
+    top = assign(x, coarse)
+    for i in range(len(x)):  # each row: the best of its coarse cluster's centroids
+        mine = np.flatnonzero(parent == top[i])
+        assert lab[i] == mine[np.argmax(cent[mine] @ x[i])]
+    assert np.array_equal(assign_levels(x, coarse, cent, parent), lab)
+    assert shares(np.array([0, 5, 1, 94]), 10).tolist() == [0, 1, 1, 9] and shares(np.array([3, 0]), 9).tolist() == [3, 0]
+    got = [fit_or_reuse(x, 40, 10, 0, "auto", tmp_path, {"t": 1}) for _ in range(2)]
+    assert [g[2] for g in got] == ["fitted", "reused"] and np.array_equal(got[0][1], got[1][1])
