@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.ingest import ShardInfo, read_shard
-from pipeline.metadata import READ, fetched, is_metadata
+from pipeline.metadata import READ, fetched, is_metadata, read_once
 from pipeline.stages import Batch, Source, Stage, check_columns, plan
 from pipeline.stages.ingest import SHARD_INFO
 from pipeline.stages.thumbs import SIDE
@@ -117,7 +117,8 @@ def annotate_shard(shard: str | Path, run_dir: str | Path, clip: list[ClipModel]
     if all(st.folder != "ingest" for st, _ in todo):
         _from_ingest(src, ingest_path)
     ran = []
-    with fetched(path, parquet_columns([st for st, _ in todo])) if metadata else nullcontext():
+    with fetched(path, parquet_columns([st for st, _ in todo])) if metadata else nullcontext(), \
+            read_once() if metadata else nullcontext():
         for st, key in todo:  # a metadata parquet in a bucket: fetched once for all of them
             tbl = st.finish(src)
             check_columns(st, tbl)

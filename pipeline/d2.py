@@ -1,7 +1,8 @@
 """D² pruning (Maharana et al., ICLR 2024): difficulty and diversity on a k-NN graph.
 
 Graph: each sample's k nearest neighbours over its concatenated, normalised image+text embedding,
-searched inside its k-means cluster only (m / 1000 clusters unless given). Distance d = 1 - cosine.
+searched inside its k-means cluster only (m / 1000 clusters unless given; in two levels above 1,024,
+pipeline/vectors.kmeans_levels). Distance d = 1 - cosine.
 Forward message passing: s_i <- s_i + sum_j exp(-gamma_f * d_ij) * s_j (over i's neighbours).
 Reverse selection: repeatedly take the highest-scoring sample, then lower each neighbour's score
 by exp(-gamma_r * d_ij) * s_i, until ``budget`` (a fraction of the valid samples) is selected.

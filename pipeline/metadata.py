@@ -159,9 +159,31 @@ def chunk_ranges(meta: pq.FileMetaData, columns) -> list[tuple[int, int]]:
     return out
 
 
+_READ: ContextVar[dict | None] = ContextVar("curate_parquet_reads", default=None)
+
+
+@contextmanager
+def read_once():
+    """Inside: a parquet's columns read by one stage are not read again by the next (the language
+    stage's captions are the ingest stage's); one shard's tables are held until the end."""
+    token = _READ.set({})
+    try:
+        yield
+    finally:
+        _READ.reset(token)
+
+
 def read_table(path, columns=None) -> pa.Table:
+    held = _READ.get()
+    if held is not None and columns is not None:
+        for cols, t in held.get(str(path), []):
+            if set(columns) <= set(cols):
+                return t.select(list(columns))
     with _source(path) as src:
-        return pq.read_table(src, columns=columns)
+        t = pq.read_table(src, columns=columns)
+    if held is not None and columns is not None:
+        held.setdefault(str(path), []).append((list(t.column_names), t))
+    return t
 
 
 def read_schema(path) -> pa.Schema:

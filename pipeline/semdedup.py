@@ -6,7 +6,8 @@ Keep rule (documented, configurable):
   ``farthest`` - SemDeDup's default: least prototypical first (lowest cosine to the centroid);
   ``score``    - highest value of a score column first (e.g. the CLIP score);
   ``first``    - pool order (shard, then row).
-Cost: k-means (n * k per iteration, on a sample) + sum over clusters of size^2; never n^2.
+Cost: k-means (n * k per iteration, on a sample; in two levels above 1,024 clusters, so ~n * 2 sqrt(k):
+pipeline/vectors.kmeans_levels) + sum over clusters of size^2; never n^2.
 Out of core: the embeddings may be a view of per-shard files (pipeline/embeddings.py); k-means trains
 on a sample and assigns a chunk at a time, then each cluster's rows are gathered (a few clusters at
 once, pipeline/vectors.by_cluster), compared a block of columns at a time, and freed.

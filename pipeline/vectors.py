@@ -13,6 +13,9 @@ faiss-gpu-cu12, built for CUDA 12). PyPI has no faiss GPU wheel for CUDA 13, so 
 torch the GPU work stays torch's (``auto``); ``RAN`` records which backend each step took, and
 ``report`` says which one ``auto`` takes here and why.
 
+Many clusters (SemDeDup's and D²'s grow with the pool): above TWO_LEVEL, k-means goes in two levels
+(``kmeans_levels``), so assigning n rows costs n * ~2 sqrt(k) products, not n * k.
+
 Out of core: ``kmeans``, ``assign``, ``usable`` and ``by_cluster`` take a view of per-shard embedding
 files (pipeline/embeddings.py) as well as an array, and hold a chunk or a few clusters at a time.
 """

@@ -164,3 +164,22 @@ def test_worker_processes_give_the_same_output(tmp_path):
     assert tables[0].equals(tables[1])
     paths = ("run", "root", "uids", "metadata", "report", "output_shards")
     assert {k: v for k, v in one.items() if k not in paths} == {k: v for k, v in two.items() if k not in paths}
+
+
+def test_the_language_stage_reads_no_caption_the_ingest_stage_read(tmp_path, monkeypatch):
+    """Within one shard's pass the pool parquet's columns are read once (the basic filter's language
+    stage takes the ingest stage's captions); the columns are the same as read apart."""
+    import pipeline.metadata as md
+
+    pool = write_pool(tmp_path / "pool", shards=2)
+    reads = []
+    real = pq.read_table
+    monkeypatch.setattr(md.pq, "read_table", lambda src, columns=None, **k: reads.append((str(src), columns)) or
+                        real(src, columns=columns, **k))
+    run_curation(str(tmp_path / "pool"), tmp_path / "out", {"filters": [{"type": "basic", "min_side": 0}]},
+                 progress=False)
+    pool_reads = [r for r in reads if r[0].startswith(str(tmp_path / "pool"))]
+    assert len(pool_reads) == len(pool) and all("text" in cols for _, cols in pool_reads)
+    got = pd.read_parquet(tmp_path / "out" / "metadata.parquet")
+    want = pd.concat([lang_table(p).to_pandas() for p in pool], ignore_index=True)
+    assert got["caption_lang"].tolist() == want["caption_lang"].tolist()
