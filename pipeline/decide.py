@@ -145,6 +145,14 @@ class Lean:
             self._start += self._buf.pop(0).num_rows
         return pa.concat_tables(self._buf).slice(lo - self._start, hi - lo)
 
+    def releasable(self) -> list[str]:
+        """Ingest columns in memory that a filter may read but nothing after the filters does: decide
+        drops them once the filters have run (``release``), and they are read back like the others."""
+        return [c for c in ("caption",) if c not in self.deferred]
+
+    def released(self, cols: list[str]) -> None:
+        self.deferred = [c for c in INGEST_COLUMNS if c in self.deferred or c in cols]
+
     def restore_table(self, chunk: pd.DataFrame, lo: int, to_table) -> pa.Table:
         """``to_table(restore(chunk, lo))`` built in Arrow: the deferred columns are not converted to
         pandas and back (``to_table``: the slice's Arrow table, its pandas metadata aside)."""
@@ -255,10 +263,11 @@ def ingest_reasons(df: pd.DataFrame) -> np.ndarray:
 
 
 def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Path | None = None,
-           order: UidOrder | None = None) -> tuple[pd.DataFrame, dict, dict]:
+           order: UidOrder | None = None, release: list[str] = ()) -> tuple[pd.DataFrame, dict, dict]:
     """Add keep / drop_reason / drop_reasons and each filter instance's columns; return the table, what
     each instance used (thresholds, counts) and the seconds each took. ``order``: the uids'
-    ``uid_order``, when the caller keeps it for export."""
+    ``uid_order``, when the caller keeps it for export. ``release``: columns dropped from ``df`` once the
+    filters have run (a lean decide reads them back from disk as it writes)."""
     arrays = arrays or Arrays(None, [])
     n = len(df)
     cause = ingest_reasons(df) if n else np.zeros(0, object)
@@ -287,9 +296,12 @@ def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Pa
         info[f.instance] = {"type": f.type, "reasons": f.reasons(), "columns": [f.out_column(o) for o in f.outputs],
                             **res.info}
         seconds[f.instance] = round(time.time() - t0, 3)
+    if release:  # in place: the caller's table lets go of them too (it reads them back from disk)
+        df.drop(columns=[c for c in release if c in df.columns], inplace=True)
     df = df.assign(**new_cols)
     matrix = np.stack([m for _, m in fails], axis=1) if n else np.zeros((0, len(fails)), bool)
     labels = np.array([r for r, _ in fails], dtype=object)
+    del fails
     keep = ~matrix.any(axis=1)
     df["keep"] = keep
     if keep.all():  # no reason at all: an object column of None, as pandas makes of one
@@ -314,10 +326,12 @@ def repeated_uids(uid: pd.Series, usable: np.ndarray, order: UidOrder | None = N
 
 def reason_lists(matrix: np.ndarray, labels: np.ndarray) -> pd.arrays.ArrowExtensionArray:
     """Each row's failing rules in rule order, as an Arrow ``list<string>`` column (no Python list a row)."""
-    rows, cols = np.nonzero(matrix)
+    cols = np.flatnonzero(matrix)  # C order: row by row; only the column of each is kept
+    cols %= max(1, matrix.shape[1])
     offsets = np.zeros(len(matrix) + 1, np.int32)
-    np.cumsum(matrix.sum(axis=1), out=offsets[1:])
+    np.cumsum(np.count_nonzero(matrix, axis=1), out=offsets[1:])
     values = pa.array([str(x) for x in labels], pa.string()).take(pa.array(cols.astype(np.int32)))
+    del cols
     return pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(pa.array(offsets), values))
 
 

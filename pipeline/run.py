@@ -303,7 +303,10 @@ def _decide(p: Plan, shards: list[str], found: int):
     plotting.join()  # before decide, which may fork
     point("decide")
     order = uid_order(df["uid"]) if len(df) else None  # one sort for repeated uids and uids.npy
-    df, filters, seconds = decide(df, p.config, Arrays(p.work, sids), run=p.work, order=order)
+    release = lean.releasable() if lean is not None else []
+    df, filters, seconds = decide(df, p.config, Arrays(p.work, sids), run=p.work, order=order, release=release)
+    if lean is not None:
+        lean.released(release)
     if found != len(df):
         raise RuntimeError(f"accounting: the shards hold {found} samples but decide saw {len(df)}")
     return df, filters, seconds, lean, order
