@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.embeddings import View, view
-from pipeline import vectors
-from pipeline.vectors import assign, assign_levels, kmeans, kmeans_levels
+from pipeline.vectors import assign, assign_levels, kmeans, kmeans_tree
 from shardio.shards import atomic_save_npz
 
 
@@ -38,11 +36,8 @@ def fit_or_reuse(x, k: int, niter: int, seed: int, backend: str, cache_dir: Path
             labels = (assign(x, cent, backend) if levels is None
                       else assign_levels(x, levels[0], cent, levels[1], backend))
             return cent, labels, "reused"
-    if min(k, len(x)) > vectors.TWO_LEVEL:  # saved with its coarse level, so a reuse assigns in two levels too
-        cent, labels, coarse, parent = kmeans_levels(view(x), min(k, len(x)), niter, seed, backend,
-                                                     capped=isinstance(x, View))
-        atomic_save_npz(path, centroids=cent, n_fit=len(x), coarse=coarse, parent=parent)
-        return cent, labels, "fitted"
-    cent, labels = kmeans(x, k, niter, seed, backend)
-    atomic_save_npz(path, centroids=cent, n_fit=len(x))
+    cent, labels, levels = kmeans_tree(x, k, niter, seed, backend)
+    # saved with its coarse level when it has one, so a reuse assigns in two levels too
+    extra = {} if levels is None else {"coarse": levels[0], "parent": levels[1]}
+    atomic_save_npz(path, centroids=cent, n_fit=len(x), **extra)
     return cent, labels, "fitted"

@@ -88,9 +88,10 @@ def hex_halves(uids) -> tuple[np.ndarray, np.ndarray, bool] | None:
         if not (np.diff(offsets) == 32).all():
             return None
         nib = _HEX[np.frombuffer(part.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]].reshape(len(part), 32)
-        if (nib == 255).any():
+        top = int(nib.max(initial=0))  # one pass: 255 not hex, 16+ an upper-case letter
+        if top == 255:
             return None
-        if (nib > 15).any():
+        if top > 15:
             upper = True
             nib &= 15
         packed = np.ascontiguousarray((nib[:, 0::2] << 4) | nib[:, 1::2]).view(">u8")  # (n, 2) big-endian halves

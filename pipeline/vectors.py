@@ -146,13 +146,21 @@ def kmeans(x, k: int, niter: int = 20, seed: int = 0, backend: str = "auto") -> 
     also at most TRAIN_BYTES, but not under 39 a centroid), so the pool is never in memory at once.
     Every row is then assigned to its nearest centroid by ``assign`` (the n * k pass, a chunk at a
     time). Above TWO_LEVEL centroids, ``kmeans_levels`` instead (n * ~2 sqrt(k))."""
+    return kmeans_tree(x, k, niter, seed, backend)[:2]
+
+
+def kmeans_tree(x, k: int, niter: int = 20, seed: int = 0, backend: str = "auto"
+                ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """``kmeans``, plus its coarse level (coarse centroids, each centroid's coarse cluster) when it went
+    in two levels, else None (what ``assign_levels`` needs to assign new rows the same way)."""
     v = view(x)
     if len(v) == 0:
-        return np.zeros((0, v.shape[1]), np.float32), np.zeros(0, np.int64)
+        return np.zeros((0, v.shape[1]), np.float32), np.zeros(0, np.int64), None
     k = max(1, min(k, len(v)))
     if k > TWO_LEVEL:
-        return kmeans_levels(v, k, niter, seed, backend, capped=isinstance(x, View))[:2]
-    return _flat(v, k, niter, seed, backend, isinstance(x, View))
+        cent, labels, coarse, parent = kmeans_levels(v, k, niter, seed, backend, capped=isinstance(x, View))
+        return cent, labels, (coarse, parent)
+    return (*_flat(v, k, niter, seed, backend, isinstance(x, View)), None)
 
 
 def _flat(v: View, k: int, niter: int, seed: int, backend: str, capped: bool) -> tuple[np.ndarray, np.ndarray]:
