@@ -33,7 +33,7 @@ class Joined(View):
     unit = True
 
     def __init__(self, img: View, txt: View):
-        self.img, self.txt = img, txt
+        self.img, self.txt, self.scratch = img, txt, img.scratch
         self.shape = (len(img), img.shape[1] + txt.shape[1])
 
     def take(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

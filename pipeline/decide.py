@@ -232,9 +232,15 @@ class Arrays:
         return self._embeddings(column, "txt")
 
     def _embeddings(self, column: str, part: str) -> Shards:
-        """Per-shard ``.npy`` files, or (metadata-only pools) the npz members their pointers name."""
+        """Per-shard ``.npy`` files, or (metadata-only pools) the npz members their pointers name; a
+        gather from a big pool spills under the work folder's ``global/spill``."""
         if self.work is None:
             return Shards(self._paths(None))
+        v = self._located(column, part)
+        v.scratch = self.work.global_dir("spill")
+        return v
+
+    def _located(self, column: str, part: str) -> Shards:
         parts: list = []
         for sid in self.sids:
             npy = self.work.embeddings(column, sid, part)

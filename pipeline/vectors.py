@@ -27,6 +27,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from pipeline import spill
 from pipeline.embeddings import Shards, View, view
 
 CHUNK = 16384
@@ -171,11 +172,20 @@ def _flat(v: View, k: int, niter: int, seed: int, backend: str, capped: bool) ->
 def fit_centroids(v: View, k: int, niter: int, seed: int, backend: str, capped: bool = True) -> np.ndarray:
     """``kmeans``'s centroids alone (no assignment pass); ``capped``: a sample of at most TRAIN_BYTES
     (the rows are read from files)."""
-    rows = k * PER_CENTROID
+    rows = train_rows(len(v), k, v.shape[1], seed, capped)
+    return fit_sample(v.take(rows), k, niter, seed, backend, getattr(v, "unit", False))
+
+
+def train_rows(n: int, k: int, dim: int, seed: int, capped: bool = True) -> np.ndarray:
+    """The rows (sorted) of ``n`` that ``fit_centroids`` trains ``k`` centroids on."""
+    m = k * PER_CENTROID
     if capped:
-        rows = min(rows, max(k * 39, TRAIN_BYTES // (4 * v.shape[1])))
-    train = v.sample(rows, seed)[1]
-    if not getattr(v, "unit", False):
+        m = min(m, max(k * 39, TRAIN_BYTES // (4 * dim)))
+    return np.arange(n) if m >= n else np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
+
+
+def fit_sample(train: np.ndarray, k: int, niter: int, seed: int, backend: str, unit: bool = False) -> np.ndarray:
+    if not unit:
         train /= np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)  # normalize, in place
     return lloyd(train, k, niter, seed, torch_device() if dense(backend) == "torch" else "cpu")
 
@@ -191,8 +201,11 @@ def kmeans_levels(v: View, k: int, niter: int, seed: int, backend: str = "auto",
     sizes = np.bincount(top, minlength=len(coarse))
     share = shares(sizes, k)
     cents, parent = [], []
-    for c, rows in zip(np.flatnonzero(sizes), members(top)):
-        sub = fit_centroids(v.subset(rows), int(share[c]), niter, seed + 1 + int(c), backend, capped)
+    used = np.flatnonzero(sizes)
+    samples = [rows[train_rows(len(rows), int(share[c]), v.shape[1], seed + 1 + int(c), capped)]
+               for c, rows in zip(used, members(top))]
+    for c, (_, train) in zip(used, gathered(v, samples)):  # every sample in one pass where the pool is big
+        sub = fit_sample(train, int(share[c]), niter, seed + 1 + int(c), backend, getattr(v, "unit", False))
         cents.append(sub)
         parent.append(np.full(len(sub), c, np.int64))
     cent, parent = np.concatenate(cents), np.concatenate(parent)
@@ -306,27 +319,26 @@ def members(assign: np.ndarray) -> list[np.ndarray]:
 
 
 def by_cluster(x, assign: np.ndarray, max_bytes: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(rows ascending, their float32 vectors) of each cluster in turn. Clusters are gathered a few at
-    a time, one ``take`` of up to ``max_bytes`` (BATCH_BYTES; a bigger cluster alone), so only they are
-    in memory."""
+    """(rows ascending, their float32 vectors) of each cluster in turn (``gathered``)."""
+    return gathered(x, members(assign), max_bytes)
+
+
+def gathered(x, groups: list[np.ndarray], max_bytes: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rows, their float32 vectors) of each of ``groups`` (disjoint rows of ``x``) in turn. Groups are
+    gathered a few at a time, one ``take`` of up to ``max_bytes`` (BATCH_BYTES; a bigger group alone),
+    so only they are in memory; from a pool bigger than the page cache, through a cluster-ordered copy
+    on disk instead (pipeline/spill.py)."""
     x, max_bytes = view(x), max_bytes or BATCH_BYTES
-    batch, size = [], 0
-    for g in members(assign):
-        batch.append(g)
-        size += len(g)
-        if size * 4 * x.shape[1] >= max_bytes:
-            yield from _split(x, batch)
-            batch, size = [], 0
-    if batch:
-        yield from _split(x, batch)
-
-
-def _split(x: View, groups: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    block = x.take(np.concatenate(groups))
-    start = 0
-    for g in groups:
-        yield g, block[start:start + len(g)]
-        start += len(g)
+    folder = spill.where(x, sum(len(g) for g in groups))
+    if folder is not None:
+        yield from spill.spilled(x, groups, folder)
+        return
+    for batch in spill.batches(groups, 4 * x.shape[1], max_bytes):
+        block = x.take(np.concatenate([groups[i] for i in batch]))
+        start = 0
+        for i in batch:
+            yield groups[i], block[start:start + len(groups[i])]
+            start += len(groups[i])
 
 
 def knn(x: np.ndarray, k: int, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,90 @@
+"""Gathering clusters through a cluster-ordered copy on disk gives exactly what reading in place gives."""
+from collections import namedtuple
+
+import numpy as np
+import pytest
+
+from pipeline import embeddings, spill, vectors
+from pipeline.embeddings import Shards
+from pipeline.semdedup import semdedup
+
+
+def shard_view(tmp_path, n_shards=5, rows=40, dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n_shards):
+        p = tmp_path / f"{i}.npy"
+        np.save(p, rng.standard_normal((rows, dim)).astype(np.float16))
+        paths.append(p)
+    v = Shards(paths)
+    v.scratch = tmp_path / "spill"
+    return v
+
+
+@pytest.fixture
+def always(monkeypatch):
+    """Spill whatever the size (a pool 'bigger than memory')."""
+    monkeypatch.setattr(spill, "MEMORY_SHARE", 0.0)
+    monkeypatch.setattr(spill, "BATCH", 700)  # several batch files
+
+
+def test_view_keeps_stored_dtype_and_sparse_reads_are_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(embeddings, "SPARSE_GAP", 0)  # every read asks for its pages only
+    v = shard_view(tmp_path)
+    assert v.dtype == np.float16 and v.subset(np.arange(3)).dtype == np.float16
+    whole = np.concatenate([np.load(tmp_path / f"{i}.npy") for i in range(5)]).astype(np.float32)
+    rows = np.array([199, 3, 77, 150, 5, 38])
+    assert np.array_equal(v.take(rows), whole[rows])
+    out = np.empty((6, 8), np.float16)
+    assert np.array_equal(v.take(rows, out).astype(np.float32), whole[rows])
+
+
+def test_spilled_groups_equal_reading_in_place(tmp_path, always):
+    v = shard_view(tmp_path)
+    rng = np.random.default_rng(1)
+    perm = rng.permutation(len(v))
+    groups = [np.sort(perm[:30]), perm[30:33], np.sort(perm[33:120]), np.array([perm[120]])]  # 79 rows left out
+    assert spill.where(v, 121) == tmp_path / "spill"
+    got = list(vectors.gathered(v, groups))
+    assert [list(g) for g, _ in got] == [list(g) for g in groups]
+    for g, x in got:
+        assert x.dtype == np.float32 and np.array_equal(x, v.take(g))
+    assert list((tmp_path / "spill").iterdir()) == []  # the copy is removed
+
+
+def test_no_spill_without_room_or_scratch(tmp_path, always, monkeypatch):
+    v = shard_view(tmp_path)
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(spill.shutil, "disk_usage", lambda _: Usage(1 << 40, 0, 1000))
+    assert spill.where(v, 100) is None
+    v.scratch = None
+    assert spill.where(v, 100) is None
+
+
+def test_spill_only_above_memory_share(tmp_path):
+    v = shard_view(tmp_path)
+    assert spill.where(v, len(v)) is None  # 3 KB: far under half of any machine's memory
+
+
+def test_semdedup_and_two_level_kmeans_same_with_spill(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((12, 16)).astype(np.float32)
+    x = np.repeat(base, 25, axis=0) + 0.01 * rng.standard_normal((300, 16)).astype(np.float32)
+    paths = []
+    for i in range(3):
+        np.save(tmp_path / f"{i}.npy", x[i * 100:(i + 1) * 100].astype(np.float16))
+        paths.append(tmp_path / f"{i}.npy")
+    v = Shards(paths)
+    v.scratch = tmp_path / "spill"
+    monkeypatch.setattr(vectors, "TWO_LEVEL", 4)  # 9 clusters go in two levels: the sub-fits gather too
+    plain = semdedup(v, 9, 0.05, seed=0, backend="torch")
+    monkeypatch.setattr(spill, "MEMORY_SHARE", 0.0)
+    monkeypatch.setattr(spill, "BATCH", 2000)
+    calls = []
+    real = spill.spilled
+    monkeypatch.setattr(spill, "spilled", lambda *a: calls.append(1) or real(*a))
+    spilt = semdedup(v, 9, 0.05, seed=0, backend="torch")
+    assert len(calls) == 2  # the sub-level samples, then the clusters
+    for key in plain:
+        assert np.array_equal(plain[key], spilt[key], equal_nan=True)
+    assert (plain["duplicate_of"] >= 0).sum() > 200  # 12 groups of near copies
