@@ -29,18 +29,34 @@ from pipeline.vectors import by_cluster, kmeans, knn, usable
 
 class Joined(View):
     """Normalised image and text embeddings side by side, the pair normalised again (each half scaled
-    to length 1 / sqrt(2): rows are unit length, as both halves are non-zero for usable rows)."""
+    to length 1 / sqrt(2): rows are unit length, as both halves are non-zero for usable rows). Stored
+    (``take_stored``) as the two halves unscaled, in their own dtype."""
     unit = True
 
     def __init__(self, img: View, txt: View):
         self.img, self.txt, self.scratch = img, txt, img.scratch
         self.shape = (len(img), img.shape[1] + txt.shape[1])
+        self.dtype = np.dtype(np.result_type(img.dtype, txt.dtype))
 
     def take(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        d = self.img.shape[1]
         out = np.empty((len(rows), self.shape[1]), np.float32) if out is None else out
-        for half, part in ((out[:, :d], self.img), (out[:, d:], self.txt)):
-            part.take(rows, half)
+        return self._scale(self._halves(rows, out))
+
+    def take_stored(self, rows: np.ndarray) -> np.ndarray:
+        return self._halves(rows, np.empty((len(rows), self.shape[1]), self.dtype))
+
+    def finish(self, block: np.ndarray) -> np.ndarray:
+        return self._scale(block.astype(np.float32))
+
+    def _halves(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        d = self.img.shape[1]
+        self.img.take(rows, out[:, :d])
+        self.txt.take(rows, out[:, d:])
+        return out
+
+    def _scale(self, out: np.ndarray) -> np.ndarray:
+        d = self.img.shape[1]
+        for half in (out[:, :d], out[:, d:]):
             norm = np.sqrt(np.einsum("ij,ij->i", half, half))[:, None]
             half *= np.float32(np.sqrt(0.5)) / np.maximum(norm, 1e-12)
         return out

@@ -9,8 +9,8 @@ A view has ``len``, ``shape`` (rows, dim) and
   ``sample(n, seed)`` (sorted rows, their float32 block): n distinct rows drawn with a seeded generator;
   ``subset(rows)``   a view of those rows (position i is row rows[i]);
   ``unit``           True when its rows are known to be unit length (nothing to normalise);
-  ``dtype``          the dtype its rows are stored in (float16 for DataComp's npz; ``take`` into an
-                     ``out`` of that dtype is exact);
+  ``dtype``          the dtype its rows are stored in (float16 for DataComp's npz); ``take_stored(rows)``
+                     gives them so and ``finish(block)`` as ``take`` would;
   ``scratch``        a folder where a gather may spill rows in cluster order (pipeline/spill.py), or None.
 Shard files also give ``stored(size)``: (start row, block as stored, e.g. float16) in row order.
 ``view(x)`` wraps a plain array (small inputs, tests) and passes a view through.
@@ -42,6 +42,13 @@ class View:
 
     def take(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
+
+    def take_stored(self, rows: np.ndarray) -> np.ndarray:
+        """Rows as stored (``dtype``); ``finish`` makes them what ``take`` gives."""
+        return self.take(rows, np.empty((len(rows), self.shape[1]), self.dtype))
+
+    def finish(self, block: np.ndarray) -> np.ndarray:
+        return block.astype(np.float32)
 
     def chunk_rows(self) -> int:
         return max(1, CHUNK_BYTES // (4 * max(1, self.shape[1])))

@@ -5,7 +5,8 @@ L/14 embeddings, on a 24 GB machine) SemDeDup's gather read for over 20 minutes.
 groups' rows are bigger than half the machine's memory and the view has a scratch folder with room,
 one sequential pass copies each batch of groups (BATCH bytes as stored) into its own file, rows in pool
 order, and each batch is then read back whole (as NeMo Curator writes each cluster's rows to its own
-files before its pairwise step). The rows come back exactly as a ``take`` gives them.
+files before its pairwise step); a disk with less room takes them in rounds, a pass each. The rows come
+back exactly as a ``take`` gives them.
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ import numpy as np
 from pipeline.embeddings import View
 
 BATCH = 256 << 20  # bytes (as stored) of groups written to one file
-ROOM = 1 << 30  # free bytes left on the scratch disk after the spill (and a quarter of the spill)
+ROOM = 1 << 30  # free bytes left on the scratch disk (and a fifth of what is written)
 MEMORY_SHARE = 0.5  # spill when the rows to gather pass this share of physical memory
+MAX_ROUNDS = 4  # when the disk holds less than a quarter of the rows at once, read in place instead
 
 
 def memory_bytes() -> int:
@@ -31,13 +33,15 @@ def memory_bytes() -> int:
         return 1 << 62
 
 
-def where(x: View, rows: int) -> Path | None:
-    """The folder to spill ``rows`` rows of ``x`` into, or None to read them in place."""
+def where(x: View, rows: int) -> tuple[Path, int] | None:
+    """(folder, bytes it may hold at once) to spill ``rows`` rows of ``x`` into, or None to read them in
+    place. A disk that holds less than all of them takes them in rounds: a pass over the pool each."""
     need = rows * x.shape[1] * x.dtype.itemsize
     if x.scratch is None or need <= MEMORY_SHARE * memory_bytes():
         return None
     Path(x.scratch).mkdir(parents=True, exist_ok=True)
-    return Path(x.scratch) if shutil.disk_usage(x.scratch).free >= need * 1.25 + ROOM else None
+    room = int((shutil.disk_usage(x.scratch).free - ROOM) / 1.25)
+    return (Path(x.scratch), room) if room * MAX_ROUNDS >= need else None
 
 
 def batches(groups: list[np.ndarray], row_bytes: int, limit: int) -> list[list[int]]:
@@ -52,38 +56,56 @@ def batches(groups: list[np.ndarray], row_bytes: int, limit: int) -> list[list[i
     return out + [cur] if cur else out
 
 
-def spilled(x: View, groups: list[np.ndarray], folder: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def spilled(x: View, groups: list[np.ndarray], folder: Path, room: int = 1 << 62
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(group rows, their float32 vectors) for each of ``groups`` (disjoint rows of ``x``) in turn, through
-    one file per batch of groups in ``folder``; the files are removed as they are read, and on exit."""
-    d, dt = x.shape[1], x.dtype
-    plan = batches(groups, d * dt.itemsize, BATCH)
+    one file per batch of groups in ``folder``, at most ``room`` bytes of files at a time (a pass over
+    ``x`` a round); each file is removed once read, and all on exit."""
+    row_bytes = x.shape[1] * x.dtype.itemsize
+    plan = batches(groups, row_bytes, BATCH)
+    sizes = [sum(len(groups[i]) for i in b) * row_bytes for b in plan]
+    with tempfile.TemporaryDirectory(prefix="spill-", dir=folder) as tmp:
+        for first, last in rounds(sizes, room):
+            write(x, groups, plan[first:last], Path(tmp), first)
+            for b in range(first, last):
+                path = Path(tmp) / f"{b}.bin"
+                block = np.fromfile(path, x.dtype).reshape(-1, x.shape[1])
+                path.unlink()
+                stored = np.sort(np.concatenate([groups[i] for i in plan[b]]))  # the file's rows, pool order
+                for i in plan[b]:
+                    yield groups[i], x.finish(block[np.searchsorted(stored, groups[i])])
+                del block
+
+
+def rounds(sizes: list[int], room: int) -> list[tuple[int, int]]:
+    """Consecutive batches (first, last + 1) whose files fit in ``room`` bytes together (one at least)."""
+    out, first, used = [], 0, 0
+    for b, size in enumerate(sizes):
+        if b > first and used + size > room:
+            out.append((first, b))
+            first, used = b, 0
+        used += size
+    return out + [(first, len(sizes))] if sizes else out
+
+
+def write(x: View, groups: list[np.ndarray], plan: list[list[int]], tmp: Path, first: int) -> None:
+    """One sequential pass over ``x``: each batch's rows, as stored and in pool order, to ``<first + b>.bin``."""
     batch_of = np.full(len(x), -1, np.int32)
     for b, members in enumerate(plan):
         for i in members:
             batch_of[groups[i]] = b
-    with tempfile.TemporaryDirectory(prefix="spill-", dir=folder) as tmp:
-        files = [open(Path(tmp) / f"{b}.bin", "wb") for b in range(len(plan))]
-        try:
-            step = x.chunk_rows()
-            for start in range(0, len(x), step):
-                where_b = batch_of[start:start + step]
-                rows = np.flatnonzero(where_b >= 0)
-                if len(rows) == 0:
-                    continue
-                block = x.take(rows + start, np.empty((len(rows), d), dt))
-                b_of = where_b[rows]
-                order = np.argsort(b_of, kind="stable")
-                cuts = np.flatnonzero(np.diff(b_of[order])) + 1
-                for part in np.split(order, cuts):
-                    files[b_of[part[0]]].write(block[part].tobytes())
-        finally:
-            for f in files:
-                f.close()
-        for b, members in enumerate(plan):
-            path = Path(tmp) / f"{b}.bin"
-            block = np.fromfile(path, dt).reshape(-1, d)
-            path.unlink()
-            stored = np.sort(np.concatenate([groups[i] for i in members]))  # the file's rows, pool order
-            for i in members:
-                yield groups[i], block[np.searchsorted(stored, groups[i])].astype(np.float32)
-            del block
+    files = [open(tmp / f"{first + b}.bin", "wb") for b in range(len(plan))]
+    try:
+        step = x.chunk_rows()
+        for start in range(0, len(x), step):
+            rows = np.flatnonzero(batch_of[start:start + step] >= 0)
+            if len(rows) == 0:
+                continue
+            block = x.take_stored(rows + start)
+            b_of = batch_of[rows + start]
+            order = np.argsort(b_of, kind="stable")
+            for part in np.split(order, np.flatnonzero(np.diff(b_of[order])) + 1):
+                files[b_of[part[0]]].write(block[part].tobytes())
+    finally:
+        for f in files:
+            f.close()

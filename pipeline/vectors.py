@@ -329,9 +329,9 @@ def gathered(x, groups: list[np.ndarray], max_bytes: int | None = None) -> Itera
     so only they are in memory; from a pool bigger than the page cache, through a cluster-ordered copy
     on disk instead (pipeline/spill.py)."""
     x, max_bytes = view(x), max_bytes or BATCH_BYTES
-    folder = spill.where(x, sum(len(g) for g in groups))
-    if folder is not None:
-        yield from spill.spilled(x, groups, folder)
+    disk = spill.where(x, sum(len(g) for g in groups))
+    if disk is not None:
+        yield from spill.spilled(x, groups, *disk)
         return
     for batch in spill.batches(groups, 4 * x.shape[1], max_bytes):
         block = x.take(np.concatenate([groups[i] for i in batch]))

@@ -11,6 +11,7 @@ from pipeline.semdedup import semdedup
 
 def shard_view(tmp_path, n_shards=5, rows=40, dim=8, seed=0):
     rng = np.random.default_rng(seed)
+    tmp_path.mkdir(exist_ok=True)
     paths = []
     for i in range(n_shards):
         p = tmp_path / f"{i}.npy"
@@ -44,12 +45,23 @@ def test_spilled_groups_equal_reading_in_place(tmp_path, always):
     rng = np.random.default_rng(1)
     perm = rng.permutation(len(v))
     groups = [np.sort(perm[:30]), perm[30:33], np.sort(perm[33:120]), np.array([perm[120]])]  # 79 rows left out
-    assert spill.where(v, 121) == tmp_path / "spill"
+    assert spill.where(v, 121)[0] == tmp_path / "spill"
     got = list(vectors.gathered(v, groups))
     assert [list(g) for g, _ in got] == [list(g) for g in groups]
     for g, x in got:
         assert x.dtype == np.float32 and np.array_equal(x, v.take(g))
     assert list((tmp_path / "spill").iterdir()) == []  # the copy is removed
+
+
+def test_a_small_disk_takes_the_groups_in_rounds(tmp_path, always, monkeypatch):
+    v = shard_view(tmp_path)
+    groups = [np.arange(i, 200, 5) for i in range(5)]  # 40 rows (640 bytes) each: a batch file each
+    passes = []
+    real = spill.write
+    monkeypatch.setattr(spill, "write", lambda *a: passes.append(1) or real(*a))
+    got = list(spill.spilled(v, groups, tmp_path, room=1300))  # two files at a time
+    assert len(passes) == 3
+    assert all(np.array_equal(x, v.take(g)) for g, x in got) and [len(g) for g, _ in got] == [40] * 5
 
 
 def test_no_spill_without_room_or_scratch(tmp_path, always, monkeypatch):
@@ -88,3 +100,24 @@ def test_semdedup_and_two_level_kmeans_same_with_spill(tmp_path, monkeypatch):
     for key in plain:
         assert np.array_equal(plain[key], spilt[key], equal_nan=True)
     assert (plain["duplicate_of"] >= 0).sum() > 200  # 12 groups of near copies
+
+
+def test_d2_spills_its_joined_halves_as_stored(tmp_path, monkeypatch):
+    from pipeline.d2 import Joined, d2_select
+
+    img, txt = shard_view(tmp_path / "i", seed=4), shard_view(tmp_path / "t", seed=5)
+    j = Joined(img, txt)
+    assert j.dtype == np.float16 and j.scratch == img.scratch
+    rows = np.array([7, 150, 3])
+    assert np.array_equal(j.finish(j.take_stored(rows)), j.take(rows))
+    difficulty = np.random.default_rng(6).random(len(img)).astype(np.float32)
+    plain = d2_select(img, txt, difficulty, 0.5, k=5, clusters=4, backend="torch")
+    monkeypatch.setattr(spill, "MEMORY_SHARE", 0.0)
+    monkeypatch.setattr(spill, "BATCH", 3000)
+    calls = []
+    real = spill.spilled
+    monkeypatch.setattr(spill, "spilled", lambda *a: calls.append(a[0].dtype) or real(*a))
+    spilt = d2_select(img, txt, difficulty, 0.5, k=5, clusters=4, backend="torch")
+    assert calls == [np.float16]
+    assert np.array_equal(plain["selected"], spilt["selected"])
+    assert np.array_equal(plain["score"], spilt["score"], equal_nan=True)
