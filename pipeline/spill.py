@@ -2,7 +2,7 @@
 
 Read in place, each group's rows are scattered over the whole pool: at 12.8M rows (19.7 GB of float16
 L/14 embeddings, on a 24 GB machine) SemDeDup's gather read for over 20 minutes. Instead, when the
-groups' rows are bigger than half the machine's memory and the view has a scratch folder with room,
+view is bigger than half the machine's memory and has a scratch folder with room,
 one sequential pass copies each batch of groups (BATCH bytes as stored) into its own file, rows in pool
 order, and each batch is then read back whole (as NeMo Curator writes each cluster's rows to its own
 files before its pairwise step); a disk with less room takes them in rounds, a pass each. The rows come
@@ -35,9 +35,11 @@ def memory_bytes() -> int:
 
 def where(x: View, rows: int) -> tuple[Path, int] | None:
     """(folder, bytes it may hold at once) to spill ``rows`` rows of ``x`` into, or None to read them in
-    place. A disk that holds less than all of them takes them in rounds: a pass over the pool each."""
-    need = rows * x.shape[1] * x.dtype.itemsize
-    if x.scratch is None or need <= MEMORY_SHARE * memory_bytes():
+    place (``x`` fits in the page cache, or no scratch). A disk that holds less than all of them takes
+    them in rounds: a pass over the pool each."""
+    row_bytes = x.shape[1] * x.dtype.itemsize
+    need = rows * row_bytes
+    if x.scratch is None or len(x) * row_bytes <= MEMORY_SHARE * memory_bytes():
         return None
     Path(x.scratch).mkdir(parents=True, exist_ok=True)
     room = int((shutil.disk_usage(x.scratch).free - ROOM) / 1.25)
