@@ -190,6 +190,17 @@ def quiet_allocator() -> None:
         pass
 
 
+def trim() -> None:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``): a dropped column's
+    per-shard buffers (under 1 MiB each, so on the heap) otherwise stay in the process's RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class Arrays:
     """Row-aligned per-shard arrays of a run: thumbnails (loaded on first use) and embeddings (a view of
     the per-shard files, pipeline/embeddings.py: memory-mapped, read a chunk or a cluster at a time)."""
@@ -304,6 +315,7 @@ def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Pa
         seconds[f.instance] = round(time.time() - t0, 3)
     if release:  # in place: the caller's table lets go of them too (it reads them back from disk)
         df.drop(columns=[c for c in release if c in df.columns], inplace=True)
+        trim()
     df = df.assign(**new_cols)
     matrix = np.stack([m for _, m in fails], axis=1) if n else np.zeros((0, len(fails)), bool)
     labels = np.array([r for r, _ in fails], dtype=object)
@@ -312,10 +324,11 @@ def decide(df: pd.DataFrame, config, arrays: Arrays | None = None, run: str | Pa
     df["keep"] = keep
     if keep.all():  # no reason at all: an object column of None, as pandas makes of one
         df["drop_reason"] = np.full(n, None, object)
-    else:  # strings, built in Arrow (null where kept)
-        first = pa.array(matrix.argmax(axis=1).astype(np.int32), mask=keep)
-        # large_string: what pandas holds strings as, so the column is not copied on the way
-        df["drop_reason"] = pa.array([str(x) for x in labels], pa.large_string()).take(first).to_pandas()
+    else:  # a category (a byte a row, not a string; metadata.parquet stores strings): null where kept
+        names, code = np.unique(np.array([str(x) for x in labels], object), return_inverse=True)
+        first = code.astype(np.int32)[matrix.argmax(axis=1)]
+        first[keep] = -1
+        df["drop_reason"] = pd.Categorical.from_codes(first, categories=names)
     df["drop_reasons"] = reason_lists(matrix, labels)
     return df, info, seconds
 
@@ -331,13 +344,18 @@ def repeated_uids(uid: pd.Series, usable: np.ndarray, order: UidOrder | None = N
 
 
 def reason_lists(matrix: np.ndarray, labels: np.ndarray) -> pd.arrays.ArrowExtensionArray:
-    """Each row's failing rules in rule order, as an Arrow ``list<string>`` column (no Python list a row)."""
-    cols = np.flatnonzero(matrix)  # C order: row by row; only the column of each is kept
-    cols %= max(1, matrix.shape[1])
+    """Each row's failing rules in rule order, as an Arrow ``list<dictionary<string>>`` column (no
+    Python list a row, no string a rule: metadata.parquet stores ``list<string>``)."""
+    step = 1 << 20  # rows at a time: the flat positions are int64
+    cols = np.empty(int(np.count_nonzero(matrix)), np.int32)
+    at = 0
+    for lo in range(0, len(matrix), step):
+        pos = np.flatnonzero(matrix[lo:lo + step])  # C order: row by row; only the column of each is kept
+        cols[at:at + len(pos)] = pos % max(1, matrix.shape[1])
+        at += len(pos)
     offsets = np.zeros(len(matrix) + 1, np.int32)
     np.cumsum(np.count_nonzero(matrix, axis=1), out=offsets[1:])
-    values = pa.array([str(x) for x in labels], pa.string()).take(pa.array(cols.astype(np.int32)))
-    del cols
+    values = pa.DictionaryArray.from_arrays(pa.array(cols), pa.array([str(x) for x in labels], pa.string()))
     return pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(pa.array(offsets), values))
 
 
@@ -348,6 +366,10 @@ def _empty_result(f: Filter):
 
 
 def _typed(values, kind: str, n: int):
+    if kind == "string" and isinstance(values, pa.Array):  # kept in Arrow (large_string: as pandas holds it)
+        if len(values) != n:
+            raise RuntimeError(f"a filter column has {len(values)} values for {n} rows")
+        return values.cast(pa.large_string()).to_pandas().array
     arr = np.asarray(values, dtype=_NP[kind]) if kind != "string" else np.array(
         [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values], dtype=object)
     if len(arr) != n:
@@ -357,10 +379,29 @@ def _typed(values, kind: str, n: int):
 
 def summarize(df: pd.DataFrame) -> dict:
     keep = df["keep"].to_numpy(bool)
-    by_reason = df["drop_reason"][~keep].value_counts().sort_index()  # no Python string a row
+    by_reason = reason_counts(df["drop_reason"][~keep])
     return {"samples_in": int(len(df)), "kept": int(keep.sum()), "dropped": int((~keep).sum()),
             "dropped_by_reason": {k: int(v) for k, v in by_reason.items()},
             "failing_by_rule": dict(sorted(rule_counts(df["drop_reasons"]).items()))}
+
+
+def reason_counts(col: pd.Series) -> pd.Series:
+    """Rows per reason, by name (a category's unused reasons left out)."""
+    counts = col.value_counts()
+    counts = counts[counts > 0]
+    return counts.set_axis(counts.index.astype(str)).sort_index()
+
+
+def plain_reasons(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` (a slice) with decide's reason columns as the strings metadata.parquet stores."""
+    out = {}
+    if isinstance(df.get("drop_reason", pd.Series(dtype=object)).dtype, pd.CategoricalDtype):
+        out["drop_reason"] = df["drop_reason"].astype(object).where(df["drop_reason"].notna(), None)
+    arr = df["drop_reasons"].array if "drop_reasons" in df.columns else None
+    if isinstance(arr, pd.arrays.ArrowExtensionArray) and pa.types.is_list(arr._pa_array.type) \
+            and pa.types.is_dictionary(arr._pa_array.type.value_type):
+        out["drop_reasons"] = pd.arrays.ArrowExtensionArray(arr._pa_array.cast(pa.list_(pa.string())))
+    return df.assign(**out) if out else df
 
 
 def as_lists(col: pd.Series) -> pa.ChunkedArray:
@@ -384,7 +425,11 @@ def failing(col: pd.Series, rules) -> np.ndarray:
     if len(col):
         lists = lists.combine_chunks()
         parent = pc.list_parent_indices(lists).to_numpy()
-        match = pc.is_in(pc.list_flatten(lists), value_set=pa.array(sorted(rules), pa.string()))
-        match = match.to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(lists)
+        if pa.types.is_dictionary(flat.type):  # the rules' codes, then the codes that are among them
+            codes = np.flatnonzero(pc.is_in(flat.dictionary, value_set=pa.array(sorted(rules), pa.string())))
+            match = np.isin(flat.indices.to_numpy(zero_copy_only=False), codes)
+        else:
+            match = pc.is_in(flat, value_set=pa.array(sorted(rules), pa.string())).to_numpy(zero_copy_only=False)
         hit[parent[match]] = True
     return hit

@@ -120,7 +120,9 @@ def write_dropped(df: pd.DataFrame, shards: list[str], out_dir: Path, samples_pe
             written[reason] = written.get(reason, 0) + 1
     for w in writers.values():
         w.close()
-    total = dropped["drop_reason"].value_counts().to_dict()
+    from pipeline.decide import reason_counts
+
+    total = reason_counts(dropped["drop_reason"]).to_dict()
     not_written = {r: int(n) - written.get(r, 0) for r, n in total.items() if int(n) != written.get(r, 0)}
     return {"folders": {r: f"{out_dir.name}/{f}" for r, f in sorted(folders.items())},
             "written": dict(sorted(written.items())), "not_written": dict(sorted(not_written.items()))}
@@ -163,7 +165,9 @@ def metadata_table(df: pd.DataFrame, declared: dict[str, str]) -> pa.Table:
                 raise RuntimeError(f"column {name!r} is declared nowhere (schemas/columns.json or a filter's "
                                    "outputs)") from None
         fields.append(pa.field(name, t))
-    tbl = pa.Table.from_pandas(df, schema=pa.schema(fields), preserve_index=False)
+    from pipeline.decide import plain_reasons
+
+    tbl = pa.Table.from_pandas(plain_reasons(df), schema=pa.schema(fields), preserve_index=False)
     # Arrow-backed columns (decide's drop_reasons) are recorded as the object columns they read back as
     arrow = {n for n in df.columns if isinstance(df[n].dtype, pd.ArrowDtype)}
     meta = json.loads(tbl.schema.metadata[b"pandas"]) if arrow and tbl.schema.metadata else None

@@ -213,7 +213,7 @@ def confusion(df: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     t["dropped"] = t["samples"] - t["kept"]
     t["% dropped"] = (100 * t["dropped"] / t["samples"]).round(1)
     top = d[~d["keep"]].groupby("noise")["drop_reason"].agg(
-        lambda r: ", ".join(f"{k} {v}" for k, v in r.value_counts().head(3).items()))
+        lambda r: ", ".join(f"{k} {v}" for k, v in r.value_counts().loc[lambda c: c > 0].head(3).items()))
     t["caught by (first rule)"] = top.reindex(t.index).fillna("")
     return t.sort_values(["samples"], ascending=False)
 

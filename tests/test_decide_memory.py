@@ -132,3 +132,28 @@ def test_uid_array_of_kept_rows_a_chunk_at_a_time(monkeypatch):
     assert uid_array(uids, keep).tobytes() == want.tobytes() == uid_array(uids[keep]).tobytes()
     odd = pd.Series(["zz" * 16, "a" * 32], dtype="str")  # not hex: the Python path, same selection
     assert uid_array(odd, np.array([False, True])).tolist() == [(int("a" * 16, 16), int("a" * 16, 16))]
+
+
+def test_reasons_are_codes_in_memory_and_strings_in_the_file(tmp_path):
+    write_pool(tmp_path / "pool")
+    cfg = {"clip": [{"precomputed": "l14"}], "filters": [{"type": "clip_score", "fraction": 0.5},
+                                                         {"type": "exact_dedup"}]}
+    s = run_curation(str(tmp_path / "pool"), tmp_path / "out", cfg, progress=False)
+    schema = pq.read_schema(tmp_path / "out" / "metadata.parquet")
+    assert schema.field("drop_reason").type == pa.string()
+    assert schema.field("drop_reasons").type == pa.list_(pa.string())
+    md = pd.read_parquet(tmp_path / "out" / "metadata.parquet")
+    assert not isinstance(md["drop_reason"].dtype, pd.CategoricalDtype)
+    kept = md["keep"].to_numpy(bool)
+    assert md["drop_reason"][kept].isna().all() and md["drop_reason"][~kept].map(type).eq(str).all()
+    # the first reason is the first of the list; counts by name, no reason with zero rows
+    assert (md["drop_reason"][~kept] == md["drop_reasons"][~kept].map(lambda r: r[0])).all()
+    assert s["dropped_by_reason"] == md["drop_reason"][~kept].value_counts().sort_index().to_dict()
+    assert all(v > 0 for v in s["dropped_by_reason"].values()) and s["failing_by_rule"]["exact_dedup"] > 0
+
+    from pipeline.decide import failing, reason_lists
+
+    matrix = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 1]], bool)
+    col = pd.Series(reason_lists(matrix, np.array(["a", "b", "c"], object)))
+    assert [list(r) for r in col] == [["a", "c"], [], ["b", "c"]]
+    assert failing(col, ["b"]).tolist() == [False, False, True]

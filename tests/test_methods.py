@@ -80,6 +80,21 @@ def test_neg_clip_loss_averages_seeded_random_batches_and_reads_shard_files_out_
     assert np.allclose(again, score, atol=1e-6, equal_nan=True)
 
 
+def test_neg_clip_loss_draws_batches_inside_windows_of_consecutive_rows(tmp_path, monkeypatch):
+    img, txt = pairs(n=100)
+    iv, tv = shard_view(tmp_path, img, "img", cuts=(30, 61)), shard_view(tmp_path, txt, "txt", cuts=(30, 61))
+    img16, txt16 = iv.load(), tv.load()
+    monkeypatch.setattr(ncl, "WINDOW_BYTES", 40 * 16 * 4)  # 40 rows of float16 image + text: 3 windows of 33-34
+    assert [len(w) for w in ncl.windows(100, 16, 16 * 4)] == [34, 33, 33]
+    rng, want = np.random.default_rng(2), np.zeros(100)
+    for w in ncl.windows(100, 16, 16 * 4):  # a window read once, its K batchings one after another
+        for _ in range(2):
+            for b in np.array_split(rng.permutation(len(w)), 3):
+                want[w[b]] += contrastive_score(img16[w[b]], txt16[w[b]], 0.01)
+    score, _ = neg_clip_loss(iv, tv, np.ones(100, bool), batch_size=16, repeats=2, seed=2)
+    assert np.allclose(score, want / 2, atol=2e-6)
+
+
 def test_boilerplate_pairs_top_the_clip_score_and_drop_by_neg_clip_loss():
     """9 boilerplate pairs (images and captions all near one direction) have CLIP scores in the top 30%,
     but each matches the other 8 as well as its own: negCLIPLoss puts exactly them at the bottom."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -117,9 +118,13 @@ class Context:
                 out &= ~np.asarray(m, bool)
         return out
 
-    def uids_at(self, rows: np.ndarray) -> list:
-        uids = self.df["uid"].to_numpy()
-        return [uids[r] if r >= 0 else None for r in rows]
+    def uids_at(self, rows: np.ndarray) -> pa.Array:
+        """The uid of each row in ``rows``, null for -1 (taken in Arrow: no Python string a row)."""
+        rows = np.asarray(rows, np.int64)
+        uid = pa.chunked_array([pa.array(self.df["uid"], pa.large_string())]) if len(self.df) else None
+        if uid is None:
+            return pa.nulls(len(rows), pa.large_string())
+        return uid.take(pa.array(np.maximum(rows, 0), mask=rows < 0)).combine_chunks()
 
     def fitter(self, f: Filter, status: dict):
         """k-means through saved centroids (pipeline/centroids.py) when the run folder is known."""

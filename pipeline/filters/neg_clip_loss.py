@@ -15,9 +15,11 @@ batchings of the pool: negCLIPLoss(i) = s_ii - 1/K sum_k R_{B_k(i)}(i). Kept: th
 scored rows (DataComp's cutoff rule, pipeline/filters/clip_score.py) or score >= ``threshold``.
 
 As the authors' code (``cal_new_clip_score``): batches of ``batch_size`` (paper: 32768), the teacher's
-own embeddings give s_ii too. Here the batches are drawn over the whole pool (the authors batch
-within one metadata file), split into equal-sized batches (no short last batch, whose R would be
-smaller), and the embeddings are normalised (cosines; DataComp's are unit already). The batches hold
+own embeddings give s_ii too. As the authors batch within one metadata file, the batches are drawn
+within windows of consecutive rows (WINDOW_BYTES of embeddings as stored, at least two batches; one
+window for a pool that small), each window split into equal-sized batches (no short last batch,
+whose R would be smaller); a window is read once, in order, for all K batchings. The embeddings are
+normalised (cosines; DataComp's are unit already). The batches hold
 the run's usable samples: on shards beside DataComp's metadata, rows listed but never downloaded are
 in none (the CLIP score's cutoff counts them; here they have no sample to keep).
 
@@ -45,6 +47,7 @@ from pipeline.filters.base import Context, Filter, Result
 from pipeline.filters.clip_score import tag, top_fraction_threshold
 
 SIM_FLOATS = 4 << 20  # similarities held at once (16 MB)
+WINDOW_BYTES = 512 << 20  # image + text embeddings (as stored) read at once; batches are drawn inside
 
 
 def neg_clip_loss(img, txt, valid: np.ndarray, batch_size: int = 32768, repeats: int = 1, tau: float = 0.01,
@@ -67,16 +70,25 @@ def neg_clip_loss(img, txt, valid: np.ndarray, batch_size: int = 32768, repeats:
     norm = np.zeros(len(rows), np.float64)
     diag = np.zeros(len(rows), np.float64)
     rng = np.random.default_rng(seed)
-    nb = -(-len(rows) // batch_size)
-    for _ in range(repeats):
-        for batch in np.array_split(rng.permutation(len(rows)), nb):
-            batch = np.sort(batch)  # sorted reads from the shard files
-            r, s = _normaliser(_unit(img.take(rows[batch])), _unit(txt.take(rows[batch])), tau, device, torch)
-            norm[batch] += r
-            diag[batch] += s
+    for at in windows(len(rows), batch_size, img.shape[1] * (img.dtype.itemsize + txt.dtype.itemsize)):
+        a, b = img.take_stored(rows[at]), txt.take_stored(rows[at])
+        nb = -(-len(at) // batch_size)
+        for _ in range(repeats):
+            for batch in np.array_split(rng.permutation(len(at)), nb):
+                batch = np.sort(batch)
+                r, s = _normaliser(_unit(img.finish(a[batch])), _unit(txt.finish(b[batch])), tau, device, torch)
+                norm[at[batch]] += r
+                diag[at[batch]] += s
+        del a, b
     score[rows] = (diag - norm) / repeats
     clip[rows] = diag / repeats
     return score, clip
+
+
+def windows(n: int, batch_size: int, row_bytes: int) -> list[np.ndarray]:
+    """Equal runs of consecutive positions of ``n``, each at most WINDOW_BYTES (but two batches)."""
+    window = max(2 * batch_size, WINDOW_BYTES // max(1, row_bytes))
+    return np.array_split(np.arange(n), -(-n // window)) if n else []
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -144,7 +156,9 @@ class NegClipLoss(Filter):
         with np.errstate(invalid="ignore"):
             fails = ~(score >= t)
         scored = int(np.isfinite(score).sum())
+        img = ctx.arrays.image(self.column)
+        batches = sum(-(-len(w) // self.batch_size) for w in windows(scored, self.batch_size, 2 * img.shape[1] * img.dtype.itemsize))
         return Result({"": fails}, {"score": score, "normaliser": clip - score},
                       {"column": self.column, "threshold": t, "fraction": self.fraction, "scored_rows": scored,
-                       "batch_size": self.batch_size, "batches": -(-scored // self.batch_size) if scored else 0,
+                       "batch_size": self.batch_size, "batches": batches,
                        "repeats": self.repeats, "temperature": self.temperature})
