@@ -30,6 +30,7 @@ from pathlib import Path
 
 from bench.scale_measure import ROOT, DaskCluster, machine_facts, rel
 from bench.scale_peer import PEER_PY, datacomp_dir, peer_help
+from bench.scale_small_steps import NCL_BATCH_NOTE
 
 OUT = ROOT / "bench" / "results" / "scale_small.json"
 PARQUET_STEPS = ("no_filter", "basic", "clip_score_l14", "clip_score_b32", "text_based")  # read no embedding
@@ -55,6 +56,10 @@ NOTES = [
     "500 clusters at 4M a cluster held 64,922 rows and the run refused, as it should (config error)",
     "--parquet-only pools (same rows and scores, no npz) serve the steps that read no embedding; earlier_pools "
     "lists the pools that earlier invocations' rows were measured on (the global steps' need the embeddings)",
+    "a global step gathering clusters from embeddings bigger than half the memory (SemDeDup and D2 at 12.8M: "
+    "19.7 and 39.3 GB) copies them cluster by cluster to the run's work disk first (pipeline/spill.py), in "
+    "rounds when the disk holds less",
+    NCL_BATCH_NOTE,
 ]
 
 
