@@ -10,6 +10,7 @@ back exactly as a ``take`` gives them.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -19,6 +20,8 @@ from typing import Iterator
 import numpy as np
 
 from pipeline.embeddings import View
+
+log = logging.getLogger(__name__)
 
 BATCH = 256 << 20  # bytes (as stored) of groups written to one file
 ROOM = 1 << 30  # free bytes left on the scratch disk (and a fifth of what is written)
@@ -42,8 +45,14 @@ def where(x: View, rows: int) -> tuple[Path, int] | None:
     if x.scratch is None or len(x) * row_bytes <= MEMORY_SHARE * memory_bytes():
         return None
     Path(x.scratch).mkdir(parents=True, exist_ok=True)
-    room = int((shutil.disk_usage(x.scratch).free - ROOM) / 1.25)
-    return (Path(x.scratch), room) if room * MAX_ROUNDS >= need else None
+    free = shutil.disk_usage(x.scratch).free
+    room = int((free - ROOM) / 1.25)
+    if room * MAX_ROUNDS < need:
+        log.warning("reading %.1f GB of embeddings in place (slow for a pool bigger than the page cache): %s has "
+                    "%.1f GB free, a copy in %d rounds needs %.1f GB", need / 1e9, x.scratch, free / 1e9,
+                    MAX_ROUNDS, (need / MAX_ROUNDS * 1.25 + ROOM) / 1e9)
+        return None
+    return Path(x.scratch), room
 
 
 def batches(groups: list[np.ndarray], row_bytes: int, limit: int) -> list[list[int]]:

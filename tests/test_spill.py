@@ -64,11 +64,13 @@ def test_a_small_disk_takes_the_groups_in_rounds(tmp_path, always, monkeypatch):
     assert all(np.array_equal(x, v.take(g)) for g, x in got) and [len(g) for g, _ in got] == [40] * 5
 
 
-def test_no_spill_without_room_or_scratch(tmp_path, always, monkeypatch):
+def test_no_spill_without_room_or_scratch(tmp_path, always, monkeypatch, caplog):
     v = shard_view(tmp_path)
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(spill.shutil, "disk_usage", lambda _: Usage(1 << 40, 0, 1000))
-    assert spill.where(v, 100) is None
+    with caplog.at_level("WARNING", logger="pipeline.spill"):
+        assert spill.where(v, 100) is None
+    assert "in place" in caplog.text and str(tmp_path / "spill") in caplog.text
     v.scratch = None
     assert spill.where(v, 100) is None
 
