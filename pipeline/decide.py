@@ -180,25 +180,29 @@ def quiet_allocator() -> None:
     moving threshold otherwise keeps large freed blocks on the heap: ~90 MB a million rows here)."""
     if pa.default_memory_pool().backend_name != "system":
         pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (fixes it, so it no longer moves)
         libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def trim() -> None:
     """Give the heap's free pages back to the system (glibc's ``malloc_trim``): a dropped column's
     per-shard buffers (under 1 MiB each, so on the heap) otherwise stay in the process's RSS."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc():
+    """glibc, or None on another C library."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except (OSError, AttributeError):
+        return None
 
 
 class Arrays:
@@ -395,7 +399,7 @@ def reason_counts(col: pd.Series) -> pd.Series:
 def plain_reasons(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` (a slice) with decide's reason columns as the strings metadata.parquet stores."""
     out = {}
-    if isinstance(df.get("drop_reason", pd.Series(dtype=object)).dtype, pd.CategoricalDtype):
+    if "drop_reason" in df.columns and isinstance(df["drop_reason"].dtype, pd.CategoricalDtype):
         out["drop_reason"] = df["drop_reason"].astype(object).where(df["drop_reason"].notna(), None)
     arr = df["drop_reasons"].array if "drop_reasons" in df.columns else None
     if isinstance(arr, pd.arrays.ArrowExtensionArray) and pa.types.is_list(arr._pa_array.type) \

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 256 << 20  # bytes (as stored) of groups written to one file
 ROOM = 1 << 30  # free bytes left on the scratch disk (and a fifth of what is written)
-MEMORY_SHARE = 0.5  # spill when the rows to gather pass this share of physical memory
+MEMORY_SHARE = 0.5  # spill when the view's embeddings pass this share of physical memory
 MAX_ROUNDS = 4  # when the disk holds less than a quarter of the rows at once, read in place instead
 
 
@@ -55,16 +55,21 @@ def where(x: View, rows: int) -> tuple[Path, int] | None:
     return Path(x.scratch), room
 
 
+def pack(sizes: list[int], limit: int) -> list[list[int]]:
+    """Consecutive indices of ``sizes``, up to ``limit`` in total a pack (a bigger one alone)."""
+    out, cur, used = [], [], 0
+    for i, size in enumerate(sizes):
+        if cur and used + size > limit:
+            out.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += size
+    return out + [cur] if cur else out
+
+
 def batches(groups: list[np.ndarray], row_bytes: int, limit: int) -> list[list[int]]:
     """Consecutive group indices, up to ``limit`` bytes a batch (a bigger group alone)."""
-    out, cur, size = [], [], 0
-    for i, g in enumerate(groups):
-        if cur and (size + len(g)) * row_bytes > limit:
-            out.append(cur)
-            cur, size = [], 0
-        cur.append(i)
-        size += len(g)
-    return out + [cur] if cur else out
+    return pack([len(g) * row_bytes for g in groups], limit)
 
 
 def spilled(x: View, groups: list[np.ndarray], folder: Path, room: int = 1 << 62
@@ -76,9 +81,10 @@ def spilled(x: View, groups: list[np.ndarray], folder: Path, room: int = 1 << 62
     plan = batches(groups, row_bytes, BATCH)
     sizes = [sum(len(groups[i]) for i in b) * row_bytes for b in plan]
     with tempfile.TemporaryDirectory(prefix="spill-", dir=folder) as tmp:
-        for first, last in rounds(sizes, room):
-            write(x, groups, plan[first:last], Path(tmp), first)
-            for b in range(first, last):
+        for this_round in pack(sizes, room):  # a round: the batch files that fit on the disk together
+            first = this_round[0]
+            write(x, groups, plan[first:this_round[-1] + 1], Path(tmp), first)
+            for b in this_round:
                 path = Path(tmp) / f"{b}.bin"
                 block = np.fromfile(path, x.dtype).reshape(-1, x.shape[1])
                 path.unlink()
@@ -86,17 +92,6 @@ def spilled(x: View, groups: list[np.ndarray], folder: Path, room: int = 1 << 62
                 for i in plan[b]:
                     yield groups[i], x.finish(block[np.searchsorted(stored, groups[i])])
                 del block
-
-
-def rounds(sizes: list[int], room: int) -> list[tuple[int, int]]:
-    """Consecutive batches (first, last + 1) whose files fit in ``room`` bytes together (one at least)."""
-    out, first, used = [], 0, 0
-    for b, size in enumerate(sizes):
-        if b > first and used + size > room:
-            out.append((first, b))
-            first, used = b, 0
-        used += size
-    return out + [(first, len(sizes))] if sizes else out
 
 
 def write(x: View, groups: list[np.ndarray], plan: list[list[int]], tmp: Path, first: int) -> None:

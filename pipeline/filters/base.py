@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pyarrow as pa
 import pandas as pd
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -121,10 +121,9 @@ class Context:
     def uids_at(self, rows: np.ndarray) -> pa.Array:
         """The uid of each row in ``rows``, null for -1 (taken in Arrow: no Python string a row)."""
         rows = np.asarray(rows, np.int64)
-        uid = pa.chunked_array([pa.array(self.df["uid"], pa.large_string())]) if len(self.df) else None
-        if uid is None:
+        if len(self.df) == 0:
             return pa.nulls(len(rows), pa.large_string())
-        return uid.take(pa.array(np.maximum(rows, 0), mask=rows < 0)).combine_chunks()
+        return pa.array(self.df["uid"], pa.large_string()).take(pa.array(np.maximum(rows, 0), mask=rows < 0))
 
     def fitter(self, f: Filter, status: dict):
         """k-means through saved centroids (pipeline/centroids.py) when the run folder is known."""

@@ -70,7 +70,7 @@ def neg_clip_loss(img, txt, valid: np.ndarray, batch_size: int = 32768, repeats:
     norm = np.zeros(len(rows), np.float64)
     diag = np.zeros(len(rows), np.float64)
     rng = np.random.default_rng(seed)
-    for at in windows(len(rows), batch_size, img.shape[1] * (img.dtype.itemsize + txt.dtype.itemsize)):
+    for at in windows(len(rows), batch_size, pair_bytes(img, txt)):
         a, b = img.take_stored(rows[at]), txt.take_stored(rows[at])
         nb = -(-len(at) // batch_size)
         for _ in range(repeats):
@@ -83,6 +83,11 @@ def neg_clip_loss(img, txt, valid: np.ndarray, batch_size: int = 32768, repeats:
     score[rows] = (diag - norm) / repeats
     clip[rows] = diag / repeats
     return score, clip
+
+
+def pair_bytes(img, txt) -> int:
+    """Bytes of a row's image and text embeddings as stored."""
+    return img.shape[1] * img.dtype.itemsize + txt.shape[1] * txt.dtype.itemsize
 
 
 def windows(n: int, batch_size: int, row_bytes: int) -> list[np.ndarray]:
@@ -149,15 +154,15 @@ class NegClipLoss(Filter):
         from pipeline.vectors import dense, torch_device
 
         device = torch_device() if dense(ctx.backend) == "torch" else "cpu"
-        score, clip = neg_clip_loss(ctx.arrays.image(self.column), ctx.arrays.text(self.column), ctx.ok,
-                                    self.batch_size, self.repeats, self.temperature, ctx.seed, device)
+        img, txt = ctx.arrays.image(self.column), ctx.arrays.text(self.column)
+        score, clip = neg_clip_loss(img, txt, ctx.ok, self.batch_size, self.repeats, self.temperature, ctx.seed,
+                                    device)
         t = float(self.threshold) if self.threshold is not None else top_fraction_threshold(
             score, self.fraction, count_missing=False)
         with np.errstate(invalid="ignore"):
             fails = ~(score >= t)
         scored = int(np.isfinite(score).sum())
-        img = ctx.arrays.image(self.column)
-        batches = sum(-(-len(w) // self.batch_size) for w in windows(scored, self.batch_size, 2 * img.shape[1] * img.dtype.itemsize))
+        batches = sum(-(-len(w) // self.batch_size) for w in windows(scored, self.batch_size, pair_bytes(img, txt)))
         return Result({"": fails}, {"score": score, "normaliser": clip - score},
                       {"column": self.column, "threshold": t, "fraction": self.fraction, "scored_rows": scored,
                        "batch_size": self.batch_size, "batches": batches,
