@@ -30,7 +30,7 @@ from pathlib import Path
 
 from bench.scale_measure import ROOT, DaskCluster, machine_facts, rel
 from bench.scale_peer import PEER_PY, datacomp_dir, peer_help
-from bench.scale_small_steps import NCL_BATCH_NOTE
+from bench.scale_small_steps import DECISIONS_NOTE, NCL_BATCH_NOTE
 
 OUT = ROOT / "bench" / "results" / "scale_small.json"
 PARQUET_STEPS = ("no_filter", "basic", "clip_score_l14", "clip_score_b32", "text_based")  # read no embedding
@@ -60,6 +60,7 @@ NOTES = [
     "19.7 and 39.3 GB) copies them cluster by cluster to the run's work disk first (pipeline/spill.py), in "
     "rounds when the disk holds less",
     NCL_BATCH_NOTE,
+    DECISIONS_NOTE,
 ]
 
 

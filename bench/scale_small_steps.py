@@ -27,18 +27,26 @@ B32 = {"precomputed": "b32", "column": "clip_score_b32"}
 CAPTION = {"type": "basic", "words": "fasttext", "min_words": 2, "min_chars": 6, "min_side": None,
            "max_aspect": None}  # DataComp's image-based caption filter (pipeline/presets/datacomp/image-based.yaml)
 
+# the steps that read no embedding: metadata.parquet without the pool's own columns (they join back by uid;
+# DataComp's baselines.py writes the uid list alone)
+DECISIONS = {"metadata": "decisions"}
+DECISIONS_NOTE = ("the cheap steps (no embedding read) write metadata.parquet as export.metadata: decisions, without "
+                  "the pool's own columns (url, caption, sha256, sizes, caption counts), which join back by uid; "
+                  "no filter and CLIP score read the pool in place (pipeline/direct.py: no language id or caption "
+                  "to compute); the global steps write the full table")
+
 # step -> (our config, DataComp's baselines.py arguments or None, "cheap" | "global")
 STEPS = {
-    "no_filter": ({"clip": [], "filters": []}, ["--name", "no_filter"], "cheap"),
-    "basic": ({"clip": [], "filters": [{"type": "basic"}]}, ["--name", "basic_filter"], "cheap"),
-    "clip_score_l14": ({"clip": [L14], "filters": [{"type": "clip_score", "fraction": FRACTION}]},
+    "no_filter": ({"clip": [], "filters": [], "export": DECISIONS}, ["--name", "no_filter"], "cheap"),
+    "basic": ({"clip": [], "filters": [{"type": "basic"}], "export": DECISIONS}, ["--name", "basic_filter"], "cheap"),
+    "clip_score_l14": ({"clip": [L14], "filters": [{"type": "clip_score", "fraction": FRACTION}], "export": DECISIONS},
                        ["--name", "clip_score", "--arch", "l14", "--fraction", str(FRACTION)], "cheap"),
     "clip_score_b32": ({"clip": [B32], "filters": [{"type": "clip_score", "column": "clip_score_b32",
-                                                    "fraction": FRACTION}]},
+                                                    "fraction": FRACTION}], "export": DECISIONS},
                        ["--name", "clip_score", "--arch", "b32", "--fraction", str(FRACTION)], "cheap"),
     "text_based": ({"clip": [], "filters": [{"type": "basic", "min_words": 0, "min_chars": 0, "min_side": None,
-                                             "max_aspect": None}, {"type": "text_based", "rule": "wordnet"}]},
-                   ["--name", "text_based"], "cheap"),
+                                             "max_aspect": None}, {"type": "text_based", "rule": "wordnet"}],
+                    "export": DECISIONS}, ["--name", "text_based"], "cheap"),
     "image_based": ({"clip": [L14], "filters": [CAPTION, {"type": "image_based", "clusters": IMAGE_CLUSTERS,
                                                           "survivors_only": True}]},
                     ["--name", "image_based", "--image_based_scale", "small", "--num_gpus", "1"], "global"),

@@ -32,23 +32,28 @@ INGEST_REASONS = ("duplicate_key", "metadata", "no_image", "format", "decode")
 _NP = {"string": object, "float32": np.float32, "int32": np.int32, "int64": np.int64, "bool": bool}
 
 
-def load_columns(run_dir: str | Path, shard_ids: list[str], config, lean: Lean | None = None) -> pd.DataFrame:
+def load_columns(run_dir: str | Path, shard_ids: list[str], config, lean: Lean | None = None,
+                 read=None) -> pd.DataFrame:
     """Join every stage's columns for the given shards into one table (row order = pool order): ingest's,
     ``row``, then each later stage's in plan order (pipeline/stages/); null for a stage the config
     does not run (language id when nothing reads it), so what a run writes depends on its config.
     ``lean`` (metadata-only runs): its deferred columns stay on disk, ``key`` shares ``uid``'s values
-    when they are equal and ``shard`` is held as a category (``Lean.restore`` gives them back)."""
+    when they are equal and ``shard`` is held as a category (``Lean.restore`` gives them back).
+    ``read(sid)``: a shard's (ingest table, the wanted stages' tables) from elsewhere than the work
+    folder (pipeline/direct.py); by default its files there."""
     work = WorkDir(run_dir)
     quiet_allocator()
-    stages = [st for st in plan_for(config) if st.folder != "ingest" and st.out_columns()]
+    stages = later_stages(config)
     wanted = [c for c in INGEST_COLUMNS if lean is None or c not in lean.deferred]
     if lean is not None:
         lean.counts = []  # (again, when keys that are not uids make it read the shards a second time)
 
-    def read(sid):  # on reader threads: parquet decoding releases the GIL
+    def from_work(sid):  # on reader threads: parquet decoding releases the GIL
         return (pq.read_table(work.columns("ingest", sid), columns=wanted),
                 [pq.read_table(work.columns(st.folder, sid), columns=["uid", *st.out_columns()])
                  for st in stages if st.wanted()])
+
+    read = read or from_work
 
     parts = []
     with ThreadPoolExecutor(READERS) as readers:
@@ -74,7 +79,7 @@ def load_columns(run_dir: str | Path, shard_ids: list[str], config, lean: Lean |
     if lean is not None and lean.share_key and lean.key_is_uid is False:  # keys that are not uids: read again
         del parts
         lean.share_key = False
-        return load_columns(run_dir, shard_ids, config, lean)
+        return load_columns(run_dir, shard_ids, config, lean, read)
     table = pa.concat_tables(parts)
     del parts
     df = table.to_pandas(split_blocks=True, self_destruct=True)
@@ -83,9 +88,15 @@ def load_columns(run_dir: str | Path, shard_ids: list[str], config, lean: Lean |
     return df
 
 
+def later_stages(config) -> list:
+    """The stages after ingest that have columns, in plan order (``load_columns`` joins theirs)."""
+    return [st for st in plan_for(config, metadata=False) if st.folder != "ingest" and st.out_columns()]
+
+
 # ingest columns no rule of decide reads (a filter may: Lean.deferred_for keeps those it names); the
 # caption too when no filter reads it (Filter.reads_captions)
 DEFERRABLE = ("url", "image_ext", "image_bytes", "sha256", "width", "height")
+CAPTION_COLUMNS = ("caption", "caption_words", "caption_chars")  # deferred too when no filter reads captions
 
 
 class Lean:
@@ -100,6 +111,12 @@ class Lean:
         self.string = pa.array([], pa.string()).to_pandas().dtype  # a string column's dtype once loaded
         self._next, self._buf, self._start = 0, [], 0
         self.counts: list[int] = []  # rows of each shard, as shrunk
+        self.source = None  # (sid, columns) -> those ingest columns of a shard; None: its ingest file
+
+    def _read(self, sid: str, columns: list[str]) -> pa.Table:
+        if self.source is not None:
+            return self.source(sid, columns)
+        return pq.read_table(self.work.columns("ingest", sid), columns=columns)
 
     @staticmethod
     def deferred_for(config) -> list[str]:
@@ -107,8 +124,8 @@ class Lean:
         said = json.dumps([f.model_dump(mode="json") for f in config.filters])
         exact = any(f.type == "exact_dedup" for f in config.filters)
         out = [c for c in DEFERRABLE if f'"{c}"' not in said and not (c == "sha256" and exact)]
-        if not any(f.reads_captions for f in config.filters) and '"caption"' not in said:
-            out.append("caption")  # the report reads the few it shows (``values``)
+        if not any(f.reads_captions for f in config.filters):  # the report reads the few it shows (``values``)
+            out.extend(c for c in CAPTION_COLUMNS if f'"{c}"' not in said)
         return [c for c in INGEST_COLUMNS if c in out]
 
     def values(self, column: str, rows) -> dict[int, object]:
@@ -119,7 +136,7 @@ class Lean:
         for sid, n in zip(self.sids, self.counts):
             hit = rows[(rows >= start) & (rows < start + n)]
             if len(hit):
-                col = pq.read_table(self.work.columns("ingest", sid), columns=[column]).column(column)
+                col = self._read(sid, [column]).column(column)
                 out.update({int(r): col[int(r - start)].as_py() for r in hit})
             start += n
         return out
@@ -138,8 +155,7 @@ class Lean:
     def _rows(self, lo: int, hi: int) -> pa.Table:
         """Rows ``lo:hi`` of the deferred columns (calls go forward through the pool)."""
         while self._start + sum(b.num_rows for b in self._buf) < hi and self._next < len(self.sids):
-            path = self.work.columns("ingest", self.sids[self._next])
-            self._buf.append(pq.read_table(path, columns=self.deferred).replace_schema_metadata(None))
+            self._buf.append(self._read(self.sids[self._next], self.deferred).replace_schema_metadata(None))
             self._next += 1
         while self._buf and self._start + self._buf[0].num_rows <= lo:
             self._start += self._buf.pop(0).num_rows
@@ -163,10 +179,16 @@ class Lean:
                              back.column(c).cast(schemas.arrow_type(c)))
         return t
 
+    def plain(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        """A slice of decide's table with ``shard`` a string column again."""
+        chunk = chunk.copy(deep=False)
+        shard = category_strings(chunk["shard"]).to_pandas()
+        chunk["shard"] = shard.set_axis(chunk.index) if shard.dtype == self.string else shard.astype(self.string)
+        return chunk
+
     def restore(self, chunk: pd.DataFrame, lo: int) -> pd.DataFrame:
         """A slice of decide's table (rows ``lo:``) with every column a full load would have held."""
-        chunk = chunk.copy(deep=False)
-        chunk["shard"] = chunk["shard"].astype(self.string)
+        chunk = self.plain(chunk)
         if self.deferred:
             back = self._rows(lo, lo + len(chunk)).to_pandas()
             for c in self.deferred:
@@ -209,10 +231,11 @@ class Arrays:
     """Row-aligned per-shard arrays of a run: thumbnails (loaded on first use) and embeddings (a view of
     the per-shard files, pipeline/embeddings.py: memory-mapped, read a chunk or a cluster at a time)."""
 
-    def __init__(self, run_dir: str | Path | None, shard_ids: list[str]):
+    def __init__(self, run_dir: str | Path | None, shard_ids: list[str], listed: dict | None = None):
         self.run = Path(run_dir) if run_dir is not None else None
         self.work = WorkDir(run_dir) if run_dir is not None else None
         self.sids = shard_ids
+        self.listed = listed or {}  # score column -> every listed row's score, when read with the pool
         self._cache: dict = {}
 
     def _paths(self, where) -> list[Path]:
@@ -227,6 +250,8 @@ class Arrays:
 
     def pool_scores(self, column: str) -> np.ndarray | None:
         """Every listed row's score (precomputed columns: downloaded or not), when each shard has them."""
+        if column in self.listed:
+            return self.listed[column]
         if self.work is None:
             return None
         paths = [self.work.pool_scores(column, sid) for sid in self.sids]
@@ -397,15 +422,32 @@ def reason_counts(col: pd.Series) -> pd.Series:
 
 
 def plain_reasons(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` (a slice) with decide's reason columns as the strings metadata.parquet stores."""
+    """``df`` (a slice) with decide's reason columns as the strings metadata.parquet stores (built in
+    Arrow by taking from the few distinct values: no Python string a row, no dictionary cast)."""
     out = {}
     if "drop_reason" in df.columns and isinstance(df["drop_reason"].dtype, pd.CategoricalDtype):
-        out["drop_reason"] = df["drop_reason"].astype(object).where(df["drop_reason"].notna(), None)
+        out["drop_reason"] = pd.arrays.ArrowExtensionArray(category_strings(df["drop_reason"]))
     arr = df["drop_reasons"].array if "drop_reasons" in df.columns else None
     if isinstance(arr, pd.arrays.ArrowExtensionArray) and pa.types.is_list(arr._pa_array.type) \
             and pa.types.is_dictionary(arr._pa_array.type.value_type):
-        out["drop_reasons"] = pd.arrays.ArrowExtensionArray(arr._pa_array.cast(pa.list_(pa.string())))
+        out["drop_reasons"] = pd.arrays.ArrowExtensionArray(
+            pa.chunked_array([_plain_list(c) for c in arr._pa_array.chunks], pa.list_(pa.string())))
     return df.assign(**out) if out else df
+
+
+def category_strings(col: pd.Series) -> pa.Array:
+    """A categorical column's values as an Arrow string array (missing: null)."""
+    codes = col.cat.codes.to_numpy()
+    cats = pa.array(np.asarray(col.cat.categories, object), pa.string())
+    return cats.take(pa.array(codes, mask=codes < 0))
+
+
+def _plain_list(chunk: pa.ListArray) -> pa.ListArray:
+    """``list<dictionary<string>>`` as ``list<string>``, the same rows (a slice's offsets rebased)."""
+    flat = chunk.flatten()
+    offsets = pc.subtract(chunk.offsets, chunk.offsets[0]) if len(chunk) else pa.array([0], pa.int32())
+    return pa.ListArray.from_arrays(offsets, flat.dictionary.take(flat.indices),
+                                    mask=chunk.is_null() if chunk.null_count else None)
 
 
 def as_lists(col: pd.Series) -> pa.ChunkedArray:

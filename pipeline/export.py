@@ -183,13 +183,23 @@ UNIQUE = ("uid", "key", "url", "caption", "sha256")
 HEX = ("uid", "key", "sha256")
 
 
+# what ``export.metadata: decisions`` leaves out of metadata.parquet: the pool's own columns (a sample's
+# url, caption, checksum, sizes and caption counts), which join back by uid
+POOL_COLUMNS = ("url", "caption", "image_ext", "image_bytes", "sha256", "original_width", "original_height",
+                "width", "height", "caption_words", "caption_chars")
+
+
 def write_metadata(path: Path, df: pd.DataFrame, declared: dict[str, str], rows: int = 1 << 17,
-                   lean=None) -> None:
+                   lean=None, decisions: bool = False) -> None:
     """metadata.parquet, converted and written ``rows`` at a time (no second copy of the table).
     ``lean``: the ``pipeline.decide.Lean`` of a lean decide, which puts back the columns it left on disk
-    (the first slice through pandas, as a full table is written; the others in Arrow)."""
+    (the first slice through pandas, as a full table is written; the others in Arrow). ``decisions``:
+    without POOL_COLUMNS (a lean decide's deferred columns are among them: nothing is read back)."""
     def part(lo: int) -> pa.Table:
         s = df.iloc[lo:lo + rows]
+        if decisions:
+            s = s.drop(columns=[c for c in POOL_COLUMNS if c in s.columns])
+            return metadata_table(lean.plain(s) if lean is not None else s, declared)
         if lean is None:
             return metadata_table(s, declared)
         if lo == 0:  # its schema, pandas metadata included, is the file's
@@ -200,8 +210,10 @@ def write_metadata(path: Path, df: pd.DataFrame, declared: dict[str, str], rows:
     first = part(0)
     # dictionaries where values repeat; a uid, url or caption column would only fall back to plain
     repeat = [c for c in first.column_names if c not in UNIQUE]
-    # random hex (uid, key, sha256) gains ~25% from snappy at a third of the write's time: stored plain
-    comp = {c: "none" if c in HEX else "snappy" for c in first.column_names}
+    # random hex (uid, key, sha256) gains ~25% from snappy at a third of the write's time, scores
+    # (random floats) nothing: stored plain
+    comp = {c: "none" if c in HEX or pa.types.is_floating(first.schema.field(c).type) else "snappy"
+            for c in first.column_names}
     with pq.ParquetWriter(tmp, first.schema, use_dictionary=repeat, compression=comp) as w:
         w.write_table(first)
         for lo in range(rows, len(df), rows):

@@ -213,39 +213,64 @@ def npz_identity(npz) -> dict | None:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def ingest_table(parquet: str | Path) -> tuple[pa.Table, ShardInfo]:
-    """The ingest columns of one metadata parquet (no image: sizes from ``original_width/height``)."""
+# the pool columns each ingest column is made from (uid is always read: it names the rows)
+SOURCES = {"url": ("url",), "caption": ("text",), "caption_words": ("text",), "caption_chars": ("text",),
+           "sha256": ("sha256",), "original_width": ("original_width",), "original_height": ("original_height",)}
+
+
+def ingest_table(parquet: str | Path, wanted=None) -> tuple[pa.Table, ShardInfo]:
+    """The ingest columns of one metadata parquet (no image: sizes from ``original_width/height``);
+    ``wanted``: only those (in INGEST_COLUMNS' order), read from only the pool columns they are made of."""
     path = parquet if storage.is_url(parquet) else Path(parquet)
-    stem = _stem(parquet)
-    have = read_schema(path).names
+    have = pool_schema(path)
+    wanted = [c for c in INGEST_COLUMNS if wanted is None or c in wanted]
+    t = read_table(path, columns=pool_columns(wanted, have))
+    return ingest_of(t, have, path, wanted)
+
+
+def pool_schema(path, have: list[str] | None = None) -> list[str]:
+    """The column names of a metadata parquet (``have``, when its schema is read), checked to hold what
+    ingest needs."""
+    have = read_schema(path).names if have is None else have
     missing = [c for c in NEEDED if c not in have]
     if missing:
         raise ValueError(f"{path} is not DataComp metadata: it has no {', '.join(missing)} column "
                          f"(columns: {', '.join(have[:12])})")
-    t = read_table(path, columns=[c for c in READ if c in have])
+    return have
+
+
+def pool_columns(wanted, have) -> list[str]:
+    """The columns of a metadata parquet (whose columns are ``have``) that ingest's ``wanted`` are made of."""
+    need = {"uid"}.union(*(SOURCES.get(c, ()) for c in wanted))
+    return [c for c in READ if c in need and c in have]
+
+
+def ingest_of(t: pa.Table, have, path, wanted=INGEST_COLUMNS, halves=False) -> tuple[pa.Table, ShardInfo]:
+    """``ingest_table`` of the pool columns ``t`` read from ``path`` (a parquet whose columns are ``have``;
+    ``halves``: its uid column's, as ``_uids`` takes them)."""
+    stem = _stem(path)
     sizes = [c for c in ("original_width", "original_height") if c not in have]
     n = t.num_rows
-    uids, bad = _uids(t.column("uid"), stem)
-    # each distinct caption is measured once, then spread to its rows
-    uniq, codes = _distinct_arrow(t.column("text"))
-    words, chars, cut = caption_counts(uniq)
-
-    def col(name):
-        return t.column(name) if name in have else pa.nulls(n)
-
-    none_s, none_i = pa.nulls(n, pa.string()), pa.nulls(n, pa.int32())
-    cols = {"uid": uids, "key": uids, "shard": pa.repeat(pa.scalar(stem), n) if n else pa.array([], pa.string()),
-            "url": col("url"), "caption": cut.take(codes),
-            "image_ext": none_s, "image_bytes": np.zeros(n, np.int64), "sha256": col("sha256"),
-            "original_width": _size(col("original_width")), "original_height": _size(col("original_height")),
-            "width": none_i, "height": none_i,
+    uids, bad = _uids(t.column("uid"), stem, halves)
+    cols = {"uid": uids, "key": uids, "image_ext": pa.nulls(n, pa.string()), "image_bytes": np.zeros(n, np.int64),
+            "width": pa.nulls(n, pa.int32()), "height": pa.nulls(n, pa.int32()),
             # a size the basic filter needs and the metadata lacks is said, not guessed
-            "ingest_error": _uid_errors(bad, n) if bad else none_s,
-            "caption_words": words.take(codes), "caption_chars": chars.take(codes)}
+            "ingest_error": _uid_errors(bad, n) if bad else pa.nulls(n, pa.string())}
+    if "shard" in wanted:
+        cols["shard"] = pa.repeat(pa.scalar(stem), n) if n else pa.array([], pa.string())
+    for name in ("url", "sha256"):
+        cols[name] = t.column(name) if name in t.column_names else pa.nulls(n)
+    for name in ("original_width", "original_height"):
+        cols[name] = _size(t.column(name) if name in t.column_names else pa.nulls(n))
+    if {"caption", "caption_words", "caption_chars"} & set(wanted):
+        # each distinct caption is measured once, then spread to its rows
+        uniq, codes = _distinct_arrow(t.column("text"))
+        words, chars, cut = caption_counts(uniq)
+        cols.update(caption=cut.take(codes), caption_words=words.take(codes), caption_chars=chars.take(codes))
     info = ShardInfo(stem, str(path), samples_found=n)
     if sizes:
         info.problems.append(f"no {' / '.join(sizes)} column: image sizes unknown (the basic filter drops them)")
-    return pa.table({c: _typed(cols[c], c) for c in INGEST_COLUMNS}), info
+    return pa.table({c: _typed(cols[c], c) for c in wanted}), info
 
 
 def lang_table(parquet: str | Path) -> pa.Table:
@@ -273,12 +298,15 @@ def _typed(values, name: str):
     return pa.array(values, type=want)
 
 
-def _uids(col: pa.ChunkedArray, stem: str) -> tuple[pa.Array, dict[int, object]]:
+def _uids(col: pa.ChunkedArray, stem: str, halves=False) -> tuple[pa.Array, dict[int, object]]:
     """Lower-cased uids, and row -> value of the rows whose uid is not 32 hex characters: those get a
-    uid derived from the file and row (they drop as ``metadata``; never in a uid list)."""
-    if pa.types.is_string(col.type) and col.null_count == 0 and pc.all(
-            pc.match_substring_regex(col, "^[0-9a-fA-F]{32}$")).as_py() in (True, None):
-        return pc.utf8_lower(col.combine_chunks()), {}
+    uid derived from the file and row (they drop as ``metadata``; never in a uid list). ``halves``: the
+    column's ``uids.hex_halves`` (None: not all 32 hex characters), when made (False: not made)."""
+    if pa.types.is_string(col.type) and col.null_count == 0 and (
+            halves is not None if halves is not False
+            else pc.all(pc.match_substring_regex(col, "^[0-9a-fA-F]{32}$")).as_py() in (True, None)):
+        whole = col.combine_chunks()
+        return (whole if halves is not False and not halves[2] else pc.utf8_lower(whole)), {}
     out, bad = [], {}
     for i, u in enumerate(col.to_pylist()):
         v = valid_uid(u)

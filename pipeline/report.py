@@ -95,7 +95,7 @@ def _score_plot(df: pd.DataFrame, column: str, fails: np.ndarray | None, thresho
     ax = fig.add_subplot()
     bins = np.histogram_bin_edges(s[ok], bins=min(40, max(5, int(ok.sum() ** 0.5) * 2)))
     # counted here (one pass each), drawn from the counts: matplotlib's own binning of 10M+ values is slow
-    counts = [np.histogram(p[0], bins)[0] for p in parts]
+    counts = [np.histogram(p[0], len(bins) - 1, (bins[0], bins[-1]))[0] for p in parts]  # even bins: no search
     ax.hist([bins[:-1]] * len(parts), bins=bins, weights=counts, stacked=True, color=[p[2] for p in parts],
             label=[f"{p[1]} ({p[0].size:,})" for p in parts])
     if threshold is not None and np.isfinite(threshold):
@@ -299,7 +299,7 @@ def _thumbs(df: pd.DataFrame, shards: list[str], wanted: set[int], side: int = 1
 def _cell(df: pd.DataFrame, i: int, thumbs: dict, scores: list[str], note: str = "",
           captions: dict | None = None) -> str:
     r = df.loc[i]
-    caption = captions.get(i) if captions is not None else r["caption"]
+    caption = captions.get(i) if captions is not None else r.get("caption")  # a decisions table has none
     caption = "" if pd.isna(caption) else str(caption)
     img = (f'<img src="{thumbs[i]}" alt="{esc(caption[:80])}">' if i in thumbs
            else '<div class="noimg">no image</div>')

@@ -53,6 +53,7 @@ class Plan:
     unread: list[dict] = field(default_factory=list)  # files under a pool folder that are not read, and why
     out_url: str | None = None  # an output in object storage; ``out`` is then this machine's folder for the run
     work_url: str | None = None  # a work folder in object storage; ``work`` is then this machine's mirror of it
+    loaded: object = None  # a metadata pool read in place (pipeline/direct.py): its tables, until decide
 
 
 def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | dict,
@@ -194,9 +195,14 @@ def jobs(p: Plan, spool: bool = False) -> list[tuple]:
 
 
 def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[str, ShardResult], dict[str, str]]:
-    """Run every shard's job; return (results by shard, errors by shard)."""
+    """Run every shard's job; return (results by shard, errors by shard). A metadata-only pool whose
+    stages are all its own columns is read in place instead (pipeline/direct.py)."""
     from tqdm import tqdm
 
+    from pipeline import direct
+
+    if direct.eligible(p, isinstance(executor, (InProcess, ProcessPool))):
+        return direct.read(p, progress)
     done, failed = {}, {}
     bar = tqdm(total=len(p.shards), desc="annotate", unit="shard", disable=not progress)
     # jobs run here one after the other: a bucket metadata pool's next parquets are fetched meanwhile
@@ -265,7 +271,8 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     manifest = _redacted(manifest)
     manifest["report"] = "report.html"
     manifest["run"]["filter_seconds"] = seconds
-    meta = Background(write_metadata, stage / "metadata.parquet", df, declared, 1 << 17, lean)  # while the report is drawn
+    meta = Background(write_metadata, stage / "metadata.parquet", df, declared, 1 << 17, lean,
+                      p.config.export.metadata == "decisions")  # while the report is drawn
     try:
         captions = (lambda rows: lean.values("caption", rows)) if lean is not None and "caption" in lean.deferred else None
         write_report(stage, df.reset_index(drop=True), shards, manifest, captions=captions)
@@ -299,12 +306,18 @@ def _decide(p: Plan, shards: list[str], found: int):
     plotting.start()
     metadata_only = bool(shards) and all(map(is_metadata, shards))
     lean = Lean(p.work, sids, Lean.deferred_for(p.config)) if metadata_only else None
-    df = load_columns(p.work, sids, p.config, lean)
+    loaded, p.loaded, listed, halves = p.loaded, None, {}, None
+    if loaded is not None and lean is not None:  # read in place (pipeline/direct.py): the tables are in memory
+        lean.source = loaded.source
+    df = load_columns(p.work, sids, p.config, lean, loaded.read if loaded is not None else None)
+    if loaded is not None:
+        listed, halves = loaded.listed(sids, df), loaded.uid_halves(sids)
     plotting.join()  # before decide, which may fork
     point("decide")
-    order = uid_order(df["uid"]) if len(df) else None  # one sort for repeated uids and uids.npy
+    order = uid_order(df["uid"], halves) if len(df) else None  # one sort for repeated uids and uids.npy
     release = lean.releasable() if lean is not None else []
-    df, filters, seconds = decide(df, p.config, Arrays(p.work, sids), run=p.work, order=order, release=release)
+    df, filters, seconds = decide(df, p.config, Arrays(p.work, sids, listed), run=p.work, order=order,
+                                  release=release)
     if lean is not None:
         lean.released(release)
     if found != len(df):

@@ -42,9 +42,10 @@ class UidOrder:
         return arr
 
 
-def uid_order(uids) -> UidOrder | None:
-    """The uids' halves and sorted order; None when any is not 32 hex characters."""
-    got = hex_halves(uids)
+def uid_order(uids, halves: tuple | None = None) -> UidOrder | None:
+    """The uids' halves and sorted order; None when any is not 32 hex characters. ``halves``: those
+    of ``uids``, already made (``hex_halves``'s result)."""
+    got = halves if halves is not None else hex_halves(uids)
     if got is None:
         return None
     hi, lo, upper = got
@@ -72,11 +73,22 @@ def sorted_rows(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     return order
 
 
+def joined_halves(parts: list) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """``hex_halves`` of consecutive pieces of a column, joined (None when any piece's is)."""
+    if not parts or any(h is None for h in parts):
+        return None
+    return np.concatenate([h[0] for h in parts]), np.concatenate([h[1] for h in parts]), any(h[2] for h in parts)
+
+
 def hex_halves(uids) -> tuple[np.ndarray, np.ndarray, bool] | None:
     """(upper, lower halves, any upper-case letter) of 32-hex-character uids, vectorised
     ``HALVES_ROWS`` at a time; None when any is not one."""
-    arr = uids.array._pa_array if isinstance(getattr(uids, "array", None), pd.arrays.ArrowExtensionArray) \
-        else pa.chunked_array([pa.array(list(uids), pa.string())])
+    if isinstance(uids, (pa.Array, pa.ChunkedArray)):
+        arr = uids if isinstance(uids, pa.ChunkedArray) else pa.chunked_array([uids])
+    elif isinstance(getattr(uids, "array", None), pd.arrays.ArrowExtensionArray):
+        arr = uids.array._pa_array
+    else:
+        arr = pa.chunked_array([pa.array(list(uids), pa.string())])
     if arr.null_count:
         return None
     hi, lo = np.empty(len(arr), np.uint64), np.empty(len(arr), np.uint64)

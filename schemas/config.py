@@ -55,6 +55,10 @@ RUNTIME_FIELDS = {"batch_size", "device", "decode", "compile"}
 
 class ExportConfig(_Strict):
     samples_per_shard: int = Field(10_000, gt=0)
+    metadata: Literal["full", "decisions"] = Field(
+        "full", description="metadata.parquet: 'full' holds every column of every sample; 'decisions' leaves "
+                            "out the pool's own (url, caption, sha256, sizes, caption counts), which join back "
+                            "by uid: a pool's metadata is not copied again (faster and smaller at scale)")
 
 
 class VectorConfig(_Strict):

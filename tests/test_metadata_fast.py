@@ -63,9 +63,14 @@ def test_caption_counts_are_pythons_for_every_code_point():
     assert cut.to_pylist() == [x[:MAX_CAPTION_CHARS] for x in texts]
 
 
+# a filter that reads embeddings: the run annotates (a run of columns alone reads the pool in place,
+# pipeline/direct.py, and writes nothing per shard)
+READS_EMBEDDINGS = {"type": "semantic_dedup", "clusters": 2, "eps": 0.5}
+
+
 def test_embeddings_stay_in_the_npz_and_a_view_reads_them(tmp_path):
     write_pool(tmp_path / "pool")
-    cfg = {"clip": [{"precomputed": "l14"}], "filters": [{"type": "clip_score", "fraction": 0.5}]}
+    cfg = {"clip": [{"precomputed": "l14"}], "filters": [{"type": "clip_score", "fraction": 0.5}, READS_EMBEDDINGS]}
     run_curation(str(tmp_path / "pool"), tmp_path / "out", cfg, progress=False)
     emb = tmp_path / "out" / "embeddings" / "clip_score"
     assert not list(emb.glob("*.npy")) and len(list(emb.glob("*.npz.json"))) == 2
@@ -81,7 +86,7 @@ def test_embeddings_stay_in_the_npz_and_a_view_reads_them(tmp_path):
 
 def test_a_changed_npz_is_annotated_again_and_a_compressed_one_is_copied(tmp_path):
     write_pool(tmp_path / "pool")
-    cfg = {"clip": [{"precomputed": "l14"}]}
+    cfg = {"clip": [{"precomputed": "l14"}], "filters": [READS_EMBEDDINGS]}
     m1 = run_curation(str(tmp_path / "pool"), tmp_path / "out", cfg, progress=False)
     assert m1["run"]["stage_runs"] == 4  # ingest + clip columns; no filter reads languages
     assert run_curation(str(tmp_path / "pool"), tmp_path / "out", cfg, progress=False)["run"]["stage_runs"] == 0

@@ -514,19 +514,24 @@ def test_a_bucket_metadata_pool_copies_embeddings_only_for_a_filter_that_reads_t
 
 
 def test_a_local_metadata_pool_keeps_its_npz_pointer_whatever_the_filters(tmp_path):
-    """On local disk the scorer stage records a pointer into the npz for any config: a later run whose
-    filter reads embeddings reuses it (nothing runs again, nothing is copied)."""
+    """On local disk a run of columns alone reads the pool in place and writes nothing per shard; a run
+    whose filter reads embeddings records pointers into the npz (never a copy), which a later run with
+    any filters reuses (nothing runs again)."""
     _datacomp(tmp_path / "metadata", seed=4)
     scores = {"clip": [{"precomputed": "l14"}], "filters": [{"type": "clip_score", "fraction": 0.3}]}
     dedup = {**scores, "filters": [*scores["filters"], {"type": "semantic_dedup", "clusters": 2, "eps": 0.5}]}
-    run_curation(str(tmp_path / "metadata"), tmp_path / "a", scores, progress=False, work=tmp_path / "work")
+    first = run_curation(str(tmp_path / "metadata"), tmp_path / "a", scores, progress=False, work=tmp_path / "work")
     emb = tmp_path / "work" / "embeddings" / "clip_score"
-    names = sorted(p.name for p in emb.iterdir())
-    assert names and not any(n.endswith(".npy") for n in names)
+    assert first["run"]["stage_runs"] == 0 and not (tmp_path / "work" / "columns").exists() and not emb.exists()
     second = run_curation(str(tmp_path / "metadata"), tmp_path / "b", dedup, progress=False, work=tmp_path / "work")
-    assert second["run"]["stage_runs"] == 0 and sorted(p.name for p in emb.iterdir()) == names
-    fresh = run_curation(str(tmp_path / "metadata"), tmp_path / "c", dedup, progress=False)
-    assert np.array_equal(np.load(Path(second["root"]) / "uids.npy"), np.load(Path(fresh["root"]) / "uids.npy"))
+    names = sorted(p.name for p in emb.iterdir())
+    assert second["run"]["stage_runs"] > 0 and names and not any(n.endswith(".npy") for n in names)
+    third = run_curation(str(tmp_path / "metadata"), tmp_path / "c", dedup, progress=False, work=tmp_path / "work")
+    assert third["run"]["stage_runs"] == 0 and sorted(p.name for p in emb.iterdir()) == names
+    fresh = run_curation(str(tmp_path / "metadata"), tmp_path / "d", dedup, progress=False)
+    assert np.array_equal(np.load(Path(third["root"]) / "uids.npy"), np.load(Path(fresh["root"]) / "uids.npy"))
+    again = run_curation(str(tmp_path / "metadata"), tmp_path / "e", scores, progress=False, work=tmp_path / "work")
+    assert np.array_equal(np.load(Path(first["root"]) / "uids.npy"), np.load(Path(again["root"]) / "uids.npy"))
 
 
 @pytest.fixture

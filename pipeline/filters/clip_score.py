@@ -37,7 +37,8 @@ def top_fraction_threshold(scores: np.ndarray, fraction: float, count_missing: b
     if valid.size == 0:
         return float("inf")
     n = min(int(total * fraction), valid.size - 1)
-    return float(-np.sort(-valid)[n])
+    k = valid.size - 1 - n  # the (n+1)-th highest is the (k+1)-th lowest: one partition, not a sort
+    return float(np.partition(valid, k)[k])
 
 
 class ClipScore(Filter):
