@@ -8,7 +8,10 @@ export and the report run in one process over the whole table (the client). So a
 ``worker_hours`` (all CPU-seconds), ``wall_hours`` with W workers (the annotate share spread over W
 workers' cores, the rest serial) and the peak memory of the client (linear in rows above the measured
 start-up) and of a worker (one shard at a time: as measured). The global steps' exponents come from
-their own runs; a step that timed out at the largest size is projected from the sizes that ran.
+their own runs; a step that timed out at the largest size is projected from the sizes that ran. A step
+whose local runs read a metadata pool in place (pipeline/direct.py: no filter, CLIP score) is projected
+as if that read spread over the workers; a cluster annotates it instead, at a higher cost a row (the
+basic step's), so the Dask check leaves it out.
 """
 from __future__ import annotations
 
@@ -81,6 +84,8 @@ def dask_check(res: dict) -> dict:
         cost = res.get("cost_per_step", {}).get(step)
         local = _ok(res, step)
         if a.get("status") != "ok" or m.get("status") != "ok" or not cost or len(local) < 2:
+            continue
+        if any(r.get("read_in_place") for _, r in local):  # one machine reads it in place, a cluster annotates
             continue
         (n0, r0), (n1, r1) = local[0], local[-1]
         per_row = (r1["seconds"] - r0["seconds"]) / (n1 - n0)

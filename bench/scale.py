@@ -103,7 +103,8 @@ def child(spec_file: str) -> dict:
            "peak_rss_mb_self": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "phases": ph.result(), "samples_in": m["samples_in"], "kept": m["kept"], "uid_count": m["uid_count"],
            "filter_seconds": m["run"].get("filter_seconds"),
-           "annotate_samples_per_s": m["run"].get("annotate_samples_per_s")}
+           "annotate_samples_per_s": m["run"].get("annotate_samples_per_s"),
+           "read_in_place": m["run"].get("read_in_place")}
     Path(spec["result"]).write_text(json.dumps(res))
     return res
 

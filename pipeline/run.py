@@ -473,13 +473,14 @@ def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | 
         light = all(is_metadata(s) for s in p.shards)  # no model: workers need no torch
         done, failed = annotate(p, make(workers, dask_address, retries, torch=not light), progress)
         seconds = time.time() - t0
-        return finish(p, done, failed, on_failure, run_facts(done, seconds), keep_versions, write_dropped)
+        facts = run_facts(done, seconds, read_in_place=p.loaded is not None)
+        return finish(p, done, failed, on_failure, facts, keep_versions, write_dropped)
 
 
-def run_facts(done: dict[str, ShardResult], seconds: float) -> dict:
+def run_facts(done: dict[str, ShardResult], seconds: float, read_in_place: bool = False) -> dict:
     """The manifest's ``run`` facts of the per-shard pass (schemas.outputs.RunFacts)."""
     rows = sum(r.rows for r in done.values())
     return {"annotate_seconds": round(seconds, 2),
             "annotate_samples_per_s": round(rows / seconds, 1) if seconds > 0 else None,
             "stage_runs": sum(len(r.ran) for r in done.values()),
-            "shards_annotated": sum(bool(r.ran) for r in done.values())}
+            "shards_annotated": sum(bool(r.ran) for r in done.values()), "read_in_place": read_in_place}

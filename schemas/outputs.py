@@ -75,6 +75,8 @@ class RunFacts(_Strict):
     annotate_samples_per_s: float | None = Field(None, description="rows annotated per second (null: no time)")
     stage_runs: int | None = Field(None, description="per-shard stages computed (not cached), over all shards")
     shards_annotated: int | None = Field(None, description="shards with at least one stage computed")
+    read_in_place: bool | None = Field(None, description="a metadata pool read in place, not annotated "
+                                                         "(a run of its columns alone on one machine)")
     filter_seconds: dict[str, float] | None = Field(None, description="seconds each filter instance took")
     decide_export_seconds: float | None = Field(None, description="seconds from loading columns to the "
                                                                   "staged output")
