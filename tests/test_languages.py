@@ -39,9 +39,12 @@ def test_languages_only_when_read_and_added_later_without_a_decode(tmp_path):
 def test_metadata_pools_too(tmp_path):
     write_pool(tmp_path / "pool")
     work = tmp_path / "work"
-    run_curation(str(tmp_path / "pool"), tmp_path / "plain", {}, progress=False, work=work)
+    plain = run_curation(str(tmp_path / "pool"), tmp_path / "plain", {}, progress=False, work=work)
     assert _metadata(tmp_path / "plain")["caption_lang"].isna().all()
+    assert plain["run"]["read_in_place"] and plain["run"]["stage_runs"] == 0  # columns alone: nothing cached
     m = run_curation(str(tmp_path / "pool"), tmp_path / "lang", {"languages": True}, progress=False, work=work)
-    assert m["run"]["stage_runs"] == 2
+    assert m["run"]["stage_runs"] == 4 and not m["run"]["read_in_place"]  # ingest + language id, 2 shards
+    again = run_curation(str(tmp_path / "pool"), tmp_path / "again", {"languages": True}, progress=False, work=work)
+    assert again["run"]["stage_runs"] == 0
     langs = _metadata(tmp_path / "lang")["caption_lang"]
     assert langs.notna().sum() == 14 and set(langs.dropna()) >= {"en", "fr", "de"}  # 6 of 20 captions are blank
