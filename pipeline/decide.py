@@ -60,6 +60,8 @@ def load_columns(run_dir: str | Path, shard_ids: list[str], config, lean: Lean |
         for sid, (t, read_stages) in zip(shard_ids, readers.map(read, shard_ids)):
             if lean is not None:
                 t = lean.shrink(t)
+            elif pa.types.is_dictionary(t.schema.field("shard").type):  # read in place, loaded whole
+                t = t.set_column(t.schema.get_field_index("shard"), "shard", t.column("shard").cast(pa.string()))
             t = t.append_column("row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
             read_stages = iter(read_stages)
             for st in stages:
@@ -150,7 +152,8 @@ class Lean:
         if self.share_key and self.key_is_uid:
             t = t.drop_columns(["key"])
         i = t.schema.get_field_index("shard")
-        return t.set_column(i, "shard", pc.dictionary_encode(t.column("shard")))
+        shard = t.column("shard")
+        return t if pa.types.is_dictionary(shard.type) else t.set_column(i, "shard", pc.dictionary_encode(shard))
 
     def _rows(self, lo: int, hi: int) -> pa.Table:
         """Rows ``lo:hi`` of the deferred columns (calls go forward through the pool)."""
@@ -466,16 +469,18 @@ def rule_counts(col: pd.Series) -> dict[str, int]:
 
 def failing(col: pd.Series, rules) -> np.ndarray:
     """Rows whose drop_reasons hold any of ``rules``."""
-    lists = as_lists(col)
     hit = np.zeros(len(col), bool)
-    if len(col):
-        lists = lists.combine_chunks()
-        parent = pc.list_parent_indices(lists).to_numpy()
-        flat = pc.list_flatten(lists)
-        if pa.types.is_dictionary(flat.type):  # the rules' codes, then the codes that are among them
-            codes = np.flatnonzero(pc.is_in(flat.dictionary, value_set=pa.array(sorted(rules), pa.string())))
-            match = np.isin(flat.indices.to_numpy(zero_copy_only=False), codes)
-        else:
-            match = pc.is_in(flat, value_set=pa.array(sorted(rules), pa.string())).to_numpy(zero_copy_only=False)
-        hit[parent[match]] = True
+    wanted = pa.array(sorted(rules), pa.string())
+    base = 0
+    for chunk in as_lists(col).chunks:  # a chunk at a time: no combined copy
+        flat = chunk.flatten()
+        if len(flat):
+            parent = pc.list_parent_indices(chunk).to_numpy()
+            if pa.types.is_dictionary(flat.type):  # which codes are the rules, then each value's code looked up
+                among = pc.is_in(flat.dictionary, value_set=wanted).to_numpy(zero_copy_only=False)
+                match = among[flat.indices.to_numpy(zero_copy_only=False)]
+            else:
+                match = pc.is_in(flat, value_set=wanted).to_numpy(zero_copy_only=False)
+            hit[base + parent[match]] = True
+        base += len(chunk)
     return hit

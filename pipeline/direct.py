@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import metadata as md
@@ -68,6 +69,9 @@ class Loaded:
         raw = t.column("uid")
         halves = hex_halves(raw) if pa.types.is_string(raw.type) else False  # checks the uids too
         ingest, info = md.ingest_of(t, have, path, self.wanted, halves)
+        if "shard" in ingest.column_names:  # as decide.Lean holds it, encoded here on the reader thread
+            i = ingest.schema.get_field_index("shard")
+            ingest = ingest.set_column(i, "shard", pc.dictionary_encode(ingest.column("shard")))
         uid = ingest.column("uid")
         # the uids as ingest holds them: lower case (an upper-case letter's halves are the same)
         halves = (*halves[:2], False) if halves else hex_halves(uid)

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -194,11 +195,14 @@ def write_metadata(path: Path, df: pd.DataFrame, declared: dict[str, str], rows:
     """metadata.parquet, converted and written ``rows`` at a time (no second copy of the table).
     ``lean``: the ``pipeline.decide.Lean`` of a lean decide, which puts back the columns it left on disk
     (the first slice through pandas, as a full table is written; the others in Arrow). ``decisions``:
-    without POOL_COLUMNS (a lean decide's deferred columns are among them: nothing is read back)."""
+    without POOL_COLUMNS (a lean decide's deferred columns are among them: nothing is read back), nor
+    ``key`` where it is the uid again (a metadata pool's)."""
+    drop = [*POOL_COLUMNS, *(["key"] if lean is not None and lean.key_is_uid else [])] if decisions else []
+
     def part(lo: int) -> pa.Table:
         s = df.iloc[lo:lo + rows]
         if decisions:
-            s = s.drop(columns=[c for c in POOL_COLUMNS if c in s.columns])
+            s = s.drop(columns=[c for c in drop if c in s.columns])
             return metadata_table(lean.plain(s) if lean is not None else s, declared)
         if lean is None:
             return metadata_table(s, declared)
@@ -214,10 +218,16 @@ def write_metadata(path: Path, df: pd.DataFrame, declared: dict[str, str], rows:
     # (random floats) nothing: stored plain
     comp = {c: "none" if c in HEX or pa.types.is_floating(first.schema.field(c).type) else "snappy"
             for c in first.column_names}
-    with pq.ParquetWriter(tmp, first.schema, use_dictionary=repeat, compression=comp) as w:
+    starts = list(range(rows, len(df), rows))
+    # the next slice is converted while this one is encoded and written (both mostly outside the GIL)
+    with pq.ParquetWriter(tmp, first.schema, use_dictionary=repeat, compression=comp) as w, \
+            ThreadPoolExecutor(1) as ahead:
         w.write_table(first)
-        for lo in range(rows, len(df), rows):
-            w.write_table(part(lo))
+        nxt = ahead.submit(part, starts[0]) if starts else None
+        for i in range(len(starts)):
+            t = nxt.result()
+            nxt = ahead.submit(part, starts[i + 1]) if i + 1 < len(starts) else None
+            w.write_table(t)
     os.replace(tmp, path)
 
 

@@ -273,9 +273,10 @@ def _thumbs(df: pd.DataFrame, shards: list[str], wanted: set[int], side: int = 1
     from shardio.decode import decode_image
     from shardio.shards import shard_id
 
-    sub = df.loc[sorted(wanted), ["shard", "key"]]
+    key_col = "key" if "key" in df else "uid"  # a decisions table of a metadata pool: the key is the uid
+    sub = df.loc[sorted(wanted), ["shard", key_col]]
     need: dict[str, dict[str, int]] = {}
-    for i, sid, key in zip(sub.index, sub["shard"], sub["key"]):
+    for i, sid, key in zip(sub.index, sub["shard"], sub[key_col]):
         need.setdefault(sid, {}).setdefault(key, i)
     out: dict[int, str] = {}
     for path in shards:

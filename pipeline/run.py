@@ -228,9 +228,7 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     paths made absolute). ``run``: this run's facts (``run_facts``). ``write_dropped``: the dropped
     samples also go to ``dropped/<first reason>/`` as shards (``export.write_dropped``)."""
     from pipeline.decide import summarize
-    from pipeline.export import Background, export, write_metadata, write_not_downloaded
-    from pipeline.export import write_dropped as dropped_shards
-    from pipeline.report import write_report
+    from pipeline.export import Background, export, write_metadata
 
     if failed and on_failure == "fail":
         names = "; ".join(f"{s}: {e}" for s, e in sorted(failed.items()))
@@ -251,31 +249,14 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     declared = {f.out_column(o): t for f in p.config.filters for o, t in f.outputs.items()}
     declared.update(p.config.stage_columns())
     stage = publish.staging(p.out)
-    tars = [s for s in shards if not is_metadata(s)]
-    manifest = export(df, tars, stage, p.config.export.samples_per_shard, manifest, declared,
-                      _rewritten_captions(df, p.config), metadata=False, order=order)
-    del order
-    listed = [s for s, i in zip(shards, infos) if i.not_downloaded and not is_metadata(s)]
-    if listed:  # not samples: never in uids.npy or metadata.parquet
-        n = write_not_downloaded(stage / "not_downloaded.parquet", listed)
-        if n != sum(manifest["listed_not_downloaded"].values()):
-            log.warning("not_downloaded.parquet has %d rows, the shard accounting %d: a shard parquet changed "
-                        "since it was read", n, sum(manifest["listed_not_downloaded"].values()))
-        manifest["not_downloaded"] = "not_downloaded.parquet"
-    if write_dropped:
-        manifest["dropped_samples"] = d = dropped_shards(df, tars, stage / "dropped",
-                                                         p.config.export.samples_per_shard)
-        if d["not_written"]:
-            log.info("dropped samples with no bytes to copy (metadata-only rows, stray tar members), not in "
-                     "dropped/: %s", d["not_written"])
-    manifest = _redacted(manifest)
-    manifest["report"] = "report.html"
-    manifest["run"]["filter_seconds"] = seconds
     meta = Background(write_metadata, stage / "metadata.parquet", df, declared, 1 << 17, lean,
-                      p.config.export.metadata == "decisions")  # while the report is drawn
+                      p.config.export.metadata == "decisions")  # while the rest is written
     try:
-        captions = (lambda rows: lean.values("caption", rows)) if lean is not None and "caption" in lean.deferred else None
-        write_report(stage, df.reset_index(drop=True), shards, manifest, captions=captions)
+        tars = [s for s in shards if not is_metadata(s)]
+        manifest = export(df, tars, stage, p.config.export.samples_per_shard, manifest, declared,
+                          _rewritten_captions(df, p.config), metadata=False, order=order)
+        del order
+        manifest = _outputs(p, df, shards, infos, stage, manifest, lean, write_dropped, seconds)
     finally:
         meta.join()
     manifest["run"]["decide_export_seconds"] = round(time.time() - t0, 2)
@@ -292,6 +273,36 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     log.info("published %s: %d in, %d kept, dropped %s", version, typed.samples_in, typed.kept,
              typed.dropped_by_reason)
     return absolute(typed.as_dict(), version)
+
+
+def _outputs(p: Plan, df, shards: list[str], infos: list[ShardInfo], stage: Path, manifest: dict, lean,
+             write_dropped: bool, seconds: dict) -> dict:
+    """After export: not_downloaded.parquet, dropped/ and the report into the staging folder; the manifest
+    with them added."""
+    from pipeline.export import write_not_downloaded
+    from pipeline.export import write_dropped as dropped_shards
+    from pipeline.report import write_report
+
+    tars = [s for s in shards if not is_metadata(s)]
+    listed = [s for s, i in zip(shards, infos) if i.not_downloaded and not is_metadata(s)]
+    if listed:  # not samples: never in uids.npy or metadata.parquet
+        n = write_not_downloaded(stage / "not_downloaded.parquet", listed)
+        if n != sum(manifest["listed_not_downloaded"].values()):
+            log.warning("not_downloaded.parquet has %d rows, the shard accounting %d: a shard parquet changed "
+                        "since it was read", n, sum(manifest["listed_not_downloaded"].values()))
+        manifest["not_downloaded"] = "not_downloaded.parquet"
+    if write_dropped:
+        manifest["dropped_samples"] = d = dropped_shards(df, tars, stage / "dropped",
+                                                         p.config.export.samples_per_shard)
+        if d["not_written"]:
+            log.info("dropped samples with no bytes to copy (metadata-only rows, stray tar members), not in "
+                     "dropped/: %s", d["not_written"])
+    manifest = _redacted(manifest)
+    manifest["report"] = "report.html"
+    manifest["run"]["filter_seconds"] = seconds
+    captions = (lambda rows: lean.values("caption", rows)) if lean is not None and "caption" in lean.deferred else None
+    write_report(stage, df.reset_index(drop=True), shards, manifest, captions=captions)
+    return manifest
 
 
 def _decide(p: Plan, shards: list[str], found: int):

@@ -1,11 +1,17 @@
 """pipeline/uids.py: one sort of the uid halves gives DataComp's sorted uid array and the repeated uids."""
 import numpy as np
 import pandas as pd
+import pytest
+
+import pipeline.uids
 
 from pipeline.uids import sorted_rows, uid_order
 
 
-def test_sorted_rows_is_a_stable_sort_by_both_halves_even_when_top_bits_tie():
+@pytest.mark.parametrize("parallel", [False, True])
+def test_sorted_rows_is_a_stable_sort_by_both_halves_even_when_top_bits_tie(monkeypatch, parallel):
+    if parallel:  # two halves sorted on two threads, then merged
+        monkeypatch.setattr(pipeline.uids, "PARALLEL_SORT", 2)
     rng = np.random.default_rng(0)
     for n in (1, 2, 17, 1000, 5000):
         for spread in (3, 1 << 20, 1 << 62):  # tiny spreads: most keys tie on their top bits, many whole uids repeat
