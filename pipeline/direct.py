@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import schemas
 from pipeline import metadata as md
-from pipeline.ingest import INGEST_COLUMNS
+from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS
 from pipeline.stages import plan_for
 from pipeline.stages.clip import Clip
 from pipeline.uids import hex_halves, joined_halves
@@ -100,7 +101,13 @@ class Loaded:
         return joined_halves([self.halves.pop(s) for s in sids])
 
     def source(self, sid: str, columns: list[str]) -> pa.Table:
-        """``decide.Lean``'s source: those ingest columns of a shard, read from its parquet again."""
+        """``decide.Lean``'s source: those ingest columns of a shard, read from its parquet again (the
+        caption alone, as the report asks for it: its text column cut as ingest cuts it)."""
+        if list(columns) == ["caption"]:
+            text = pq.read_table(self.paths[sid], columns=["text"]).column("text")
+            if pa.types.is_string(text.type) or pa.types.is_large_string(text.type):
+                cut = pc.utf8_slice_codeunits(pc.fill_null(text, ""), 0, MAX_CAPTION_CHARS)
+                return pa.table({"caption": cut.cast(schemas.arrow_type("caption"))})
         return md.ingest_table(self.paths[sid], columns)[0]
 
 

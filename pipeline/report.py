@@ -274,9 +274,9 @@ def _thumbs(df: pd.DataFrame, shards: list[str], wanted: set[int], side: int = 1
     from shardio.shards import shard_id
 
     key_col = "key" if "key" in df else "uid"  # a decisions table of a metadata pool: the key is the uid
-    sub = df.loc[sorted(wanted), ["shard", key_col]]
+    rows = sorted(wanted)  # positions (the report's table has a plain range index)
     need: dict[str, dict[str, int]] = {}
-    for i, sid, key in zip(sub.index, sub["shard"], sub[key_col]):
+    for i, sid, key in zip(rows, df["shard"].iloc[rows].tolist(), df[key_col].iloc[rows].tolist()):
         need.setdefault(sid, {}).setdefault(key, i)
     out: dict[int, str] = {}
     for path in shards:

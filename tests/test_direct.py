@@ -175,3 +175,19 @@ def test_float32_scores_cut_as_stored(tmp_path, monkeypatch):
     full = run_curation(str(tmp_path / "pool"), tmp_path / "full", cfg, progress=False)
     assert outputs(direct) == outputs(full) and direct["thresholds"] == full["thresholds"]
     assert direct["filters"]["clip_score[top0.3]"]["cutoff_over"] == "metadata"
+
+
+def test_captions_read_back_as_ingest_cuts_them(tmp_path):
+    """The report's captions, read again from the pool, are ingest's: null as '', cut where ingest cuts."""
+    from pipeline.ingest import INGEST_COLUMNS, MAX_CAPTION_CHARS
+    from pipeline.metadata import ingest_table
+
+    rng = np.random.default_rng(2)
+    (tmp_path / "pool").mkdir()
+    text = [None, "", "é" * (MAX_CAPTION_CHARS + 3), "😀" * MAX_CAPTION_CHARS + "x", " two  words "]
+    path = tmp_path / "pool" / "0001.parquet"
+    pq.write_table(shard(rng, range(5), text=text), path)
+    loaded = pipeline.direct.Loaded(INGEST_COLUMNS, [])
+    loaded.paths["0001"] = str(path)
+    assert loaded.source("0001", ["caption"]).equals(ingest_table(path, ["caption"])[0])
+    assert loaded.source("0001", ["url", "caption"]).equals(ingest_table(path, ["url", "caption"])[0])

@@ -21,7 +21,10 @@ def test_sorted_rows_is_a_stable_sort_by_both_halves_even_when_top_bits_tie(monk
             assert (sorted_rows(hi, lo) == want).all(), (n, spread)
 
 
-def test_repeated_and_pairs_match_pandas_and_python():
+@pytest.mark.parametrize("parallel", [False, True])
+def test_repeated_and_pairs_match_pandas_and_python(monkeypatch, parallel):
+    if parallel:  # sorts and gathers on two threads
+        monkeypatch.setattr(pipeline.uids, "PARALLEL_SORT", 2)
     rng = np.random.default_rng(1)
     pool = ["%032x" % int(x) for x in rng.integers(0, 2**62, 50)]
     uids = pd.Series([pool[i] for i in rng.integers(0, 50, 400)], dtype="str")
