@@ -232,16 +232,18 @@ def write_metadata(path: Path, df: pd.DataFrame, declared: dict[str, str], rows:
 
 
 class Background:
-    """``fn(*args)`` on a thread (parquet writing releases the GIL); ``join`` waits and re-raises."""
+    """``fn(*args)`` on a thread (parquet writing releases the GIL); ``join`` waits and re-raises,
+    ``result`` also returns what it returned."""
 
     def __init__(self, fn, *args):
         self.error: BaseException | None = None
+        self.value = None
         self.thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
         self.thread.start()
 
     def _run(self, fn, args):
         try:
-            fn(*args)
+            self.value = fn(*args)
         except BaseException as e:  # noqa: BLE001 - re-raised by join
             self.error = e
 
@@ -249,6 +251,10 @@ class Background:
         self.thread.join()
         if self.error is not None:
             raise self.error
+
+    def result(self):
+        self.join()
+        return self.value
 
 
 def export(df: pd.DataFrame, shards: list[str], out: str | Path, samples_per_shard: int, manifest: dict,

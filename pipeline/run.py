@@ -310,6 +310,7 @@ def _decide(p: Plan, shards: list[str], found: int):
     that gives a metadata-only run's table back its left-out columns or None, the uids' sorted order
     or None)."""
     from pipeline.decide import Arrays, Lean, decide, load_columns
+    from pipeline.export import Background
     from pipeline.uids import uid_order
 
     sids = [shard_id(s) for s in shards]
@@ -317,15 +318,20 @@ def _decide(p: Plan, shards: list[str], found: int):
     plotting.start()
     metadata_only = bool(shards) and all(map(is_metadata, shards))
     lean = Lean(p.work, sids, Lean.deferred_for(p.config)) if metadata_only else None
-    loaded, p.loaded, listed, halves = p.loaded, None, {}, None
-    if loaded is not None and lean is not None:  # read in place (pipeline/direct.py): the tables are in memory
-        lean.source = loaded.source
+    loaded, p.loaded, listed, sorting = p.loaded, None, {}, None
+    if loaded is not None:  # read in place (pipeline/direct.py): the tables are in memory, the uids' halves
+        if lean is not None:  # made: they are sorted while the table is built
+            lean.source = loaded.source
+        sorting = Background(_sorted_halves, loaded, sids)
     df = load_columns(p.work, sids, p.config, lean, loaded.read if loaded is not None else None)
     if loaded is not None:
-        listed, halves = loaded.listed(sids, df), loaded.uid_halves(sids)
+        listed = loaded.listed(sids, df)
     plotting.join()  # before decide, which may fork
     point("decide")
-    order = uid_order(df["uid"], halves) if len(df) else None  # one sort for repeated uids and uids.npy
+    # one sort for repeated uids and uids.npy
+    order = sorting.result() if sorting is not None and len(df) else None
+    if order is None and len(df):
+        order = uid_order(df["uid"])
     release = lean.releasable() if lean is not None else []
     df, filters, seconds = decide(df, p.config, Arrays(p.work, sids, listed), run=p.work, order=order,
                                   release=release)
@@ -334,6 +340,14 @@ def _decide(p: Plan, shards: list[str], found: int):
     if found != len(df):
         raise RuntimeError(f"accounting: the shards hold {found} samples but decide saw {len(df)}")
     return df, filters, seconds, lean, order
+
+
+def _sorted_halves(loaded, sids: list[str]):
+    """``uid_order`` from the halves the readers made (None when a shard had none)."""
+    from pipeline.uids import uid_order
+
+    halves = loaded.uid_halves(sids)
+    return uid_order(None, halves) if halves is not None else None
 
 
 def _shard_facts(infos: list[ShardInfo], failed: dict[str, str]) -> dict:
