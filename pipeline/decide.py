@@ -98,7 +98,8 @@ def later_stages(config) -> list:
 # ingest columns no rule of decide reads (a filter may: Lean.deferred_for keeps those it names); the
 # caption too when no filter reads it (Filter.reads_captions)
 DEFERRABLE = ("url", "image_ext", "image_bytes", "sha256", "width", "height")
-CAPTION_COLUMNS = ("caption", "caption_words", "caption_chars")  # deferred too when no filter reads captions
+# deferred too when no filter reads a sample's own columns (Filter.reads_captions)
+SAMPLE_COLUMNS = ("caption", "caption_words", "caption_chars", "original_width", "original_height")
 
 
 class Lean:
@@ -127,7 +128,7 @@ class Lean:
         exact = any(f.type == "exact_dedup" for f in config.filters)
         out = [c for c in DEFERRABLE if f'"{c}"' not in said and not (c == "sha256" and exact)]
         if not any(f.reads_captions for f in config.filters):  # the report reads the few it shows (``values``)
-            out.extend(c for c in CAPTION_COLUMNS if f'"{c}"' not in said)
+            out.extend(c for c in SAMPLE_COLUMNS if f'"{c}"' not in said)
         return [c for c in INGEST_COLUMNS if c in out]
 
     def values(self, column: str, rows) -> dict[int, object]:

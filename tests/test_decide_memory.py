@@ -89,9 +89,11 @@ def test_restore_across_chunk_and_shard_boundaries_and_what_stays_on_disk(tmp_pa
 
 def test_exact_dedup_or_a_filter_naming_a_column_keeps_it_in_memory():
     assert "sha256" not in Lean.deferred_for(load_config(CONFIGS["exact_dedup"]))
-    assert Lean.deferred_for(load_config({"filters": []})) == ["url", "caption", *pipeline.decide.DEFERRABLE[1:],
-                                                               "caption_words", "caption_chars"]
-    assert not {"caption_words", "caption_chars"} & set(Lean.deferred_for(load_config(CONFIGS["basic_clip"])))
+    assert Lean.deferred_for(load_config({"filters": []})) == [
+        "url", "caption", "image_ext", "image_bytes", "sha256", "original_width", "original_height", "width",
+        "height", "caption_words", "caption_chars"]
+    assert not {"caption_words", "caption_chars", "original_width"} & set(
+        Lean.deferred_for(load_config(CONFIGS["basic_clip"])))
     assert "caption" in Lean.deferred_for(load_config(CONFIGS["exact_dedup"]))  # no filter there reads captions
     assert "caption" not in Lean.deferred_for(load_config(CONFIGS["basic_clip"]))  # basic does
 

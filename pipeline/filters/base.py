@@ -37,7 +37,8 @@ class Filter(BaseModel):
     outputs: ClassVar[dict[str, str]] = {}  # field -> arrow type name (schemas.columns types)
     needs_model: ClassVar[bool] = False
     reads_embeddings: ClassVar[bool] = False  # reads its scorers' embeddings (ctx.arrays.image / text)
-    reads_captions: ClassVar[bool] = True  # ctx.df["caption"] or its counts (False: metadata runs leave them on disk)
+    # reads ctx.df's caption, its counts or the image sizes (False: a metadata-only run leaves them on disk)
+    reads_captions: ClassVar[bool] = True
     needs_thumbs: ClassVar[bool] = False
 
     def default_name(self) -> str:
