@@ -45,41 +45,42 @@ def eligible(p, local: bool) -> bool:
     return True
 
 
+def read_shard(job: tuple) -> tuple:
+    """One parquet's (ingest table, scorer tables, scores as stored, ShardInfo, the uids' halves), from one
+    read; ``job``: (path, ingest's wanted columns, scorer column -> its pool column)."""
+    path, wanted, cols = job
+    with pq.ParquetFile(path) as f:  # a local file: its footer read once
+        have = md.pool_schema(path, f.schema_arrow.names)
+        for name in cols.values():
+            if name not in have:
+                raise ValueError(f"{path} has no '{name}' column for the precomputed "
+                                 f"'{name.split('_')[1]}' scorer")
+        t = f.read(columns=list(dict.fromkeys(md.pool_columns(wanted, have) + list(cols.values()))))
+    raw = t.column("uid")
+    halves = hex_halves(raw) if pa.types.is_string(raw.type) else False  # checks the uids too
+    ingest, info = md.ingest_of(t, have, path, wanted, halves)
+    if "shard" in ingest.column_names:  # as decide.Lean holds it, encoded here
+        i = ingest.schema.get_field_index("shard")
+        ingest = ingest.set_column(i, "shard", pc.dictionary_encode(ingest.column("shard")))
+    uid = ingest.column("uid")
+    # the uids as ingest holds them: lower case (an upper-case letter's halves are the same)
+    halves = (*halves[:2], False) if halves else hex_halves(uid)
+    scores = {c: t.column(name).to_numpy() for c, name in cols.items()}
+    tables = [pa.table({"uid": uid, c: pa.array(np.asarray(v, np.float64), pa.float64())}) for c, v in scores.items()]
+    return ingest, tables, scores, info, halves
+
+
 class Loaded:
     """The pool's tables, read by ``read``: per shard id the ingest table and the scorers' tables (what
     ``decide.load_columns`` reads from the work folder), every row's precomputed scores, the paths."""
 
     def __init__(self, wanted: list[str], scorers: list[Clip]):
         self.wanted, self.scorers = wanted, scorers
+        self.columns = {st.folder: f"clip_{st.spec.precomputed}_similarity_score" for st in scorers}
         self.tables: dict[str, tuple[pa.Table, list[pa.Table]]] = {}
         self.scores: dict[str, dict[str, np.ndarray]] = {}
         self.paths: dict[str, str] = {}
         self.halves: dict[str, tuple | None] = {}  # the uids' halves (pipeline/uids.py), made on the readers
-
-    def shard(self, path: str) -> tuple[pa.Table, list[pa.Table], dict[str, np.ndarray], object, tuple | None]:
-        """One parquet's (ingest table, scorer tables, scores as stored, ShardInfo, the uids' halves),
-        from one read."""
-        with pq.ParquetFile(path) as f:  # a local file: its footer read once
-            have = md.pool_schema(path, f.schema_arrow.names)
-            cols = {st.folder: f"clip_{st.spec.precomputed}_similarity_score" for st in self.scorers}
-            for st in self.scorers:
-                if cols[st.folder] not in have:
-                    raise ValueError(f"{path} has no '{cols[st.folder]}' column for the precomputed "
-                                     f"'{st.spec.precomputed}' scorer")
-            t = f.read(columns=list(dict.fromkeys(md.pool_columns(self.wanted, have) + list(cols.values()))))
-        raw = t.column("uid")
-        halves = hex_halves(raw) if pa.types.is_string(raw.type) else False  # checks the uids too
-        ingest, info = md.ingest_of(t, have, path, self.wanted, halves)
-        if "shard" in ingest.column_names:  # as decide.Lean holds it, encoded here on the reader thread
-            i = ingest.schema.get_field_index("shard")
-            ingest = ingest.set_column(i, "shard", pc.dictionary_encode(ingest.column("shard")))
-        uid = ingest.column("uid")
-        # the uids as ingest holds them: lower case (an upper-case letter's halves are the same)
-        halves = (*halves[:2], False) if halves else hex_halves(uid)
-        scores = {c: t.column(name).to_numpy() for c, name in cols.items()}
-        tables = [pa.table({"uid": uid, c: pa.array(np.asarray(s, np.float64), pa.float64())})
-                  for c, s in scores.items()]
-        return ingest, tables, scores, info, halves
 
     def read(self, sid: str) -> tuple[pa.Table, list[pa.Table]]:
         """``load_columns``' ``read``: a shard's tables, handed over once."""
@@ -112,8 +113,9 @@ class Loaded:
 
 
 def read(p, progress: bool = True) -> tuple[dict[str, ShardResult], dict[str, str]]:
-    """Read the pool of ``p`` into ``p.loaded`` (a ``Loaded``); (results by shard, errors by shard), as
-    ``run.annotate`` returns them."""
+    """Read the pool of ``p`` into ``p.loaded`` (a ``Loaded``) on READERS threads; (results by shard,
+    errors by shard), as ``run.annotate`` returns them. (A process pool took twice as long at 12.8M rows:
+    the tables it sends back are pickled whole.)"""
     from tqdm import tqdm
 
     from pipeline.decide import Lean
@@ -122,17 +124,12 @@ def read(p, progress: bool = True) -> tuple[dict[str, ShardResult], dict[str, st
     stages = plan_for(p.config, metadata=True)
     loaded = Loaded([c for c in INGEST_COLUMNS if c not in deferred],
                     [st for st in stages if isinstance(st, Clip) and st.wanted()])
-
-    def one(path):
-        try:
-            return loaded.shard(path), None
-        except Exception as e:  # noqa: BLE001 - the shard's failure, as an annotate job's
-            return None, f"{type(e).__name__}: {e}"
-
+    jobs = [(path, loaded.wanted, loaded.columns) for path in p.shards]
     done, failed = {}, {}
-    with ThreadPoolExecutor(READERS) as pool:
-        for path, (got, error) in tqdm(zip(p.shards, pool.map(one, p.shards)), total=len(p.shards),
-                                       desc="read", unit="shard", disable=not progress):
+    with tqdm(total=len(jobs), desc="read", unit="shard", disable=not progress) as bar:
+        for job, got, error in _threads(jobs):
+            bar.update(1)
+            path = job[0]
             if error is not None:
                 failed[path] = error
                 continue
@@ -143,3 +140,15 @@ def read(p, progress: bool = True) -> tuple[dict[str, ShardResult], dict[str, st
                                                      "info": info.as_dict()})
     p.loaded = loaded
     return done, failed
+
+
+def _threads(jobs: list[tuple]):
+    """``read_shard`` on READERS threads: (job, result, error or None), in order."""
+    def one(job):
+        try:
+            return job, read_shard(job), None
+        except Exception as e:  # noqa: BLE001 - the shard's failure, as an annotate job's
+            return job, None, f"{type(e).__name__}: {e}"
+
+    with ThreadPoolExecutor(READERS) as pool:
+        yield from pool.map(one, jobs)
