@@ -194,6 +194,17 @@ def projection_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def dask_table(res: dict) -> str:
+    """The Dask check: each step's 4M run projected from its 1M run, against the measured one."""
+    lines = ["| step | Dask 1M s | fixed s | s per 1M rows | projected 4M s | measured 4M s | error | "
+             "power law 4M s (error) |", "|---|---|---|---|---|---|---|---|"]
+    for step, c in res.get("dask_projection_check", {}).items():
+        lines.append(f"| {step} | {c['dask_1m_s']} | {c['fixed_s']} | {c['per_million_rows_s']} | "
+                     f"{c['projected_4m_s']} | {c['measured_4m_s']} | {c['error']:.1%} | "
+                     f"{c['power_law_4m_s']} ({c['power_law_error']:.1%}) |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     import json
     import sys
@@ -203,3 +214,5 @@ if __name__ == "__main__":
     print(table(res))
     print()
     print(projection_table(res))
+    print()
+    print(dask_table(res))
