@@ -213,11 +213,11 @@ def write_metadata(path: Path, df: pd.DataFrame, declared: dict[str, str], rows:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     first = part(0)
     # dictionaries where values repeat; a uid, url or caption column would only fall back to plain
-    repeat = [c for c in first.column_names if c not in UNIQUE]
+    repeat = [leaf(first.schema.field(c)) for c in first.column_names if c not in UNIQUE]
     # random hex (uid, key, sha256) gains ~25% from snappy at a third of the write's time, scores
     # (random floats) nothing: stored plain
-    comp = {c: "none" if c in HEX or pa.types.is_floating(first.schema.field(c).type) else "snappy"
-            for c in first.column_names}
+    comp = {leaf(first.schema.field(c)): "none" if c in HEX or pa.types.is_floating(first.schema.field(c).type)
+            else "snappy" for c in first.column_names}
     starts = list(range(rows, len(df), rows))
     # the next slice is converted while this one is encoded and written (both mostly outside the GIL)
     with pq.ParquetWriter(tmp, first.schema, use_dictionary=repeat, compression=comp) as w, \
@@ -229,6 +229,12 @@ def write_metadata(path: Path, df: pd.DataFrame, declared: dict[str, str], rows:
             nxt = ahead.submit(part, starts[i + 1]) if i + 1 < len(starts) else None
             w.write_table(t)
     os.replace(tmp, path)
+
+
+def leaf(field: pa.Field) -> str:
+    """The parquet column path a writer option names: a list column's values are ``<name>.list.element``
+    (an option keyed by the list's own name is silently not applied)."""
+    return f"{field.name}.list.element" if pa.types.is_list(field.type) else field.name
 
 
 class Background:

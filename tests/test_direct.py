@@ -191,3 +191,13 @@ def test_captions_read_back_as_ingest_cuts_them(tmp_path):
     loaded.paths["0001"] = str(path)
     assert loaded.source("0001", ["caption"]).equals(ingest_table(path, ["caption"])[0])
     assert loaded.source("0001", ["url", "caption"]).equals(ingest_table(path, ["url", "caption"])[0])
+
+
+def test_the_reason_lists_are_dictionary_encoded_and_compressed(tmp_path):
+    """A list column's writer options name its values' path: drop_reasons is stored as a dictionary."""
+    hostile_pool(tmp_path / "pool")
+    m = run_curation(str(tmp_path / "pool"), tmp_path / "out", CONFIGS["clip_score"], progress=False)
+    meta = pq.ParquetFile(m["metadata"]).metadata.row_group(0)
+    col = next(meta.column(i) for i in range(meta.num_columns)
+               if meta.column(i).path_in_schema == "drop_reasons.list.element")
+    assert col.compression == "SNAPPY" and "RLE_DICTIONARY" in col.encodings
