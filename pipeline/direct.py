@@ -4,7 +4,8 @@ annotate pass would only copy those columns into the work folder for decide to r
 parquet is read once, only the columns the run needs, on reader threads (parquet decoding releases
 the GIL), and decide takes the tables from memory: nothing is written per shard, so the work folder
 does not grow by a copy of the pool. The columns left out (``decide.Lean``'s deferred ones: url, sha256,
-captions when no filter reads them) are read again from the pool when metadata.parquet is written.
+the caption, its counts and the image sizes when no filter reads them) are read again from the pool when a
+full metadata.parquet is written (``export.metadata: decisions`` leaves them out).
 
 A parquet that cannot be read fails as its annotate job would (the run's failure policy applies), and
 the tables, the accounting and every output are the ones the annotate pass gives (tests/test_direct.py).
