@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.ingest import ShardInfo, read_shard
-from pipeline.metadata import READ, fetched, is_metadata, read_once
+from pipeline.metadata import READ, fetched, is_metadata, read_once, score_column
 from pipeline.stages import Batch, Source, Stage, check_columns, plan
 from pipeline.stages.ingest import SHARD_INFO
 from pipeline.stages.thumbs import SIDE
@@ -136,7 +136,7 @@ def parquet_columns(stages: list[Stage]) -> list[str]:
         elif st.folder == "lang":
             cols.append("text")
         elif getattr(getattr(st, "spec", None), "precomputed", None):
-            cols.append(f"clip_{st.spec.precomputed}_similarity_score")
+            cols.append(score_column(st.spec.precomputed))
     return cols
 
 

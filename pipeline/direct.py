@@ -48,14 +48,13 @@ def eligible(p, local: bool) -> bool:
 
 def read_shard(job: tuple) -> tuple:
     """One parquet's (ingest table, scorer tables, scores as stored, ShardInfo, the uids' halves), from one
-    read; ``job``: (path, ingest's wanted columns, scorer column -> its pool column)."""
-    path, wanted, cols = job
+    read; ``job``: (path, ingest's wanted columns, scorer column -> its precomputed scorer, e.g. ``l14``)."""
+    path, wanted, scorers = job
+    cols = {c: md.score_column(pre) for c, pre in scorers.items()}
     with pq.ParquetFile(path) as f:  # a local file: its footer read once
         have = md.pool_schema(path, f.schema_arrow.names)
-        for name in cols.values():
-            if name not in have:
-                raise ValueError(f"{path} has no '{name}' column for the precomputed "
-                                 f"'{name.split('_')[1]}' scorer")
+        for pre in scorers.values():
+            md.check_score_column(path, have, pre)
         t = f.read(columns=list(dict.fromkeys(md.pool_columns(wanted, have) + list(cols.values()))))
     raw = t.column("uid")
     halves = hex_halves(raw) if pa.types.is_string(raw.type) else False  # checks the uids too
@@ -77,7 +76,7 @@ class Loaded:
 
     def __init__(self, wanted: list[str], scorers: list[Clip]):
         self.wanted, self.scorers = wanted, scorers
-        self.columns = {st.folder: f"clip_{st.spec.precomputed}_similarity_score" for st in scorers}
+        self.columns = {st.folder: st.spec.precomputed for st in scorers}  # score column -> its scorer
         self.tables: dict[str, tuple[pa.Table, list[pa.Table]]] = {}
         self.scores: dict[str, dict[str, np.ndarray]] = {}
         self.paths: dict[str, str] = {}
@@ -115,8 +114,8 @@ class Loaded:
 
 def read(p, progress: bool = True) -> tuple[dict[str, ShardResult], dict[str, str]]:
     """Read the pool of ``p`` into ``p.loaded`` (a ``Loaded``) on READERS threads; (results by shard,
-    errors by shard), as ``run.annotate`` returns them. (A process pool took twice as long at 12.8M rows:
-    the tables it sends back are pickled whole.)"""
+    errors by shard), as ``run.annotate`` returns them. (A 2-process pool took 7.8 s against the threads'
+    3.5-4.4 s at 12.8M rows, another job running: the tables it sends back are pickled whole.)"""
     from tqdm import tqdm
 
     from pipeline.decide import Lean

@@ -372,13 +372,24 @@ def _distinct(col: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
     return list(seen), np.array(rows, np.int64)
 
 
+def score_column(precomputed: str) -> str:
+    """DataComp's column of a precomputed scorer's scores (``l14`` -> ``clip_l14_similarity_score``)."""
+    return f"clip_{precomputed}_similarity_score"
+
+
+def check_score_column(parquet, have, precomputed: str) -> None:
+    """A clear error when a parquet (whose columns are ``have``) lacks a precomputed scorer's column."""
+    if score_column(precomputed) not in have:
+        raise ValueError(f"{parquet} has no '{score_column(precomputed)}' column for the precomputed "
+                         f"'{precomputed}' scorer")
+
+
 def precomputed_score(parquet: str | Path, spec: ClipModel) -> np.ndarray:
     """The precomputed score column of a metadata parquet, with the column's own dtype."""
-    col = f"clip_{spec.precomputed}_similarity_score"
+    col = score_column(spec.precomputed)
     with _source(parquet) as src:
         f = pq.ParquetFile(src)
-        if col not in f.schema_arrow.names:
-            raise ValueError(f"{parquet} has no '{col}' column for the precomputed '{spec.precomputed}' scorer")
+        check_score_column(parquet, f.schema_arrow.names, spec.precomputed)
         return f.read(columns=[col]).column(col).to_numpy(zero_copy_only=False)
 
 
@@ -475,7 +486,7 @@ def sidecar_scores(shard: str | Path, spec: ClipModel, uids: list[str]):
     """(every listed row's score, each sample's score, image and text embeddings or None) of a
     precomputed scorer for a tar's samples, matched by uid (NaN / zeros where the sidecar lacks one)."""
     pq_path, npz_path = sidecars(shard)
-    col = f"clip_{spec.precomputed}_similarity_score"
+    col = score_column(spec.precomputed)
     if not storage.is_file(pq_path):
         raise FileNotFoundError(f"{shard}: precomputed '{spec.precomputed}' scores need {pq_path}")
     side = read_table(pq_path).to_pandas()

@@ -256,7 +256,7 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
         manifest = export(df, tars, stage, p.config.export.samples_per_shard, manifest, declared,
                           _rewritten_captions(df, p.config), metadata=False, order=order)
         del order
-        manifest = _outputs(p, df, shards, infos, stage, manifest, lean, write_dropped, seconds)
+        manifest = _outputs(p, df, shards, tars, infos, stage, manifest, lean, write_dropped, seconds)
     finally:
         meta.join()
     manifest["run"]["decide_export_seconds"] = round(time.time() - t0, 2)
@@ -275,15 +275,14 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     return absolute(typed.as_dict(), version)
 
 
-def _outputs(p: Plan, df, shards: list[str], infos: list[ShardInfo], stage: Path, manifest: dict, lean,
-             write_dropped: bool, seconds: dict) -> dict:
+def _outputs(p: Plan, df, shards: list[str], tars: list[str], infos: list[ShardInfo], stage: Path,
+             manifest: dict, lean, write_dropped: bool, seconds: dict) -> dict:
     """After export: not_downloaded.parquet, dropped/ and the report into the staging folder; the manifest
     with them added."""
     from pipeline.export import write_not_downloaded
     from pipeline.export import write_dropped as dropped_shards
     from pipeline.report import write_report
 
-    tars = [s for s in shards if not is_metadata(s)]
     listed = [s for s, i in zip(shards, infos) if i.not_downloaded and not is_metadata(s)]
     if listed:  # not samples: never in uids.npy or metadata.parquet
         n = write_not_downloaded(stage / "not_downloaded.parquet", listed)

@@ -15,7 +15,7 @@ for _i, _c in enumerate(b"0123456789abcdef"):
 for _i, _c in enumerate(b"ABCDEF"):
     _HEX[_c] = (10 + _i) | 16  # upper case: noted, then masked off
 HALVES_ROWS = 1 << 20  # rows converted at a time (~150 bytes a row while converted)
-PARALLEL_SORT = 1 << 22  # rows from which sorted_rows sorts on two threads
+PARALLEL_SORT = 1 << 22  # rows from which the sort and the gathers run on two threads
 
 
 @dataclass
@@ -48,9 +48,14 @@ def taken(a: np.ndarray, b: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, n
     """``(a[rows], b[rows])``; for many rows on two threads (numpy's gathers leave the GIL)."""
     if len(rows) < PARALLEL_SORT:
         return a[rows], b[rows]
-    with ThreadPoolExecutor(2) as pool:
-        x, y = pool.map(lambda v: v[rows], (a, b))
+    x, y = on_two_threads(lambda v: v[rows], (a, b))
     return x, y
+
+
+def on_two_threads(fn, pair) -> list:
+    """``[fn(x) for x in pair]``, the two calls on two threads."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(fn, pair))
 
 
 def uid_order(uids, halves: tuple | None = None) -> UidOrder | None:
@@ -73,8 +78,7 @@ def sorted_rows(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     key = (hi >> np.uint64(bits) << np.uint64(bits)) | np.arange(n, dtype=np.uint64)
     if n >= PARALLEL_SORT:  # two halves sorted on two threads (numpy's sort leaves the GIL), then merged
         half = n // 2
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(np.ndarray.sort, (key[:half], key[half:])))
+        on_two_threads(np.ndarray.sort, (key[:half], key[half:]))
         key.sort(kind="stable")  # two sorted runs: the stable sort merges them in one pass
     else:
         key.sort()

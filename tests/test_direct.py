@@ -1,7 +1,6 @@
 """A metadata-only run of columns alone reads the pool in place (pipeline/direct.py): the same uids,
 metadata.parquet and report, byte for byte, as the annotate pass, on hostile parquets; the same
 failures; nothing written per shard."""
-import json
 
 import numpy as np
 import pandas as pd
@@ -117,11 +116,16 @@ def test_what_reads_in_place_and_what_annotates(tmp_path):
 
 def test_report_rebuilt_from_a_direct_run(tmp_path):
     """The published metadata.parquet is a whole table: `curate report` draws from it alone."""
+    from pipeline.report import write_report
+
     hostile_pool(tmp_path / "pool")
     m = run_curation(str(tmp_path / "pool"), tmp_path / "out", CONFIGS["clip_score"], progress=False)
     md = pd.read_parquet(m["metadata"])
     assert len(md) == 80 and set(md["shard"]) == {"000a", "000b", "000c", "000e"}
-    assert json.loads(json.dumps(m["thresholds"]))
+    (tmp_path / "again").mkdir()
+    html = write_report(tmp_path / "again", md, m["input_shards"], m).read_text()
+    assert f"<b>{m['samples_in']:,}</b> samples in" in html and f"<b>{m['kept']:,}</b> kept" in html
+    assert html.count('<span class="cap">caption 3') + html.count('<span class="cap">a photo of thing') > 0
 
 
 @pytest.mark.parametrize("mode", ["direct", "annotated", "tars"])
