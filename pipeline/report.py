@@ -250,9 +250,19 @@ def score_filters(df: pd.DataFrame, filters: dict) -> list[tuple[str, str, float
 def at_threshold(df: pd.DataFrame, col: str, t: float, fails: np.ndarray, n: int = AT_THRESHOLD):
     """Row indices of the usable samples nearest the threshold: (just kept, just dropped) by this filter."""
     s = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
-    ok = df["ingest_error"].isna().to_numpy() & np.isfinite(s)
     dist = np.abs(s - t)
-    return tuple(list(nearest_rows(np.flatnonzero(ok & m), dist, n)) for m in (~fails, fails))
+    dist[~(df["ingest_error"].isna().to_numpy() & np.isfinite(s))] = np.inf  # never shown
+    # a band of the smallest distances, its edge taken from every 64th row and widened until each side
+    # holds n rows (then it holds that side's n nearest) or the band is every usable row: 0.06 s at
+    # 12.8M rows, where partitioning each side whole took 0.26 s
+    sample, k = dist[::64], 4 * n
+    while True:
+        cut = np.partition(sample, k)[k] if k < sample.size else np.inf
+        band = np.flatnonzero(dist <= cut if np.isfinite(cut) else np.isfinite(dist))
+        sides = (band[~fails[band]], band[fails[band]])
+        if not np.isfinite(cut) or all(len(b) >= n for b in sides):
+            return tuple(list(nearest_rows(b, dist, n)) for b in sides)
+        k *= 8
 
 
 def nearest_rows(rows: np.ndarray, dist: np.ndarray, n: int) -> np.ndarray:
@@ -273,6 +283,9 @@ def _thumbs(df: pd.DataFrame, shards: list[str], wanted: set[int], side: int = 1
     from shardio.decode import decode_image
     from shardio.shards import shard_id
 
+    shards = [p for p in shards if not is_metadata(p)]  # a DataComp parquet has no images (a URL's would be
+    if not shards:  # fetched whole)
+        return {}
     key_col = "key" if "key" in df else "uid"  # a decisions table of a metadata pool: the key is the uid
     rows = sorted(wanted)  # positions (the report's table has a plain range index)
     need: dict[str, dict[str, int]] = {}
@@ -280,8 +293,6 @@ def _thumbs(df: pd.DataFrame, shards: list[str], wanted: set[int], side: int = 1
         need.setdefault(sid, {}).setdefault(key, i)
     out: dict[int, str] = {}
     for path in shards:
-        if is_metadata(path):  # a DataComp parquet has no images (and a URL's would be fetched whole)
-            continue
         todo = dict(need.get(shard_id(path), {}))
         for s in read_shard(path) if todo else ():
             i = todo.pop(s.key, None)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipeline import objstore, publish, workstore
+from pipeline import memory, objstore, publish, workstore
 from pipeline.config import CurateConfig, load_config
 from pipeline.executors import Executor, InProcess, ProcessPool, make
 from pipeline.faults import point
@@ -491,7 +491,7 @@ def run_curation(pool: str | list[str], out: str | Path, config: CurateConfig | 
     ``dask_address`` on a Dask cluster. Outputs are the same either way. ``write_dropped``: also write the
     dropped samples as shards under ``dropped/<first reason>/`` of the output version."""
     p = plan(pool, out, config, work)
-    with output_guard(p):
+    with output_guard(p), memory.kept():
         log.info("curating %d shards into %s (config %s)", len(p.shards), p.out_url or p.out, p.config_hash)
         t0 = time.time()
         light = all(is_metadata(s) for s in p.shards)  # no model: workers need no torch

@@ -181,3 +181,24 @@ def test_nearest_rows_is_the_stable_sorts_first_n():
             d = rng.integers(0, 5, 2000).astype(float)  # many ties
             rows = np.sort(rng.choice(2000, m, replace=False))
             assert (nearest_rows(rows, d, n) == rows[np.argsort(d[rows], kind="stable")[:n]]).all()
+
+
+def test_at_threshold_is_each_sides_stable_nearest():
+    """The sampled band gives what a full stable sort of each side gives: ties, NaN and inf scores,
+    ingest errors, a side with fewer than n rows, an empty side, and bands the sample misses."""
+    rng = np.random.default_rng(1)
+    for case in range(120):
+        size = int(rng.choice([1, 7, 100, 5000, 40000]))
+        s = np.round(rng.normal(0, 1, size), int(rng.integers(0, 4)))  # coarse rounding: many ties
+        s[rng.random(size) < 0.05] = np.nan
+        s[rng.random(size) < 0.02] = np.inf
+        err = np.where(rng.random(size) < 0.1, "unreadable", None)
+        t = float(rng.choice([0.0, 0.5, 3.0, -9.0]))
+        fails = (s < t) if case % 3 else rng.random(size) < float(rng.choice([0.0, 0.001, 0.5, 1.0]))
+        df = pd.DataFrame({"x": s, "ingest_error": err})
+        n = int(rng.choice([1, 6, 50]))
+        ok = pd.isna(err) & np.isfinite(s)
+        dist = np.abs(s - t)
+        want = tuple(list(r[np.argsort(dist[r], kind="stable")[:n]]) for r in (np.flatnonzero(ok & ~fails),
+                                                                              np.flatnonzero(ok & fails)))
+        assert at_threshold(df, "x", t, fails, n) == want, case
