@@ -75,6 +75,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=2, help="ours: annotate processes; DataComp: --num_workers")
     ap.add_argument("--step-timeout", type=float, default=900, help="seconds before a cheap step is killed")
     ap.add_argument("--global-timeout", type=float, default=600, help="seconds before a global step is killed")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each cheap step, ours and DataComp's in "
+                    "turn (each side's median kept)")
     ap.add_argument("--mem-cap-gb", type=float, default=16, help="tree RSS at which a step is killed")
     ap.add_argument("--dask-sizes", default=None, help="sizes run again on a 2-worker Dask cluster (default 1M,4M)")
     ap.add_argument("--dask-steps", default="clip_score_l14,basic", help="steps run on the Dask cluster")
@@ -158,33 +160,65 @@ def warm(pool: Path) -> None:
 
 
 def one_step(step: str, n: int, pool: Path, row: dict, st: dict, a, cfgs: dict, env: dict | None) -> None:
-    """Ours, then DataComp's where it has the step, at size ``n``; results into ``row``."""
+    """Ours, then DataComp's where it has the step, at size ``n``; results into ``row``. A cheap step runs
+    ``--repeats`` times, ours and DataComp's in turn: each side's run of median seconds is kept, all its
+    seconds listed in ``seconds_runs``."""
     import types
 
-    from bench.scale import run_ours
-    from bench.scale_small_steps import STEPS, run_peer, sized_config
+    from bench.scale_small_steps import STEPS
 
     kind = STEPS[step][2]
     timeout = a.step_timeout if kind == "cheap" else a.global_timeout
     opts = types.SimpleNamespace(workers=a.workers, step_timeout=timeout, mem_cap_gb=a.mem_cap_gb,
                                  in_process=a.in_process)
+    peer = env is not None and STEPS[step][1] is not None
+    ours, theirs = [], []
+    for _ in range(a.repeats if kind == "cheap" else 1):
+        r, p = _once(step, n, pool, st, a, cfgs, env if peer else None, opts, kind, timeout)
+        ours.append(r)
+        if p is not None:
+            theirs.append(p)
+    row[step] = _median(ours)
+    if theirs:
+        row[f"datacomp:{step}"] = _median(theirs)
+
+
+def _once(step, n, pool, st, a, cfgs, env, opts, kind, timeout) -> tuple[dict, dict | None]:
+    from bench.scale import run_ours
+    from bench.scale_small_steps import STEPS, run_peer, sized_config
+
     if kind == "cheap":
         warm(pool)
     load = round(os.getloadavg()[0], 2)
     r = run_ours(step, sized_config(step, cfgs[step], n), pool, n, st["work"], opts)
     r.update(loadavg_1m_before=load, kind=kind, timeout_s=timeout)
-    row[step] = r
     print(f"n={n:>10,} {step:<17} {r['status']:<8} {r['seconds']:8.1f} s cpu {r['cpu_seconds']:8.1f} s "
           f"peak {r['peak_rss_mb']:7.0f} MB tree {r.get('peak_tree_rss_mb') or 0:7.0f} MB", flush=True)
-    if env is not None and STEPS[step][1] is not None:
-        load = round(os.getloadavg()[0], 2)
-        p = run_peer(step, pool, n, st["work"], env, a.workers, timeout, a.mem_cap_gb * 1024)
-        p.update(loadavg_1m_before=load, timeout_s=timeout)
-        if p["status"] == "ok" and r["status"] == "ok":
-            p["identical_to_ours"] = _read(p["uids_file"]) == _read(r["uids_file"])
-        row[f"datacomp:{step}"] = p
-        print(f"n={n:>10,}   DataComp {step:<17} {p['status']:<8} {p['seconds']:8.1f} s cpu {p['cpu_seconds']:8.1f} s "
-              f"tree {p['peak_tree_rss_mb']:7.0f} MB identical={p.get('identical_to_ours')}", flush=True)
+    if env is None:
+        return r, None
+    if kind == "cheap":
+        warm(pool)
+    load = round(os.getloadavg()[0], 2)
+    p = run_peer(step, pool, n, st["work"], env, a.workers, timeout, a.mem_cap_gb * 1024)
+    p.update(loadavg_1m_before=load, timeout_s=timeout)
+    if p["status"] == "ok" and r["status"] == "ok":
+        p["identical_to_ours"] = _read(p["uids_file"]) == _read(r["uids_file"])
+    print(f"n={n:>10,}   DataComp {step:<17} {p['status']:<8} {p['seconds']:8.1f} s cpu {p['cpu_seconds']:8.1f} s "
+          f"tree {p['peak_tree_rss_mb']:7.0f} MB identical={p.get('identical_to_ours')}", flush=True)
+    return r, p
+
+
+def _median(runs: list[dict]) -> dict:
+    """The run of median seconds (the lower middle of an even count); a failed run, if any, instead (it
+    is what needs looking at); with ``seconds_runs`` and each run's ``identical_to_ours`` where there is one."""
+    if len(runs) == 1:
+        return runs[0]
+    bad = [r for r in runs if r["status"] != "ok"]
+    pick = dict(bad[0] if bad else sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2])
+    pick["seconds_runs"] = [r["seconds"] for r in runs]
+    if any("identical_to_ours" in r for r in runs):
+        pick["identical_to_ours"] = all(r.get("identical_to_ours") for r in runs)
+    return pick
 
 
 def run_dask(res: dict, st: dict, a, cfgs: dict) -> None:

@@ -33,13 +33,14 @@ def test_pool_shards_hold_datacomps_columns_and_l14_embeddings_only(tmp_path):
 def test_smoke_run_writes_the_results_and_clip_uids_are_datacomps_rule(tmp_path):
     out = tmp_path / "scale_small.json"
     scale_small.main(["--smoke", "--n-max", "4000", "--per-shard", "1000", "--sizes", "2000,4000",
-                      "--steps", "no_filter,clip_score_l14", "--dask-sizes", "", "--no-peer", "--in-process",
+                      "--steps", "no_filter,clip_score_l14", "--dask-sizes", "", "--no-peer", "--in-process", "--repeats", "2",
                       "--workers", "1", "--work", str(tmp_path / "work"), "--out", str(out)])
     res = json.loads(out.read_text())
     assert res["complete"] and res["missing"] == [] and res["n_max"] == 4000 and not res["datacomp"]
     for n in (2000, 4000):
         nf, cs = res["by_size"][str(n)]["no_filter"], res["by_size"][str(n)]["clip_score_l14"]
         assert nf["status"] == cs["status"] == "ok" and nf["kept"] == nf["samples_in"] == n
+        assert len(nf["seconds_runs"]) == 2 and nf["seconds"] == min(nf["seconds_runs"])  # the lower middle
     pool = tmp_path / "work" / "pools" / "4000"
     tables = [pq.read_table(p) for p in sorted(pool.glob("*.parquet"))]
     uids = [u for t in tables for u in t.column("uid").to_pylist()]
@@ -75,3 +76,13 @@ def test_cost_model_numbers():
     check = m["dask_projection_check"]["s"]
     assert (check["fixed_s"], check["per_million_rows_s"], check["power_law_4m_s"]) == (2.0, 10.0, 48.0)
     assert m["largest_process_mb_at_n_max"] == 900.0
+
+
+def test_repeated_runs_keep_the_median_and_a_failure_first():
+    runs = [{"status": "ok", "seconds": s, "identical_to_ours": True} for s in (9.0, 7.0, 8.0)]
+    m = scale_small._median(runs)
+    assert m["seconds"] == 8.0 and m["seconds_runs"] == [9.0, 7.0, 8.0] and m["identical_to_ours"]
+    runs[0]["identical_to_ours"] = False
+    assert scale_small._median(runs)["identical_to_ours"] is False  # one differing run is reported
+    runs[2] = {"status": "timeout", "seconds": 900.0}
+    assert scale_small._median(runs)["status"] == "timeout"
