@@ -185,7 +185,7 @@ def one_step(step: str, n: int, pool: Path, row: dict, st: dict, a, cfgs: dict, 
 
 def _once(step, n, pool, st, a, cfgs, env, opts, kind, timeout) -> tuple[dict, dict | None]:
     from bench.scale import run_ours
-    from bench.scale_small_steps import STEPS, run_peer, sized_config
+    from bench.scale_small_steps import run_peer, sized_config
 
     if kind == "cheap":
         warm(pool)

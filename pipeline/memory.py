@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import threading
 from contextlib import contextmanager
-
-log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD, M_TOP_PAD = -1, -2  # glibc's mallopt parameters (malloc.h)
 DEFAULTS = {M_TRIM_THRESHOLD: 128 * 1024, M_TOP_PAD: 128 * 1024}  # mallopt(3)
