@@ -60,8 +60,6 @@ def load_columns(run_dir: str | Path, shard_ids: list[str], config, lean: Lean |
         for sid, (t, read_stages) in zip(shard_ids, readers.map(read, shard_ids)):
             if lean is not None:
                 t = lean.shrink(t)
-            elif pa.types.is_dictionary(t.schema.field("shard").type):  # read in place, loaded whole
-                t = t.set_column(t.schema.get_field_index("shard"), "shard", t.column("shard").cast(pa.string()))
             t = t.append_column("row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
             read_stages = iter(read_stages)
             for st in stages:

@@ -300,7 +300,7 @@ def _outputs(p: Plan, df, shards: list[str], tars: list[str], infos: list[ShardI
     manifest["report"] = "report.html"
     manifest["run"]["filter_seconds"] = seconds
     captions = (lambda rows: lean.values("caption", rows)) if lean is not None and "caption" in lean.deferred else None
-    write_report(stage, df.reset_index(drop=True), shards, manifest, captions=captions)
+    write_report(stage, df, shards, manifest, captions=captions)  # it numbers the rows from 0 itself
     return manifest
 
 

@@ -48,8 +48,7 @@ def taken(a: np.ndarray, b: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, n
     """``(a[rows], b[rows])``; for many rows on two threads (numpy's gathers leave the GIL)."""
     if len(rows) < PARALLEL_SORT:
         return a[rows], b[rows]
-    x, y = on_two_threads(lambda v: v[rows], (a, b))
-    return x, y
+    return tuple(on_two_threads(lambda v: v[rows], (a, b)))
 
 
 def on_two_threads(fn, pair) -> list:

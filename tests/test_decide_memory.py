@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.decide
+import pipeline.direct
 import pipeline.export
 import pipeline.uids
 from pipeline.config import load_config
@@ -51,11 +52,17 @@ class NoLean:  # the full load, as before Lean
         return None
 
 
+def full_load(monkeypatch) -> None:
+    """The runs after this load every column, from the annotate pass (as before Lean and reading in place)."""
+    monkeypatch.setattr(pipeline.decide, "Lean", NoLean)
+    monkeypatch.setattr(pipeline.direct, "eligible", lambda p, local: False)
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_lean_run_writes_the_same_bytes_as_a_full_load(tmp_path, monkeypatch, name):
     write_pool(tmp_path / "pool")
     lean = run_curation(str(tmp_path / "pool"), tmp_path / "lean", CONFIGS[name], progress=False)
-    monkeypatch.setattr(pipeline.decide, "Lean", NoLean)
+    full_load(monkeypatch)
     full = run_curation(str(tmp_path / "pool"), tmp_path / "full", CONFIGS[name], progress=False)
     for f in ("metadata.parquet", "uids.npy"):
         assert (tmp_path / "lean" / f).read_bytes() == (tmp_path / "full" / f).read_bytes(), f
@@ -105,7 +112,7 @@ def test_a_deferred_caption_still_shows_in_the_report(tmp_path, monkeypatch):
     cfg = {"clip": [{"precomputed": "l14"}], "filters": [{"type": "clip_score", "fraction": 0.5}]}
     assert "caption" in Lean.deferred_for(load_config(cfg))
     run_curation(str(tmp_path / "pool"), tmp_path / "lean", cfg, progress=False)
-    monkeypatch.setattr(pipeline.decide, "Lean", NoLean)
+    full_load(monkeypatch)
     run_curation(str(tmp_path / "pool"), tmp_path / "full", cfg, progress=False)
     for f in ("metadata.parquet", "uids.npy", "report.html"):
         assert (tmp_path / "lean" / f).read_bytes() == (tmp_path / "full" / f).read_bytes(), f
