@@ -217,9 +217,15 @@ def main(argv: list[str] | None = None) -> None:
     if twice:
         parser.error(f"option {twice} given more than once")
     a = parser.parse_args(argv)
-    from pipeline.lock import OutputLocked
-    from pipeline.publish import NotPublished
-    from pipeline.run import ShardsFailed
+    try:
+        from pipeline.lock import OutputLocked
+        from pipeline.publish import NotPublished
+        from pipeline.run import ShardsFailed
+    except ValueError as e:  # an installed plug-in that cannot be used (pipeline/plugins.py)
+        if debug:
+            raise
+        print(f"curate {a.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
     try:
         a.func(a)

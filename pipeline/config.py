@@ -13,6 +13,7 @@ from typing import Annotated, Any, Union
 from pydantic import Field, ValidationError, model_validator
 
 import schemas
+from pipeline import plugins
 from pipeline.filters import Filter, registry
 from pipeline.stages import configurable
 from schemas.config import ClipModel, CurateBase
@@ -47,6 +48,19 @@ class CurateConfig(CurateBase):
         cols = {c for f in self.filters if f.reads_embeddings for c in f.scorer_columns()}
         cols.update(c for spec in self.stages for c in getattr(spec, "scorer_columns", lambda: [])())
         return sorted(cols)
+
+    def plugins(self) -> list[dict[str, str]]:
+        """The config's filters and stages that come from installed plug-ins, each with its package's
+        name and version (the manifest records them)."""
+        by_type = configurable()
+        used = [("filter", f.type, type(f)) for f in self.filters] + [("stage", s.type, by_type[s.type])
+                                                                     for s in self.stages]
+        out: dict[tuple[str, str], dict[str, str]] = {}
+        for kind, t, cls in used:
+            if (o := plugins.origin(cls)) is not None:
+                out.setdefault((kind, t), {"kind": kind, "type": t, "qualname": f"{cls.__module__}.{cls.__qualname__}",
+                                           **o})
+        return list(out.values())
 
     def stage_columns(self) -> dict[str, str]:
         """Columns the configured stages write -> arrow type (export checks them against these)."""

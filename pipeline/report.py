@@ -173,7 +173,15 @@ def _setup(manifest: dict) -> str:
             + "<h3>Filters (in order; unusable samples drop first)</h3>"
             + (_table(["instance", "type", "threshold", "parameters and results",
                        "reason: dropped (first rule) / failing"], rows) if rows else "<p>none</p>")
+            + _plugins(manifest)
             + f"<details><summary>full config</summary><pre>{esc(cfg)}</pre></details></section>")
+
+
+def _plugins(manifest: dict) -> str:
+    rows = [[u["kind"], u["type"], u["qualname"], f"{u['package']} {u['version']}"]
+            for u in manifest.get("plugins", [])]
+    return ("<h3>Plug-ins (from installed packages)</h3>"
+            + _table(["kind", "type", "class", "package"], rows)) if rows else ""
 
 
 def _inputs(manifest: dict) -> str:

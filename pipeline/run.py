@@ -68,7 +68,8 @@ def plan(pool: str | list[str], out: str | Path, config: CurateConfig | str | di
     for f in config.filters:
         f.check()
     for st in config.stages:
-        st.check()
+        if hasattr(st, "check"):  # optional: a clear error before any work (a head's weights)
+            st.check()
     storage.configure(config.storage_options)  # for the URLs this process reads; workers get them per job
     out_url = work_url = None
     if storage.is_url(str(out)):  # written here first, then published by pointer (pipeline/objstore.py)
@@ -243,7 +244,7 @@ def finish(p: Plan, done: dict[str, ShardResult], failed: dict[str, str], on_fai
     manifest = {**summarize(df), **_shard_facts(infos, failed), "pool_files_not_read": p.unread,
                 "filters": filters, "thresholds": {k: v["threshold"] for k, v in filters.items() if "threshold" in v},
                 "scorers": [c.model_dump() for c in p.config.clip],
-                "config": p.config.model_dump(), "config_hash": p.config_hash,
+                "config": p.config.model_dump(), "config_hash": p.config_hash, "plugins": p.config.plugins(),
                 "input_shards": [str(s) for s in shards], "run": dict(run or {})}  # plain str, not ShardPath
     _warn(manifest)
     declared = {f.out_column(o): t for f in p.config.filters for o, t in f.outputs.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -90,6 +90,16 @@ class DroppedSamples(_Strict):
                                                     "(metadata-only rows, stray tar members)")
 
 
+class PluginUse(_Strict):
+    """A filter or stage of the config that an installed package provides (pipeline/plugins.py)."""
+    kind: Literal["filter", "stage"] = Field(description="a filter (`filters:`) or a stage (`stages:`)")
+    type: str = Field(description="its `type` in the config")
+    qualname: str = Field(description="module.Class")
+    entry_point: str = Field(description="the entry point's name")
+    package: str = Field(description="the installed distribution that declares it")
+    version: str = Field(description="that distribution's version")
+
+
 class Manifest(_Strict):
     """``<out>/manifest.json``: what a curation run found, dropped and wrote. Paths of outputs are
     relative to the published version folder."""
@@ -115,6 +125,8 @@ class Manifest(_Strict):
     scorers: list[ClipModel] = Field(description="the CLIP scorers of the config")
     config: dict[str, Any] = Field(description="the curation config as run (schemas/curate_config.schema.json)")
     config_hash: str = Field(description="first 12 hex digits of the config's sha256")
+    plugins: list[PluginUse] = Field(default_factory=list, description="filters and stages from installed "
+                                     "plug-ins, with their package and version (empty: built-in ones only)")
     input_shards: list[str] = Field(description="the shards curated, in pool order")
     run: RunFacts = Field(description="timings and work done: differs between reruns")
     output_shards: list[str] = Field(description="filtered webdataset shards written")

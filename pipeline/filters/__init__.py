@@ -1,11 +1,14 @@
 """The filter registry: every module in this package that defines a ``Filter`` subclass with a
-``type`` is a filter. A new filter is one file here (and its test)."""
+``type`` is a filter. A new filter is one file here (and its test), or a class in another installed
+package named by a ``curate.filters`` entry point (pipeline/plugins.py)."""
 from __future__ import annotations
 
 import importlib
 import pkgutil
 import typing
 
+import schemas
+from pipeline import plugins
 from pipeline.filters.base import Context, Filter, Result
 
 __all__ = ["Context", "Filter", "Result", "registry"]
@@ -34,8 +37,23 @@ def registry() -> dict[str, type[Filter]]:
                     if t in found:
                         raise TypeError(f"filter type {t!r} is defined twice: {found[t].__module__}, {m.__name__}")
                     found[t] = obj
+        for cls, where in plugins.classes(plugins.GROUPS["filters"], Filter):
+            _add_plugin(found, cls, where)
         _REGISTRY = dict(sorted(found.items()))
     return _REGISTRY
+
+
+def _add_plugin(found: dict[str, type[Filter]], cls: type[Filter], where: str) -> None:
+    t = _type_of(cls)
+    if t is None:
+        raise plugins.PluginError(f"{where}: {cls.__name__} has no `type: Literal[\"...\"]` field")
+    if t in found:
+        raise plugins.PluginError(f"{where}: filter type {t!r} is taken by {found[t].__module__}; rename it")
+    bad = {c: k for c, k in cls.outputs.items() if k not in schemas.TYPES}
+    if bad:
+        raise plugins.PluginError(f"{where}: {cls.__name__}.outputs has unknown types {bad} "
+                                  f"(known: {', '.join(sorted(schemas.TYPES))})")
+    found[t] = cls
 
 
 _REGISTRY: dict[str, type[Filter]] | None = None

@@ -1,5 +1,6 @@
 """The stage registry: every module in this package that defines a ``Stage`` subclass with a ``name``
-is a per-shard stage. A new per-sample score is one file here (see ``head.py``) and its test.
+is a per-shard stage. A new per-sample score is one file here (see ``head.py``) and its test, or a
+class in another installed package named by a ``curate.stages`` entry point (pipeline/plugins.py).
 
 ``plan`` lists the stages a config runs, in order: ingest, thumbnails, language id, one per scorer,
 then the configured ``stages:`` entries as listed. The per-shard pass (pipeline/annotate.py) reads
@@ -11,6 +12,7 @@ import importlib
 import pkgutil
 import typing
 
+from pipeline import plugins
 from pipeline.stages.base import Batch, Needs, Source, Stage, check_columns, check_declaration
 
 __all__ = ["Batch", "Needs", "Source", "Stage", "check_columns", "plan", "plan_for", "registry", "configurable"]
@@ -32,8 +34,31 @@ def registry() -> dict[str, type[Stage]]:
                                         f"{m.__name__}")
                     check_declaration(obj, obj.columns)
                     found[obj.name] = obj
+        for cls, where in plugins.classes(plugins.GROUPS["stages"], Stage):
+            _add_plugin(found, cls, where)
         _REGISTRY = found
     return _REGISTRY
+
+
+def _add_plugin(found: dict[str, type[Stage]], cls: type[Stage], where: str) -> None:
+    if not cls.name:
+        raise plugins.PluginError(f"{where}: {cls.__name__} has no `name`")
+    if cls.name in found:
+        raise plugins.PluginError(f"{where}: stage name {cls.name!r} is taken by {found[cls.name].__module__}; "
+                                  "rename it")
+    if cls.Config is None:
+        raise plugins.PluginError(f"{where}: {cls.__name__} has no `Config` (a plug-in stage runs where a "
+                                  "config lists it under `stages:`, by its `type`)")
+    taken = {_config_type(c): c for c in found.values() if c.Config is not None}
+    t = _config_type(cls)
+    if t is None or t in taken:
+        raise plugins.PluginError(f"{where}: {cls.__name__}.Config needs a `type: Literal[\"...\"]` no other stage "
+                                  f"uses ({'taken by ' + taken[t].__module__ if t in taken else 'none given'})")
+    try:
+        check_declaration(cls, cls.columns)
+    except TypeError as e:
+        raise plugins.PluginError(f"{where}: {e}") from None
+    found[cls.name] = cls
 
 
 _REGISTRY: dict[str, type[Stage]] | None = None

@@ -14,7 +14,8 @@ A stage declares
   - ``step(batch)``: consume a batch of samples; ``finish(src)``: write its other files and return
     its table (``uid`` first), which the pass writes last, with the cache key, as the marker.
 Stages that read no sample (a precomputed column, a head over stored embeddings) only ``finish``.
-A stage users configure has a pydantic ``Config`` with ``type: Literal[...]`` (config ``stages:``).
+A stage users configure has a pydantic ``Config`` with ``type: Literal[...]`` (config ``stages:``),
+optionally with a ``check()`` that raises a ValueError before any work starts (a head's weights).
 """
 from __future__ import annotations
 
