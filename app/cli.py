@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.lock import OutputLocked
         from pipeline.publish import NotPublished
         from pipeline.run import ShardsFailed
-    except ValueError as e:  # an installed plug-in that cannot be used (pipeline/plugins.py)
+    except ValueError as e:  # an installed plug-in that cannot be used (shardio/plugins.py)
         if debug:
             raise
         print(f"curate {a.command}: error: {e}", file=sys.stderr)

@@ -2,6 +2,7 @@
 them to the ``curate`` parser (``add_train(sub)``, ...).
 
     curate train --objective clip|simclr|moco|mae   CLIP (default) or self-supervised pretraining of an image tower
+                                                 (or NAME: an installed package's objective)
     curate eval                                  zero-shot evaluation; probes for image-only (SSL) checkpoints
     curate finetune --lora R                     LoRA (R > 0) or full (R = 0) fine-tuning of a CLIP checkpoint
     curate probe                                 linear probe + k-NN of an image tower on classification tasks
@@ -43,10 +44,47 @@ def add_storage_options(parser) -> None:
                              "key, secret, ...); a curation config's storage_options block works too")
 
 
+def _objective_settings(path: str | None) -> dict:
+    """``--objective-config FILE``: the objective's own settings, a YAML/JSON mapping (options given on
+    the command line win)."""
+    if path is None:
+        return {}
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"objective config {path} does not exist")
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"objective config {path}: give a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def _train_plugin(a, settings: dict) -> None:
+    """An objective from an installed package (training/objective.py ``installed``)."""
+    from training.loop import fit
+    from training.objective import BUILTIN, installed
+
+    found = installed()
+    if a.objective not in found:
+        raise ValueError(f"unknown objective {a.objective!r}: built-in {', '.join(BUILTIN)}; from installed "
+                         f"packages: {', '.join(sorted(found)) or 'none (entry point group curate.objectives)'}")
+    extra = [k for k in SSL_OPTIONS + ("loss", "accum_steps", "decode") if getattr(a, k) is not None]
+    if extra:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in extra)}: built-in objectives' options; "
+                         f"give {a.objective}'s settings in --objective-config")
+    cls = found[a.objective]
+    given = {k: v for k, v in _given(a).items() if v is not None}
+    cfg = cls.Config(train_data=a.data, out_dir=a.out, seed=a.seed, device=a.device, **{**settings, **given})
+    _print(fit(cfg, cls(cfg)))
+
+
 def cmd_train(a) -> None:
     use_storage_options(a)
+    settings = _objective_settings(a.objective_config)
+    if a.objective not in ("clip", "simclr", "moco", "mae"):
+        return _train_plugin(a, settings)
     if a.objective == "clip":
-        return _train_clip(a)
+        return _train_clip(a, settings)
     if a.objective == "mae":
         from training.mae import MAEConfig as SSLConfig, pretrain
     else:
@@ -57,7 +95,7 @@ def cmd_train(a) -> None:
     given = {**_given(a), "moco_version": a.moco_version, "temperature": a.temperature, "queue_size": a.queue_size,
              "momentum": a.momentum}
     cfg = SSLConfig(train_data=a.data, out_dir=a.out, seed=a.seed, device=a.device, objective=a.objective,
-                    **{k: v for k, v in given.items() if v is not None})
+                    **{**settings, **{k: v for k, v in given.items() if v is not None}})
     _print(pretrain(cfg))
 
 
@@ -68,7 +106,7 @@ def _given(a) -> dict:
             "grad_checkpointing": a.grad_checkpointing or None}
 
 
-def _train_clip(a) -> None:
+def _train_clip(a, settings: dict) -> None:
     extra = [k for k in SSL_OPTIONS if getattr(a, k) is not None]
     if extra:
         raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in extra)} need --objective simclr|moco")
@@ -76,7 +114,7 @@ def _train_clip(a) -> None:
 
     given = {**_given(a), "accum_steps": a.accum_steps, "loss": a.loss, "decode": a.decode}
     cfg = TrainConfig(train_data=a.data, out_dir=a.out, seed=a.seed, device=a.device,
-                      **{k: v for k, v in given.items() if v is not None})
+                      **{**settings, **{k: v for k, v in given.items() if v is not None}})
     r = train(cfg)
     _print(r)
     if r.get("bad_samples"):
@@ -186,8 +224,12 @@ def add_train(sub) -> None:
     t.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     add_storage_options(t)
     g = t.add_argument_group("self-supervised objectives (image tower only, captions ignored)")
-    g.add_argument("--objective", choices=["clip", "simclr", "moco", "mae"], default="clip",
-                   help="clip (with --loss), SimCLR, MoCo or MAE pretraining of the image tower (default: clip)")
+    g.add_argument("--objective", default="clip", metavar="NAME",
+                   help="clip (with --loss), simclr, moco or mae (pretraining of the image tower), or an objective "
+                        "an installed package declares (entry point curate.objectives) (default: clip)")
+    g.add_argument("--objective-config", default=None, metavar="FILE",
+                   help="YAML/JSON mapping of the objective's own settings (e.g. mask_ratio for mae); command-line "
+                        "options win")
     g.add_argument("--moco-version", type=int, choices=[2, 3], default=None,
                    help="MoCo v2 (queue of keys) or v3 (prediction head, no queue) (default: 2)")
     g.add_argument("--temperature", type=float, default=None, help="default: simclr 0.5, moco 0.2")

@@ -13,10 +13,10 @@ from typing import Annotated, Any, Union
 from pydantic import Field, ValidationError, model_validator
 
 import schemas
-from pipeline import plugins
 from pipeline.filters import Filter, registry
 from pipeline.stages import configurable
 from schemas.config import ClipModel, CurateBase
+from shardio import plugins
 
 PRESETS = Path(__file__).resolve().parent / "presets"  # shipped in the wheel; ``configs/`` links here
 

@@ -91,7 +91,7 @@ class DroppedSamples(_Strict):
 
 
 class PluginUse(_Strict):
-    """A filter or stage of the config that an installed package provides (pipeline/plugins.py)."""
+    """A filter or stage of the config that an installed package provides (shardio/plugins.py)."""
     kind: Literal["filter", "stage"] = Field(description="a filter (`filters:`) or a stage (`stages:`)")
     type: str = Field(description="its `type` in the config")
     qualname: str = Field(description="module.Class")

@@ -1,6 +1,7 @@
-"""Filters and stages from another installed package (entry points ``curate.filters`` /
-``curate.stages``): found, validated and run like built-in ones, in worker processes too; a broken
-or clashing plug-in stops with one line naming it. Each case runs `curate` in a subprocess whose
+"""Filters, stages and objectives from another installed package (entry points ``curate.filters`` /
+``curate.stages`` / ``curate.objectives``): found, validated and run like built-in ones, in worker
+processes too, and recorded with their package's version; a broken or clashing plug-in stops with
+one line naming it. Each case runs `curate` in a subprocess whose
 path holds a package installed the way pip installs one (a ``.dist-info`` with ``entry_points.txt``)."""
 import json
 import os
@@ -66,6 +67,43 @@ class CaptionChars(Stage):
 
     def finish(self, src):
         return pa.table({"uid": pa.array(list(src.uids), pa.string()), self.config.name: pa.array(self.n, pa.int32())})
+'''
+
+ROTNET = '''
+from typing import Literal
+import torch
+from training.objective import ImageOnly, ImageOnlyConfig, image_size, no_tokens
+from training.ssl import TwoViews
+
+
+class RotConfig(ImageOnlyConfig):
+    objective: Literal["rotnet"] = "rotnet"
+    crop_min: float = 0.5
+
+
+class RotNet(ImageOnly):
+    """Rotation prediction (Gidaris et al., ICLR 2018): which of 0/90/180/270 degrees an image was turned."""
+    name = kind = "rotnet"
+    Config = RotConfig
+
+    def build(self, device, rank, world):
+        visual = self.image_tower(device)
+        self.views = TwoViews(image_size(visual), self.cfg.crop_min, views=1)
+        self.mean = torch.tensor(visual.image_mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(visual.image_std, device=device).view(1, 3, 1, 1)
+        return torch.nn.Sequential(visual, torch.nn.Linear(visual.output_dim, 4)).to(device)
+
+    def transforms(self):
+        return self.views, no_tokens
+
+    def step(self, model, images, tokens, step, autocast):
+        x = images[:, 0].to(self.device).permute(0, 3, 1, 2).float() / 255
+        k = torch.arange(len(x), device=x.device) % 4
+        x = torch.stack([torch.rot90(im, int(r), dims=(1, 2)) for im, r in zip(x, k)])
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(model((x - self.mean) / self.std), k)
+        loss.backward()
+        return float(loss.detach())
 '''
 
 CONFIG = """
@@ -155,3 +193,27 @@ def test_a_broken_or_clashing_plugin_stops_with_one_line_naming_it(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "filter type 'clip_score' is taken by pipeline.filters.clip_score" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_installed_packages_objective_trains_with_its_settings_and_is_recorded(tmp_path):
+    install(tmp_path / "site", "curate_rotnet", {"rotnet": ROTNET}, """
+        [curate.objectives]
+        rotnet = curate_rotnet.rotnet:RotNet
+        """)
+    p = pool(tmp_path)
+    (tmp_path / "rot.yaml").write_text("crop_min: 0.8\nwd: 0.01\n")
+    args = ["train", "--data", str(p), "--out", str(tmp_path / "run"), "--model", "curate-tiny",
+            "--samples-seen", "16", "--batch-size", "8", "--device", "cpu"]
+    r = curate(tmp_path / "site", *args, "--objective", "rotnet", "--objective-config", str(tmp_path / "rot.yaml"))
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["objective"] == "rotnet" and result["steps"] == 2
+    assert result["plugin"] == {"entry_point": "rotnet", "package": "curate-rotnet", "version": "0.1"}
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["crop_min"] == 0.8 and saved["wd"] == 0.01 and saved["batch_size"] == 8  # file, then options
+    assert (tmp_path / "run" / "final").is_dir()
+
+    r = curate(tmp_path / "site", *args, "--objective", "rotnett")
+    assert r.returncode == 2 and "unknown objective 'rotnett'" in r.stderr and "installed packages: rotnet" in r.stderr
+    r = curate(tmp_path / "site", *args, "--objective", "rotnet", "--temperature", "0.1")
+    assert r.returncode == 2 and "--temperature: built-in objectives' options" in r.stderr

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shardio import plugins
 from training import dist
 from training.model import save_checkpoint_dir, unwrap
 from training.runfolder import FINAL_FILES, STATE_FILES
@@ -163,7 +164,8 @@ def _fit(cfg: TrainConfig, objective, shards: list[str], folder) -> dict:
     run = _Run(cfg, objective, folder, state_path, rank, start, _autocast(cfg, device))
     run.steps(model, opt, loader)
     _close(loader)
-    result = {**objective.result_fields(), "steps": run.stop, "total_steps": cfg.steps,
+    origin = plugins.origin(type(objective))  # an installed package's objective: which, in which version
+    result = {**objective.result_fields(), **({"plugin": origin} if origin else {}), "steps": run.stop, "total_steps": cfg.steps,
               "samples_seen": run.stop * cfg.batch_size, "final_loss": run.loss,
               "samples_per_s": round((run.stop - start) * cfg.batch_size / max(run.seconds, 1e-9), 1),
               "train_seconds": round(run.seconds, 1), "resumed_from_step": start, "bad_samples": run.bad,

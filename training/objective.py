@@ -5,6 +5,10 @@ transform and tokenizer, and takes one step (forward and backward) on a batch; t
 rest. The objectives: CLIP / SigLIP and LoRA or full fine-tuning (training/train.py,
 training/lora.py), SimCLR and MoCo (training/ssl.py), MAE (training/mae.py).
 
+An objective may also come from another installed package (entry point ``curate.objectives``,
+shardio/plugins.py): an ``Objective`` subclass with its own ``name`` and a ``Config`` (a TrainConfig
+subclass holding its settings), trained by ``curate train --objective NAME [--objective-config FILE]``.
+
 Image-only objectives (SSL) train the image tower of an open_clip model, captions ignored; their
 checkpoint is the whole open_clip model with an untrained text tower, marked ``image_only`` so the
 probes (training/knn.py) score it by linear probe and k-NN, not zero-shot.
@@ -16,8 +20,11 @@ import os
 import torch
 from pydantic import model_validator
 
+from shardio import plugins
 from training.loop import TrainConfig
 from training.model import Clip, load_clip
+
+BUILTIN = ("clip", "simclr", "moco", "mae")
 
 
 class Objective:
@@ -72,6 +79,21 @@ class Objective:
     def checkpoint_info(self) -> dict:
         """Added to the checkpoint's ``curate`` block."""
         return {}
+
+
+def installed() -> dict[str, type[Objective]]:
+    """``name`` -> objective class, from installed packages' ``curate.objectives`` entry points."""
+    found: dict[str, type[Objective]] = {}
+    for cls, where in plugins.classes(plugins.GROUPS["objectives"], Objective):
+        if cls.name in BUILTIN or cls.name in found:
+            raise plugins.PluginError(f"{where}: objective name {cls.name!r} is taken (built-in: "
+                                      f"{', '.join(BUILTIN)}); give {cls.__name__} its own `name`")
+        config = getattr(cls, "Config", None)
+        if not (isinstance(config, type) and issubclass(config, TrainConfig)):
+            raise plugins.PluginError(f"{where}: {cls.__name__}.Config must be a subclass of "
+                                      "training.loop.TrainConfig (the loop's settings plus the objective's)")
+        found[cls.name] = cls
+    return found
 
 
 def no_tokens(captions: list[str]) -> torch.Tensor:

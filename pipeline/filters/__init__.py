@@ -1,6 +1,6 @@
 """The filter registry: every module in this package that defines a ``Filter`` subclass with a
 ``type`` is a filter. A new filter is one file here (and its test), or a class in another installed
-package named by a ``curate.filters`` entry point (pipeline/plugins.py)."""
+package named by a ``curate.filters`` entry point (shardio/plugins.py)."""
 from __future__ import annotations
 
 import importlib
@@ -8,7 +8,7 @@ import pkgutil
 import typing
 
 import schemas
-from pipeline import plugins
+from shardio import plugins
 from pipeline.filters.base import Context, Filter, Result
 
 __all__ = ["Context", "Filter", "Result", "registry"]

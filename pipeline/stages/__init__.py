@@ -1,6 +1,6 @@
 """The stage registry: every module in this package that defines a ``Stage`` subclass with a ``name``
 is a per-shard stage. A new per-sample score is one file here (see ``head.py``) and its test, or a
-class in another installed package named by a ``curate.stages`` entry point (pipeline/plugins.py).
+class in another installed package named by a ``curate.stages`` entry point (shardio/plugins.py).
 
 ``plan`` lists the stages a config runs, in order: ingest, thumbnails, language id, one per scorer,
 then the configured ``stages:`` entries as listed. The per-shard pass (pipeline/annotate.py) reads
@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 import typing
 
-from pipeline import plugins
+from shardio import plugins
 from pipeline.stages.base import Batch, Needs, Source, Stage, check_columns, check_declaration
 
 __all__ = ["Batch", "Needs", "Source", "Stage", "check_columns", "plan", "plan_for", "registry", "configurable"]

@@ -5,11 +5,15 @@ theirs): a package declares, in its ``pyproject.toml``,
     no_digits = "my_package.filters"              # a module: its Filter subclasses with a ``type``
     [project.entry-points."curate.stages"]
     caption_chars = "my_package.stages:CaptionChars"   # or one class
+    [project.entry-points."curate.objectives"]
+    rotnet = "my_package.rotnet:RotNet"            # an Objective subclass with a ``Config``
 
 and, once installed where curate runs (every Dask or Prefect worker too), its filters and stages are
-used like the built-in ones: by ``type`` in a config, validated, cached, recorded. A plug-in that
-fails to import or that clashes with a name already taken stops the registry with an error naming
-the entry point and its package: a config never silently runs another filter than the one it names.
+used like the built-in ones (by ``type`` in a config: pipeline/filters, pipeline/stages), its
+objectives by ``curate train --objective NAME`` (training/objective.py). A plug-in that fails to
+import or that clashes with a name already taken stops with an error naming the entry point and its
+package: a config never silently runs another filter than the one it names. Runs record each
+plug-in they used with its package's version (the manifest's ``plugins``, a training's result).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import importlib.metadata
 import inspect
 from typing import Any
 
-GROUPS = {"filters": "curate.filters", "stages": "curate.stages"}
+GROUPS = {"filters": "curate.filters", "stages": "curate.stages", "objectives": "curate.objectives"}
 
 
 _ORIGIN: dict[type, dict[str, str]] = {}  # plug-in class -> its entry point, package and version
