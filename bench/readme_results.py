@@ -82,7 +82,30 @@ def web_grid(res: Path, tag: str) -> list[str]:
             "and our combinations use the filtering network trained on the trusted split. `best` = "
             f"`{g.get('best')}`, the highest validation-suite average of our declared combinations ({sel}). "
             f"Settings are in `grid{tag}.json` (`configs`); what each kept, per planted noise type, is in its "
-            "`kept_share_by_noise`.", ""]
+            "`kept_share_by_noise`.", ""] + ceiling(res, tag)
+
+
+def ceiling(res: Path, tag: str) -> list[str]:
+    """The clean-only run beside a grid (bench/ceiling.py), when one was measured for it."""
+    path = res / ("grid_ceiling" + tag.removeprefix("_beyond") + ".json")
+    if not tag.startswith("_beyond") or not path.is_file():
+        return []
+    c = json.loads(path.read_text())
+    if c["grid"] != f"grid{tag}.json":
+        return []
+    cmd = "" if tag == "_beyond" else f" --grid bench/results/grid{tag}.json --tag {tag.removeprefix('_beyond')}"
+    seeds = ", ".join(str(x) for x in c["seeds"])
+    return [f"**A perfect noise filter on this pool** (`.venv/bin/python -m bench.ceiling{cmd}`, `{path.name}`): "
+            f"`curate-tiny` trained on exactly the pool's {c['dataset_size']:,} clean samples (its ground truth: "
+            f"what a filter that never errs on the planted noise keeps) at the same budget, seeds {seeds}, scores "
+            f"**{c['average_mean']:.4f}** ± {c['average_std']:.4f} (validation {c['validation_mean']:.4f}; ImageNet "
+            f"analogue {c['groups']['ImageNet']:.4f}). Against the best DataComp baseline ({c['best_baseline']}, "
+            f"{c['best_baseline_mean_these_seeds']:.4f} on the same seeds), seed by seed: "
+            f"**{c['ceiling_minus_best_baseline']:+.4f}** ± {c['difference_se']:.4f} (standard error; per seed "
+            + ", ".join(f"{d:+.4f}" for d in c["difference_by_seed"])
+            + f"; {c['seeds_at_or_above_0_02']} of {len(c['seeds'])} seeds at +0.02 or more). The grid's top test "
+            f"average, {c['top_strategy']}'s {c['top_mean']:.4f}, keeps some noise and scores about the same; "
+            f"`best` ({c['best']}) {c['best_mean']:.4f}.", ""]
 
 
 def _args(g: dict, tag: str) -> str:

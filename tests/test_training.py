@@ -90,6 +90,13 @@ def test_resume_after_crash_reaches_the_same_step(tmp_path):
     assert steps == list(range(1, 21))
     with pytest.raises(ValueError, match="different run"):
         train(c.model_copy(update={"samples_seen": 32 * 30}))
+    # the same run again: nothing trains, and its saved result and checkpoint stay as they were
+    saved = (tmp_path / "run" / "result.json").read_bytes()
+    final = {p.name: p.read_bytes() for p in (tmp_path / "run" / "final").iterdir()}
+    again = train(c)
+    assert again == json.loads(saved) and again["train_seconds"] > 0 and math.isfinite(again["final_loss"])
+    assert (tmp_path / "run" / "result.json").read_bytes() == saved
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "final").iterdir()} == final
 
 
 def test_siglip_trains_resumes_and_its_checkpoint_loads_with_the_bias(tmp_path):

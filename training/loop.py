@@ -150,6 +150,10 @@ def _fit(cfg: TrainConfig, objective, shards: list[str], folder) -> dict:
     model = objective.build(device, rank, world)
     opt = make_optimizer(model, cfg)
     start = _restore(state, state_path, cfg, model, opt)
+    done = out / "result.json"
+    if start == cfg.steps and world == 1 and done.is_file() and (out / "final").is_dir():
+        log.info("%s already holds this run, complete (%d steps): its saved result stands", out, start)
+        return json.loads(done.read_text())  # rewriting it would record a 0-step run (no loss, no speed)
     if rank == 0:
         _trim_log(out / "metrics.jsonl", start)
     if world > 1:
