@@ -41,10 +41,11 @@ def _where(ep: importlib.metadata.EntryPoint) -> str:
     return f"plug-in {ep.name!r} = {ep.value!r} (group {ep.group!r}, package {dist.name if dist else '?'!r})"
 
 
-def classes(group: str, base: type) -> list[tuple[type, str]]:
-    """(class, where it came from) for each ``base`` subclass the ``group``'s entry points name: a
-    class, or every subclass a named module defines."""
-    out: list[tuple[type, str]] = []
+def classes(group: str, base: type) -> list[tuple[type, str, bool]]:
+    """(class, where it came from, named directly) for each ``base`` subclass the ``group``'s entry
+    points name: a class (named directly: it must be usable), or every subclass a named module defines
+    (a registry skips those that declare nothing, e.g. a shared base class)."""
+    out: list[tuple[type, str, bool]] = []
     for ep in sorted(importlib.metadata.entry_points(group=group), key=lambda e: (e.name, e.value)):
         where = _where(ep)
         try:
@@ -63,7 +64,9 @@ def classes(group: str, base: type) -> list[tuple[type, str]]:
             raise PluginError(f"{where} names {obj!r}, which is not a {base.__name__} subclass or a module")
         dist = getattr(ep, "dist", None)
         for cls in found:
+            if cls in _ORIGIN and any(c is cls for c, _, _ in out):
+                continue  # one class named twice (a module and its class, or one package on two paths)
             _ORIGIN[cls] = {"entry_point": ep.name, "package": dist.name if dist else "?",
                             "version": dist.version if dist else "?"}
-            out.append((cls, where))
+            out.append((cls, where, not inspect.ismodule(obj)))
     return out

@@ -22,11 +22,15 @@ from typing import Literal
 from pipeline.filters import Context, Filter, Result
 
 
-class NoDigits(Filter):
-    """Drop captions holding a digit."""
-    type: Literal["no_digits"]
+class DigitRule(Filter):
+    """A shared base class: no type of its own, so no filter."""
     checks = ("has_digit",)
     outputs = {"digits": "int32"}
+
+
+class NoDigits(DigitRule):
+    """Drop captions holding a digit."""
+    type: Literal["no_digits"]
 
     def compute(self, ctx: Context) -> Result:
         n = ctx.df["caption"].fillna("").str.count(r"[0-9]").to_numpy()
@@ -148,6 +152,7 @@ def test_an_installed_packages_filter_and_stage_run_like_built_in_ones(tmp_path)
     install(tmp_path / "site", "curate_plugin_demo", {"filters": FILTERS, "stages": STAGES}, """
         [curate.filters]
         no_digits = curate_plugin_demo.filters
+        same_class_again = curate_plugin_demo.filters:NoDigits
 
         [curate.stages]
         caption_chars = curate_plugin_demo.stages:CaptionChars

@@ -84,7 +84,9 @@ class Objective:
 def installed() -> dict[str, type[Objective]]:
     """``name`` -> objective class, from installed packages' ``curate.objectives`` entry points."""
     found: dict[str, type[Objective]] = {}
-    for cls, where in plugins.classes(plugins.GROUPS["objectives"], Objective):
+    for cls, where, direct in plugins.classes(plugins.GROUPS["objectives"], Objective):
+        if not direct and "Config" not in vars(cls):
+            continue  # a module's helper class: an objective declares its own Config
         if cls.name in BUILTIN or cls.name in found:
             raise plugins.PluginError(f"{where}: objective name {cls.name!r} is taken (built-in: "
                                       f"{', '.join(BUILTIN)}); give {cls.__name__} its own `name`")

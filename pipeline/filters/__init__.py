@@ -37,8 +37,9 @@ def registry() -> dict[str, type[Filter]]:
                     if t in found:
                         raise TypeError(f"filter type {t!r} is defined twice: {found[t].__module__}, {m.__name__}")
                     found[t] = obj
-        for cls, where in plugins.classes(plugins.GROUPS["filters"], Filter):
-            _add_plugin(found, cls, where)
+        for cls, where, direct in plugins.classes(plugins.GROUPS["filters"], Filter):
+            if direct or _type_of(cls) is not None:
+                _add_plugin(found, cls, where)
         _REGISTRY = dict(sorted(found.items()))
     return _REGISTRY
 

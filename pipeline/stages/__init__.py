@@ -34,8 +34,9 @@ def registry() -> dict[str, type[Stage]]:
                                         f"{m.__name__}")
                     check_declaration(obj, obj.columns)
                     found[obj.name] = obj
-        for cls, where in plugins.classes(plugins.GROUPS["stages"], Stage):
-            _add_plugin(found, cls, where)
+        for cls, where, direct in plugins.classes(plugins.GROUPS["stages"], Stage):
+            if direct or cls.name:
+                _add_plugin(found, cls, where)
         _REGISTRY = found
     return _REGISTRY
 
