@@ -31,7 +31,7 @@ from pipeline.lock import exclusive
 from pipeline.metadata import is_metadata, read_ahead
 from pipeline.workdir import spool_dir
 from schemas.outputs import Manifest, ShardInfo, ShardResult
-from shardio import storage
+from shardio import plugins, storage
 from shardio.shards import expand, shard_id
 from shardio.tar import spooling
 
@@ -156,9 +156,30 @@ def annotate_job(args: tuple) -> ShardResult:
     shard, work, clip_json, languages, stages_json, options, cached, *rest = args
     embeddings = rest[0] if rest else None  # scorer columns whose embeddings the run reads (None: all)
     spool = rest[1] if len(rest) > 1 else None  # the run's spool, when the job runs on the run's machine
+    check_plugins(rest[2] if len(rest) > 2 else [])  # before the stages' configs are read here
     storage.configure(options)  # the run's storage options, in whichever process runs the job
     with spooling(spool) if spool else nullcontext():  # else this process's own, if the run set one
         return _annotate_job(shard, work, clip_json, languages, stages_json, cached, embeddings)
+
+
+def check_plugins(used: list[dict]) -> None:
+    """The stage plug-ins a run uses (``CurateConfig.plugins``) are installed in this process, in the
+    same package version as where the run started; a clear error naming the package otherwise (a
+    Dask worker without it could not read the stage's config, and another version may score otherwise)."""
+    if not used:
+        return
+    import socket
+
+    from pipeline.stages import configurable
+
+    have = configurable()
+    for u in used:
+        o = plugins.origin(have[u["type"]]) if u["type"] in have else None
+        if o is None or (o["package"], o["version"]) != (u["package"], u["version"]):
+            here = f"{o['package']} {o['version']}" if o else "no such stage"
+            raise plugins.PluginError(f"this worker ({socket.gethostname()}) cannot run stage {u['type']!r}: the run "
+                                      f"uses it from {u['package']} {u['version']} (entry point "
+                                      f"{u['entry_point']!r}), here: {here}; install that version on every worker")
 
 
 def _annotate_job(shard, work, clip_json, languages, stages_json, cached, embeddings) -> ShardResult:
@@ -182,8 +203,8 @@ def _annotate_job(shard, work, clip_json, languages, stages_json, cached, embedd
 
 def jobs(p: Plan, spool: bool = False) -> list[tuple]:
     """(shard, work folder, scorers, languages, stages, storage options, the shard's cached files in a work
-    folder in object storage, the scorer columns whose embeddings the run reads, the run's spool or None):
-    the options print as their schemes only. ``spool``: the jobs run on this machine (this process or
+    folder in object storage, the scorer columns whose embeddings the run reads, the run's spool or None,
+    the stage plug-ins it uses): the options print as their schemes only. ``spool``: the jobs run on this machine (this process or
     its pool), so remote tars they read are kept in the run's spool for export and the report."""
     options = storage.Options(p.config.storage_options)
     cached = workstore.index(p.work_url) if p.work_url else {}
@@ -191,8 +212,9 @@ def jobs(p: Plan, spool: bool = False) -> list[tuple]:
     stages = [st.model_dump_json() for st in p.config.stages]
     columns, languages = p.config.embedding_columns(), p.config.needs_languages
     kept = str(spool_dir(p.out)) if spool and _spools(p) else None  # once: it looks at every shard
+    used = [u for u in p.config.plugins() if u["kind"] == "stage"]
     return [(s, p.work_url or str(p.work), clip, languages, stages, options,
-             sorted(cached.get(shard_id(s), {})), columns, kept) for s in p.shards]
+             sorted(cached.get(shard_id(s), {})), columns, kept, used) for s in p.shards]
 
 
 def annotate(p: Plan, executor: Executor, progress: bool = True) -> tuple[dict[str, ShardResult], dict[str, str]]:

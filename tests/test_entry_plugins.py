@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from fixtures.shardmaker import image_bytes, uid
 from shardio.shards import ShardWriter
@@ -175,6 +176,26 @@ def test_an_installed_packages_filter_and_stage_run_like_built_in_ones(tmp_path)
          "entry_point": "caption_chars", "package": "curate-plugin-demo", "version": "0.1"}]
     report = (tmp_path / "out" / "report.html").read_text()
     assert "Plug-ins" in report and "curate_plugin_demo.stages.CaptionChars" in report
+
+    # a worker holding another version of the stage's package refuses the run's jobs, naming both
+    stage = dict(manifest["plugins"][1], version="0.2")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    r = subprocess.run([sys.executable, "-c", f"from pipeline.run import check_plugins; check_plugins([{stage!r}])"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and "cannot run stage 'caption_chars': the run uses it from curate-plugin-demo 0.2" in r.stderr
+    assert "here: curate-plugin-demo 0.1; install that version on every worker" in r.stderr
+
+
+def test_a_worker_without_the_runs_stage_plugin_refuses_its_jobs_naming_it():
+    from pipeline.run import annotate_job
+    from shardio.plugins import PluginError
+
+    used = [{"kind": "stage", "type": "caption_chars", "qualname": "curate_plugin_demo.stages.CaptionChars",
+             "entry_point": "caption_chars", "package": "curate-plugin-demo", "version": "0.1"}]
+    job = ("pool/00000.tar", "work", [], False, ['{"type": "caption_chars", "name": "chars"}'], {}, [], None, None, used)
+    with pytest.raises(PluginError, match=r"cannot run stage 'caption_chars': the run uses it from "
+                                          r"curate-plugin-demo 0\.1 \(entry point 'caption_chars'\), here: no such stage"):
+        annotate_job(job)
 
 
 def test_a_broken_or_clashing_plugin_stops_with_one_line_naming_it(tmp_path):
