@@ -104,8 +104,8 @@ def ceiling(res: Path, tag: str) -> list[str]:
             f"**{c['ceiling_minus_best_baseline']:+.4f}** ± {c['difference_se']:.4f} (standard error; per seed "
             + ", ".join(f"{d:+.4f}" for d in c["difference_by_seed"])
             + f"; {c['seeds_at_or_above_0_02']} of {len(c['seeds'])} seeds at +0.02 or more). The grid's top test "
-            f"average, {c['top_strategy']}'s {c['top_mean']:.4f}, keeps some noise and scores about the same; "
-            f"`best` ({c['best']}) {c['best_mean']:.4f}.", ""]
+            f"average (its seeds): {c['top_strategy']} {c['top_mean']:.4f}; `best` ({c['best']}) {c['best_mean']:.4f}.",
+            ""]
 
 
 def _args(g: dict, tag: str) -> str:
