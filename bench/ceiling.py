@@ -28,8 +28,6 @@ import numpy as np
 
 from bench.grid import BATCH, OUT, done_runs, pool_id, run_one
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def clean_uids(pool: Path, out: Path) -> int:
     """The pool's clean uids (no planted noise) as DataComp's ``u8,u8`` array; returns their number."""
