@@ -75,13 +75,40 @@ def cmd_report(a) -> None:
     print(f"wrote {path}")
 
 
+def cmd_plugins(a) -> None:
+    from pipeline.filters import registry
+    from pipeline.stages import configurable
+    from shardio import plugins
+    from training.objective import BUILTIN, installed
+
+    def source(cls) -> str:
+        o = plugins.origin(cls)
+        return f"{o['package']} {o['version']} (entry point {o['entry_point']})" if o else "built-in"
+
+    rows = [("filter", t, source(c)) for t, c in registry().items()]
+    rows += [("stage", t, source(c)) for t, c in sorted(configurable().items())]
+    rows += [("objective", n, "built-in") for n in BUILTIN]
+    rows += [("objective", n, source(c)) for n, c in sorted(installed().items())]
+    for kind, name, where in rows:
+        print(f"{kind:<10} {name:<24} {where}")
+
+
+def add_plugins(sub) -> None:
+    p = sub.add_parser("plugins", help="list the filters, stages and objectives this installation can run",
+                       description="The filter types and stage types a config may name and the training "
+                                   "objectives, each built-in or from an installed package (entry points "
+                                   "curate.filters / curate.stages / curate.objectives). Run it on each worker "
+                                   "to see that they match.")
+    p.set_defaults(func=cmd_plugins)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``curate`` parser: every sub-command, in the order ``--help`` lists them."""
     p = argparse.ArgumentParser(prog="curate", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     for add in (add_build_pool, add_run, add_reshard, cli_train.add_train, cli_train.add_eval, add_demo, add_report,
                 cli_interleave.add_interleave, cli_interleave.add_build_interleaved, cli_train.add_finetune,
-                cli_train.add_probe, add_serve):
+                cli_train.add_probe, add_plugins, add_serve):
         add(sub)
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p

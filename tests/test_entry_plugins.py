@@ -177,6 +177,11 @@ def test_an_installed_packages_filter_and_stage_run_like_built_in_ones(tmp_path)
     report = (tmp_path / "out" / "report.html").read_text()
     assert "Plug-ins" in report and "curate_plugin_demo.stages.CaptionChars" in report
 
+    listed = curate(tmp_path / "site", "plugins").stdout.splitlines()
+    assert [line.split()[:3] for line in listed if "curate-plugin-demo" in line] == [
+        ["filter", "no_digits", "curate-plugin-demo"], ["stage", "caption_chars", "curate-plugin-demo"]]
+    assert ["filter", "clip_score", "built-in"] in [line.split() for line in listed]
+
     # a worker holding another version of the stage's package refuses the run's jobs, naming both
     stage = dict(manifest["plugins"][1], version="0.2")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
@@ -239,6 +244,8 @@ def test_an_installed_packages_objective_trains_with_its_settings_and_is_recorde
     assert saved["crop_min"] == 0.8 and saved["wd"] == 0.01 and saved["batch_size"] == 8  # file, then options
     assert (tmp_path / "run" / "final").is_dir()
 
+    assert "objective  rotnet                   curate-rotnet 0.1 (entry point rotnet)" in \
+        curate(tmp_path / "site", "plugins").stdout.splitlines()
     r = curate(tmp_path / "site", *args, "--objective", "rotnett")
     assert r.returncode == 2 and "unknown objective 'rotnett'" in r.stderr and "installed packages: rotnet" in r.stderr
     r = curate(tmp_path / "site", *args, "--objective", "rotnet", "--temperature", "0.1")
