@@ -57,6 +57,23 @@ def test_bad_samples_are_counted_and_skipped(tmp_path):
     assert json.loads((tmp_path / "run" / "result.json").read_text())["bad_samples"] == r["bad_samples"]
 
 
+def test_a_resumed_run_counts_the_bad_samples_and_seconds_of_the_whole_run(tmp_path):
+    make_pool(tmp_path / "pool", n=40, per_shard=40, plant={3: "corrupt", 7: "truncated", 9: "empty"})
+    c = cfg(tmp_path, tmp_path / "pool", samples_seen=16 * 8, batch_size=16, lr=1e-3, checkpoints=2, log_every=1)
+    crashed = train(c.model_copy(update={"max_steps": 6}))  # state saved at step 4
+    at_state = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[3])
+    assert at_state["step"] == 4 and sum(at_state["bad_samples"].values()) >= 3
+    r = train(c)
+    assert r["resumed_from_step"] == 4 and r["steps"] == 8
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    totals = [sum(x["bad_samples"].values()) for x in rows]
+    assert [x["step"] for x in rows] == list(range(1, 9)) and totals == sorted(totals)  # never back to 0
+    assert r["bad_samples"] == rows[-1]["bad_samples"]
+    for k, v in at_state["bad_samples"].items():
+        assert r["bad_samples"][k] >= v
+    assert r["train_seconds"] > 0 and crashed["train_seconds"] > 0
+
+
 def test_the_loader_stops_with_a_clear_error_when_its_shards_vanish(tmp_path):
     from open_clip import get_tokenizer
     from training.data import train_loader

@@ -165,14 +165,14 @@ def _fit(cfg: TrainConfig, objective, shards: list[str], folder) -> dict:
     on = device if use_device_decode(cfg.decode, device) else None
     loader = iter(train_loader(shards, preprocess, tokenizer, cfg.batch_size // world,
                                seed=cfg.seed * 7919 + rank * 104729 + start, workers=workers, decode_on=on))
-    run = _Run(cfg, objective, folder, state_path, rank, start, _autocast(cfg, device))
+    run = _Run(cfg, objective, folder, state_path, rank, start, _autocast(cfg, device), _tallies(state))
     run.steps(model, opt, loader)
     _close(loader)
     origin = plugins.origin(type(objective))  # an installed package's objective: which, in which version
     result = {**objective.result_fields(), **({"plugin": origin} if origin else {}), "steps": run.stop, "total_steps": cfg.steps,
               "samples_seen": run.stop * cfg.batch_size, "final_loss": run.loss,
               "samples_per_s": round((run.stop - start) * cfg.batch_size / max(run.seconds, 1e-9), 1),
-              "train_seconds": round(run.seconds, 1), "resumed_from_step": start, "bad_samples": run.bad,
+              "train_seconds": round(run.before + run.seconds, 1), "resumed_from_step": start, "bad_samples": run.bad,
               "device": device, "world_size": world, "data_version": cfg.data_version}
     if run.stop == cfg.steps and rank == 0:
         _save_final(out, cfg, objective, unwrap(model), result)
@@ -184,16 +184,17 @@ def _fit(cfg: TrainConfig, objective, shards: list[str], folder) -> dict:
 
 
 class _Run:
-    """The step loop of one run and what it tallies (bad samples, last loss, seconds)."""
+    """The step loop of one run and what it tallies (bad samples, last loss, seconds); a resumed run
+    goes on from the tallies its state saved (``before``), so its result counts the whole run."""
 
     def __init__(self, cfg: TrainConfig, objective, folder, state_path: Path, rank: int, start: int,
-                 autocast) -> None:
+                 autocast, before: dict) -> None:
         self.cfg, self.objective, self.folder, self.out, self.state_path = cfg, objective, folder, folder.local, state_path
         self.rank, self.start, self.autocast = rank, start, autocast
         self.stop = min(cfg.steps, cfg.max_steps or cfg.steps)
         self.every = max(1, cfg.steps // cfg.checkpoints)
-        self.bad: dict[str, int] = {}
-        self.loss, self.seconds = float("nan"), 0.0
+        self.bad: dict[str, int] = dict(before["bad_samples"])
+        self.loss, self.seconds, self.before = float("nan"), 0.0, before["seconds"]
 
     def steps(self, model, opt, loader) -> None:
         cfg = self.cfg
@@ -221,7 +222,8 @@ class _Run:
                                     "samples_per_s": round(rate, 1), "elapsed_s": round(time.time() - t0, 3),
                                     "bad_samples": self.bad})
                 if done % self.every == 0 or done == cfg.steps:
-                    _save_state(self.state_path, model, opt, done, cfg)
+                    _save_state(self.state_path, model, opt, done, cfg,
+                                {"seconds": self.before + time.time() - t0, "bad_samples": dict(self.bad)})
                     self.folder.push(*STATE_FILES)
         bar.close()
         self.seconds = time.time() - t0
@@ -264,10 +266,16 @@ def _restore(state: dict | None, path: Path, cfg: TrainConfig, model, opt) -> in
     return int(state["step"])
 
 
-def _save_state(path: Path, model, opt, step: int, cfg: TrainConfig) -> None:
+def _tallies(state: dict | None) -> dict:
+    """Training seconds and bad samples up to a saved state (none for a fresh run or an older state)."""
+    saved = (state or {}).get("tallies") or {}
+    return {"seconds": float(saved.get("seconds", 0.0)), "bad_samples": dict(saved.get("bad_samples", {}))}
+
+
+def _save_state(path: Path, model, opt, step: int, cfg: TrainConfig, tallies: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "config": cfg.model_dump()}, tmp)
+                "config": cfg.model_dump(), "tallies": tallies}, tmp)
     os.replace(tmp, path)
 
 
