@@ -244,22 +244,17 @@ def main(argv: list[str] | None = None) -> None:
     if twice:
         parser.error(f"option {twice} given more than once")
     a = parser.parse_args(argv)
-    try:
-        from pipeline.lock import OutputLocked
-        from pipeline.publish import NotPublished
-        from pipeline.run import ShardsFailed
-    except ValueError as e:  # an installed plug-in that cannot be used (shardio/plugins.py)
-        if debug:
-            raise
-        print(f"curate {a.command}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from pipeline.lock import OutputLocked
+    from pipeline.publish import NotPublished
 
     try:
         a.func(a)
     except Exception as e:  # noqa: BLE001 - one or two lines for a person, the traceback with --debug
         if debug:
             raise
-        kind = "error" if isinstance(e, USER_ERRORS + (OutputLocked, NotPublished, ShardsFailed)) else \
+        run = sys.modules.get("pipeline.run")  # only commands that curate load it (and the filter registry,
+        failed = (run.ShardsFailed,) if run else ()  # whose plug-ins need not load for training alone)
+        kind = "error" if isinstance(e, USER_ERRORS + (OutputLocked, NotPublished) + failed) else \
             f"failed ({type(e).__name__})"
         print(f"curate {a.command}: {kind}: {e}", file=sys.stderr)
         if not isinstance(e, USER_ERRORS + (OutputLocked, NotPublished)):
