@@ -80,8 +80,10 @@ def _train_plugin(a, settings: dict) -> None:
 
 def cmd_train(a) -> None:
     use_storage_options(a)
+    from training.objective import BUILTIN
+
     settings = _objective_settings(a.objective_config)
-    if a.objective not in ("clip", "simclr", "moco", "mae"):
+    if a.objective not in BUILTIN:
         return _train_plugin(a, settings)
     if a.objective == "clip":
         return _train_clip(a, settings)

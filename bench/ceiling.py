@@ -33,12 +33,13 @@ def clean_uids(pool: Path, out: Path) -> int:
     """The pool's clean uids (no planted noise) as DataComp's ``u8,u8`` array; returns their number."""
     import pandas as pd
 
+    from pipeline.export import uid_array
+
     t = pd.read_parquet(pool / "ground_truth.parquet", columns=["uid", "noise"])
-    uids = sorted(t.loc[t["noise"].isna(), "uid"])
-    arr = np.array([(int(u[:16], 16), int(u[16:], 16)) for u in uids], dtype="u8,u8")
+    arr = uid_array(list(t.loc[t["noise"].isna(), "uid"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, arr)
-    return len(uids)
+    return len(arr)
 
 
 def train_eval(shards: Path, pool: Path, out: Path, seed: int, seen: int, batch: int) -> dict:

@@ -64,7 +64,7 @@ def classes(group: str, base: type) -> list[tuple[type, str, bool]]:
             raise PluginError(f"{where} names {obj!r}, which is not a {base.__name__} subclass or a module")
         dist = getattr(ep, "dist", None)
         for cls in found:
-            if cls in _ORIGIN and any(c is cls for c, _, _ in out):
+            if any(c is cls for c, _, _ in out):
                 continue  # one class named twice (a module and its class, or one package on two paths)
             _ORIGIN[cls] = {"entry_point": ep.name, "package": dist.name if dist else "?",
                             "version": dist.version if dist else "?"}

@@ -142,6 +142,11 @@ def _fit(cfg: TrainConfig, objective, shards: list[str], folder) -> dict:
     out = folder.local
     state_path = out / "checkpoints" / "state_latest.pt"
     state = _load_state(state_path, cfg, objective)
+    done = out / "result.json"
+    if state is not None and state["step"] == cfg.steps and world == 1 and done.is_file() \
+            and (out / "final").is_dir():
+        log.info("%s already holds this run, complete (%d steps): its saved result stands", out, cfg.steps)
+        return json.loads(done.read_text())  # rewriting it would record a 0-step run (no loss, no speed)
     if rank == 0:
         state_path.parent.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(cfg.model_dump_json(indent=2))
@@ -150,10 +155,6 @@ def _fit(cfg: TrainConfig, objective, shards: list[str], folder) -> dict:
     model = objective.build(device, rank, world)
     opt = make_optimizer(model, cfg)
     start = _restore(state, state_path, cfg, model, opt)
-    done = out / "result.json"
-    if start == cfg.steps and world == 1 and done.is_file() and (out / "final").is_dir():
-        log.info("%s already holds this run, complete (%d steps): its saved result stands", out, start)
-        return json.loads(done.read_text())  # rewriting it would record a 0-step run (no loss, no speed)
     if rank == 0:
         _trim_log(out / "metrics.jsonl", start)
     if world > 1:
